@@ -1,0 +1,63 @@
+# graceful-calc: every task of the original demo's Makefile, plus the lab.
+# `make help` lists the targets. Targets that need a tool we cannot install here
+# (docker engine, kubectl, doctl) fail with a message that names it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 4000
+CALC_URL ?= $(shell cat .calc-url 2>/dev/null || echo http://127.0.0.1:$(PORT))
+export CALC_URL
+
+.PHONY: help setup system-deps test lint typecheck pytest local-server local-test bench demo
+
+help: ## List every target with its description
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-32s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/calc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
+	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
+
+system-deps: ## Install haproxy and influxdb from Debian where missing (needs root or sudo)
+	@missing=""; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null; then sudo="sudo"; \
+	  else echo "error: need root or sudo to apt-get install$$missing" >&2; exit 1; fi; \
+	  echo "installing$$missing with apt-get"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lint: $(BIN)/calc ## ruff check + format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
+	$(BIN)/mypy
+
+pytest: setup ## Run the test suite only
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
+
+local-server: $(BIN)/calc ## Run calc locally on PORT (default 4000), profile from CALC_PROFILE (default v10)
+	$(BIN)/calc serve --host 127.0.0.1 --port $(PORT)
+
+local-test: ## POST {"numbers": [1, 2, 3, 4]} to CALC_URL/sum
+	@curl -sS --fail-with-body -H 'content-type: application/json' \
+	  -d '{"numbers": [1, 2, 3, 4]}' $(CALC_URL)/sum; echo
+
+bench: setup ## Same k6 load on calc v10 and on plain FastAPI+uvicorn; prints figures and ratios
+	$(BIN)/python bench/throughput.py
+
+-include mk/*.mk

@@ -1,0 +1,55 @@
+// The project's load test: POST {"numbers": [1, 2, 3, 4]} to ${CALC_URL}/sum from VUS
+// virtual users for DURATION, each request with a unique id that the service logs with
+// its InfluxDB point, so the lab can match every request to its operation.
+//
+// Environment (k6 -e NAME=value or the process environment):
+//   CALC_URL    base URL (default http://127.0.0.1:4000)
+//   VUS         virtual users (default 500, as in the talk)
+//   DURATION    test length, a k6 duration (default 5m)
+//   CONN_REUSE  1 keeps connections alive; default: a new connection per request, as the
+//               talk ran it, so every request meets the load balancer's current backends
+//   INSECURE    1 skips TLS verification (self-signed certificates)
+//   RUN_ID      prefix of the request ids (default: the start time in ms)
+//   TIMEOUT     per-request timeout, a k6 duration (default 60s, k6's own default)
+//   EXTERNAL    1 runs the VUs under k6's externally-controlled executor, so a driver (the
+//               lab) can pause the test through k6's REST API (--address): a pause lets
+//               in-flight requests finish, where a plain stop or Ctrl-C cuts them unrecorded
+// Run with --no-usage-report: k6 1.1 ignores the script's noUsageReport option.
+import http from "k6/http";
+import { check } from "k6";
+
+const url = __ENV.CALC_URL || "http://127.0.0.1:4000";
+const runId = __ENV.RUN_ID || String(Date.now());
+const https = url.startsWith("https://");
+
+const vus = parseInt(__ENV.VUS || "500", 10);
+const duration = __ENV.DURATION || "5m";
+const load =
+  __ENV.EXTERNAL === "1"
+    ? { scenarios: { load: { executor: "externally-controlled", vus, maxVUs: vus, duration } } }
+    : { vus, duration };
+
+export const options = {
+  ...load,
+  noConnectionReuse: __ENV.CONN_REUSE !== "1",
+  discardResponseBodies: true,
+  insecureSkipTLSVerify: __ENV.INSECURE === "1",
+};
+
+const body = JSON.stringify({ numbers: [1, 2, 3, 4] });
+
+export default function () {
+  // Unique per request: a VU runs its iterations one after another.
+  const rid = `${runId}-${__VU}-${__ITER}`;
+  const response = http.post(`${url}/sum`, body, {
+    headers: { "content-type": "application/json", "x-request-id": rid },
+    // The tag lands in the CSV output's extra_tags as rid=<id>, one row per request.
+    tags: { rid: rid },
+    timeout: __ENV.TIMEOUT || "60s",
+  });
+  const checks = { "status is 200": (r) => r.status === 200 };
+  if (https) {
+    checks["protocol is HTTP/2"] = (r) => r.proto === "HTTP/2.0";
+  }
+  check(response, checks);
+}

@@ -1,0 +1,239 @@
+"""The service's one typed config object, the switches that make it up, and the profiles.
+
+A profile (v1..v10) is a named set of switch values; every switch can also be set alone,
+by environment variable or CLI option, and those win over the profile:
+defaults <- profile <- environment <- command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OPLOG_MODES = ("off", "task", "task-graceful", "batch", "batch-graceful")
+DEFAULT_PROFILE = "v10"
+
+
+class ConfigError(ValueError):
+    """A switch has a value we cannot use; the message names the switch and its source."""
+
+
+@dataclass(frozen=True)
+class CalcConfig:
+    host: str = "0.0.0.0"
+    port: int = 4000
+    profile: str = DEFAULT_PROFILE
+    slow_math: float = 0.1
+    log_level: str = "info"
+    # shutdown
+    drain: bool = True
+    drain_timeout: float | None = None
+    readiness_flip: bool = False
+    connection_close: bool = False
+    pre_close_delay: float = 0.0
+    quiet_period: float = 0.0
+    quiet_max: float = 0.0
+    grace_period: float = 30.0
+    budget_check: bool = False
+    # operation log
+    oplog: str = "off"
+    task_delay: float = 5.0
+    task_timeout: float = 7.0
+    batch_size: int = 500
+    batch_interval: float = 30.0
+    flush_timeout: float = 5.0
+    flush_retries: bool = False
+    max_buffer: int = 100_000
+    influxdb_base_url: str | None = None
+    influxdb_db: str = "calc"
+    oplog_file: str = "operations.lp"
+    pod: str = dataclasses.field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One config field as the outside world sets it."""
+
+    name: str
+    kind: str  # "bool", "float", "optional-float", "int", "str", "choice"
+    help: str
+    env: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _switch(name: str, kind: str, help: str, env: str | None = None, **kw: Any) -> Switch:
+    return Switch(name, kind, help, env or f"CALC_{name.upper()}", **kw)
+
+
+SWITCHES: tuple[Switch, ...] = (
+    _switch("host", "str", "address to listen on"),
+    _switch("port", "int", "port to listen on"),
+    _switch("slow_math", "float", "seconds each sum takes (non-blocking sleep)"),
+    _switch("log_level", "choice", "log level", choices=("debug", "info", "warning", "error")),
+    _switch("drain", "bool", "on SIGTERM let in-flight requests finish (off: cut them)"),
+    _switch(
+        "drain_timeout", "optional-float", "longest wait for in-flight requests (none: no limit)"
+    ),
+    _switch("readiness_flip", "bool", "GET /ready answers 503 from SIGTERM on"),
+    _switch("connection_close", "bool", "responses say Connection: close once draining"),
+    _switch("pre_close_delay", "float", "seconds to keep serving after SIGTERM before closing"),
+    _switch(
+        "quiet_period",
+        "float",
+        "after the delay, keep serving until no request came for this long (0: off)",
+    ),
+    _switch("quiet_max", "float", "longest the delay phase may take in all"),
+    _switch("grace_period", "float", "seconds from SIGTERM to SIGKILL the service may use"),
+    _switch("budget_check", "bool", "check the phases fit the grace period and hold them to it"),
+    _switch("oplog", "choice", "operation log mode", choices=OPLOG_MODES),
+    _switch("task_delay", "float", "task modes: seconds a task sleeps before writing"),
+    _switch("task_timeout", "float", "task-graceful: longest wait for tasks at shutdown"),
+    _switch("batch_size", "int", "batch modes: points per write"),
+    _switch("batch_interval", "float", "batch modes: seconds between periodic writes"),
+    _switch("flush_timeout", "float", "batch-graceful: longest the shutdown flush may take"),
+    _switch("flush_retries", "bool", "retry failed writes with backoff and jitter"),
+    _switch("max_buffer", "int", "most points held while the database is unreachable"),
+    _switch(
+        "influxdb_base_url",
+        "str",
+        "InfluxDB 1.x URL (unset: write to --oplog-file)",
+        env="INFLUXDB_BASE_URL",
+    ),
+    _switch("influxdb_db", "str", "InfluxDB database", env="INFLUXDB_DB"),
+    _switch("oplog_file", "str", "line-protocol file used when no InfluxDB URL is set"),
+    _switch("pod", "str", "value of the points' pod tag (default: the host name)", env="CALC_POD"),
+)
+SWITCH_BY_NAME = {s.name: s for s in SWITCHES}
+
+_TALK = {"drain": True, "oplog": "off"}
+PROFILES: dict[str, dict[str, Any]] = {
+    "v1": {**_TALK},
+    "v2": {**_TALK},
+    "v3": {**_TALK},
+    "v4": {**_TALK, "drain": False},
+    "v5": {**_TALK},
+    "v6": {**_TALK, "oplog": "task"},
+    "v7": {**_TALK, "oplog": "task-graceful"},
+    "v8": {**_TALK, "oplog": "batch"},
+    "v9": {**_TALK, "oplog": "batch-graceful"},
+    "v10": {
+        **_TALK,
+        "oplog": "batch-graceful",
+        "readiness_flip": True,
+        "connection_close": True,
+        "quiet_period": 1.0,
+        "quiet_max": 10.0,
+        "drain_timeout": 8.0,
+        "flush_retries": True,
+        "budget_check": True,
+    },
+}
+PROFILE_NOTES = {
+    "v1": "bare app (the manifest starts it through a shell wrapper)",
+    "v2": "same app; the manifest adds probes and a rolling update",
+    "v3": "same app; the manifest execs it so SIGTERM arrives; drain on",
+    "v4": "drain off: in-flight requests are cut at SIGTERM",
+    "v5": "same app; the manifest adds a preStop sleep",
+    "v6": "a task per sum writes its point after 5 s, not awaited",
+    "v7": "tasks awaited at shutdown (7 s)",
+    "v8": "points batched (500 / 30 s), buffer dropped at shutdown",
+    "v9": "batch flushed at shutdown",
+    "v10": "v9 + readiness flip, Connection: close, drain until quiet, retries, budget",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(switch: Switch, raw: str, source: str) -> Any:
+    """Turn a string from the environment or the command line into the switch's type."""
+    text = raw.strip()
+    where = f"{source} {switch.env if source == 'environment variable' else switch.option}"
+    try:
+        if switch.kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("expected on/off, true/false, yes/no or 1/0")
+        if switch.kind == "int":
+            return int(text)
+        if switch.kind in ("float", "optional-float"):
+            if switch.kind == "optional-float" and text.lower() in ("", "none"):
+                return None
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
+            return value
+        if switch.kind == "choice" and text.lower() not in switch.choices:
+            raise ValueError(f"expected one of {', '.join(switch.choices)}")
+        if switch.kind == "choice":
+            return text.lower()
+        return text
+    except ValueError as exc:
+        raise ConfigError(f"{where}={raw!r}: {exc}") from None
+
+
+def resolve(
+    profile: str | None,
+    environ: Mapping[str, str],
+    cli: Mapping[str, Any],
+) -> CalcConfig:
+    """defaults <- profile <- environment <- command line, then validated."""
+    name = profile or cli.get("profile") or environ.get("CALC_PROFILE") or DEFAULT_PROFILE
+    name = name.strip().lower()
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {"profile": name, **PROFILES[name]}
+    for switch in SWITCHES:
+        raw = environ.get(switch.env)
+        if raw is not None and raw != "":
+            values[switch.name] = parse_value(switch, raw, "environment variable")
+    for key, value in cli.items():
+        if key != "profile" and value is not None:
+            values[key] = value
+    config = CalcConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: CalcConfig) -> None:
+    problems: list[str] = []
+    if not 0 <= config.port <= 65535:
+        problems.append(f"port {config.port} is not in 0..65535")
+    for name in (
+        "slow_math",
+        "pre_close_delay",
+        "quiet_period",
+        "quiet_max",
+        "task_delay",
+        "task_timeout",
+        "flush_timeout",
+    ):
+        if getattr(config, name) < 0:
+            problems.append(f"{SWITCH_BY_NAME[name].option} must not be negative")
+    if config.drain_timeout is not None and config.drain_timeout < 0:
+        problems.append("--drain-timeout must not be negative")
+    if config.grace_period <= 0:
+        problems.append("--grace-period must be positive")
+    if config.batch_interval <= 0:
+        problems.append("--batch-interval must be positive")
+    if config.batch_size < 1:
+        problems.append("--batch-size must be at least 1")
+    if config.max_buffer < config.batch_size:
+        problems.append("--max-buffer must be at least --batch-size")
+    if config.quiet_period > 0 and config.quiet_max < config.quiet_period:
+        problems.append("--quiet-max must be at least --quiet-period")
+    url = config.influxdb_base_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        problems.append(f"INFLUXDB_BASE_URL {url!r} must start with http:// or https://")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -1,0 +1,102 @@
+"""The operation log: one point per successful sum, written the way the profile says.
+
+off            nothing is written
+task           (v6) a task per sum sleeps, then writes; cut at shutdown
+task-graceful  (v7) the same, tasks awaited at shutdown up to task_timeout
+batch          (v8) points buffered, written by size or interval; buffer dropped at shutdown
+batch-graceful (v9, v10) the buffer is flushed at shutdown (v10 retries within the budget)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from calc.config import CalcConfig
+from calc.points import PointFormatter
+from calc.sinks import FileSink, InfluxSink, Sink
+from graceful import BatchWriter, RetryPolicy, TaskRegistry
+
+logger = logging.getLogger("calc.oplog")
+
+
+def make_sink(config: CalcConfig) -> FileSink | InfluxSink:
+    if config.influxdb_base_url:
+        return InfluxSink(config.influxdb_base_url, config.influxdb_db)
+    return FileSink(config.oplog_file)
+
+
+class OperationLog:
+    def __init__(self, config: CalcConfig, sink: Sink) -> None:
+        self.mode = config.oplog
+        self.sink = sink
+        self.task_delay = config.task_delay
+        self.points = PointFormatter(config.pod)
+        self.recorded = 0
+        self._task_written = 0
+        self._task_lost = 0
+        self.tasks = TaskRegistry("operation-log", await_on_shutdown=self.mode == "task-graceful")
+        self.writer: BatchWriter[str] = BatchWriter(
+            sink.write,
+            name="operations",
+            max_batch=config.batch_size,
+            interval=config.batch_interval,
+            max_buffer=config.max_buffer,
+            retry=RetryPolicy() if config.flush_retries else None,
+            flush_on_shutdown=self.mode == "batch-graceful",
+        )
+        self.shutdown_limit = {
+            "off": 0.0,
+            "task": 0.0,
+            "task-graceful": config.task_timeout,
+            "batch": 0.0,
+            "batch-graceful": config.flush_timeout,
+        }[self.mode]
+
+    def start(self) -> None:
+        if self.mode.startswith("batch"):
+            self.writer.start()
+
+    def record(self, request_id: str, count: int, result: float) -> None:
+        if self.mode == "off":
+            return
+        self.recorded += 1
+        line = self.points.sum_point(request_id, count, result)
+        if self.mode.startswith("task"):
+            self.tasks.spawn(self._write_later(line), name=f"oplog-{request_id}")
+        else:
+            self.writer.add(line)
+
+    async def _write_later(self, line: str) -> None:
+        await asyncio.sleep(self.task_delay)
+        logger.info("Logging 1 operations")
+        try:
+            await self.sink.write([line])
+        except Exception as exc:
+            self._task_lost += 1
+            logger.error("Writing 1 operations failed, 1 lost: %r", exc)
+        else:
+            self._task_written += 1
+            logger.info("Operations logged")
+
+    async def close(self, timeout: float | None) -> None:
+        """Finish (or, per mode, drop) pending work within `timeout`, then close the sink."""
+        try:
+            if self.mode.startswith("task"):
+                self._task_lost += await self.tasks.shutdown(timeout)
+            elif self.mode.startswith("batch"):
+                await self.writer.close(timeout)
+        finally:
+            await self.sink.aclose()
+
+    @property
+    def written(self) -> int:
+        return self._task_written + self.writer.written
+
+    @property
+    def lost(self) -> int:
+        return self._task_lost + self.writer.lost
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.recorded - self.written - self.lost)

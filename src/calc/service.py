@@ -1,0 +1,73 @@
+"""Builds the server from a CalcConfig and runs it: `run(config)` needs no CLI."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from calc.app import create_app
+from calc.config import CalcConfig
+from calc.logs import setup_logging
+from calc.oplog import make_sink
+from graceful import GracefulServer, Lifecycle, ShutdownConfig, budget_problems
+
+logger = logging.getLogger("calc")
+
+
+def shutdown_config(config: CalcConfig) -> ShutdownConfig:
+    return ShutdownConfig(
+        drain=config.drain,
+        drain_timeout=config.drain_timeout,
+        readiness_flip=config.readiness_flip,
+        connection_close=config.connection_close,
+        pre_close_delay=config.pre_close_delay,
+        quiet_period=config.quiet_period,
+        quiet_max=config.quiet_max,
+        grace_period=config.grace_period,
+        enforce_budget=config.budget_check,
+    )
+
+
+def app_phase_limits(config: CalcConfig) -> dict[str, float]:
+    if config.oplog == "task-graceful":
+        return {"tasks": config.task_timeout}
+    if config.oplog == "batch-graceful":
+        return {"flush": config.flush_timeout}
+    return {}
+
+
+def build_server(config: CalcConfig) -> GracefulServer:
+    lifecycle = Lifecycle(shutdown_config(config))
+    app = create_app(config, lifecycle, make_sink(config))
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level=config.log_level,
+    )
+    return GracefulServer(uv_config, lifecycle)
+
+
+def run(config: CalcConfig) -> int:
+    setup_logging(config.log_level)
+    if config.budget_check:
+        for problem in budget_problems(shutdown_config(config), app_phase_limits(config)):
+            logger.warning("Shutdown budget: %s", problem)
+    sink = config.influxdb_base_url or f"file {config.oplog_file}"
+    logger.info(
+        "calc %s on %s:%d, operation log %s -> %s",
+        config.profile,
+        config.host,
+        config.port,
+        config.oplog,
+        sink if config.oplog != "off" else "-",
+    )
+    server = build_server(config)
+    server.run()
+    return 0 if server.started else 1

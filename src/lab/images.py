@@ -1,0 +1,209 @@
+"""The image map: what an image name means on this machine, and a container's command.
+
+A container image bundles an ENTRYPOINT, a CMD, a working dir, files at fixed paths and
+some environment. The lab has no images, so a small YAML file says, per image name
+(registry prefix and tag stripped), what to run locally instead:
+
+    images:
+      calc:
+        entrypoint: []                # the image's ENTRYPOINT
+        cmd: [calc, serve]            # the image's CMD
+        workdir: ..                   # local working dir, relative to this file
+        paths: {/app/start.sh: start.sh}   # image path -> local file, relative to this file
+        env: {CALC_HOST: $(POD_IP), PATH: $(LAB_BIN):$(PATH)}
+
+`env` values may use $(POD_IP), $(POD_NAME), $(LAB_BIN) (the directory of the Python
+running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lab.manifest import Container, ManifestError
+
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: Path | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def image_name(reference: str) -> str:
+    """`registry.example.com/team/calc:0.1.0@sha256:...` -> `calc`."""
+    ref = reference.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+def expand(value: str, variables: Mapping[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: unknown references stay as written, `$$` is `$`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return variables.get(name, match.group(0))
+
+    return _REF.sub(replace, value)
+
+
+class ImageMap:
+    def __init__(self, images: dict[str, Image], source: Path | None = None) -> None:
+        self.images = images
+        self.source = source
+
+    @classmethod
+    def load(cls, path: Path) -> ImageMap:
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ManifestError(f"{where}: cannot read the image map: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
+            raise ManifestError(f"{where}: images: must be a mapping of image name to entry")
+        base = path.resolve().parent
+        images: dict[str, Image] = {}
+        for name, entry in data["images"].items():
+            at = f"{where}: images.{name}"
+            if not isinstance(entry, dict):
+                raise ManifestError(f"{at}: must be a mapping")
+            unknown = set(entry) - {"entrypoint", "cmd", "workdir", "paths", "env"}
+            if unknown:
+                raise ManifestError(f"{at}.{sorted(unknown)[0]}: unknown key")
+            lists: dict[str, tuple[str, ...]] = {}
+            for key in ("entrypoint", "cmd"):
+                value = entry.get(key) or []
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ManifestError(f"{at}.{key}: must be a list of strings")
+                lists[key] = tuple(value)
+            maps: dict[str, dict[str, str]] = {}
+            for key in ("paths", "env"):
+                value = entry.get(key) or {}
+                if not isinstance(value, dict):
+                    raise ManifestError(f"{at}.{key}: must be a mapping")
+                maps[key] = {str(k): str(v) for k, v in value.items()}
+            workdir = entry.get("workdir")
+            images[str(name)] = Image(
+                name=str(name),
+                entrypoint=lists["entrypoint"],
+                cmd=lists["cmd"],
+                workdir=(base / str(workdir)).resolve() if workdir is not None else None,
+                paths={k: (base / v).resolve() for k, v in maps["paths"].items()},
+                env=maps["env"],
+            )
+        return cls(images, path)
+
+    def image(self, reference: str) -> Image:
+        name = image_name(reference)
+        if name not in self.images:
+            known = ", ".join(sorted(self.images)) or "none"
+            raise ManifestError(
+                f"spec.template.spec.containers[0].image: {reference!r} is not in the image map "
+                f"{self.source} (known: {known})"
+            )
+        return self.images[name]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to run for one container of one pod."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path | None
+
+
+def lab_variables(pod_name: str, pod_ip: str, base_env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "POD_NAME": pod_name,
+        "POD_IP": pod_ip,
+        "LAB_BIN": str(Path(sys.executable).parent),
+        "PATH": base_env.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    }
+
+
+def container_env(
+    container: Container,
+    image: Image,
+    pod_name: str,
+    pod_ip: str,
+    base_env: Mapping[str, str],
+    rewrite: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The container's environment: a minimal base, the image's env, then the manifest's
+    env in order, each value expanded against the variables defined before it (as the
+    kubelet does), then HOSTNAME. `rewrite` maps strings in values (e.g. the in-cluster
+    `influxdb:8086` to the lab's own InfluxDB)."""
+    lab_vars = lab_variables(pod_name, pod_ip, base_env)
+    env: dict[str, str] = {"PATH": lab_vars["PATH"]}
+    for key in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ"):
+        if key in base_env:
+            env[key] = base_env[key]
+    for key, value in image.env.items():
+        env[key] = expand(value, lab_vars)
+    defined: dict[str, str] = {}
+    fields = {"metadata.name": pod_name, "metadata.namespace": "default", "status.podIP": pod_ip}
+    for var in container.env:
+        if var.field_ref is not None:
+            value = fields[var.field_ref]
+        else:
+            value = expand(var.value or "", defined)
+        for old, new in (rewrite or {}).items():
+            value = value.replace(old, new)
+        defined[var.name] = value
+        env[var.name] = value
+    env["HOSTNAME"] = pod_name
+    return env
+
+
+def container_argv(container: Container, image: Image, env: Mapping[str, str]) -> tuple[str, ...]:
+    """`command` replaces the ENTRYPOINT and drops the CMD; `args` replaces the CMD.
+    References `$(VAR)` expand against the container's env; image paths map to local files."""
+    if container.command is not None:
+        argv: Sequence[str] = list(container.command) + list(container.args or ())
+    else:
+        args = container.args if container.args is not None else image.cmd
+        argv = list(image.entrypoint) + list(args)
+    if not argv:
+        raise ManifestError(
+            f"spec.template.spec.containers[0]: image {image.name!r} has no entrypoint or cmd "
+            "in the image map and the container sets no command"
+        )
+    expanded = [expand(a, env) for a in argv]
+    return tuple(str(image.paths[a]) if a in image.paths else a for a in expanded)
+
+
+def resolve(
+    container: Container,
+    image: Image,
+    pod_name: str,
+    pod_ip: str,
+    base_env: Mapping[str, str],
+    rewrite: Mapping[str, str] | None = None,
+) -> Launch:
+    env = container_env(container, image, pod_name, pod_ip, base_env, rewrite)
+    argv = container_argv(container, image, env)
+    cwd = image.workdir
+    if container.working_dir is not None:
+        mapped = image.paths.get(container.working_dir)
+        cwd = mapped if mapped is not None else cwd
+    return Launch(argv, env, cwd)
+
+
+def map_command(command: Sequence[str], image: Image) -> tuple[str, ...]:
+    """An exec probe's or preStop's command: no shell and no `$(VAR)` expansion (the
+    kubelet runs exec handlers as written), image paths mapped to local files."""
+    return tuple(str(image.paths[a]) if a in image.paths else a for a in command)
