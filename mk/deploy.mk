@@ -27,6 +27,7 @@ version ?= v10
 K8S_DIR := deploy/k8s
 # The manifests name the image `calc:latest`; k8s-deploy swaps in $(IMAGE):$(v).
 MANIFEST_IMAGE := calc:latest
+RENDER = sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE):$(v)|' $(K8S_DIR)/$(version)/calc.yml
 # Image repository without tag: REGISTRY/calc, where REGISTRY defaults to the DigitalOcean
 # registry made by do-create-registry. Empty REGISTRY: a local image `calc` (kind, minikube).
 DO_REGISTRY_FILE := .make.do-registry
@@ -112,7 +113,7 @@ docker-local-server: ## Docker: build the image and run it on PORT (InfluxDB at 
 
 docker-push-image: ## Docker: build the image and push it as IMAGE:v (IMAGE defaults to REGISTRY/calc), e.g. v=0.1.0
 	$(require_tag)
-	$(if $(REGISTRY),,$(error No registry: set REGISTRY=host/namespace or run make do-create-registry name=...))
+	$(if $(REGISTRY),,$(error No registry: set REGISTRY=host/namespace or run make do-create-registry name=NAME))
 	$(require_docker)
 	$(DOCKER) build -f deploy/Dockerfile -t $(IMAGE):$(v) .
 	$(DOCKER) push $(IMAGE):$(v)
@@ -132,7 +133,7 @@ do-create-k8s-cluster: ## DigitalOcean: create the k8s cluster (DO_NODES nodes i
 	  --node-pool "name=k8s;size=$(DO_NODE_SIZE);count=$(DO_NODES)"
 
 do-add-registry-to-k8s-cluster: ## DigitalOcean: let the cluster pull from the registry
-	@test -s $(DO_REGISTRY_FILE) || { echo "error: no registry: run make do-create-registry name=... first" >&2; exit 1; }
+	@test -s $(DO_REGISTRY_FILE) || { echo "error: no registry: run make do-create-registry name=NAME first" >&2; exit 1; }
 	$(require_doctl)
 	$(require_cluster)
 	$(DOCTL) registry kubernetes-manifest | $(KUBECTL) apply -f -
@@ -182,15 +183,15 @@ do-delete: ## DigitalOcean: delete the VM, cluster, registry and SSH key made by
 k8s-manifest: ## k8s: print the manifests k8s-deploy applies, e.g. version=v5 v=0.1.0
 	$(require_version)
 	$(require_tag)
-	@sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE):$(v)|' $(K8S_DIR)/$(version)/calc.yml
+	@$(RENDER)
 
 k8s-deploy: ## k8s: apply deploy/k8s/<version>/ with image IMAGE:v, wait for the rollout and the load balancer, e.g. v=0.1.0 version=v5
 	$(require_version)
 	$(require_tag)
 	$(require_cluster)
-	$(MAKE) --no-print-directory -s k8s-manifest | $(KUBECTL) apply -f -
+	$(RENDER) | $(KUBECTL) apply -f -
 	$(KUBECTL) rollout status deployment/calc --timeout=15m
-	@if [ -s .calc-url ]; then echo "CALC_URL stays $$(cat .calc-url) (make set-calc-url url=... to change it)"; exit 0; fi; \
+	@if [ -s .calc-url ]; then echo "CALC_URL stays $$(cat .calc-url) (make set-calc-url url=URL to change it)"; exit 0; fi; \
 	echo -n "waiting up to $(LB_TIMEOUT) s for the load balancer's address... "; \
 	for i in $$(seq $$(( $(LB_TIMEOUT) / 2 ))); do \
 	  addr=$$($(KUBECTL) get service/calc -o jsonpath='{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}'); \
@@ -206,13 +207,14 @@ k8s-redeploy: ## k8s: restart the rollout (new pods, same image) and wait for it
 	$(KUBECTL) rollout status deployment/calc --timeout=15m
 
 k8s-scale: ## k8s: scale the deployment and wait for it, e.g. replicas=5
-	$(if $(filter-out 0 1 2 3 4 5 6 7 8 9,$(subst 0,0 ,$(subst 1,1 ,$(subst 2,2 ,$(subst 3,3 ,$(subst 4,4 ,$(subst 5,5 ,$(subst 6,6 ,$(subst 7,7 ,$(subst 8,8 ,$(subst 9,9 ,$(replicas))))))))))))$(if $(replicas),,x),$(error Specify the number of replicas, e.g. replicas=5))
+	@case '$(replicas)' in ''|*[!0-9]*) \
+	  echo "error: Specify the number of replicas as a whole number, e.g. replicas=5" >&2; exit 2;; esac
 	$(require_cluster)
 	$(KUBECTL) scale deployment/calc --replicas=$(replicas)
 	$(KUBECTL) rollout status deployment/calc --timeout=15m
 
 k8s-test: ## k8s: POST {"numbers": [1, 2, 3, 4]} to the service at CALC_URL
-	$(if $(filter file,$(origin CALC_URL)),$(if $(wildcard .calc-url),,$(error No service URL: run make k8s-deploy (it writes .calc-url) or make set-calc-url url=...)))
+	$(if $(filter file,$(origin CALC_URL)),$(if $(wildcard .calc-url),,$(error No service URL: run make k8s-deploy (it writes .calc-url) or make set-calc-url url=URL)))
 	$(call require,curl,install curl)
 	@curl -sS --fail-with-body -H 'content-type: application/json' \
 	  -d '{"numbers": [1, 2, 3, 4]}' $(CALC_URL)/sum; echo

@@ -30,13 +30,15 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception as exc:  # noqa: BLE001 - remembered for the failure message
+        except Exception as exc:
             last_error = exc
         else:
             if value:
                 return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: {last_error}")
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what or predicate}: {last_error}"
+    )
 
 
 class Processes:

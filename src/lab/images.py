@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,12 +141,12 @@ def container_env(
     pod_name: str,
     pod_ip: str,
     base_env: Mapping[str, str],
-    rewrite: Mapping[str, str] | None = None,
+    rewrite: Callable[[str], str] | None = None,
 ) -> dict[str, str]:
     """The container's environment: a minimal base, the image's env, then the manifest's
     env in order, each value expanded against the variables defined before it (as the
-    kubelet does), then HOSTNAME. `rewrite` maps strings in values (e.g. the in-cluster
-    `influxdb:8086` to the lab's own InfluxDB)."""
+    kubelet does), then HOSTNAME. `rewrite` edits the manifest's values (the lab points
+    the in-cluster `influxdb:8086` at its own InfluxDB)."""
     lab_vars = lab_variables(pod_name, pod_ip, base_env)
     env: dict[str, str] = {"PATH": lab_vars["PATH"]}
     for key in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ"):
@@ -161,8 +161,8 @@ def container_env(
             value = fields[var.field_ref]
         else:
             value = expand(var.value or "", defined)
-        for old, new in (rewrite or {}).items():
-            value = value.replace(old, new)
+        if rewrite is not None:
+            value = rewrite(value)
         defined[var.name] = value
         env[var.name] = value
     env["HOSTNAME"] = pod_name
@@ -192,7 +192,7 @@ def resolve(
     pod_name: str,
     pod_ip: str,
     base_env: Mapping[str, str],
-    rewrite: Mapping[str, str] | None = None,
+    rewrite: Callable[[str], str] | None = None,
 ) -> Launch:
     env = container_env(container, image, pod_name, pod_ip, base_env, rewrite)
     argv = container_argv(container, image, env)

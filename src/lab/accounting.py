@@ -1,0 +1,127 @@
+"""Every request and every operation, accounted per id from k6's CSV and InfluxDB.
+
+A request is classified from its `http_reqs` row: `ok` (200), `http_<status>` for any
+other status, or by k6's error code when no response came: `refused` (1212), `reset`
+(1220), `timeout` (1050), `eof` (1000, the generic code: EOF and anything else).
+Operations are the service's InfluxDB points, matched to requests by id: a *lost*
+operation is a request answered 200 without a point; an *orphan* is a point whose
+request the client saw fail. Nothing is estimated from totals.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ERROR_KINDS = {"1212": "refused", "1220": "reset", "1050": "timeout", "1000": "eof"}
+
+
+@dataclass(frozen=True)
+class Request:
+    t_ms: int  # k6's timestamp (Unix ms) of the sample
+    rid: str
+    status: int
+    error_code: str
+    error: str
+
+    @property
+    def kind(self) -> str:
+        return classify(self.status, self.error_code)
+
+
+def classify(status: int, error_code: str) -> str:
+    if status == 200:
+        return "ok"
+    if status:
+        return f"http_{status}"
+    return ERROR_KINDS.get(error_code, "eof" if not error_code else f"error_{error_code}")
+
+
+def _rid(extra_tags: str) -> str:
+    # extra_tags is "k=v&k2=v2" in k6's CSV; our script sets rid=<id> on every request.
+    for part in extra_tags.split("&"):
+        key, _, value = part.partition("=")
+        if key == "rid":
+            return value
+    return ""
+
+
+def read_requests(path: Path) -> list[Request]:
+    requests: list[Request] = []
+    if not path.exists():
+        return requests
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            if row.get("metric_name") != "http_reqs":
+                continue
+            status = row.get("status") or "0"
+            requests.append(
+                Request(
+                    t_ms=int(float(row.get("timestamp") or 0)),
+                    rid=_rid(row.get("extra_tags") or ""),
+                    status=int(status) if status.isdigit() else 0,
+                    error_code=row.get("error_code") or "",
+                    error=row.get("error") or "",
+                )
+            )
+    return requests
+
+
+@dataclass
+class Accounting:
+    requests: int
+    ok: int
+    failed: dict[str, int]
+    lost: list[str] | None = None  # None: the service logs no operations
+    orphans: list[str] | None = None
+    unmatched_points: list[str] = field(default_factory=list)  # ids k6 never recorded
+    duplicate_points: int = 0
+    points: int | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # kind -> one example message
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+
+def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> Accounting:
+    """Per id: which 200s left no point, which failures left one anyway."""
+    by_id: dict[str, Request] = {}
+    kinds: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    total = 0
+    for request in requests:
+        total += 1
+        kind = request.kind
+        kinds[kind] += 1
+        if kind != "ok" and kind not in examples:
+            examples[kind] = request.error or f"HTTP {request.status}"
+        if request.rid:
+            by_id[request.rid] = request
+    ok = kinds.pop("ok", 0)
+    result = Accounting(total, ok, dict(sorted(kinds.items())), errors=examples)
+    if point_ids is None:
+        return result
+    ids = [str(p) for p in point_ids]
+    seen = set(ids)
+    result.points = len(ids)
+    result.duplicate_points = len(ids) - len(seen)
+    result.lost = sorted(rid for rid, r in by_id.items() if r.status == 200 and rid not in seen)
+    result.orphans = sorted(
+        rid for rid in seen if rid in by_id and by_id[rid].status != 200
+    )
+    result.unmatched_points = sorted(rid for rid in seen if rid not in by_id)
+    return result
+
+
+def timeline(requests: Iterable[Request], start_ms: int) -> dict[str, dict[int, int]]:
+    """Requests per second by kind: kind -> {second since start -> count}."""
+    out: dict[str, Counter[int]] = {}
+    for request in requests:
+        second = (request.t_ms - start_ms) // 1000
+        out.setdefault(request.kind, Counter())[second] += 1
+    return {kind: dict(counts) for kind, counts in out.items()}

@@ -1,0 +1,90 @@
+"""`lab run ...`: parse the options into a LabConfig and run the experiment."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lab.config import SCENARIOS, ConfigError, LabConfig, parse_lag
+from lab.experiment import Interrupted, LabError, run_experiment
+from lab.manifest import ManifestError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab",
+        description="Run a Kubernetes Deployment on this machine through a rollout, under "
+        "k6 load, and account for every request and every operation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one experiment")
+    run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
+    run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
+    run.add_argument("--to", type=int, help="target replicas for --scenario scale")
+    run.add_argument("--replicas", type=int, help="override the Deployment's replicas")
+    run.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
+    run.add_argument("--lb", choices=("tcp", "http"), default="tcp", help="HAProxy mode")
+    run.add_argument("--lb-retries", type=int, default=0, help="HAProxy retries (default 0)")
+    run.add_argument(
+        "--endpoint-lag", default="1", help="propagation lag in seconds, or MIN-MAX (default 1)"
+    )
+    run.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the action")
+    run.add_argument("--cooldown", type=float, default=10.0, help="seconds of load after it")
+    run.add_argument("--duration", type=float, default=30.0, help="steady scenario's load time")
+    run.add_argument("--action-timeout", type=float, default=600.0, help="deadline for the action")
+    run.add_argument("--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)")
+    run.add_argument("--image-map", type=Path, help="image map (default deploy/lab-images.yml)")
+    run.add_argument("--k6-script", type=Path, help="k6 script (default deploy/k6/load-test.js)")
+    run.add_argument("--conn-reuse", action="store_true", help="k6 keeps connections alive")
+    run.add_argument("--request-timeout", help="k6 per-request timeout, e.g. 10s")
+    run.add_argument("--seed", type=int, help="seed for the drawn lags")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> LabConfig:
+    return LabConfig(
+        manifests=args.manifests,
+        scenario=args.scenario,
+        to=args.to,
+        vus=args.vus,
+        lb=args.lb,
+        lb_retries=args.lb_retries,
+        endpoint_lag=parse_lag(args.endpoint_lag),
+        warmup=args.warmup,
+        cooldown=args.cooldown,
+        duration=args.duration,
+        out=args.out,
+        replicas=args.replicas,
+        image_map=args.image_map,
+        k6_script=args.k6_script,
+        action_timeout=args.action_timeout,
+        conn_reuse=args.conn_reuse,
+        request_timeout=args.request_timeout,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = config_from(args)
+        result = run_experiment(config)
+    except (ConfigError, ManifestError) as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
+        return 130
+    except LabError as exc:
+        print(f"lab: failed: {exc}", file=sys.stderr)
+        return 1
+    print(result.table())
+    print(f"report: {config.out / 'report.json'}, plot: {config.out / 'timeline.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""One typed configuration for one experiment; the CLI only fills it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = ("rollout-restart", "scale", "steady")
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A bad option; the message names it."""
+
+
+def _project_file(relative: str) -> Path:
+    """A project file: from the current directory if there, else from the source tree."""
+    here = Path(relative)
+    return here if here.exists() else REPO / relative
+
+
+def default_image_map() -> Path:
+    return _project_file("deploy/lab-images.yml")
+
+
+def default_k6_script() -> Path:
+    return _project_file("deploy/k6/load-test.js")
+
+
+def parse_lag(text: str) -> tuple[float, float]:
+    """`1` -> (1, 1); `0.5-3` -> (0.5, 3): each change draws a lag in the range."""
+    low_text, sep, high_text = text.partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if sep else low
+    except ValueError:
+        raise ConfigError(f"--endpoint-lag: expected SECONDS or MIN-MAX, got {text!r}") from None
+    if low < 0 or high < low:
+        raise ConfigError(f"--endpoint-lag: need 0 <= MIN <= MAX, got {text!r}")
+    return low, high
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    manifests: Path
+    scenario: str = "rollout-restart"
+    to: int | None = None  # the scale scenario's target
+    vus: int = 50
+    lb: str = "tcp"
+    lb_retries: int = 0
+    endpoint_lag: tuple[float, float] = (1.0, 1.0)
+    warmup: float = 10.0
+    cooldown: float = 10.0
+    duration: float = 30.0  # the steady scenario's load time after warm-up
+    out: Path = Path("out/lab")
+    replicas: int | None = None  # overrides the Deployment's replicas
+    image_map: Path | None = None
+    k6_script: Path | None = None
+    action_timeout: float = 600.0
+    ready_timeout: float = 180.0
+    conn_reuse: bool = False
+    request_timeout: str | None = None  # k6 duration, e.g. "10s"
+    seed: int | None = None
+    progress: bool = True
+
+    @property
+    def image_map_path(self) -> Path:
+        return self.image_map or default_image_map()
+
+    @property
+    def k6_script_path(self) -> Path:
+        return self.k6_script or default_k6_script()
+
+    def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"--scenario: must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+        if self.scenario == "scale" and self.to is None:
+            raise ConfigError("--to: the scale scenario needs the target replica count")
+        if self.to is not None and self.to < 0:
+            raise ConfigError(f"--to: must be >= 0, got {self.to}")
+        if self.scenario != "scale" and self.to is not None:
+            raise ConfigError("--to: only the scale scenario takes a target")
+        if not 1 <= self.vus <= 2000:
+            raise ConfigError(f"--vus: must be between 1 and 2000, got {self.vus}")
+        if self.lb not in ("tcp", "http"):
+            raise ConfigError(f"--lb: must be tcp or http, got {self.lb!r}")
+        if not 0 <= self.lb_retries <= 10:
+            raise ConfigError(f"--lb-retries: must be between 0 and 10, got {self.lb_retries}")
+        low, high = self.endpoint_lag
+        if low < 0 or high < low:
+            raise ConfigError(f"--endpoint-lag: need 0 <= MIN <= MAX, got {low}-{high}")
+        for name, value in (
+            ("--warmup", self.warmup),
+            ("--cooldown", self.cooldown),
+            ("--duration", self.duration),
+        ):
+            if value < 0:
+                raise ConfigError(f"{name}: must be >= 0 seconds, got {value}")
+        if self.replicas is not None and not 0 <= self.replicas <= 250:
+            raise ConfigError(f"--replicas: must be between 0 and 250, got {self.replicas}")
+        if not self.image_map_path.exists():
+            raise ConfigError(f"--image-map: {self.image_map_path} does not exist")
+        if not self.k6_script_path.exists():
+            raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")

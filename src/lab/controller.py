@@ -1,0 +1,172 @@
+"""The Deployment controller: keeps `replicas` pods of the current template running.
+
+Each template change (a new template, or `rollout restart`, which stamps an annotation)
+is a new revision, like a new ReplicaSet. RollingUpdate follows the Deployment
+controller's arithmetic: at most replicas + maxSurge non-terminating pods, and old pods
+are deleted only while at least replicas - maxUnavailable pods stay available (ready for
+minReadySeconds). Recreate deletes every old pod and waits until they are gone before
+creating new ones. Terminating pods do not count, as in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import secrets
+from collections.abc import Callable
+
+from lab.events import EventLog
+from lab.images import ImageMap
+from lab.manifest import Deployment, PodTemplate
+from lab.pods import Kubelet, Pod
+
+
+class DeploymentController:
+    def __init__(
+        self,
+        deployment: Deployment,
+        kubelet: Kubelet,
+        images: ImageMap,
+        events: EventLog,
+        replicas: int | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.kubelet = kubelet
+        self.images = images
+        self.events = events
+        self.replicas = deployment.replicas if replicas is None else replicas
+        self.template = deployment.template
+        self.image = images.image(self.template.container.image)
+        self.revision = 1
+        self.pods: list[Pod] = []
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.on_reconcile: Callable[[], None] | None = None
+
+    # -- actions -------------------------------------------------------------------------
+
+    def scale(self, replicas: int) -> None:
+        self.events.add("", "scale", f"{self.deployment.name} to {replicas} replicas")
+        self.replicas = replicas
+        self.wake.set()
+
+    def rollout_restart(self) -> None:
+        """`kubectl rollout restart`: the same template with a restartedAt annotation."""
+        stamp = datetime.datetime.now(datetime.UTC).isoformat()
+        annotations = {**self.template.annotations, "kubectl.kubernetes.io/restartedAt": stamp}
+        self.update_template(dataclasses.replace(self.template, annotations=annotations))
+
+    def update_template(self, template: PodTemplate) -> None:
+        self.image = self.images.image(template.container.image)
+        self.template = template
+        self.revision += 1
+        self.events.add("", "rollout", f"{self.deployment.name} revision {self.revision}")
+        self.wake.set()
+
+    def delete_all(self) -> None:
+        """Scale to zero: every pod is deleted gracefully."""
+        self.replicas = 0
+        for pod in self.active():
+            self.kubelet.delete_pod(pod)
+        self.wake.set()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def active(self) -> list[Pod]:
+        return [p for p in self.pods if not p.terminating and not p.gone]
+
+    def available(self, pod: Pod) -> bool:
+        return pod.available(self.events.now(), self.deployment.min_ready_seconds)
+
+    def complete(self) -> bool:
+        """Rollout done: every non-terminating pod is of the current revision, there are
+        `replicas` of them, and all are available."""
+        active = self.active()
+        return (
+            len(active) == self.replicas
+            and all(p.revision == self.revision for p in active)
+            and all(self.available(p) for p in active)
+        )
+
+    # -- reconcile loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self.reconcile()
+            self.wake.clear()
+            # Availability depends on time (minReadySeconds), so poll as well as wake.
+            try:
+                await asyncio.wait_for(self.wake.wait(), 0.05)
+            except TimeoutError:
+                pass
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name="deployment controller")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+    def reconcile(self) -> None:
+        self.pods = [p for p in self.pods if not p.gone]
+        active = self.active()
+        new = [p for p in active if p.revision == self.revision]
+        old = [p for p in active if p.revision != self.revision]
+        if self.deployment.strategy.type == "Recreate":
+            if old:
+                for pod in old:
+                    self.kubelet.delete_pod(pod)
+                return
+            if any(p.revision != self.revision for p in self.pods):
+                return  # old pods still terminating: Recreate waits for them to be gone
+            self._scale_to(new, self.replicas)
+        elif not old:
+            self._scale_to(new, self.replicas)
+        else:
+            self._rolling(active, new, old)
+        if self.on_reconcile is not None:
+            self.on_reconcile()
+
+    def _rolling(self, active: list[Pod], new: list[Pod], old: list[Pod]) -> None:
+        surge, unavailable = self.deployment.strategy.resolve(self.replicas)
+        # Scale the new revision up, within replicas + maxSurge.
+        room = self.replicas + surge - len(active)
+        wanted = min(self.replicas - len(new), room)
+        for _ in range(max(0, wanted)):
+            new.append(self._create())
+            active.append(new[-1])
+        if len(new) > self.replicas:
+            self._scale_to(new, self.replicas)
+            active = self.active()
+        # Scale old revisions down while enough pods stay available.
+        min_available = self.replicas - unavailable
+        new_unavailable = sum(1 for p in new if not self.available(p))
+        budget = len(active) - min_available - new_unavailable
+        if budget <= 0:
+            return
+        # Unavailable old pods first: deleting them costs no availability.
+        for pod in [p for p in old if not self.available(p)][:budget]:
+            self.kubelet.delete_pod(pod)
+            budget -= 1
+        available = sum(1 for p in self.active() if self.available(p))
+        spare = min(budget, available - min_available)
+        for pod in [p for p in old if not p.terminating][: max(0, spare)]:
+            self.kubelet.delete_pod(pod)
+
+    def _scale_to(self, pods: list[Pod], replicas: int) -> None:
+        for _ in range(replicas - len(pods)):
+            pods.append(self._create())
+        if len(pods) > replicas:
+            # Not-ready pods go first, then the youngest, as the ReplicaSet controller does.
+            ranked = sorted(pods, key=lambda p: (p.ready, -p.created))
+            for pod in ranked[: len(pods) - replicas]:
+                self.kubelet.delete_pod(pod)
+
+    def _create(self) -> Pod:
+        name = f"{self.deployment.name}-r{self.revision}-{secrets.token_hex(3)}"
+        pod = self.kubelet.create_pod(name, self.template, self.image, self.revision)
+        self.pods.append(pod)
+        return pod

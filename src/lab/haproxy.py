@@ -1,0 +1,173 @@
+"""HAProxy as the Service's load balancer, driven through its runtime API.
+
+The backend starts empty; the endpoints controller adds, drains and deletes servers over
+the stats socket (`level admin`), never reloading, so established connections live on
+as they do through kube-proxy's conntrack. `retries 0` by default: a cloud L4 path does
+not retry a refused connection, and retries would hide exactly the failures we measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from lab.procs import Registry
+
+BACKEND = "pods"
+
+_CONFIG = """\
+global
+  stats socket {socket} level admin
+  maxconn 20000
+  log stderr format short local0 notice
+
+defaults
+  mode {mode}
+  log global
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  retries {retries}
+{redispatch}{http_options}
+frontend service
+  bind {host}:{port}
+  default_backend {backend}
+
+backend {backend}
+  balance roundrobin
+"""
+
+# In http mode HAProxy keeps server-side connections alive and shares them between
+# client requests (the default `http-reuse safe`), as a cloud HTTP load balancer does.
+_HTTP_OPTIONS = """  option http-keep-alive
+  http-reuse safe
+"""
+
+
+class HAProxyError(RuntimeError):
+    pass
+
+
+class HAProxy:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        mode: str = "tcp",
+        retries: int = 0,
+        binary: str | None = None,
+    ) -> None:
+        found = binary or shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(found).exists():
+            raise HAProxyError("haproxy not found: install it with `apt-get install haproxy`")
+        self.binary = found
+        self.workdir = workdir
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self.retries = retries
+        self.socket_path = workdir / "haproxy.sock"
+        self.config_path = workdir / "haproxy.cfg"
+        self.log_path = workdir / "haproxy.log"
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def config(self) -> str:
+        return _CONFIG.format(
+            socket=self.socket_path,
+            mode=self.mode,
+            retries=self.retries,
+            redispatch="  option redispatch\n" if self.retries else "",
+            http_options=_HTTP_OPTIONS if self.mode == "http" else "",
+            host=self.host,
+            port=self.port,
+            backend=BACKEND,
+        )
+
+    async def start(self, registry: Registry, timeout: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config())
+        check = await registry.start(
+            [self.binary, "-c", "-q", "-f", str(self.config_path)], "haproxy-check", log=self.log_path
+        )
+        if await asyncio.wait_for(check.wait(), timeout) != 0:
+            raise HAProxyError(f"haproxy rejected its config; see {self.log_path}")
+        self.process = await registry.start(
+            [self.binary, "-db", "-f", str(self.config_path)], "haproxy", log=self.log_path
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.returncode is not None:
+                raise HAProxyError(f"haproxy exited at start; see {self.log_path}")
+            with contextlib.suppress(OSError):
+                self.command("show info")
+                return
+            await asyncio.sleep(0.05)
+        raise HAProxyError(f"haproxy's stats socket did not answer within {timeout} s")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            Registry.kill_group(process.pid)
+            await asyncio.wait_for(process.wait(), timeout)
+
+    def command(self, line: str, timeout: float = 2.0) -> str:
+        """One runtime API command; the socket closes after the answer (non-interactive)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket_path))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace").strip()
+
+    def add_server(self, name: str, address: str, port: int) -> None:
+        """Register a server and take it out of maintenance (new servers start in maint)."""
+        answer = self.command(f"add server {BACKEND}/{name} {address}:{port}")
+        if "New server registered" not in answer:
+            raise HAProxyError(f"add server {name}: {answer}")
+        answer = self.command(f"enable server {BACKEND}/{name}")
+        if answer:
+            raise HAProxyError(f"enable server {name}: {answer}")
+
+    def drain_server(self, name: str) -> None:
+        """No new connections to it; established ones carry on (conntrack's behaviour)."""
+        answer = self.command(f"disable server {BACKEND}/{name}")
+        if answer:
+            raise HAProxyError(f"disable server {name}: {answer}")
+
+    def delete_server(self, name: str) -> bool:
+        """Delete a drained server; False while connections are still attached to it."""
+        answer = self.command(f"del server {BACKEND}/{name}")
+        if "Server deleted" in answer:
+            return True
+        if "connections attached" in answer or "still has" in answer:
+            return False
+        raise HAProxyError(f"del server {name}: {answer}")
+
+    def servers(self) -> dict[str, str]:
+        """Backend servers by name -> status (`no check` when in rotation, `MAINT` drained)."""
+        out: dict[str, str] = {}
+        for row in self.command("show stat").splitlines():
+            cols = row.split(",")
+            if len(cols) > 17 and cols[0] == BACKEND and cols[1] not in ("BACKEND", "FRONTEND"):
+                out[cols[1]] = cols[17]
+        return out
+
+    def active_servers(self) -> set[str]:
+        """Servers that take new connections."""
+        return {name for name, status in self.servers().items() if status != "MAINT"}

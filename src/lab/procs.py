@@ -1,0 +1,95 @@
+"""Every process the lab starts goes through one registry, so clean-up can find them all.
+
+Each child runs in its own session (its own process group), which lets the lab signal a
+pod's main process alone (SIGTERM) or the whole group (SIGKILL), and keeps Ctrl-C on the
+terminal from reaching the children: the lab decides when and how they stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+def _ignore_sigterm() -> None:
+    # Runs in the child between fork and exec. A container's main process is PID 1,
+    # which the kernel shields from every signal it has no handler for; starting it with
+    # SIGTERM ignored gives the same outcome: a shell that does not exec its child stays
+    # deaf to SIGTERM, while an app that installs a handler (uvicorn does) still gets it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Registry:
+    """Starts children in new sessions, logs their PIDs, and kills leftovers' groups."""
+
+    def __init__(self, pid_log: Path | None = None) -> None:
+        self.pid_log = pid_log
+        self.children: dict[int, str] = {}  # pid (= pgid) -> name
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    def record(self, pid: int, name: str) -> None:
+        self.children[pid] = name
+        if self.pid_log is not None:
+            with self.pid_log.open("a") as f:
+                f.write(f"{pid} {name}\n")
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        name: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log: Path | None = None,
+        pid1: bool = False,
+        stdout_pipe: bool = False,
+    ) -> asyncio.subprocess.Process:
+        out: IO[bytes] | int
+        out = asyncio.subprocess.PIPE if stdout_pipe else asyncio.subprocess.DEVNULL
+        log_file = log.open("ab") if log is not None else None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file if log_file is not None else out,
+                stderr=log_file if log_file is not None else asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_ignore_sigterm if pid1 else None,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+        self.processes.append(process)
+        self.record(process.pid, name)
+        return process
+
+    @staticmethod
+    def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    def alive(self) -> list[int]:
+        alive = []
+        for pid in self.children:
+            try:
+                os.killpg(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                continue
+            alive.append(pid)
+        return alive
+
+    async def kill_all(self, timeout: float = 5.0) -> None:
+        """The forced path: SIGKILL every group still there, then reap the leaders."""
+        for pid in self.alive():
+            self.kill_group(pid, signal.SIGCONT)
+            self.kill_group(pid, signal.SIGKILL)
+        for process in self.processes:
+            if process.returncode is None:
+                with contextlib.suppress(TimeoutError, ProcessLookupError):
+                    await asyncio.wait_for(process.wait(), timeout)

@@ -1,0 +1,164 @@
+"""The experiment's results, computed apart from their rendering (table, JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lab.accounting import Accounting, Request
+from lab.events import Event
+
+ID_SAMPLE = 50  # ids listed in the report per category; the counts are exact
+
+
+@dataclass
+class Report:
+    manifests: str
+    scenario: str
+    lb: str
+    lb_retries: int
+    endpoint_lag: list[float]
+    vus: int
+    replicas: int
+    requests: int
+    ok: int
+    failed: dict[str, int]
+    failed_total: int
+    lost_operations: int | None
+    orphan_operations: int | None
+    duration_s: float
+    achieved_rps: float | None
+    ideal_rps: float
+    steady_window_s: list[float] | None
+    action_completed: bool
+    action_s: float | None
+    pods_created: int
+    lost_ids: list[str] = field(default_factory=list)
+    orphan_ids: list[str] = field(default_factory=list)
+    unmatched_points: int = 0
+    operations_logged: int | None = None
+    error_examples: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    events: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def steady_ratio(self) -> float | None:
+        if self.achieved_rps is None or not self.ideal_rps:
+            return None
+        return self.achieved_rps / self.ideal_rps
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["steady_ratio"] = self.steady_ratio
+        return data
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def table(self) -> str:
+        rows: list[tuple[str, str]] = [
+            ("manifests", self.manifests),
+            ("scenario", self.scenario),
+            ("load balancer", f"{self.lb}, retries {self.lb_retries}"),
+            ("endpoint lag", "-".join(f"{x:g}" for x in sorted(set(self.endpoint_lag))) + " s"),
+            ("replicas / VUs", f"{self.replicas} / {self.vus}"),
+            ("duration", f"{self.duration_s:.1f} s"),
+            ("action", _action(self)),
+            ("requests", str(self.requests)),
+            ("ok (200)", str(self.ok)),
+            ("failed", f"{self.failed_total}" + (f" ({_pct(self.failed_total, self.requests)})" if self.requests else "")),
+        ]
+        rows += [(f"  {kind}", str(count)) for kind, count in self.failed.items()]
+        rows += [
+            ("lost operations", _opt(self.lost_operations)),
+            ("orphan operations", _opt(self.orphan_operations)),
+        ]
+        if self.unmatched_points:
+            rows.append(("points without a k6 record", str(self.unmatched_points)))
+        rate = "n/a"
+        if self.achieved_rps is not None:
+            ratio = self.steady_ratio or 0.0
+            rate = f"{self.achieved_rps:.0f} / {self.ideal_rps:.0f} rps ({ratio:.0%})"
+        rows.append(("steady rps achieved/ideal", rate))
+        width = max(len(k) for k, _ in rows)
+        line = "-" * (width + 2 + max(len(v) for _, v in rows))
+        body = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return f"{line}\n{body}\n{line}"
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.2f} %"
+
+
+def _opt(value: int | None) -> str:
+    return "not measured (no InfluxDB in the manifests)" if value is None else str(value)
+
+
+def _action(report: Report) -> str:
+    if report.scenario == "steady":
+        return "none"
+    took = f"{report.action_s:.1f} s" if report.action_s is not None else "?"
+    return f"{'completed' if report.action_completed else 'NOT completed'} in {took}"
+
+
+def steady_rate(
+    requests: list[Request], start_ms: int | None, end_ms: int | None
+) -> tuple[float | None, list[float] | None]:
+    """Requests per second between two Unix-ms times (the steady window)."""
+    if start_ms is None or end_ms is None or end_ms - start_ms < 1000:
+        return None, None
+    count = sum(1 for r in requests if start_ms <= r.t_ms < end_ms)
+    return count / ((end_ms - start_ms) / 1000), [start_ms / 1000, end_ms / 1000]
+
+
+def build(
+    *,
+    manifests: str,
+    scenario: str,
+    lb: str,
+    lb_retries: int,
+    endpoint_lag: tuple[float, float],
+    vus: int,
+    replicas: int,
+    accounting: Accounting,
+    requests: list[Request],
+    events: list[Event],
+    duration_s: float,
+    steady_ms: tuple[int | None, int | None],
+    action_completed: bool,
+    action_s: float | None,
+    notes: list[str],
+) -> Report:
+    achieved, window = steady_rate(requests, *steady_ms)
+    lost = accounting.lost
+    orphans = accounting.orphans
+    return Report(
+        manifests=manifests,
+        scenario=scenario,
+        lb=lb,
+        lb_retries=lb_retries,
+        endpoint_lag=list(endpoint_lag),
+        vus=vus,
+        replicas=replicas,
+        requests=accounting.requests,
+        ok=accounting.ok,
+        failed=accounting.failed,
+        failed_total=accounting.failed_total,
+        lost_operations=None if lost is None else len(lost),
+        orphan_operations=None if orphans is None else len(orphans),
+        duration_s=round(duration_s, 3),
+        achieved_rps=None if achieved is None else round(achieved, 1),
+        ideal_rps=vus / 0.1,
+        steady_window_s=window,
+        action_completed=action_completed,
+        action_s=None if action_s is None else round(action_s, 3),
+        pods_created=sum(1 for e in events if e.kind == "created"),
+        lost_ids=(lost or [])[:ID_SAMPLE],
+        orphan_ids=(orphans or [])[:ID_SAMPLE],
+        unmatched_points=len(accounting.unmatched_points),
+        operations_logged=accounting.points,
+        error_examples=accounting.errors,
+        notes=notes,
+        events=[e.as_dict() for e in events],
+    )

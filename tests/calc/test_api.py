@@ -1,0 +1,183 @@
+"""POST /sum and the other endpoints, over a real socket to a real `calc serve`."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import VENV_BIN, Processes, http_ok, wait_until
+
+from lab.influx import free_port
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Processes]]:
+    """One v10 server for the module, with no slow-math delay so examples run fast."""
+    procs = Processes(tmp_path_factory.mktemp("api"))
+    port = free_port()
+    process = procs.start(
+        [str(VENV_BIN / "calc"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={"CALC_SLOW_MATH": "0", "CALC_OPLOG": "off", "CALC_POD": "api"},
+        name="calc-api",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), 15, what="calc /health")
+        yield url, procs
+    finally:
+        procs.cleanup()
+    assert process.poll() is not None
+
+
+def post(url: str, body: bytes | str, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/sum", content=body, headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "expected"),
+    [
+        ([1, 2, 3, 4], 10),
+        ([], 0),
+        ([1, 2.5], 3.5),
+        ([1, True, False, "7", None, {"a": 1}, [2], 3], 4),
+        ([10**20, 1], 10**20 + 1),
+        ([-1.5, 1.5], 0.0),
+    ],
+)
+def test_sum_adds_the_items_that_are_numbers(
+    api: tuple[str, Processes], numbers: list[object], expected: float
+) -> None:
+    """1. POST the list. 2. The result sums the numbers only (booleans are not numbers);
+    integer sums stay integers, any float makes a float."""
+    url, _ = api
+    response = post(url, json.dumps({"numbers": numbers}))
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"numbers": [1, 2', 400),
+        (b"\xff\xfe not utf-8", 400),
+        (b"", 400),
+        (b"[1, 2, 3]", 422),
+        (b'"numbers"', 422),
+        (b"{}", 422),
+        (b'{"numbers": "1,2"}', 422),
+        (b'{"numbers": {"a": 1}}', 422),
+        (b'{"numbers": [NaN]}', 422),
+        (b'{"numbers": [Infinity, 1]}', 422),
+        (b'{"numbers": [-Infinity]}', 422),
+        (b'{"numbers": [1e999]}', 422),
+        (b'{"numbers": [' + b"9" * 5000 + b"]}", 422),
+        (b'{"numbers": [' + b"9" * 400 + b"]}", 422),
+        (b'{"numbers": [1.7e308, 1.7e308]}', 422),
+        (b'{"numbers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422),
+        (b'{"numbers": [' + b",".join([b"1"] * 100_001) + b"]}", 413),
+    ],
+)
+def test_bad_input_gets_a_json_client_error(
+    api: tuple[str, Processes], body: bytes, status: int
+) -> None:
+    """1. POST a bad body. 2. The status is the documented client error, with a JSON
+    `error`, never a 5xx."""
+    url, _ = api
+    response = post(url, body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_body_over_one_mebibyte_is_refused_with_413(api: tuple[str, Processes]) -> None:
+    """1. POST a 1 MiB + 1 body with content-length, and again chunked (no length).
+    2. Both get 413 before the service parses anything."""
+    url, _ = api
+    body = b'{"numbers": [' + b" " * (1 << 20) + b"]}"
+    assert post(url, body).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    response = httpx.post(f"{url}/sum", content=chunks(), timeout=10)
+    assert response.status_code == 413
+
+
+def test_request_id_is_honoured_or_generated_and_logged(api: tuple[str, Processes]) -> None:
+    """1. Send a sane x-request-id: it comes back and the log line carries it.
+    2. Send an insane one, and none: each gets a fresh generated id."""
+    url, procs = api
+    sane = "req-42.a:b_C"
+    response = post(url, b'{"numbers": [1]}', **{"x-request-id": sane})
+    assert response.headers["x-request-id"] == sane
+    insane = post(url, b'{"numbers": [1]}', **{"x-request-id": "bad id with spaces"})
+    generated = insane.headers["x-request-id"]
+    assert generated != "bad id with spaces"
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    other = post(url, b'{"numbers": [1]}').headers["x-request-id"]
+    assert other != generated
+
+    def log_with_other() -> str | None:
+        text = procs.output(procs.started[0])
+        return text if f"request_id={other}" in text else None
+
+    log = wait_until(log_with_other, 5, what="log line with the generated id")
+    assert f"request_id={sane} calc: Calculating sum" in log
+    assert f"request_id={generated} calc: Calculating sum" in log
+
+
+def test_health_ready_and_metrics(api: tuple[str, Processes]) -> None:
+    """1. GET /health, /ready, /metrics. 2. Liveness and readiness say so; metrics count
+    responses by status and show the draining flag off."""
+    url, _ = api
+    assert httpx.get(f"{url}/health").json() == {"status": "healthy"}
+    ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 200
+    post(url, b"{}")
+    text = httpx.get(f"{url}/metrics").text
+    assert re.search(r'^calc_requests_total\{status="422"\} [1-9]', text, re.M)
+    assert "calc_draining 0" in text
+    assert "calc_requests_in_flight 1" in text  # the /metrics request itself
+    assert "calc_operations_lost_total 0" in text
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.sampled_from(["numbers", "x", ""]), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.builds(lambda v: json.dumps({"numbers": v}).encode(), st.lists(json_values, max_size=8)),
+        st.binary(max_size=64),
+    )
+)
+def test_no_body_of_any_shape_yields_a_server_error(
+    api: tuple[str, Processes], body: bytes
+) -> None:
+    """For any JSON value, any numbers list, any bytes: the answer is 200 or a 4xx."""
+    url, _ = api
+    response = post(url, body)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code == 200:
+        assert "result" in response.json()

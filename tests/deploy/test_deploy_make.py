@@ -1,0 +1,309 @@
+"""The Makefile targets of the original demo, run as a user runs them: `make <target>`
+against real servers (calc, influxd, k6) on loopback, and the failure messages of the
+targets whose tools or arguments are missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from support import REPO, Processes, http_ok, wait_until
+
+from deploy.deploy_helpers import (
+    alive,
+    descendants,
+    kill_pids,
+    make_command,
+    make_env,
+    run_make,
+)
+from lab.influx import free_port
+
+# Every target of the original Makefile (and the issue), plus the ones we add.
+ORIGINAL_TARGETS = [
+    "help",
+    "set-calc-url",
+    "local-server",
+    "local-test",
+    "docker-local-server",
+    "docker-push-image",
+    "do-create-registry",
+    "do-create-k8s-cluster",
+    "do-add-registry-to-k8s-cluster",
+    "do-create-cert",
+    "do-create-load-test-vm",
+    "do-load-test",
+    "do-delete",
+    "k8s-deploy",
+    "k8s-redeploy",
+    "k8s-scale",
+    "k8s-test",
+    "k8s-logs",
+    "k8s-delete",
+    "influxdb-local",
+    "influxdb-k8s-deploy",
+    "influxdb-k8s-port-forward",
+    "influxdb-count",
+    "influxdb-clear",
+    "load-test",
+]
+DEPLOY_MK = REPO / "mk" / "deploy.mk"
+
+
+def start_make(processes: Processes, *args: str, name: str) -> subprocess.Popen[bytes]:
+    """A long-running target in its own session; the fixture kills its group at the end."""
+    return processes.start(make_command(*args), env=make_env(), name=name, cwd=REPO)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> int:
+    """Ctrl-C as in a terminal: the signal goes to the whole process group."""
+    os.killpg(process.pid, sig)
+    return process.wait(20)
+
+
+@pytest.fixture
+def local_calc(processes: Processes) -> Iterator[str]:
+    """`make local-server` on a free port; yields its URL once /health answers."""
+    port = free_port()
+    make = start_make(processes, "local-server", f"PORT={port}", name="local-server")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/health"), 30, what="make local-server")
+    yield url
+    stop(make)
+    assert not http_ok(f"{url}/health")
+
+
+def test_help_lists_every_target() -> None:
+    """Scenario: 1. `make help`; 2. every target of the original demo is listed, each
+    with a description."""
+    result = run_make("help")
+    assert result.returncode == 0, result.stderr
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    listed = {}
+    for line in plain.splitlines():
+        target, _, description = line.strip().partition(" ")
+        listed[target] = description.strip()
+    missing = [t for t in ORIGINAL_TARGETS if not listed.get(t)]
+    assert missing == []
+
+
+def test_every_deploy_target_has_a_description() -> None:
+    """Scenario: 1. read every rule in mk/deploy.mk; 2. each names a `## description` on
+    its rule line (what `make help` shows); 3. each is declared .PHONY."""
+    text = DEPLOY_MK.read_text()
+    rules = re.findall(r"^([a-z0-9][a-z0-9-]*):(?!=)(.*)$", text, re.MULTILINE)
+    assert rules
+    undocumented = [name for name, rest in rules if "## " not in rest]
+    assert undocumented == []
+    phony = set(" ".join(re.findall(r"^\.PHONY:((?:.*\\\n)*.*)$", text, re.M)).split()) - {"\\"}
+    assert {name for name, _ in rules} <= phony
+
+
+def test_local_server_and_local_test(local_calc: str) -> None:
+    """Scenario: 1. `make local-server PORT=p` (fixture); 2. `make local-test` against it;
+    3. the answer is {"result": 10}; 4. Ctrl-C stops the server."""
+    result = run_make("local-test", f"CALC_URL={local_calc}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"result": 10}
+
+
+def test_set_calc_url_feeds_k8s_test(tmp_path: Path, local_calc: str) -> None:
+    """Scenario: 1. copy the Makefiles to a scratch dir (so the repo's .calc-url is left
+    alone); 2. `make k8s-test` there fails: no URL yet; 3. `make set-calc-url url=<local
+    calc>` writes .calc-url; 4. `make k8s-test` now reads it and gets {"result": 10}."""
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copytree(REPO / "mk", tmp_path / "mk")
+    before = run_make("k8s-test", cwd=tmp_path)
+    assert before.returncode != 0
+    assert "make set-calc-url" in before.stderr
+    assert run_make("set-calc-url", f"url={local_calc}", cwd=tmp_path).returncode == 0
+    assert (tmp_path / ".calc-url").read_text().strip() == local_calc
+    result = run_make("k8s-test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"result": 10}
+
+
+def test_influxdb_local_count_and_clear(processes: Processes, tmp_path: Path) -> None:
+    """Scenario: 1. `make influxdb-local` on a free port and a scratch data dir; 2. wait
+    for /ping; 3. write 3 operation points into database calc; 4. `make influxdb-count`
+    prints 3; 5. `make influxdb-clear`, then `make influxdb-count` prints 0; 6. Ctrl-C
+    stops make and its influxd."""
+    port = free_port()
+    data_dir = tmp_path / "influx"
+    make = start_make(
+        processes,
+        "influxdb-local",
+        f"INFLUX_PORT={port}",
+        f"INFLUX_DATA_DIR={data_dir}",
+        name="influxdb-local",
+    )
+    url = f"http://127.0.0.1:{port}"
+    # influxd runs in a session of its own (lab.influx starts it so): remember it, so it
+    # is stopped even if this test fails before the Ctrl-C below.
+    influxd: list[int] = []
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/ping", timeout=0.5).status_code == 204,
+            30,
+            what="influxd /ping",
+        )
+        influxd = [
+            p for p in descendants(make.pid) if "influxd" in Path(f"/proc/{p}/comm").read_text()
+        ]
+        assert influxd
+        # lab.influx creates the database right after /ping answers.
+        wait_until(lambda: "calc" in json.dumps(query(url, "SHOW DATABASES")), 10, what="db")
+        lines = "\n".join(
+            f'operation,name=sum,pod=test id="r{i}",numbers=4.0,result=10.0 {1_000_000_000 + i}'
+            for i in range(3)
+        )
+        write = httpx.post(f"{url}/write", params={"db": "calc"}, content=lines, timeout=5)
+        assert write.status_code == 204, write.text
+
+        def count() -> int:
+            result = run_make("influxdb-count", f"INFLUX_PORT={port}")
+            assert result.returncode == 0, result.stderr
+            return int(result.stdout.strip().splitlines()[-1])
+
+        assert count() == 3
+        cleared = run_make("influxdb-clear", f"INFLUX_PORT={port}")
+        assert cleared.returncode == 0, cleared.stderr
+        assert count() == 0
+
+        stop(make)
+        wait_until(lambda: not any(alive(p) for p in influxd), 15, what="influxd to stop")
+    finally:
+        kill_pids(influxd, "influxd")
+
+
+def query(url: str, q: str) -> object:
+    return httpx.post(f"{url}/query", params={"q": q}, timeout=5).json()
+
+
+def test_influxdb_count_names_the_unreachable_server() -> None:
+    """Scenario: 1. `make influxdb-count` against a port nothing listens on; 2. it fails
+    and the message names the InfluxDB URL it tried."""
+    port = free_port()
+    result = run_make("influxdb-count", f"INFLUX_PORT={port}")
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}" in result.stderr
+
+
+def test_load_test_against_local_server(local_calc: str, tmp_path: Path) -> None:
+    """Scenario: 1. `make local-server` (fixture); 2. `make load-test VUS=5
+    DURATION=3s` against it; 3. k6 exits 0, made requests, and none failed."""
+    summary = tmp_path / "summary.json"
+    result = run_make(
+        "load-test",
+        f"CALC_URL={local_calc}",
+        "VUS=5",
+        "DURATION=3s",
+        f"K6_ARGS=--summary-export={summary}",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads(summary.read_text())["metrics"]
+    assert metrics["http_reqs"]["count"] > 0
+    # A rate metric: "passes" counts the requests that failed.
+    assert metrics["http_req_failed"]["passes"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "tool"),
+    [
+        (["k8s-deploy", "v=0.1.0", "version=v3"], "kubectl"),
+        (["k8s-redeploy"], "kubectl"),
+        (["k8s-scale", "replicas=5"], "kubectl"),
+        (["k8s-logs"], "kubectl"),
+        (["k8s-delete"], "kubectl"),
+        (["influxdb-k8s-deploy"], "kubectl"),
+        (["influxdb-k8s-port-forward"], "kubectl"),
+        (["docker-local-server"], "docker"),
+        (["docker-push-image", "v=0.1.0", "REGISTRY=registry.example.com/me"], "docker"),
+        (["do-create-registry", "name=my-registry"], "doctl"),
+        (["do-create-k8s-cluster"], "doctl"),
+        (["do-create-cert", "domain=calc.example.com"], "doctl"),
+        (["do-create-load-test-vm"], "doctl"),
+        (["do-delete"], "doctl"),
+        (["load-test", "K6=k6"], "k6"),
+    ],
+)
+def test_missing_tool_is_named(args: list[str], tool: str) -> None:
+    """Scenario: 1. run the target with a PATH where no tool is found; 2. it fails before
+    doing anything, with a message that names the missing tool."""
+    result = run_make(*args, env={"PATH": "/nonexistent"})
+    assert result.returncode != 0
+    assert f"error: {tool} not found" in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubectl_without_a_cluster_is_named(tmp_path: Path) -> None:
+    """Scenario: 1. kubectl installed but its kubeconfig names no cluster; 2. `make
+    k8s-deploy` fails and says kubectl must be pointed at a cluster."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    result = run_make("k8s-deploy", "v=0.1.0", "version=v5", env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode != 0
+    assert "kubectl has no current context" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker client not installed")
+def test_docker_without_an_engine_is_named(tmp_path: Path) -> None:
+    """Scenario: 1. docker client installed, pointed at a socket where no engine runs;
+    2. `make docker-push-image` fails and says docker cannot reach an engine."""
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = run_make("docker-push-image", "v=0.1.0", "REGISTRY=registry.example.com/me", env=env)
+    assert result.returncode != 0
+    assert "docker cannot reach a Docker engine" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["k8s-deploy", "v=0.1.0", "version=v99"], "unknown version 'v99'"),
+        (["k8s-deploy", "version=v3"], "Specify the image tag"),
+        (["k8s-manifest", "v=0.1.0", "version=latest"], "unknown version 'latest'"),
+        (["k8s-scale"], "Specify the number of replicas"),
+        (["k8s-scale", "replicas=five"], "Specify the number of replicas"),
+        (["docker-push-image"], "Specify the image tag"),
+        (["docker-push-image", "v=0.1.0", "REGISTRY="], "No registry"),
+        (["do-create-registry"], "Specify a unique registry name"),
+        (["do-create-cert"], "Specify the domain"),
+        (["set-calc-url"], "Specify url"),
+        (["load-test", "K6_SCRIPT=deploy/k6/missing.js"], "no k6 script"),
+    ],
+)
+def test_bad_input_fails_clearly(args: list[str], message: str) -> None:
+    """Scenario: 1. run the target with a missing or wrong argument (PATH without
+    kubectl/docker/doctl, so nothing could reach a real cluster); 2. it fails with a
+    message saying what to pass."""
+    result = run_make(*args, env={"PATH": "/nonexistent"})
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("version", ["v1", "v10"])
+def test_k8s_manifest_renders_the_image_tag(version: str) -> None:
+    """Scenario: 1. `make k8s-manifest version=vN v=0.2.0 REGISTRY=...` (what k8s-deploy
+    pipes into kubectl apply); 2. the output is the version's manifest with the image
+    swapped for REGISTRY/calc:0.2.0 and nothing else changed."""
+    result = run_make(
+        "k8s-manifest", f"version={version}", "v=0.2.0", "REGISTRY=registry.example.com/me"
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = result.stdout
+    original = (REPO / "deploy" / "k8s" / version / "calc.yml").read_text()
+    expected = original.replace("image: calc:latest", "image: registry.example.com/me/calc:0.2.0")
+    assert rendered == expected
+    for doc in yaml.safe_load_all(rendered):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
