@@ -33,7 +33,8 @@ RENDER = sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE):$(v)|' $(K8S_DIR)/$(v
 DO_REGISTRY_FILE := .make.do-registry
 REGISTRY ?= $(if $(wildcard $(DO_REGISTRY_FILE)),registry.digitalocean.com/$(shell cat $(DO_REGISTRY_FILE)))
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/calc,calc)
-# How long k8s-deploy waits for the load balancer's external address.
+# How long k8s-deploy waits for the load balancer's external address (0: not at all,
+# for clusters without a LoadBalancer provider, e.g. kind).
 LB_TIMEOUT ?= 300
 
 # DigitalOcean settings (the original: Frankfurt, 7 nodes for 13 replicas).
@@ -192,6 +193,7 @@ k8s-deploy: ## k8s: apply deploy/k8s/<version>/ with image IMAGE:v, wait for the
 	$(RENDER) | $(KUBECTL) apply -f -
 	$(KUBECTL) rollout status deployment/calc --timeout=15m
 	@if [ -s .calc-url ]; then echo "CALC_URL stays $$(cat .calc-url) (make set-calc-url url=URL to change it)"; exit 0; fi; \
+	if [ "$(LB_TIMEOUT)" = 0 ]; then echo "not waiting for a load balancer (LB_TIMEOUT=0): make set-calc-url url=URL"; exit 0; fi; \
 	echo -n "waiting up to $(LB_TIMEOUT) s for the load balancer's address... "; \
 	for i in $$(seq $$(( $(LB_TIMEOUT) / 2 ))); do \
 	  addr=$$($(KUBECTL) get service/calc -o jsonpath='{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}'); \

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from support import Processes
+
+from tests.support import Processes
 
 
 @dataclass

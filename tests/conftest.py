@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Processes
 
 from lab.influx import InfluxServer, free_port
+from tests.support import Processes
 
 _db_counter = itertools.count()
 

@@ -1,5 +1,8 @@
 """Helpers shared by the tests: waiting on state with a deadline, and child processes
-that are always cleaned up (their whole process group), also when a test fails."""
+that are always cleaned up (their whole process group), also when a test fails.
+
+Import as `from tests.support import ...` (tests is a package, so mypy sees one module).
+"""
 
 from __future__ import annotations
 

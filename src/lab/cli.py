@@ -8,6 +8,9 @@ from pathlib import Path
 
 from lab.config import SCENARIOS, ConfigError, LabConfig, parse_lag
 from lab.experiment import Interrupted, LabError, run_experiment
+from lab.haproxy import HAProxyError
+from lab.influx import InfluxError
+from lab.k6 import K6Error
 from lab.manifest import ManifestError
 
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
         return 130
-    except LabError as exc:
+    except (LabError, HAProxyError, InfluxError, K6Error) as exc:
         print(f"lab: failed: {exc}", file=sys.stderr)
         return 1
     print(result.table())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import shutil
 import socket
 import time
@@ -22,7 +23,7 @@ BACKEND = "pods"
 _CONFIG = """\
 global
   stats socket {socket} level admin
-  maxconn 20000
+  maxconn {maxconn}
   log stderr format short local0 notice
 
 defaults
@@ -50,6 +51,14 @@ _HTTP_OPTIONS = """  option http-keep-alive
 
 class HAProxyError(RuntimeError):
     pass
+
+
+def _maxconn() -> int:
+    """As many connections as our file limit allows: HAProxy needs two descriptors per
+    proxied connection and refuses to start when it cannot raise the limit far enough."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 65536 if hard == resource.RLIM_INFINITY else hard
+    return max(256, min(20000, (limit - 200) // 2))
 
 
 class HAProxy:
@@ -83,6 +92,7 @@ class HAProxy:
     def config(self) -> str:
         return _CONFIG.format(
             socket=self.socket_path,
+            maxconn=_maxconn(),
             mode=self.mode,
             retries=self.retries,
             redispatch="  option redispatch\n" if self.retries else "",

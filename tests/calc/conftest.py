@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from calc_support import CalcProcess, StartCalc
-from support import VENV_BIN, Processes, http_ok, wait_until
 
 from lab.influx import free_port
+from tests.calc_support import CalcProcess, StartCalc
+from tests.support import VENV_BIN, Processes, http_ok, wait_until
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import VENV_BIN, Processes, http_ok, wait_until
 
 from lab.influx import free_port
+from tests.support import VENV_BIN, Processes, http_ok, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from calc_support import CalcProcess, StartCalc
-from support import VENV_BIN, wait_until
 
 from calc.points import PointFormatter, escape_string_field, escape_tag
 from calc.sinks import InfluxSink
 from graceful import BatchWriter
 from lab.influx import InfluxServer
+from tests.calc_support import CalcProcess, StartCalc
+from tests.support import VENV_BIN, wait_until
 
 REQUESTS = 20
 

@@ -9,8 +9,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
-from calc_support import CalcProcess, StartCalc
-from support import wait_until
+
+from tests.calc_support import CalcProcess, StartCalc
+from tests.support import wait_until
 
 
 def refuses_connections(port: int) -> bool:
@@ -76,11 +77,12 @@ def test_v10_keeps_serving_not_ready_with_connection_close_until_quiet(
         before = client.post("/sum", json={"numbers": [1]})
         assert "close" not in before.headers.get("connection", "")
         calc.terminate()
-        ready = wait_until(
-            lambda: (r := httpx.get(f"{calc.url}/ready", timeout=1)).status_code == 503 and r,
-            2,
-            what="readiness flip",
-        )
+
+        def not_ready() -> httpx.Response | None:
+            response = httpx.get(f"{calc.url}/ready", timeout=1)
+            return response if response.status_code == 503 else None
+
+        ready = wait_until(not_ready, 2, what="readiness flip")
         assert ready.json() == {"status": "draining"}
         last_sum = 0.0
         for _ in range(3):

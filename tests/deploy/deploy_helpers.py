@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import REPO
+
+from tests.support import REPO
 
 K8S = REPO / "deploy" / "k8s"
 VERSIONS = [f"v{n}" for n in range(1, 11)]

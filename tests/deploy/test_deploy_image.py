@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import REPO, VENV_BIN, Processes, http_ok, wait_until
-
 from deploy.deploy_helpers import alive, children
+
 from lab.influx import free_port
+from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 START_SH = REPO / "deploy" / "start.sh"

@@ -17,8 +17,6 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from support import REPO, Processes, http_ok, wait_until
-
 from deploy.deploy_helpers import (
     alive,
     descendants,
@@ -27,7 +25,9 @@ from deploy.deploy_helpers import (
     make_env,
     run_make,
 )
+
 from lab.influx import free_port
+from tests.support import REPO, Processes, http_ok, wait_until
 
 # Every target of the original Makefile (and the issue), plus the ones we add.
 ORIGINAL_TARGETS = [

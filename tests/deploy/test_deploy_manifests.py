@@ -8,9 +8,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from support import REPO
-
-from calc.config import resolve
 from deploy.deploy_helpers import (
     K8S,
     VERSIONS,
@@ -21,6 +18,11 @@ from deploy.deploy_helpers import (
     load_docs,
     manifest_leaves,
 )
+
+from calc.config import resolve
+from calc.service import app_phase_limits, shutdown_config
+from graceful import budget_problems
+from tests.support import REPO
 
 D = "Deployment/calc:"
 POD = D + "spec.template.spec"
@@ -242,6 +244,23 @@ def test_v10_goes_beyond_the_talk() -> None:
     pdb = kinds["PodDisruptionBudget"]
     assert pdb["metadata"]["name"] == "calc"
     assert pdb["spec"]["selector"] == {"matchLabels": {"app": "calc"}}
+
+
+def test_v10_grace_period_is_sized_from_the_shutdown_budget() -> None:
+    """Scenario: 1. resolve calc's config from v10's container environment; 2. the
+    service's own budget check finds that every shutdown phase (delay, drain, flush) fits
+    in CALC_GRACE_PERIOD minus its safety margin; 3. with less than 5 s to spare, so a
+    change of the service's limits shows up here as a manifest to resize."""
+    container = calc_container(load_docs(K8S / "v10" / "calc.yml"))
+    config = resolve(None, env_of(container), {})
+    assert config.budget_check is True
+    shutdown = shutdown_config(config)
+    phases = app_phase_limits(config)
+    assert budget_problems(shutdown, phases) == []
+    assert shutdown.drain_timeout is not None
+    needed = shutdown.delay_limit() + shutdown.drain_timeout + sum(phases.values())
+    spare = config.grace_period - shutdown.safety_margin - needed
+    assert 0 <= spare < 5, f"phases need {needed} s of {config.grace_period} s"
 
 
 def test_influxdb_manifest() -> None:

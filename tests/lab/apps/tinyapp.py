@@ -7,8 +7,8 @@ every way a service can drop the ball.
 Binds TINY_HOST (default 127.0.0.1). GET /health is liveness, GET /ready readiness (503
 for the first --ready-after seconds), POST /sum sums `numbers` after --delay seconds.
 With --influx, each successful sum writes one point (the calc contract's shape) before
-the answer; --drop-id skips the point of one request id (a lost operation), --fail-id
-writes the point and then answers 500 (an orphan). Prints one line per event to stdout
+the answer; --drop-id skips the point of one request (a lost operation), --fail-id
+writes the point and then answers 500 (an orphan); both take an id or a `-VU-ITER` suffix. Prints one line per event to stdout
 (`request <id> <unix time>`, `sigterm <unix time>`) for the tests to read in the pod log.
 """
 
@@ -25,6 +25,11 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def matches(rid: str, pattern: str) -> bool:
+    # The lab picks the run id, so tests name a request by its `-VU-ITER` suffix.
+    return bool(pattern) and (rid == pattern or (pattern.startswith("-") and rid.endswith(pattern)))
 
 
 def log(line: str) -> None:
@@ -53,8 +58,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=("ok", "reset", "eof", "hang"), default="ok")
     parser.add_argument("--delay", type=float, default=0.05)
     parser.add_argument("--influx", default=os.environ.get("INFLUXDB_BASE_URL", ""))
-    parser.add_argument("--drop-id", default="")
-    parser.add_argument("--fail-id", default="")
+    parser.add_argument("--db", default="calc")
+    parser.add_argument("--drop-id", default="", help="a request id, or its -VU-ITER suffix")
+    parser.add_argument("--fail-id", default="", help="a request id, or its -VU-ITER suffix")
     args = parser.parse_args()
     started = time.monotonic()
     clock = Clock()
@@ -63,7 +69,7 @@ def main() -> int:
     def write_point(rid: str) -> None:
         line = f'operation,name=sum,pod={pod} id="{rid}",numbers=4i,result=10.0 {clock.next()}'
         request = urllib.request.Request(
-            f"{args.influx}/write?db=calc", data=line.encode(), method="POST"
+            f"{args.influx}/write?db={args.db}", data=line.encode(), method="POST"
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             response.read()
@@ -108,9 +114,9 @@ def main() -> int:
             if args.status != 200:
                 self.answer(args.status, b'{"error": "configured"}')
                 return
-            if args.influx and rid != args.drop_id:
+            if args.influx and not matches(rid, args.drop_id):
                 write_point(rid)
-            if rid == args.fail_id:
+            if matches(rid, args.fail_id):
                 self.answer(500, b'{"error": "failed after logging"}')
                 return
             total = sum(n for n in data.get("numbers", []) if isinstance(n, int | float))
