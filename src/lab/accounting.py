@@ -111,9 +111,7 @@ def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> 
     result.points = len(ids)
     result.duplicate_points = len(ids) - len(seen)
     result.lost = sorted(rid for rid, r in by_id.items() if r.status == 200 and rid not in seen)
-    result.orphans = sorted(
-        rid for rid in seen if rid in by_id and by_id[rid].status != 200
-    )
+    result.orphans = sorted(rid for rid in seen if rid in by_id and by_id[rid].status != 200)
     result.unmatched_points = sorted(rid for rid in seen if rid not in by_id)
     return result
 

@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cooldown", type=float, default=10.0, help="seconds of load after it")
     run.add_argument("--duration", type=float, default=30.0, help="steady scenario's load time")
     run.add_argument("--action-timeout", type=float, default=600.0, help="deadline for the action")
-    run.add_argument("--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)")
+    run.add_argument(
+        "--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)"
+    )
     run.add_argument("--image-map", type=Path, help="image map (default deploy/lab-images.yml)")
     run.add_argument("--k6-script", type=Path, help="k6 script (default deploy/k6/load-test.js)")
     run.add_argument("--conn-reuse", action="store_true", help="k6 keeps connections alive")

@@ -73,7 +73,9 @@ class LabConfig:
 
     def validate(self) -> None:
         if self.scenario not in SCENARIOS:
-            raise ConfigError(f"--scenario: must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+            raise ConfigError(
+                f"--scenario: must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}"
+            )
         if self.scenario == "scale" and self.to is None:
             raise ConfigError("--to: the scale scenario needs the target replica count")
         if self.to is not None and self.to < 0:

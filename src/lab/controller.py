@@ -11,6 +11,7 @@ creating new ones. Terminating pods do not count, as in Kubernetes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import secrets
@@ -96,10 +97,8 @@ class DeploymentController:
             self.reconcile()
             self.wake.clear()
             # Availability depends on time (minReadySeconds), so poll as well as wake.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.05)
-            except TimeoutError:
-                pass
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name="deployment controller")

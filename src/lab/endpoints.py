@@ -9,6 +9,7 @@ change draws its own lag. Per pod, changes apply in the order they happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,10 +111,8 @@ class EndpointsController:
             self.observe()
             self.apply_due()
             self.wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.02)
-            except TimeoutError:
-                pass
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name="endpoints controller")

@@ -195,8 +195,11 @@ class Lab:
             run_id=f"lab{int(time.time())}",
             csv_path=self.out / "k6.csv",
             api_port=free_port(),
-            max_duration=config.warmup + config.duration + config.action_timeout
-            + config.cooldown + 120,
+            max_duration=config.warmup
+            + config.duration
+            + config.action_timeout
+            + config.cooldown
+            + 120,
             log_path=self.out / "k6.log",
             extra_env=self._k6_env(),
             binary=self.p.k6_binary,
@@ -271,7 +274,11 @@ class Lab:
         )
         the_report.write_json(self.out / "report.json")
         await asyncio.to_thread(
-            plot.draw, requests, self.events.events, self.events.start_wall, self.out / "timeline.png"
+            plot.draw,
+            requests,
+            self.events.events,
+            self.events.start_wall,
+            self.out / "timeline.png",
         )
         return the_report
 
@@ -325,9 +332,7 @@ class Lab:
         assert self.controller is not None and self.kubelet is not None
         self.events.phase("teardown", "deleting every pod gracefully")
         self.controller.delete_all()
-        grace = max(
-            [p.template.termination_grace for p in self.kubelet.pods] or [0.0]
-        )
+        grace = max([p.template.termination_grace for p in self.kubelet.pods] or [0.0])
         if not await self.kubelet.wait_all_gone(grace + 15):
             self.events.phase("teardown-forced", "pods still there after their grace period")
             await self.kubelet.shutdown()

@@ -106,7 +106,9 @@ class HAProxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config())
         check = await registry.start(
-            [self.binary, "-c", "-q", "-f", str(self.config_path)], "haproxy-check", log=self.log_path
+            [self.binary, "-c", "-q", "-f", str(self.config_path)],
+            "haproxy-check",
+            log=self.log_path,
         )
         if await asyncio.wait_for(check.wait(), timeout) != 0:
             raise HAProxyError(f"haproxy rejected its config; see {self.log_path}")

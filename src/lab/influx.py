@@ -172,7 +172,9 @@ class InfluxServer:
 
     # -- queries -------------------------------------------------------------------------
 
-    def query(self, q: str, db: str | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+    def query(
+        self, q: str, db: str | None = None, timeout: float = 10.0
+    ) -> list[dict[str, object]]:
         """Run an InfluxQL statement; returns the `series` of the first result."""
         params = {"q": q}
         if db:
@@ -233,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, record)
     try:
         server.create_database(args.db)
-        print(f"InfluxDB {server.url} (database {args.db!r}, data in {server.data_dir})", flush=True)
+        print(
+            f"InfluxDB {server.url} (database {args.db!r}, data in {server.data_dir})", flush=True
+        )
         while not stop and server.process is not None and server.process.poll() is None:
             time.sleep(0.2)
     finally:

@@ -76,7 +76,9 @@ class K6:
             argv += ["-e", f"{key}={value}"]
         return [*argv, str(self.script)]
 
-    async def start(self, registry: Registry, base_env: dict[str, str], timeout: float = 30) -> None:
+    async def start(
+        self, registry: Registry, base_env: dict[str, str], timeout: float = 30
+    ) -> None:
         env = {**base_env, "K6_CSV_TIME_FORMAT": "unix_milli", "K6_NO_USAGE_REPORT": "true"}
         self.process = await registry.start(self.argv(), "k6", env=env, log=self.log_path)
         loop = asyncio.get_running_loop()
@@ -84,7 +86,9 @@ class K6:
         async with httpx.AsyncClient(timeout=1.0) as client:
             while loop.time() < deadline:
                 if self.process.returncode is not None:
-                    raise K6Error(f"k6 exited with code {self.process.returncode}; see {self.log_path}")
+                    raise K6Error(
+                        f"k6 exited with code {self.process.returncode}; see {self.log_path}"
+                    )
                 with contextlib.suppress(httpx.HTTPError):
                     response = await client.get(f"{self.api}/v1/status")
                     status = response.json()["data"]["attributes"]

@@ -155,6 +155,7 @@ class _Fields:
         self.path = path
         if not isinstance(data, dict):
             self.fail(path, f"must be a mapping, got {type(data).__name__}")
+        assert isinstance(data, dict)
         self.data: dict[str, Any] = data
 
     def fail(self, path: str, message: str) -> None:
@@ -170,7 +171,7 @@ class _Fields:
             return None
         return _Fields(self.source, self.at(key), self.data[key])
 
-    def str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -178,7 +179,7 @@ class _Fields:
             return default
         if not isinstance(value, str):
             self.fail(self.at(key), f"must be a string, got {value!r}")
-        return value
+        return str(value)
 
     def number(self, key: str, default: float, minimum: float = 0) -> float:
         value = self.data.get(key, default)
@@ -186,7 +187,7 @@ class _Fields:
             self.fail(self.at(key), f"must be a number >= {minimum:g}, got {value!r}")
         return float(value)
 
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(self.at(key), f"must be an integer >= {minimum}, got {value!r}")
@@ -233,7 +234,7 @@ class _Fields:
             out[str(k)] = str(v)
         return out
 
-    def list(self, key: str) -> list[_Fields]:
+    def items(self, key: str) -> list[_Fields]:
         value = self.data.get(key) or []
         if not isinstance(value, list):
             self.fail(self.at(key), f"must be a list, got {value!r}")
@@ -245,8 +246,8 @@ def _probe(f: _Fields) -> Probe:
         "initial_delay": f.number("initialDelaySeconds", 0),
         "period": f.number("periodSeconds", 10, minimum=1),
         "timeout": f.number("timeoutSeconds", 1, minimum=1),
-        "success_threshold": f.int("successThreshold", 1, minimum=1),
-        "failure_threshold": f.int("failureThreshold", 3, minimum=1),
+        "success_threshold": f.integer("successThreshold", 1, minimum=1),
+        "failure_threshold": f.integer("failureThreshold", 3, minimum=1),
     }
     actions = [a for a in ("httpGet", "tcpSocket", "exec", "grpc") if a in f.data]
     if len(actions) != 1:
@@ -262,14 +263,14 @@ def _probe(f: _Fields) -> Probe:
             sub.fail(sub.at("command"), "is required")
         assert command is not None
         return Probe(action, command=command, **timing)  # type: ignore[arg-type]
-    scheme = sub.str("scheme", "HTTP") or "HTTP"
+    scheme = sub.text("scheme", "HTTP") or "HTTP"
     if scheme != "HTTP":
         sub.fail(sub.at("scheme"), f"only HTTP is supported, got {scheme!r}")
     return Probe(
         action,
         port=sub.int_or_str("port", required=True),
-        path=sub.str("path", "/") or "/",
-        host=sub.str("host"),
+        path=sub.text("path", "/") or "/",
+        host=sub.text("host"),
         **timing,  # type: ignore[arg-type]
     )
 
@@ -292,17 +293,17 @@ def _handler(f: _Fields) -> Handler:
     if action == "sleep":
         if "seconds" not in sub.data:
             sub.fail(sub.at("seconds"), "is required")
-        return Handler("sleep", seconds=float(sub.int("seconds", 0)))
+        return Handler("sleep", seconds=float(sub.integer("seconds", 0)))
     return Handler(
         "httpGet",
         port=sub.int_or_str("port", required=True),
-        path=sub.str("path", "/") or "/",
-        host=sub.str("host"),
+        path=sub.text("path", "/") or "/",
+        host=sub.text("host"),
     )
 
 
 def _env(f: _Fields) -> EnvVar:
-    name = f.str("name", required=True)
+    name = f.text("name", required=True)
     assert name is not None
     if "valueFrom" in f.data:
         value_from = f.sub("valueFrom", required=True)
@@ -311,7 +312,7 @@ def _env(f: _Fields) -> EnvVar:
         if ref is None:
             value_from.fail(value_from.path, "only fieldRef is supported by the lab")
         assert ref is not None
-        field_path = ref.str("fieldPath", required=True)
+        field_path = ref.text("fieldPath", required=True)
         if field_path not in ("metadata.name", "metadata.namespace", "status.podIP"):
             ref.fail(ref.at("fieldPath"), f"{field_path!r} is not supported by the lab")
         return EnvVar(name, field_ref=field_path)
@@ -323,35 +324,42 @@ def _env(f: _Fields) -> EnvVar:
 
 def _container(f: _Fields) -> Container:
     ports: dict[str, int] = {}
-    for p in f.list("ports"):
-        number = p.int("containerPort", 0, minimum=1)
-        protocol = p.str("protocol", "TCP")
+    for p in f.items("ports"):
+        number = p.integer("containerPort", 0, minimum=1)
+        protocol = p.text("protocol", "TCP")
         if protocol != "TCP":
             p.fail(p.at("protocol"), f"only TCP is supported, got {protocol!r}")
-        ports[p.str("name") or str(number)] = number
+        ports[p.text("name") or str(number)] = number
     readiness = f.sub("readinessProbe")
     liveness = f.sub("livenessProbe")
     lifecycle = f.sub("lifecycle")
     pre_stop = lifecycle.sub("preStop") if lifecycle else None
-    image = f.str("image", required=True)
+    image = f.text("image", required=True)
     assert image is not None
     container = Container(
-        name=f.str("name", required=True) or "",
+        name=f.text("name", required=True) or "",
         image=image,
         command=f.str_list("command"),
         args=f.str_list("args"),
-        env=tuple(_env(e) for e in f.list("env")),
+        env=tuple(_env(e) for e in f.items("env")),
         ports=ports,
         readiness=_probe(readiness) if readiness else None,
         liveness=_probe(liveness) if liveness else None,
         pre_stop=_handler(pre_stop) if pre_stop else None,
-        working_dir=f.str("workingDir"),
+        working_dir=f.text("workingDir"),
     )
-    for probe, key in ((container.readiness, "readinessProbe"), (container.liveness, "livenessProbe")):
-        if probe and probe.action != "exec" and isinstance(probe.port, str):
-            if not probe.port.isdigit() and probe.port not in ports:
-                action = probe.action
-                f.fail(f"{f.at(key)}.{action}.port", f"no container port named {probe.port!r}")
+    for probe, key in (
+        (container.readiness, "readinessProbe"),
+        (container.liveness, "livenessProbe"),
+    ):
+        named = probe is not None and probe.action != "exec" and isinstance(probe.port, str)
+        if (
+            named
+            and probe is not None
+            and not str(probe.port).isdigit()
+            and probe.port not in ports
+        ):
+            f.fail(f"{f.at(key)}.{probe.action}.port", f"no container port named {probe.port!r}")
     return container
 
 
@@ -359,7 +367,7 @@ def _deployment(f: _Fields) -> Deployment:
     meta = f.sub("metadata", required=True)
     spec = f.sub("spec", required=True)
     assert meta is not None and spec is not None
-    name = meta.str("name", required=True) or ""
+    name = meta.text("name", required=True) or ""
     selector = spec.sub("selector", required=True)
     assert selector is not None
     match = selector.str_map("matchLabels")
@@ -373,17 +381,21 @@ def _deployment(f: _Fields) -> Deployment:
     labels = tmeta.str_map("labels")
     for key, value in match.items():
         if labels.get(key) != value:
-            tmeta.fail(tmeta.at("labels"), f"does not match spec.selector.matchLabels {key}={value}")
-    containers = tspec.list("containers")
+            tmeta.fail(
+                tmeta.at("labels"), f"does not match spec.selector.matchLabels {key}={value}"
+            )
+    containers = tspec.items("containers")
     if len(containers) != 1:
-        tspec.fail(tspec.at("containers"), f"the lab runs exactly one container, got {len(containers)}")
+        tspec.fail(
+            tspec.at("containers"), f"the lab runs exactly one container, got {len(containers)}"
+        )
     container = _container(containers[0])
-    if tspec.list("initContainers"):
+    if tspec.items("initContainers"):
         tspec.fail(tspec.at("initContainers"), "are not supported by the lab")
     strategy_f = spec.sub("strategy")
     strategy = Strategy()
     if strategy_f is not None:
-        kind = strategy_f.str("type", "RollingUpdate")
+        kind = strategy_f.text("type", "RollingUpdate")
         if kind == "Recreate":
             strategy = Strategy("Recreate", 0, 0)
         elif kind == "RollingUpdate":
@@ -395,10 +407,12 @@ def _deployment(f: _Fields) -> Deployment:
                     rolling.int_or_percent("maxUnavailable", "25%"),
                 )
         else:
-            strategy_f.fail(strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {kind!r}")
+            strategy_f.fail(
+                strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {kind!r}"
+            )
     return Deployment(
         name=name,
-        replicas=spec.int("replicas", 1),
+        replicas=spec.integer("replicas", 1),
         selector=match,
         template=PodTemplate(
             labels=labels,
@@ -415,14 +429,14 @@ def _service(f: _Fields) -> Service:
     meta = f.sub("metadata", required=True)
     spec = f.sub("spec", required=True)
     assert meta is not None and spec is not None
-    ports = spec.list("ports")
+    ports = spec.items("ports")
     if not ports:
         spec.fail(spec.at("ports"), "needs at least one port")
-    port = ports[0].int("port", 0, minimum=1)
+    port = ports[0].integer("port", 0, minimum=1)
     target = ports[0].data.get("targetPort", port)
     if isinstance(target, bool) or not isinstance(target, int | str):
         ports[0].fail(ports[0].at("targetPort"), f"must be a port number or name, got {target!r}")
-    return Service(meta.str("name", required=True) or "", port, target)
+    return Service(meta.text("name", required=True) or "", port, target)
 
 
 def _files(path: Path) -> list[Path]:
@@ -452,7 +466,7 @@ def load(path: Path) -> Manifests:
                 continue
             source = f"{file} (document {index + 1})"
             f = _Fields(source, "", doc)
-            kind = f.str("kind", required=True)
+            kind = f.text("kind", required=True)
             if kind == "Deployment":
                 deployments.append(_deployment(f))
             elif kind == "Service":

@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import matplotlib.pyplot as plt
 
-from lab.accounting import Request, timeline  # noqa: E402
-from lab.events import Event  # noqa: E402
+from lab.accounting import Request, timeline
+from lab.events import Event
 
 # Event kinds drawn as vertical marks, and their colours.
 MARKS = {

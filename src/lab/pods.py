@@ -186,8 +186,10 @@ class Kubelet:
                     self._set_ready(pod, False)
                 if pod.delete_requested.is_set():
                     return
-                delay = 0.0 if pod.restarts == 0 else min(
-                    BACKOFF_MAX, BACKOFF_START * 2 ** (pod.restarts - 1)
+                delay = (
+                    0.0
+                    if pod.restarts == 0
+                    else min(BACKOFF_MAX, BACKOFF_START * 2 ** (pod.restarts - 1))
                 )
                 pod.restarts += 1
                 self.events.add(pod.name, "restarting", f"back-off {delay:g}s")
@@ -290,7 +292,9 @@ class Kubelet:
             port = pod.container.resolve_port(probe.port)
             host = probe.host or pod.ip
             if probe.action == "tcpSocket":
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), probe.timeout)
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), probe.timeout
+                )
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
@@ -350,7 +354,7 @@ class Kubelet:
                 Registry.kill_group(pod.process.pid)
         tasks = list(self.tasks)
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

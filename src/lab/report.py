@@ -67,7 +67,11 @@ class Report:
             ("action", _action(self)),
             ("requests", str(self.requests)),
             ("ok (200)", str(self.ok)),
-            ("failed", f"{self.failed_total}" + (f" ({_pct(self.failed_total, self.requests)})" if self.requests else "")),
+            (
+                "failed",
+                f"{self.failed_total}"
+                + (f" ({_pct(self.failed_total, self.requests)})" if self.requests else ""),
+            ),
         ]
         rows += [(f"  {kind}", str(count)) for kind, count in self.failed.items()]
         rows += [

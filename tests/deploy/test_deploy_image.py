@@ -19,9 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploy.deploy_helpers import alive, children
+import yaml
 
 from lab.influx import free_port
+from tests.deploy.deploy_helpers import alive, children
 from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -250,3 +251,17 @@ def test_start_sh_keeps_sigterm_from_calc(fresh_env: FreshEnv, processes: Proces
     log = processes.output(shell)
     assert "start.sh: got SIGTERM, not passed on to calc" in log
     assert "start.sh: calc exited with status 0" in log
+
+
+def test_lab_image_map_matches_the_dockerfile() -> None:
+    """Scenario: 1. read deploy/lab-images.yml, the lab's stand-in for the image;
+    2. its `calc` entry runs the Dockerfile's CMD with no ENTRYPOINT; 3. it maps
+    /app/start.sh to the same deploy/start.sh the Dockerfile copies there."""
+    images = yaml.safe_load((REPO / "deploy" / "lab-images.yml").read_text())["images"]
+    calc = images["calc"]
+    steps = instructions()
+    (cmd,) = [json.loads(rest) for word, rest in steps if word == "CMD"]
+    assert calc["cmd"] == cmd
+    assert calc.get("entrypoint", []) == []
+    assert not [rest for word, rest in steps if word == "ENTRYPOINT"]
+    assert (REPO / "deploy" / calc["paths"]["/app/start.sh"]).resolve() == START_SH

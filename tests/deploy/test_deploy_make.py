@@ -17,7 +17,9 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from deploy.deploy_helpers import (
+
+from lab.influx import free_port
+from tests.deploy.deploy_helpers import (
     alive,
     descendants,
     kill_pids,
@@ -25,8 +27,6 @@ from deploy.deploy_helpers import (
     make_env,
     run_make,
 )
-
-from lab.influx import free_port
 from tests.support import REPO, Processes, http_ok, wait_until
 
 # Every target of the original Makefile (and the issue), plus the ones we add.

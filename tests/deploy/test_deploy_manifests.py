@@ -8,7 +8,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from deploy.deploy_helpers import (
+
+from calc.config import resolve
+from calc.service import app_phase_limits, shutdown_config
+from graceful import budget_problems
+from tests.deploy.deploy_helpers import (
     K8S,
     VERSIONS,
     by_kind,
@@ -18,10 +22,6 @@ from deploy.deploy_helpers import (
     load_docs,
     manifest_leaves,
 )
-
-from calc.config import resolve
-from calc.service import app_phase_limits, shutdown_config
-from graceful import budget_problems
 from tests.support import REPO
 
 D = "Deployment/calc:"
