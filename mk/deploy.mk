@@ -27,7 +27,9 @@ version ?= v10
 K8S_DIR := deploy/k8s
 # The manifests name the image `calc:latest`; k8s-deploy swaps in $(IMAGE):$(v).
 MANIFEST_IMAGE := calc:latest
-RENDER = sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE):$(v)|' $(K8S_DIR)/$(version)/calc.yml
+# Every manifest of the version's directory, as one multi-document stream.
+RENDER = for f in $(sort $(wildcard $(K8S_DIR)/$(version)/*.yml)); do \
+	  echo "---"; sed 's|image: $(MANIFEST_IMAGE)$$|image: $(IMAGE):$(v)|' "$$f"; done
 # Image repository without tag: REGISTRY/calc, where REGISTRY defaults to the DigitalOcean
 # registry made by do-create-registry. Empty REGISTRY: a local image `calc` (kind, minikube).
 DO_REGISTRY_FILE := .make.do-registry

@@ -29,7 +29,7 @@ from calc.config import CalcConfig
 from calc.logs import request_id_var
 from calc.oplog import OperationLog
 from calc.sinks import Sink
-from graceful import GracefulMiddleware, Lifecycle
+from graceful import Lifecycle
 
 logger = logging.getLogger("calc")
 
@@ -170,4 +170,4 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
         lifespan=lifespan,
     )
     app.state.oplog = oplog
-    return GracefulMiddleware(RequestContext(app, statuses), lifecycle)
+    return RequestContext(app, statuses)

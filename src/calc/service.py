@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
 from calc.app import create_app
 from calc.config import CalcConfig
 from calc.logs import setup_logging
 from calc.oplog import make_sink
 from graceful import GracefulServer, Lifecycle, ShutdownConfig, budget_problems
+from graceful import build_server as build_graceful_server
 
 logger = logging.getLogger("calc")
 
@@ -40,18 +39,17 @@ def app_phase_limits(config: CalcConfig) -> dict[str, float]:
 def build_server(config: CalcConfig) -> GracefulServer:
     lifecycle = Lifecycle(shutdown_config(config))
     app = create_app(config, lifecycle, make_sink(config))
-    uv_config = uvicorn.Config(
+    return build_graceful_server(
         app,
+        lifecycle,
         host=config.host,
         port=config.port,
         loop="uvloop",
         http="httptools",
-        lifespan="on",
         access_log=False,
         log_config=None,
         log_level=config.log_level,
     )
-    return GracefulServer(uv_config, lifecycle)
 
 
 def run(config: CalcConfig) -> int:

@@ -7,12 +7,14 @@ dropping a request or losing a write.
 - `GracefulServer`: a uvicorn server whose SIGTERM runs delay -> close -> drain -> app shutdown.
 - `TaskRegistry`: background tasks with hard references, awaited with a deadline.
 - `BatchWriter`: buffers items, writes them in batches, flushes with retries at shutdown.
+- `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.
 """
 
 from graceful.batcher import BatchWriter, PermanentWriteError, RetryPolicy
 from graceful.config import ShutdownConfig, budget_problems
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
+from graceful.run import build_server, serve
 from graceful.server import GracefulServer
 from graceful.tasks import TaskRegistry
 
@@ -27,4 +29,6 @@ __all__ = [
     "ShutdownConfig",
     "TaskRegistry",
     "budget_problems",
+    "build_server",
+    "serve",
 ]

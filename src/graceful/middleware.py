@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
+from graceful.asgi import ASGIApp, Message, Receive, Scope, Send
 from graceful.lifecycle import Lifecycle
 
 CONNECTION_CLOSE = (b"connection", b"close")

@@ -60,9 +60,11 @@ ORIGINAL_TARGETS = [
 DEPLOY_MK = REPO / "mk" / "deploy.mk"
 
 
-def start_make(processes: Processes, *args: str, name: str) -> subprocess.Popen[bytes]:
+def start_make(
+    processes: Processes, *args: str, name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A long-running target in its own session; the fixture kills its group at the end."""
-    return processes.start(make_command(*args), env=make_env(), name=name, cwd=REPO)
+    return processes.start(make_command(*args), env=make_env(env), name=name, cwd=REPO)
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> int:
@@ -72,10 +74,17 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> int:
 
 
 @pytest.fixture
-def local_calc(processes: Processes) -> Iterator[str]:
-    """`make local-server` on a free port; yields its URL once /health answers."""
+def local_calc(processes: Processes, tmp_path: Path) -> Iterator[str]:
+    """`make local-server` on a free port; yields its URL once /health answers. The
+    default profile logs operations to a file in the working dir: send it to tmp_path."""
     port = free_port()
-    make = start_make(processes, "local-server", f"PORT={port}", name="local-server")
+    make = start_make(
+        processes,
+        "local-server",
+        f"PORT={port}",
+        name="local-server",
+        env={"CALC_OPLOG_FILE": str(tmp_path / "operations.lp")},
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_ok(f"{url}/health"), 30, what="make local-server")
     yield url
@@ -236,6 +245,8 @@ def test_load_test_against_local_server(local_calc: str, tmp_path: Path) -> None
         (["do-create-load-test-vm"], "doctl"),
         (["do-delete"], "doctl"),
         (["load-test", "K6=k6"], "k6"),
+        (["influxdb-local"], "influxd"),
+        (["k8s-test", "CALC_URL=http://127.0.0.1:9"], "curl"),
     ],
 )
 def test_missing_tool_is_named(args: list[str], tool: str) -> None:
@@ -304,6 +315,6 @@ def test_k8s_manifest_renders_the_image_tag(version: str) -> None:
     rendered = result.stdout
     original = (REPO / "deploy" / "k8s" / version / "calc.yml").read_text()
     expected = original.replace("image: calc:latest", "image: registry.example.com/me/calc:0.2.0")
-    assert rendered == expected
+    assert rendered == "---\n" + expected
     for doc in yaml.safe_load_all(rendered):
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)

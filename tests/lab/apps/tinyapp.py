@@ -97,7 +97,7 @@ def main() -> int:
             length = int(self.headers.get("content-length") or 0)
             data = json.loads(self.rfile.read(length) or b"{}")
             rid = self.headers.get("x-request-id", "")
-            log(f"request {rid} {time.time():.3f}")
+            log(f"request {rid or '-'} {time.time():.3f}")
             if args.mode == "reset":
                 # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
                 self.connection.setsockopt(
