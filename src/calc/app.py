@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from calc.api import MAX_BODY_BYTES, BadInput, parse_numbers, sum_numbers
 from calc.config import CalcConfig
 from calc.logs import request_id_var
+from calc.openapi import OPENAPI
 from calc.oplog import OperationLog
 from calc.sinks import Sink
 from graceful import Lifecycle
@@ -145,6 +146,11 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
+    openapi_body = json.dumps(OPENAPI)
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logger.info("App starting (profile %s)", config.profile)
@@ -166,6 +172,7 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -29,6 +29,8 @@ class CalcConfig:
     profile: str = DEFAULT_PROFILE
     slow_math: float = 0.1
     log_level: str = "info"
+    max_head_bytes: int = 16 * 1024
+    head_timeout: float = 10.0
     # shutdown
     drain: bool = True
     drain_timeout: float | None = None
@@ -78,6 +80,8 @@ SWITCHES: tuple[Switch, ...] = (
     _switch("port", "int", "port to listen on"),
     _switch("slow_math", "float", "seconds each sum takes (non-blocking sleep)"),
     _switch("log_level", "choice", "log level", choices=("debug", "info", "warning", "error")),
+    _switch("max_head_bytes", "int", "answer 431 to request heads larger than this"),
+    _switch("head_timeout", "float", "answer 408 to request heads not complete after this many s"),
     _switch("drain", "bool", "on SIGTERM let in-flight requests finish (off: cut them)"),
     _switch(
         "drain_timeout", "optional-float", "longest wait for in-flight requests (none: no limit)"
@@ -226,6 +230,10 @@ def validate(config: CalcConfig) -> None:
         problems.append("--grace-period must be positive")
     if config.batch_interval <= 0:
         problems.append("--batch-interval must be positive")
+    if config.max_head_bytes < 1024:
+        problems.append("--max-head-bytes must be at least 1024")
+    if config.head_timeout <= 0:
+        problems.append("--head-timeout must be positive")
     if config.batch_size < 1:
         problems.append("--batch-size must be at least 1")
     if config.max_buffer < config.batch_size:

@@ -8,7 +8,13 @@ from calc.app import create_app
 from calc.config import CalcConfig
 from calc.logs import setup_logging
 from calc.oplog import make_sink
-from graceful import GracefulServer, Lifecycle, ShutdownConfig, budget_problems
+from graceful import (
+    GracefulServer,
+    Lifecycle,
+    ShutdownConfig,
+    budget_problems,
+    guarded_protocol,
+)
 from graceful import build_server as build_graceful_server
 
 logger = logging.getLogger("calc")
@@ -45,7 +51,7 @@ def build_server(config: CalcConfig) -> GracefulServer:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(config.max_head_bytes, config.head_timeout),
         access_log=False,
         log_config=None,
         log_level=config.log_level,

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from lab.influx import free_port
-from tests.deploy.deploy_helpers import alive, children
+from tests.deploy.deploy_helpers import K8S, alive, by_kind, children, load_docs
 from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -82,6 +82,8 @@ def test_dockerfile_shape() -> None:
     assert [f.split()[-1] for f in args["FROM"]] == ["build", "run"]
     user = args["USER"][-1]
     assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), "numeric user, so runAsNonRoot can check it"
+    v10_pod = by_kind(load_docs(K8S / "v10" / "calc.yml"))["Deployment"]["spec"]["template"]
+    assert v10_pod["spec"]["securityContext"]["runAsUser"] == int(user.split(":")[0])
     assert args["WORKDIR"][-1] == "/app"
     assert args["EXPOSE"] == ["4000"]
     assert [json.loads(c) for c in args["CMD"]] == [["calc", "serve"]]

@@ -10,8 +10,10 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import kubernetes_validate
@@ -92,6 +94,17 @@ def local_calc(processes: Processes, tmp_path: Path) -> Iterator[str]:
     assert not http_ok(f"{url}/health")
 
 
+@pytest.fixture
+def scratch_repo(tmp_path: Path) -> Path:
+    """The Makefiles and manifests in a scratch dir, so .calc-url is the test's own."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(REPO / "Makefile", root)
+    shutil.copytree(REPO / "mk", root / "mk")
+    shutil.copytree(REPO / "deploy" / "k8s", root / "deploy" / "k8s")
+    return root
+
+
 def test_help_lists_every_target() -> None:
     """Scenario: 1. `make help`; 2. every target of the original demo is listed, each
     with a description."""
@@ -126,18 +139,16 @@ def test_local_server_and_local_test(local_calc: str) -> None:
     assert json.loads(result.stdout) == {"result": 10}
 
 
-def test_set_calc_url_feeds_k8s_test(tmp_path: Path, local_calc: str) -> None:
-    """Scenario: 1. copy the Makefiles to a scratch dir (so the repo's .calc-url is left
-    alone); 2. `make k8s-test` there fails: no URL yet; 3. `make set-calc-url url=<local
-    calc>` writes .calc-url; 4. `make k8s-test` now reads it and gets {"result": 10}."""
-    shutil.copy(REPO / "Makefile", tmp_path)
-    shutil.copytree(REPO / "mk", tmp_path / "mk")
-    before = run_make("k8s-test", cwd=tmp_path)
+def test_set_calc_url_feeds_k8s_test(scratch_repo: Path, local_calc: str) -> None:
+    """Scenario: 1. in a scratch copy of the Makefiles (so the repo's .calc-url is left
+    alone) `make k8s-test` fails: no URL yet; 2. `make set-calc-url url=<local calc>`
+    writes .calc-url; 3. `make k8s-test` now reads it and gets {"result": 10}."""
+    before = run_make("k8s-test", cwd=scratch_repo)
     assert before.returncode != 0
     assert "make set-calc-url" in before.stderr
-    assert run_make("set-calc-url", f"url={local_calc}", cwd=tmp_path).returncode == 0
-    assert (tmp_path / ".calc-url").read_text().strip() == local_calc
-    result = run_make("k8s-test", cwd=tmp_path)
+    assert run_make("set-calc-url", f"url={local_calc}", cwd=scratch_repo).returncode == 0
+    assert (scratch_repo / ".calc-url").read_text().strip() == local_calc
+    result = run_make("k8s-test", cwd=scratch_repo)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"result": 10}
 
@@ -318,3 +329,67 @@ def test_k8s_manifest_renders_the_image_tag(version: str) -> None:
     assert rendered == "---\n" + expected
     for doc in yaml.safe_load_all(rendered):
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+FAKE_KUBECTL = """\
+#!{python}
+# A recording stand-in for kubectl: no cluster runs here. It logs each call (and what
+# `apply -f -` reads) and answers the two questions the targets ask a cluster.
+import json, os, sys
+args = sys.argv[1:]
+entry = {{"args": args}}
+if args[:3] == ["apply", "-f", "-"]:
+    entry["stdin"] = sys.stdin.read()
+with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+    log.write(json.dumps(entry) + "\\n")
+if args[:2] == ["config", "current-context"]:
+    print("fake-cluster")
+elif args[:2] == ["get", "service/calc"]:
+    print("203.0.113.7", end="")
+"""
+
+
+def test_k8s_targets_drive_kubectl(scratch_repo: Path, tmp_path: Path) -> None:
+    """Scenario (no cluster here, so kubectl is a recording stand-in): 1. `make
+    k8s-deploy v=0.3.0 version=v5` pipes the version's manifests, image swapped, into
+    `kubectl apply -f -`, waits for the rollout, and saves the load balancer's address in
+    .calc-url; 2. `k8s-redeploy` restarts the rollout; 3. `k8s-scale replicas=5` scales;
+    4. `k8s-delete` deletes calc's objects and forgets .calc-url."""
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL.format(python=sys.executable))
+    kubectl.chmod(0o755)
+    log = tmp_path / "kubectl.log"
+    env = {"FAKE_KUBECTL_LOG": str(log)}
+    common = [f"KUBECTL={kubectl}", "REGISTRY=registry.example.com/me"]
+
+    def calls() -> list[dict[str, Any]]:
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text("")
+        # Drop the reachability checks every target makes first.
+        return [e for e in entries if e["args"][:1] not in (["config"], ["version"])]
+
+    deploy = run_make("k8s-deploy", "v=0.3.0", "version=v5", *common, cwd=scratch_repo, env=env)
+    assert deploy.returncode == 0, deploy.stderr
+    applied, rollout, service = calls()
+    manifest = run_make("k8s-manifest", "v=0.3.0", "version=v5", *common, cwd=scratch_repo)
+    assert applied == {"args": ["apply", "-f", "-"], "stdin": manifest.stdout}
+    assert "image: registry.example.com/me/calc:0.3.0" in manifest.stdout
+    assert rollout["args"][:3] == ["rollout", "status", "deployment/calc"]
+    assert service["args"][:2] == ["get", "service/calc"]
+    assert (scratch_repo / ".calc-url").read_text().strip() == "http://203.0.113.7"
+
+    assert run_make("k8s-redeploy", *common, cwd=scratch_repo, env=env).returncode == 0
+    assert [c["args"][:2] for c in calls()] == [["rollout", "restart"], ["rollout", "status"]]
+
+    assert run_make("k8s-scale", "replicas=5", *common, cwd=scratch_repo, env=env).returncode == 0
+    assert calls()[0]["args"] == ["scale", "deployment/calc", "--replicas=5"]
+
+    assert run_make("k8s-delete", *common, cwd=scratch_repo, env=env).returncode == 0
+    (delete,) = calls()
+    assert delete["args"][:4] == [
+        "delete",
+        "deployment/calc",
+        "service/calc",
+        "poddisruptionbudget/calc",
+    ]
+    assert not (scratch_repo / ".calc-url").exists()
