@@ -114,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ops(config: CalcConfig, action: str) -> int:
+    from calc.oplog import influx_auth
     from calc.sinks import FileSink, InfluxSink, SinkError
 
     sink: FileSink | InfluxSink
     if config.influxdb_base_url:
-        sink = InfluxSink(config.influxdb_base_url, config.influxdb_db)
+        sink = InfluxSink(config.influxdb_base_url, config.influxdb_db, auth=influx_auth(config))
         where = f"{config.influxdb_base_url} database {config.influxdb_db}"
     else:
         sink = FileSink(config.oplog_file)

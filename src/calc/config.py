@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 OPLOG_MODES = ("off", "task", "task-graceful", "batch", "batch-graceful")
@@ -20,6 +22,29 @@ DEFAULT_PROFILE = "v10"
 
 class ConfigError(ValueError):
     """A switch has a value we cannot use; the message names the switch and its source."""
+
+
+class Secret:
+    """A credential: compares and hashes by value, never shows it in repr or str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,9 @@ class CalcConfig:
     max_buffer: int = 100_000
     influxdb_base_url: str | None = None
     influxdb_db: str = "calc"
+    influxdb_username: str | None = None
+    influxdb_password: Secret | None = None
+    influxdb_password_file: str | None = None
     oplog_file: str = "operations.lp"
     pod: str = dataclasses.field(default_factory=socket.gethostname)
 
@@ -112,6 +140,13 @@ SWITCHES: tuple[Switch, ...] = (
         env="INFLUXDB_BASE_URL",
     ),
     _switch("influxdb_db", "str", "InfluxDB database", env="INFLUXDB_DB"),
+    _switch("influxdb_username", "str", "InfluxDB user", env="INFLUXDB_USERNAME"),
+    _switch(
+        "influxdb_password_file",
+        "str",
+        "file holding the InfluxDB password (a mounted secret; or env INFLUXDB_PASSWORD)",
+        env="INFLUXDB_PASSWORD_FILE",
+    ),
     _switch("oplog_file", "str", "line-protocol file used when no InfluxDB URL is set"),
     _switch("pod", "str", "value of the points' pod tag (default: the host name)", env="CALC_POD"),
 )
@@ -204,9 +239,37 @@ def resolve(
     for key, value in cli.items():
         if key != "profile" and value is not None:
             values[key] = value
+    values.update(_credentials(values, environ))
     config = CalcConfig(**values)
     validate(config)
     return config
+
+
+def _credentials(values: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """User and password from INFLUXDB_USERNAME / INFLUXDB_PASSWORD(_FILE), or from the
+    URL's user info, which is then removed from the URL so it is never logged."""
+    found: dict[str, Any] = {}
+    url = values.get("influxdb_base_url")
+    if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[1]
+        found["influxdb_base_url"] = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        if parts.username and not values.get("influxdb_username"):
+            found["influxdb_username"] = urllib.parse.unquote(parts.username)
+        if parts.password is not None:
+            found["influxdb_password"] = Secret(urllib.parse.unquote(parts.password))
+    if environ.get("INFLUXDB_PASSWORD"):
+        found["influxdb_password"] = Secret(environ["INFLUXDB_PASSWORD"])
+    path = values.get("influxdb_password_file")
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the InfluxDB password file {path}: {exc.strerror}"
+            ) from None
+        found["influxdb_password"] = Secret(text.rstrip("\r\n"))
+    return found
 
 
 def validate(config: CalcConfig) -> None:
@@ -243,5 +306,7 @@ def validate(config: CalcConfig) -> None:
     url = config.influxdb_base_url
     if url is not None and not url.startswith(("http://", "https://")):
         problems.append(f"INFLUXDB_BASE_URL {url!r} must start with http:// or https://")
+    if (config.influxdb_password is None) != (config.influxdb_username is None):
+        problems.append("InfluxDB credentials need both a user and a password")
     if problems:
         raise ConfigError("; ".join(problems))

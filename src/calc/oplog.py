@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from calc.config import CalcConfig
+from calc.config import CalcConfig, Secret
 from calc.points import PointFormatter
 from calc.sinks import FileSink, InfluxSink, Sink
 from graceful import BatchWriter, RetryPolicy, TaskRegistry
@@ -20,9 +20,15 @@ from graceful import BatchWriter, RetryPolicy, TaskRegistry
 logger = logging.getLogger("calc.oplog")
 
 
+def influx_auth(config: CalcConfig) -> tuple[str, Secret] | None:
+    if config.influxdb_username and config.influxdb_password:
+        return config.influxdb_username, config.influxdb_password
+    return None
+
+
 def make_sink(config: CalcConfig) -> FileSink | InfluxSink:
     if config.influxdb_base_url:
-        return InfluxSink(config.influxdb_base_url, config.influxdb_db)
+        return InfluxSink(config.influxdb_base_url, config.influxdb_db, auth=influx_auth(config))
     return FileSink(config.oplog_file)
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import httpx
 
+from calc.config import Secret
 from calc.points import MEASUREMENT
 from graceful import PermanentWriteError
 
@@ -32,10 +33,19 @@ class Sink(Protocol):
 class InfluxSink:
     """Writes with one pooled async client; connect and write timeouts bound every call."""
 
-    def __init__(self, base_url: str, db: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        db: str,
+        timeout: float = 5.0,
+        auth: tuple[str, Secret] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.db = db
+        # Basic auth, never a URL with user info: URLs end up in errors and logs.
+        self._auth = (auth[0], auth[1].reveal()) if auth else None
         self._client = httpx.AsyncClient(
+            auth=self._auth,
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
@@ -65,7 +75,10 @@ class InfluxSink:
     def _query(self, q: str) -> list[dict[str, object]]:
         try:
             response = httpx.post(
-                f"{self.base_url}/query", params={"db": self.db, "q": q}, timeout=10.0
+                f"{self.base_url}/query",
+                params={"db": self.db, "q": q},
+                timeout=10.0,
+                auth=self._auth,
             )
         except httpx.HTTPError as exc:
             raise SinkError(f"cannot reach InfluxDB at {self.base_url}: {exc}") from None

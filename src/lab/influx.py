@@ -45,6 +45,7 @@ bind-address = "{host}:{rpc_port}"
   bind-address = "{host}:{http_port}"
   log-enabled = false
   pprof-enabled = false
+  auth-enabled = {auth_enabled}
 
 [continuous_queries]
   enabled = false
@@ -72,6 +73,7 @@ class InfluxServer:
         port: int | None = None,
         max_values_per_tag: int = 100_000,
         log_path: Path | None = None,
+        admin: tuple[str, str] | None = None,
     ) -> None:
         self.binary = shutil.which("influxd")
         if self.binary is None:
@@ -86,6 +88,8 @@ class InfluxServer:
         self.max_values_per_tag = max_values_per_tag
         self.log_path = log_path or self.data_dir / "influxd.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # With an admin (user, password), auth is on and every query uses it.
+        self.admin = admin
 
     @property
     def url(self) -> str:
@@ -106,6 +110,7 @@ class InfluxServer:
                 http_port=self.port,
                 data=self.data_dir,
                 max_values_per_tag=self.max_values_per_tag,
+                auth_enabled="true" if self.admin else "false",
             )
         )
         with self.log_path.open("ab") as log:
@@ -125,10 +130,24 @@ class InfluxServer:
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 204:
+                    self._ensure_admin()
                     return
             time.sleep(0.05)
         self.stop()
         raise InfluxError(f"influxd did not answer /ping within {timeout} s; log: {self.log_path}")
+
+    def _ensure_admin(self) -> None:
+        """InfluxDB lets the first admin be created without credentials."""
+        if self.admin is None:
+            return
+        user, password = self.admin
+        escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+        httpx.post(
+            f"{self.url}/query",
+            params={"q": f"CREATE USER \"{user}\" WITH PASSWORD '{escaped}' WITH ALL PRIVILEGES"},
+            auth=self.admin,
+            timeout=10,
+        ).raise_for_status()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; the data dir stays (see `close`)."""
@@ -179,7 +198,7 @@ class InfluxServer:
         params = {"q": q}
         if db:
             params["db"] = db
-        response = httpx.post(f"{self.url}/query", params=params, timeout=timeout)
+        response = httpx.post(f"{self.url}/query", params=params, timeout=timeout, auth=self.admin)
         if response.status_code != 200:
             raise InfluxError(f"query {q!r} failed: {response.status_code} {response.text}")
         result = response.json()["results"][0]
