@@ -20,7 +20,7 @@ help: ## List every target with its description
 $(BIN)/calc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[lab,dev]'
+	$(BIN)/pip install --quiet -e '.[lab,bench,dev]'
 	@touch $@
 
 setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
