@@ -51,14 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         help=f"one of {', '.join(PROFILES)} (env CALC_PROFILE; default {DEFAULT_PROFILE})",
     )
+    defaults = CalcConfig(pod="the host name")
     for switch in SWITCHES:
         extra = f"; one of {', '.join(switch.choices)}" if switch.choices else ""
+        default = _show(getattr(defaults, switch.name))
+        if any(switch.name in overrides for overrides in PROFILES.values()):
+            default += ", or the profile's"
         serve.add_argument(
             switch.option,
             dest=switch.name,
             type=_cli_type(switch),
             metavar="VALUE" if switch.kind != "bool" else "on|off",
-            help=f"{switch.help}{extra} (env {switch.env})",
+            help=f"{switch.help}{extra} (env {switch.env}; default {default})",
         )
 
     commands.add_parser("profiles", help="print what each profile switches on")

@@ -161,5 +161,7 @@ async def cluster(
         assert registry.alive() == [], "a process outlived the cluster"
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+def run(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
+    """Run a test scenario with a deadline below pytest's, so a hang fails with the
+    coroutine's traceback rather than a dump of every thread."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
