@@ -100,9 +100,12 @@ def main() -> int:
             log(f"request {rid or '-'} {time.time():.3f}")
             if args.mode == "reset":
                 # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+                # Closing the descriptor at once, before the server's own shutdown()
+                # could send a FIN.
                 self.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+                os.close(self.connection.detach())
                 self.close_connection = True
                 return
             if args.mode == "eof":
