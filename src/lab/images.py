@@ -12,8 +12,9 @@ some environment. The lab has no images, so a small YAML file says, per image na
         paths: {/app/start.sh: start.sh}   # image path -> local file, relative to this file
         env: {CALC_HOST: $(POD_IP), PATH: $(LAB_BIN):$(PATH)}
 
-`env` values may use $(POD_IP), $(POD_NAME), $(LAB_BIN) (the directory of the Python
-running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
+`env` values may use $(POD_IP), $(POD_NAME), $(POD_DIR) (a directory of the pod's own,
+like an emptyDir, for files the image writes to /tmp), $(LAB_BIN) (the directory of the
+Python running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
 """
 
 from __future__ import annotations
@@ -126,10 +127,13 @@ class Launch:
     cwd: Path | None
 
 
-def lab_variables(pod_name: str, pod_ip: str, base_env: Mapping[str, str]) -> dict[str, str]:
+def lab_variables(
+    pod_name: str, pod_ip: str, base_env: Mapping[str, str], pod_dir: Path | None = None
+) -> dict[str, str]:
     return {
         "POD_NAME": pod_name,
         "POD_IP": pod_ip,
+        "POD_DIR": str(pod_dir) if pod_dir is not None else "/tmp",
         "LAB_BIN": str(Path(sys.executable).parent),
         "PATH": base_env.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
     }
@@ -142,12 +146,13 @@ def container_env(
     pod_ip: str,
     base_env: Mapping[str, str],
     rewrite: Callable[[str], str] | None = None,
+    pod_dir: Path | None = None,
 ) -> dict[str, str]:
     """The container's environment: a minimal base, the image's env, then the manifest's
     env in order, each value expanded against the variables defined before it (as the
     kubelet does), then HOSTNAME. `rewrite` edits the manifest's values (the lab points
     the in-cluster `influxdb:8086` at its own InfluxDB)."""
-    lab_vars = lab_variables(pod_name, pod_ip, base_env)
+    lab_vars = lab_variables(pod_name, pod_ip, base_env, pod_dir)
     env: dict[str, str] = {"PATH": lab_vars["PATH"]}
     for key in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ"):
         if key in base_env:
@@ -193,8 +198,9 @@ def resolve(
     pod_ip: str,
     base_env: Mapping[str, str],
     rewrite: Callable[[str], str] | None = None,
+    pod_dir: Path | None = None,
 ) -> Launch:
-    env = container_env(container, image, pod_name, pod_ip, base_env, rewrite)
+    env = container_env(container, image, pod_name, pod_ip, base_env, rewrite, pod_dir)
     argv = container_argv(container, image, env)
     cwd = image.workdir
     if container.working_dir is not None:

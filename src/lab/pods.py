@@ -110,7 +110,9 @@ class Kubelet:
 
     def create_pod(self, name: str, template: PodTemplate, image: Image, revision: int) -> Pod:
         ip = self.addresses.take()
-        launch = resolve(template.container, image, name, ip, self.base_env, self.rewrite)
+        pod_dir = self.log_dir / name
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        launch = resolve(template.container, image, name, ip, self.base_env, self.rewrite, pod_dir)
         pod = Pod(name, ip, revision, template, image, launch, created=self.events.now())
         self.pods.append(pod)
         self.events.add(name, "created", f"{ip} revision {revision}")

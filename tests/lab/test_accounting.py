@@ -97,8 +97,7 @@ def test_lost_and_orphan_operations_are_exact(
         influx_db,
         "--drop-id",
         "acct-1-2",
-        "--fail-id",
-        "-1-4",
+        "--fail-id=-1-4",  # the suffix form, as `lab run` tests use it
     )
     k6 = _k6(processes, tmp_path, "acct", port, RUN_ID="acct")
     assert k6.wait(60) == 0 or read_requests(tmp_path / "acct.csv")

@@ -46,7 +46,10 @@ def test_rolling_update_stays_within_surge_and_unavailable(
         replicas=4,
         args=["--ready-after", "0.5"],
         readiness=FAST_READY,
-        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}},
+        strategy={
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable},
+        },
         grace=2,
     )
 
@@ -79,7 +82,12 @@ def test_recreate_stops_every_old_pod_before_starting_new_ones(tmp_path: Path) -
             c.controller.rollout_restart()
             await c.until(c.controller.complete, 30, "the rollout")
             gone = max(e.t for p in old for e in c.events.of(p.name) if e.kind == "gone")
-            created = [e.t for p in c.controller.active() for e in c.events.of(p.name) if e.kind == "created"]
+            created = [
+                e.t
+                for p in c.controller.active()
+                for e in c.events.of(p.name)
+                if e.kind == "created"
+            ]
             assert min(created) >= gone
 
     run(scenario())

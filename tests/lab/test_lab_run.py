@@ -1,0 +1,187 @@
+"""`lab run` end to end, as a subprocess: real HAProxy, InfluxDB, k6 and tiny-app pods."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.influx import free_port
+from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
+from tests.support import REPO, VENV_BIN, wait_until
+
+
+def _lab(out: Path, manifest: Path, *options: str) -> list[str]:
+    return [
+        str(VENV_BIN / "lab"),
+        "run",
+        "--manifests",
+        str(manifest),
+        "--image-map",
+        str(TINY_IMAGES),
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        *options,
+    ]
+
+
+def _pids(out: Path) -> dict[int, str]:
+    path = out / "pids.txt"
+    if not path.exists():
+        return {}
+    pids = {}
+    for line in path.read_text().splitlines():
+        pid, _, name = line.partition(" ")
+        pids[int(pid)] = name
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _assert_all_gone(out: Path) -> None:
+    pids = _pids(out)
+    assert pids, "the lab logged no PIDs"
+    # A killed orphan (a wrapper's child) is reaped by init a moment after the lab exits.
+    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
+
+
+def _run(out: Path, manifest: Path, *options: str, timeout: float = 90) -> dict[str, Any]:
+    result = subprocess.run(
+        _lab(out, manifest, *options),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+    _assert_all_gone(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lost operations" in result.stdout and "requests" in result.stdout
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert (out / "timeline.png").stat().st_size > 10_000
+    return report
+
+
+@pytest.mark.slow
+def test_rollout_with_prestop_loses_nothing_but_the_dropped_operation(tmp_path: Path) -> None:
+    """Two tiny-app pods logging to `influxdb:8086`, readiness probe, 1 s preStop sleep,
+    propagation lag 0.2 s; the app drops the point of request -1-3 (VU 1, iteration 3).
+    1. `lab run --scenario rollout-restart` with 5 VUs, 2 s warm-up, 1 s cool-down.
+    2. No failed request; exactly one lost operation, that id; no orphans.
+    3. report.json has the fields and the pod events; every process it started is gone."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.5", "--drop-id=-1-3"],
+        readiness=READY_PROBE,
+        pre_stop={"sleep": {"seconds": 1}},
+        grace=5,
+        env=[{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}],
+    )
+    out = tmp_path / "out"
+    report = _run(
+        out, manifest, "--scenario", "rollout-restart", "--vus", "5", "--warmup", "2",
+        "--cooldown", "1", "--endpoint-lag", "0.2",
+    )  # fmt: skip
+    for key in ("manifests", "scenario", "lb", "requests", "ok", "failed", "lost_operations",
+                "orphan_operations", "duration_s", "events", "achieved_rps", "ideal_rps"):  # fmt: skip
+        assert key in report
+    assert report["failed"] == {} and report["ok"] == report["requests"] > 50
+    assert report["lost_operations"] == 1 and report["lost_ids"][0].endswith("-1-3")
+    assert report["orphan_operations"] == 0 and report["unmatched_points"] == 0
+    assert report["action_completed"] and report["pods_created"] == 4
+    kinds = {e["kind"] for e in report["events"]}
+    assert {"created", "ready", "lb-added", "lb-removed", "prestop-started", "sigterm"} <= kinds
+    assert report["ideal_rps"] == 50 and report["achieved_rps"] > 0
+
+
+@pytest.mark.slow
+def test_rollout_without_prestop_fails_requests(tmp_path: Path) -> None:
+    """The v3 situation with the tiny app: no preStop, the app stops listening on SIGTERM
+    at once, and the load balancer learns of it 1 s later.
+    1. `lab run --scenario rollout-restart --lb http` with 10 VUs.
+    2. Requests failed while HAProxy still sent to the stopped pods (HTTP 503 from HAProxy,
+       as `retries 0`), and the report counts them by kind."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.5"],
+        readiness=READY_PROBE,
+        grace=5,
+    )
+    out = tmp_path / "out"
+    report = _run(
+        out, manifest, "--scenario", "rollout-restart", "--vus", "10", "--warmup", "2",
+        "--cooldown", "1", "--endpoint-lag", "1", "--lb", "http",
+    )  # fmt: skip
+    assert report["failed_total"] > 0
+    assert set(report["failed"]) <= {"http_503", "http_502", "refused", "eof", "reset"}
+    assert report["lost_operations"] is None  # no InfluxDB in these manifests
+
+
+def test_sigint_stops_everything(tmp_path: Path) -> None:
+    """`lab run --scenario steady` for a long time, with pods, HAProxy, InfluxDB and k6 up.
+    1. Wait until k6 and both pods are logged as started.
+    2. Send SIGINT (Ctrl-C) to the lab.
+    3. It exits 130 within seconds, and every PID it logged is gone."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ignore-sigterm"],  # the forced path: SIGKILL without waiting for grace
+        grace=30,
+        env=[{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}],
+    )
+    out = tmp_path / "out"
+    log = (tmp_path / "lab.log").open("wb")
+    lab = subprocess.Popen(
+        _lab(out, manifest, "--scenario", "steady", "--duration", "300", "--vus", "2"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    try:
+        wait_until(
+            lambda: (
+                "k6" in _pids(out).values()
+                and sum(n.startswith("pod ") for n in _pids(out).values()) == 2
+            ),
+            30,
+            what="k6 and two pods started",
+        )
+        assert {"influxd", "haproxy"} <= set(_pids(out).values())
+        lab.send_signal(signal.SIGINT)
+        assert lab.wait(30) == 130
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait(10)
+        log.close()
+    _assert_all_gone(out)
+    assert "interrupted by SIGINT" in (tmp_path / "lab.log").read_text()
+
+
+def test_cli_help_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lab.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--endpoint-lag" in result.stdout
