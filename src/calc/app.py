@@ -143,6 +143,9 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
             "# HELP calc_operations_lost_total Operations that could not be written.",
             "# TYPE calc_operations_lost_total counter",
             f"calc_operations_lost_total {oplog.lost}",
+            "# HELP calc_operations_spooled Operations left in the spool at shutdown.",
+            "# TYPE calc_operations_spooled gauge",
+            f"calc_operations_spooled {oplog.spooled}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -160,10 +163,11 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
         logger.info("App stopping")
         await oplog.close(lifecycle.remaining(oplog.shutdown_limit))
         logger.info(
-            "App stopped: %d operations recorded, %d written, %d lost",
+            "App stopped: %d operations recorded, %d written, %d lost, %d left in the spool",
             oplog.recorded,
             oplog.written,
             oplog.lost,
+            oplog.spooled,
         )
 
     app = Starlette(

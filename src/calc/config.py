@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
+import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ class CalcConfig:
     influxdb_password: Secret | None = None
     influxdb_password_file: str | None = None
     oplog_file: str = "operations.lp"
+    spool: bool = False
+    spool_dir: str = dataclasses.field(
+        default_factory=lambda: str(Path(tempfile.gettempdir()) / "calc-spool")
+    )
     pod: str = dataclasses.field(default_factory=socket.gethostname)
 
 
@@ -148,6 +153,8 @@ SWITCHES: tuple[Switch, ...] = (
         env="INFLUXDB_PASSWORD_FILE",
     ),
     _switch("oplog_file", "str", "line-protocol file used when no InfluxDB URL is set"),
+    _switch("spool", "bool", "keep unwritten points in a spool file that survives a kill"),
+    _switch("spool_dir", "str", "where the spool lives (a subdirectory per pod and port)"),
     _switch("pod", "str", "value of the points' pod tag (default: the host name)", env="CALC_POD"),
 )
 SWITCH_BY_NAME = {s.name: s for s in SWITCHES}
@@ -173,6 +180,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "drain_timeout": 8.0,
         "flush_retries": True,
         "budget_check": True,
+        "spool": True,
     },
 }
 PROFILE_NOTES = {
@@ -185,7 +193,7 @@ PROFILE_NOTES = {
     "v7": "tasks awaited at shutdown (7 s)",
     "v8": "points batched (500 / 30 s), buffer dropped at shutdown",
     "v9": "batch flushed at shutdown",
-    "v10": "v9 + readiness flip, Connection: close, drain until quiet, retries, budget",
+    "v10": "v9 + readiness flip, Connection: close, drain until quiet, retries, budget, spool",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from calc.config import CalcConfig, Secret
 from calc.points import PointFormatter
 from calc.sinks import FileSink, InfluxSink, Sink
-from graceful import BatchWriter, RetryPolicy, TaskRegistry
+from graceful import BatchWriter, RetryPolicy, Spool, TaskRegistry
 
 logger = logging.getLogger("calc.oplog")
 
@@ -38,7 +39,6 @@ class OperationLog:
         self.sink = sink
         self.task_delay = config.task_delay
         self.points = PointFormatter(config.pod)
-        self.recorded = 0
         self._task_written = 0
         self._task_lost = 0
         self.tasks = TaskRegistry("operation-log", await_on_shutdown=self.mode == "task-graceful")
@@ -50,7 +50,9 @@ class OperationLog:
             max_buffer=config.max_buffer,
             retry=RetryPolicy() if config.flush_retries else None,
             flush_on_shutdown=self.mode == "batch-graceful",
+            journal=self._spool(config),
         )
+        self.recorded = self.writer.recovered
         self.shutdown_limit = {
             "off": 0.0,
             "task": 0.0,
@@ -58,6 +60,14 @@ class OperationLog:
             "batch": 0.0,
             "batch-graceful": config.flush_timeout,
         }[self.mode]
+
+    def _spool(self, config: CalcConfig) -> Spool | None:
+        if not (config.spool and self.mode.startswith("batch")):
+            return None
+        # Per pod and port: one spool per process, found again by the same pod's next start.
+        directory = Path(config.spool_dir) / f"{config.pod}-{config.port}"
+        logger.info("Spooling unwritten operations in %s", directory)
+        return Spool(directory)
 
     def start(self) -> None:
         if self.mode.startswith("batch"):
@@ -104,5 +114,10 @@ class OperationLog:
         return self._task_lost + self.writer.lost
 
     @property
+    def spooled(self) -> int:
+        """Left in the spool at shutdown, for the next start in this pod."""
+        return self.writer.left_in_journal
+
+    @property
     def pending(self) -> int:
-        return max(0, self.recorded - self.written - self.lost)
+        return max(0, self.recorded - self.written - self.lost - self.spooled)

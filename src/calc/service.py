@@ -12,6 +12,7 @@ from graceful import (
     GracefulServer,
     Lifecycle,
     ShutdownConfig,
+    SpoolBusy,
     budget_problems,
     guarded_protocol,
 )
@@ -72,6 +73,10 @@ def run(config: CalcConfig) -> int:
         config.oplog,
         sink if config.oplog != "off" else "-",
     )
-    server = build_server(config)
+    try:
+        server = build_server(config)
+    except SpoolBusy as exc:
+        logger.error("Cannot start: %s", exc)
+        return 1
     server.run()
     return 0 if server.started else 1

@@ -8,16 +8,18 @@ dropping a request or losing a write.
 - `TaskRegistry`: background tasks with hard references, awaited with a deadline.
 - `BatchWriter`: buffers items, writes them in batches, flushes with retries at shutdown.
 - `guarded_protocol(...)`: request-head size and time limits for uvicorn's httptools.
+- `Spool`: a write-ahead spool so accepted lines survive a killed process.
 - `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.
 """
 
-from graceful.batcher import BatchWriter, PermanentWriteError, RetryPolicy
+from graceful.batcher import BatchWriter, Journal, PermanentWriteError, RetryPolicy
 from graceful.config import ShutdownConfig, budget_problems
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.protocol import GuardedHttpToolsProtocol, guarded_protocol
 from graceful.run import build_server, serve
 from graceful.server import GracefulServer
+from graceful.spool import Spool, SpoolBusy
 from graceful.tasks import TaskRegistry
 
 __all__ = [
@@ -25,11 +27,14 @@ __all__ = [
     "GracefulMiddleware",
     "GracefulServer",
     "GuardedHttpToolsProtocol",
+    "Journal",
     "Lifecycle",
     "PermanentWriteError",
     "Phase",
     "RetryPolicy",
     "ShutdownConfig",
+    "Spool",
+    "SpoolBusy",
     "TaskRegistry",
     "budget_problems",
     "build_server",

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 logger = logging.getLogger("graceful.batcher")
@@ -45,6 +45,16 @@ class RetryPolicy:
 Sink = Callable[[Sequence[T]], Awaitable[None]]
 
 
+class Journal(Protocol[T]):
+    """Keeps accepted items on disk until they are settled (see graceful.spool.Spool)."""
+
+    def recover(self) -> list[T]: ...
+    def append(self, item: T) -> None: ...
+    def seal(self) -> None: ...
+    def settle(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
 class BatchWriter(Generic[T]):
     """Items go in with `add`; a background task (kept by the writer) writes them to
     `sink` in batches of at most `max_batch`, when a batch is full or every `interval`.
@@ -67,6 +77,7 @@ class BatchWriter(Generic[T]):
         retry: RetryPolicy | None = None,
         flush_on_shutdown: bool = True,
         write_timeout: float = 10.0,
+        journal: Journal[T] | None = None,
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch or interval <= 0:
             raise ValueError("need max_batch >= 1, max_buffer >= max_batch and interval > 0")
@@ -87,6 +98,13 @@ class BatchWriter(Generic[T]):
         self.written = 0
         self.lost = 0
         self.failed_writes = 0
+        self.left_in_journal = 0
+        self.journal = journal
+        # Items a killed predecessor accepted but never wrote go first.
+        self.recovered = 0
+        if journal is not None:
+            self._buffer = journal.recover()
+            self.recovered = len(self._buffer)
 
     @property
     def pending(self) -> int:
@@ -101,6 +119,8 @@ class BatchWriter(Generic[T]):
                 logger.error("Dropping %s: %s; %d lost so far", self.name, why, self.lost)
             return False
         self._buffer.append(item)
+        if self.journal is not None:
+            self.journal.append(item)
         if len(self._buffer) >= self.max_batch:
             self._wake.set()
         return True
@@ -137,6 +157,8 @@ class BatchWriter(Generic[T]):
     async def _write_one(self, batch: list[T], timeout: float) -> bool:
         """One write attempt; removes the batch from the buffer unless it should be retried."""
         n = len(batch)
+        if self.journal is not None:
+            self.journal.seal()  # every item of this batch is now in a sealed segment
         logger.info("Logging %d %s", n, self.name)
         try:
             await asyncio.wait_for(self.sink(batch), timeout)
@@ -163,6 +185,8 @@ class BatchWriter(Generic[T]):
         del self._buffer[:n]
         self.written += n - lost
         self.lost += lost
+        if self.journal is not None:
+            self.journal.settle(n)
 
     async def close(self, timeout: float | None) -> int:
         """Stop the background task and flush (or drop) what is buffered, within
@@ -180,6 +204,8 @@ class BatchWriter(Generic[T]):
                 await asyncio.wait({self._task}, timeout=1.0)
         if not self.flush_on_shutdown:
             self._drop_all("writer does not flush on shutdown")
+            if self.journal is not None:
+                self.journal.close()
             return self.lost - lost_before
         # _write_one asks for a retry only when a retry policy is set.
         backoff = (self.retry or RetryPolicy()).delays()
@@ -198,6 +224,8 @@ class BatchWriter(Generic[T]):
                 self._drop_all("shutdown time is up while retrying")
                 break
             await asyncio.sleep(pause)
+        if self.journal is not None:
+            self.journal.close()
         logger.info(
             "%s writer closed in %.2f s: %d written, %d lost in all",
             self.name.capitalize(),
@@ -209,9 +237,16 @@ class BatchWriter(Generic[T]):
 
     def _drop_all(self, why: str) -> None:
         n = len(self._buffer)
-        if n:
-            self._settle(n, lost=n)
-            logger.error("Dropped %d buffered %s: %s", n, self.name, why)
+        if not n:
+            return
+        if self.journal is not None:
+            # Still on disk: the next process in this pod writes them.
+            del self._buffer[:n]
+            self.left_in_journal += n
+            logger.warning("Left %d %s in the spool for the next start: %s", n, self.name, why)
+            return
+        self._settle(n, lost=n)
+        logger.error("Dropped %d buffered %s: %s", n, self.name, why)
 
 
 def _left(deadline: float | None) -> float | None:

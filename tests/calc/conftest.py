@@ -15,10 +15,13 @@ from tests.support import VENV_BIN, Processes, http_ok, wait_until
 def start_calc(processes: Processes, tmp_path: Path) -> StartCalc:
     """Start `calc serve --profile P` with extra CALC_* env; waits until /health answers."""
 
-    def start(profile: str = "v10", wait: bool = True, **env: str) -> CalcProcess:
-        port = free_port()
+    def start(
+        profile: str = "v10", wait: bool = True, port: int | None = None, **env: str
+    ) -> CalcProcess:
+        port = port or free_port()
         full_env = {
             "CALC_OPLOG_FILE": str(tmp_path / "operations.lp"),
+            "CALC_SPOOL_DIR": str(tmp_path / "spool"),
             "CALC_POD": "test-pod",
             **env,
         }

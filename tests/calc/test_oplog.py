@@ -4,6 +4,8 @@ the line protocol, and `calc ops count|clear`."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -248,3 +250,27 @@ def test_ops_count_and_clear_against_influxdb_and_the_file(
     missing = run_ops("count", {**influx_env, "INFLUXDB_DB": "no_such_db"})
     assert missing.returncode == 1
     assert "database not found" in missing.stderr
+
+
+@pytest.mark.parametrize(("profile", "kept"), [("v10", True), ("v9", False)])
+def test_spool_keeps_what_a_sigkill_would_lose(
+    start_calc: StartCalc, influx_server: InfluxServer, influx_db: str, profile: str, kept: bool
+) -> None:
+    """A container killed and restarted in the same pod (same pod name and port, same
+    emptyDir): 1. 20 sums buffered. 2. SIGKILL. 3. The container starts again and is
+    then stopped with SIGTERM. 4. v10 (spool on) recovered and wrote all 20 points;
+    v9 (no spool) lost them."""
+    env = {"INFLUXDB_BASE_URL": influx_server.url, "INFLUXDB_DB": influx_db}
+    first = start_calc(profile, **env)
+    ids = send_sums(first, f"kill-{profile}")
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.wait_exit(5)
+    second = start_calc(profile, port=first.port, **env)
+    second.terminate()
+    assert second.wait_exit(15) == 0
+    stored = logged_ids(influx_server, influx_db)
+    if kept:
+        assert sorted(stored) == sorted(ids)
+        assert "Recovered 20 spooled lines" in second.log
+    else:
+        assert stored == []
