@@ -13,6 +13,7 @@ twice is stored once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -125,9 +126,15 @@ class Spool:
         """Seal the open segment and release the directory; what is unsettled stays on
         disk for the next start."""
         self.seal()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock_fd < 0:
+            return
+        if not self._sealed:
+            # Nothing left for a successor: leave no empty directory behind.
+            (self.directory / "lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
+        os.close(self._lock_fd)
+        self._lock_fd = -1
 
 
 def _done_file(segment: Path) -> Path:

@@ -97,3 +97,17 @@ def test_batch_writer_leaves_unwritten_lines_in_the_spool_for_the_next_start(
     assert writer.recovered == 5
     assert sink.items == ["p0", "p1", "p2", "p3", "p4", "new"]
     assert segments(tmp_path) == []
+
+
+def test_an_empty_spool_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """Everything settled: closing removes the spool's directory; unsettled: it stays."""
+    empty = Spool(tmp_path / "empty")
+    empty.append("x")
+    empty.seal()
+    empty.settle(1)
+    empty.close()
+    assert not (tmp_path / "empty").exists()
+    kept = Spool(tmp_path / "kept")
+    kept.append("y")
+    kept.close()
+    assert segments(tmp_path / "kept") != []
