@@ -113,10 +113,8 @@ class Server:
         """SIGTERM, wait up to `timeout`, then SIGKILL the whole group (workers too)."""
         if self.process.poll() is None:
             self.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill_group()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)

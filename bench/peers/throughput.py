@@ -9,6 +9,7 @@ peak RSS from /proc, stop it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -58,6 +59,7 @@ def run(
     for vus in vus_list:
         for reuse in reuse_list:
             samples: list[Sample] = []
+            load_averages: list[float] = []  # the machine's 1-min load before each sample
             for round_no in range(1, rounds + 1):
                 order = list(peers) if round_no % 2 else list(reversed(peers))
                 for peer in order:
@@ -67,6 +69,7 @@ def run(
                         file=sys.stderr,
                         flush=True,
                     )
+                    load_averages.append(round(os.getloadavg()[0], 2))
                     samples.append(measure(peer, round_no, vus, duration, reuse, tmp))
             summary = {p.name: medians(samples, p.name) for p in peers}
             results.append(
@@ -78,6 +81,7 @@ def run(
                     "samples": [asdict(s) for s in samples],
                     "medians": summary,
                     "spread": spread(samples),
+                    "loadavg_1m": load_averages,
                 }
             )
     return results
@@ -88,7 +92,11 @@ def spread(samples: Sequence[Sample]) -> dict[str, float]:
     result = {}
     for target in sorted({s.target for s in samples}):
         rps = sorted(s.rps for s in samples if s.target == target)
-        mid = rps[len(rps) // 2] if len(rps) % 2 else (rps[len(rps) // 2 - 1] + rps[len(rps) // 2]) / 2
+        mid = (
+            rps[len(rps) // 2]
+            if len(rps) % 2
+            else (rps[len(rps) // 2 - 1] + rps[len(rps) // 2]) / 2
+        )
         result[target] = (rps[-1] - rps[0]) / mid if mid else 0.0
     return result
 
@@ -99,7 +107,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"throughput: k6 {result['vus']} VUs, "
         f"{'keep-alive' if result['reuse'] else 'new connection per request'}, "
-        f"{result['duration_s']:g} s per round, medians of {result['rounds']} round(s)",
+        f"{result['duration_s']:g} s per round, medians of {result['rounds']} round(s); "
+        f"machine's 1-min load average {min(result['loadavg_1m']):.1f}-{max(result['loadavg_1m']):.1f} "
+        f"(2 cores)",
         "",
         "| target | rps | p50 ms | p95 ms | p99 ms | CPU s/10k req | peak RSS MiB | failed "
         "| rps spread | rps vs calc | CPU/req vs calc |",

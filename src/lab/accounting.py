@@ -26,6 +26,7 @@ class Request:
     status: int
     error_code: str
     error: str
+    proto: str = ""
 
     @property
     def kind(self) -> str:
@@ -50,13 +51,23 @@ def _rid(extra_tags: str) -> str:
 
 
 def read_requests(path: Path) -> list[Request]:
+    return read_csv(path)[0]
+
+
+def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
+    """The `http_reqs` rows as requests, and how often each k6 check failed."""
     requests: list[Request] = []
+    failed_checks: Counter[str] = Counter()
     if not path.exists():
-        return requests
+        return requests, {}
     with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            if row.get("metric_name") != "http_reqs":
+        for row in csv.DictReader(f):
+            metric = row.get("metric_name")
+            if metric == "checks":
+                if float(row.get("metric_value") or 0) == 0:
+                    failed_checks[row.get("check") or "?"] += 1
+                continue
+            if metric != "http_reqs":
                 continue
             status = row.get("status") or "0"
             requests.append(
@@ -66,9 +77,10 @@ def read_requests(path: Path) -> list[Request]:
                     status=int(status) if status.isdigit() else 0,
                     error_code=row.get("error_code") or "",
                     error=row.get("error") or "",
+                    proto=row.get("proto") or "",
                 )
             )
-    return requests
+    return requests, dict(failed_checks)
 
 
 @dataclass
@@ -82,6 +94,7 @@ class Accounting:
     duplicate_points: int = 0
     points: int | None = None
     errors: dict[str, str] = field(default_factory=dict)  # kind -> one example message
+    protocols: dict[str, int] = field(default_factory=dict)  # of the answered requests
 
     @property
     def failed_total(self) -> int:
@@ -92,6 +105,7 @@ def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> 
     """Per id: which 200s left no point, which failures left one anyway."""
     by_id: dict[str, Request] = {}
     kinds: Counter[str] = Counter()
+    protocols: Counter[str] = Counter()
     examples: dict[str, str] = {}
     total = 0
     for request in requests:
@@ -102,8 +116,12 @@ def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> 
             examples[kind] = request.error or f"HTTP {request.status}"
         if request.rid:
             by_id[request.rid] = request
+        if request.status:
+            protocols[request.proto or "?"] += 1
     ok = kinds.pop("ok", 0)
-    result = Accounting(total, ok, dict(sorted(kinds.items())), errors=examples)
+    result = Accounting(
+        total, ok, dict(sorted(kinds.items())), errors=examples, protocols=dict(protocols)
+    )
     if point_ids is None:
         return result
     ids = [str(p) for p in point_ids]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import io
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from lab.config import SCENARIOS, ConfigError, LabConfig, parse_lag
+from lab.config import LB_MODES, SCENARIOS, ConfigError, LabConfig, parse_lag
 from lab.experiment import Interrupted, LabError, run_experiment
 from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
@@ -27,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--to", type=int, help="target replicas for --scenario scale")
     run.add_argument("--replicas", type=int, help="override the Deployment's replicas")
     run.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
-    run.add_argument("--lb", choices=("tcp", "http"), default="tcp", help="HAProxy mode")
+    run.add_argument(
+        "--lb",
+        choices=LB_MODES,
+        default="tcp",
+        help="HAProxy mode: tcp (L4), http (L7, keep-alive to pods), https or h2 (TLS here)",
+    )
     run.add_argument("--lb-retries", type=int, default=0, help="HAProxy retries (default 0)")
     run.add_argument(
         "--endpoint-lag", default="1", help="propagation lag in seconds, or MIN-MAX (default 1)"
@@ -36,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cooldown", type=float, default=10.0, help="seconds of load after it")
     run.add_argument("--duration", type=float, default=30.0, help="steady scenario's load time")
     run.add_argument("--action-timeout", type=float, default=600.0, help="deadline for the action")
+    run.add_argument(
+        "--ready-timeout", type=float, default=180.0, help="deadline for the first deployment"
+    )
     run.add_argument(
         "--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)"
     )
@@ -65,6 +78,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         image_map=args.image_map,
         k6_script=args.k6_script,
         action_timeout=args.action_timeout,
+        ready_timeout=args.ready_timeout,
         conn_reuse=args.conn_reuse,
         request_timeout=args.request_timeout,
         seed=args.seed,
@@ -74,6 +88,11 @@ def config_from(args: argparse.Namespace) -> LabConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # `kill -USR1 <lab pid>` prints every thread's stack: for a run that seems stuck.
+        # (Not possible when stderr is no real file, as under pytest's capture.)
+        with contextlib.suppress(io.UnsupportedOperation, ValueError, AttributeError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         config = config_from(args)
         result = run_experiment(config)

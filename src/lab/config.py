@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = ("rollout-restart", "scale", "steady")
+LB_MODES = ("tcp", "http", "https", "h2")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,8 +85,8 @@ class LabConfig:
             raise ConfigError("--to: only the scale scenario takes a target")
         if not 1 <= self.vus <= 2000:
             raise ConfigError(f"--vus: must be between 1 and 2000, got {self.vus}")
-        if self.lb not in ("tcp", "http"):
-            raise ConfigError(f"--lb: must be tcp or http, got {self.lb!r}")
+        if self.lb not in LB_MODES:
+            raise ConfigError(f"--lb: must be one of {', '.join(LB_MODES)}, got {self.lb!r}")
         if not 0 <= self.lb_retries <= 10:
             raise ConfigError(f"--lb-retries: must be between 0 and 10, got {self.lb_retries}")
         low, high = self.endpoint_lag
@@ -95,6 +96,8 @@ class LabConfig:
             ("--warmup", self.warmup),
             ("--cooldown", self.cooldown),
             ("--duration", self.duration),
+            ("--action-timeout", self.action_timeout),
+            ("--ready-timeout", self.ready_timeout),
         ):
             if value < 0:
                 raise ConfigError(f"{name}: must be >= 0 seconds, got {value}")

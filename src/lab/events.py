@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,11 +28,12 @@ _QUIET = frozenset({"started"})
 class EventLog:
     """Append-only list of events; each is also printed as one progress line."""
 
-    def __init__(self, progress: TextIO | None = sys.stderr) -> None:
+    def __init__(self, progress: TextIO | None = sys.stderr, sink: TextIO | None = None) -> None:
         self.start_mono = time.monotonic()
         self.start_wall = time.time()
         self.events: list[Event] = []
         self.progress = progress
+        self.sink = sink  # every event as a JSON line, written as it happens
 
     def now(self) -> float:
         return time.monotonic() - self.start_mono
@@ -40,6 +42,9 @@ class EventLog:
         t = self.now()
         event = Event(round(t, 3), round(self.start_wall + t, 3), pod, kind, detail)
         self.events.append(event)
+        if self.sink is not None:
+            self.sink.write(json.dumps(event.as_dict()) + "\n")
+            self.sink.flush()
         if self.progress is not None and kind not in _QUIET:
             who = pod or "lab"
             text = f"[{t:7.1f}s] {who:<28} {kind}{(': ' + detail) if detail else ''}"

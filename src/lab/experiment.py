@@ -27,7 +27,7 @@ from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.haproxy import HAProxy
-from lab.images import ImageMap
+from lab.images import ImageMap, resolve
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
 from lab.manifest import Manifests, load
@@ -64,7 +64,10 @@ def prepare(config: LabConfig) -> Prepared:
     manifests = load(config.manifests)
     images = ImageMap.load(config.image_map_path)
     container = manifests.deployment.template.container
-    images.image(container.image)
+    image = images.image(container.image)
+    # Resolve the command and env once with stand-in pod values, so that a container the
+    # image map cannot run fails here, before anything starts.
+    resolve(container, image, "check", "127.0.0.2", dict(os.environ))
     uses_influx = any(
         INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL" for v in container.env
     )
@@ -112,6 +115,7 @@ async def _main(prepared: Prepared) -> report.Report:
         raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}")
     finally:
         stopper.cancel()
+        await asyncio.gather(stopper, return_exceptions=True)
         if not work.done():
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -130,10 +134,13 @@ class Lab:
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
             (self.out / stale).unlink(missing_ok=True)
-        self.events = EventLog(sys.stderr if self.config.progress else None)
+        # The event log as JSON lines, as it happens: a run that dies still leaves it.
+        self.event_file = (self.out / "events.jsonl").open("w")
+        self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
         self.registry = Registry(self.out / "pids.txt")
         self.rng = random.Random(self.config.seed)
         self.influx: InfluxServer | None = None
+        self.influx_start: asyncio.Future[None] | None = None
         self.haproxy: HAProxy | None = None
         self.kubelet: Kubelet | None = None
         self.controller: DeploymentController | None = None
@@ -151,7 +158,10 @@ class Lab:
                 data_dir=self.out / "influxdb", log_path=self.out / "influxd.log"
             )
             shutil.rmtree(self.influx.data_dir, ignore_errors=True)
-            await asyncio.to_thread(self.influx.start)
+            # A thread cannot be cancelled: keep the start's future, so that clean-up
+            # after Ctrl-C waits for it and then stops the influxd it started.
+            self.influx_start = asyncio.ensure_future(asyncio.to_thread(self.influx.start))
+            await asyncio.shield(self.influx_start)
             assert self.influx.pid is not None
             self.registry.record(self.influx.pid, "influxd")
             await asyncio.to_thread(self.influx.create_database, INFLUX_DB)
@@ -240,7 +250,7 @@ class Lab:
         await self._stop_controllers()
         await self.haproxy.stop()
 
-        requests = accounting.read_requests(self.out / "k6.csv")
+        requests, failed_checks = accounting.read_csv(self.out / "k6.csv")
         point_ids: list[object] | None = None
         if self.influx is not None:
             point_ids = await asyncio.to_thread(
@@ -271,6 +281,7 @@ class Lab:
             action_completed=completed,
             action_s=action_s,
             notes=notes,
+            failed_checks=failed_checks,
         )
         the_report.write_json(self.out / "report.json")
         await asyncio.to_thread(
@@ -284,6 +295,10 @@ class Lab:
 
     def _k6_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
+        if self.config.lb in ("https", "h2"):
+            env["INSECURE"] = "1"  # the lab's self-signed certificate
+        if self.config.lb == "https":
+            env["H2"] = "0"  # HTTP/1.1 over TLS: the script's HTTP/2 check does not apply
         if self.config.conn_reuse:
             env["CONN_REUSE"] = "1"
         if self.config.request_timeout:
@@ -311,7 +326,7 @@ class Lab:
         while loop.time() < deadline:
             if predicate():
                 return True
-            self._check_k6()
+            self._check_parts()
             await asyncio.sleep(0.05)
         return bool(predicate())
 
@@ -319,10 +334,16 @@ class Lab:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while loop.time() < deadline:
-            self._check_k6()
+            self._check_parts()
             await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
 
-    def _check_k6(self) -> None:
+    def _check_parts(self) -> None:
+        """Fail at once when k6 or a controller died, instead of at the next deadline."""
+        for part in (self.controller, self.endpoints):
+            task = part.task if part is not None else None
+            if task is not None and task.done() and not task.cancelled():
+                error = task.exception()
+                raise LabError(f"{task.get_name()} stopped: {error!r}") from error
         if self.k6 is not None and self.k6.process is not None:
             code = self.k6.process.returncode
             if code is not None:
@@ -352,6 +373,11 @@ class Lab:
             await self.kubelet.shutdown()
         if self.haproxy is not None:
             await self.haproxy.stop()
+        if self.influx_start is not None and not self.influx_start.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.influx_start), 30)
         if self.influx is not None:
             await asyncio.to_thread(self.influx.stop)
         await self.registry.kill_all()
+        self.events.sink = None
+        self.event_file.close()

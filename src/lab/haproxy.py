@@ -1,5 +1,10 @@
 """HAProxy as the Service's load balancer, driven through its runtime API.
 
+Modes: `tcp` (L4, like kube-proxy or a cloud TCP balancer), `http` (L7 with keep-alive
+connections to the pods, shared between clients), `https` and `h2` (L7 with TLS
+terminated here, with a self-signed certificate the lab makes; `h2` offers HTTP/2 to
+clients through ALPN). Pods always get plain HTTP/1.1, as behind a cloud balancer.
+
 The backend starts empty; the endpoints controller adds, drains and deletes servers over
 the stats socket (`level admin`), never reloading, so established connections live on
 as they do through kube-proxy's conntrack. `retries 0` by default: a cloud L4 path does
@@ -35,7 +40,7 @@ defaults
   retries {retries}
 {redispatch}{http_options}
 frontend service
-  bind {host}:{port}
+  bind {host}:{port}{tls}
   default_backend {backend}
 
 backend {backend}
@@ -87,16 +92,49 @@ class HAProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.mode in ("https", "h2")
+
+    @property
+    def certificate_path(self) -> Path:
+        return self.workdir / "lb.pem"
+
+    def _tls_bind(self) -> str:
+        if not self.tls:
+            return ""
+        alpn = "h2,http/1.1" if self.mode == "h2" else "http/1.1"
+        return f" ssl crt {self.certificate_path} alpn {alpn}"
+
+    async def make_certificate(self, registry: Registry, timeout: float = 30.0) -> None:
+        """A self-signed certificate for 127.0.0.1 and localhost, key and cert in one PEM
+        (HAProxy's `crt` format); k6 skips verification (INSECURE=1)."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise HAProxyError(
+                "openssl not found: needed for --lb https/h2 (apt-get install openssl)"
+            )
+        key, cert = self.workdir / "lb.key", self.workdir / "lb.crt"
+        argv = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        argv += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+        argv += ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        process = await registry.start(argv, "openssl", log=self.log_path)
+        if await asyncio.wait_for(process.wait(), timeout) != 0:
+            raise HAProxyError(f"openssl could not make a certificate; see {self.log_path}")
+        self.certificate_path.write_bytes(cert.read_bytes() + key.read_bytes())
 
     def config(self) -> str:
         return _CONFIG.format(
             socket=self.socket_path,
             maxconn=_maxconn(),
-            mode=self.mode,
+            mode="tcp" if self.mode == "tcp" else "http",
             retries=self.retries,
             redispatch="  option redispatch\n" if self.retries else "",
-            http_options=_HTTP_OPTIONS if self.mode == "http" else "",
+            http_options=_HTTP_OPTIONS if self.mode != "tcp" else "",
+            tls=self._tls_bind(),
             host=self.host,
             port=self.port,
             backend=BACKEND,
@@ -104,6 +142,8 @@ class HAProxy:
 
     async def start(self, registry: Registry, timeout: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            await self.make_certificate(registry)
         self.config_path.write_text(self.config())
         check = await registry.start(
             [self.binary, "-c", "-q", "-f", str(self.config_path)],

@@ -99,7 +99,8 @@ class Kubelet:
         self.log_dir = log_dir
         self.base_env = dict(base_env)
         self.rewrite = rewrite
-        self.addresses = AddressPool(rng)
+        # Not from the seeded rng: two seeded runs at once must not share a subnet.
+        self.addresses = AddressPool()
         self.rng = rng or random.Random()
         self.on_change = on_change or (lambda: None)
         self.pods: list[Pod] = []
@@ -158,7 +159,12 @@ class Kubelet:
         deleted = asyncio.ensure_future(pod.delete_requested.wait())
         try:
             while not pod.delete_requested.is_set():
-                await self._start_container(pod)
+                try:
+                    await self._start_container(pod)
+                except OSError as exc:  # e.g. no such executable: the kubelet's StartError
+                    self.events.add(pod.name, "start-failed", str(exc))
+                    await self._back_off(pod)
+                    continue
                 assert pod.process is not None
                 liveness_failed = asyncio.Event()
                 probes = [asyncio.create_task(self._readiness(pod))]
@@ -173,13 +179,14 @@ class Kubelet:
                 try:
                     await asyncio.wait({exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    for task in [*probes, live]:
+                    has_exited = exited.done()
+                    for task in [*probes, live, exited]:
                         task.cancel()
-                    await asyncio.gather(*probes, live, return_exceptions=True)
-                if pod.delete_requested.is_set() and not exited.done():
+                    await asyncio.gather(*probes, live, exited, return_exceptions=True)
+                if pod.delete_requested.is_set() and not has_exited:
                     await self._terminate(pod, grace=pod.template.termination_grace)
                     return
-                if not exited.done():  # liveness failure: kill the container, restart
+                if not has_exited:  # liveness failure: kill the container, restart
                     self.events.add(pod.name, "liveness-failed", "restarting the container")
                     self._set_ready(pod, False)
                     await self._terminate(pod, grace=pod.template.termination_grace)
@@ -188,17 +195,21 @@ class Kubelet:
                     self._set_ready(pod, False)
                 if pod.delete_requested.is_set():
                     return
-                delay = (
-                    0.0
-                    if pod.restarts == 0
-                    else min(BACKOFF_MAX, BACKOFF_START * 2 ** (pod.restarts - 1))
-                )
-                pod.restarts += 1
-                self.events.add(pod.name, "restarting", f"back-off {delay:g}s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pod.delete_requested.wait(), delay)
+                await self._back_off(pod)
         finally:
             deleted.cancel()
+            await asyncio.gather(deleted, return_exceptions=True)
+
+    async def _back_off(self, pod: Pod) -> None:
+        """Wait before the next restart: at once the first time, then 10 s doubling up to
+        300 s (CrashLoopBackOff); a deletion ends the wait."""
+        delay = (
+            0.0 if pod.restarts == 0 else min(BACKOFF_MAX, BACKOFF_START * 2 ** (pod.restarts - 1))
+        )
+        pod.restarts += 1
+        self.events.add(pod.name, "restarting", f"back-off {delay:g}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pod.delete_requested.wait(), delay)
 
     async def _start_container(self, pod: Pod) -> None:
         launch = pod.launch

@@ -15,13 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-
-def _ignore_sigterm() -> None:
-    # Runs in the child between fork and exec. A container's main process is PID 1,
-    # which the kernel shields from every signal it has no handler for; starting it with
-    # SIGTERM ignored gives the same outcome: a shell that does not exec its child stays
-    # deaf to SIGTERM, while an app that installs a handler (uvicorn does) still gets it.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# A container's main process is PID 1, which the kernel shields from every signal it has
+# no handler for. Starting the main process with SIGTERM ignored gives the same outcome: a
+# shell that does not exec its child stays deaf to SIGTERM, while an app that installs a
+# handler (uvicorn does) still gets it. `trap "" TERM` sets SIG_IGN, which survives exec;
+# a shell does it rather than a preexec_fn, which is not safe in a threaded parent.
+_PID1 = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 
 
 class Registry:
@@ -53,14 +52,13 @@ class Registry:
         log_file = log.open("ab") if log is not None else None
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                *(_PID1 + list(argv) if pid1 else argv),
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file if log_file is not None else out,
                 stderr=log_file if log_file is not None else asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_ignore_sigterm if pid1 else None,
             )
         finally:
             if log_file is not None:

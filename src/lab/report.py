@@ -39,6 +39,8 @@ class Report:
     unmatched_points: int = 0
     operations_logged: int | None = None
     error_examples: dict[str, str] = field(default_factory=dict)
+    protocols: dict[str, int] = field(default_factory=dict)
+    failed_checks: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     events: list[dict[str, object]] = field(default_factory=list)
 
@@ -78,6 +80,12 @@ class Report:
             ("lost operations", _opt(self.lost_operations)),
             ("orphan operations", _opt(self.orphan_operations)),
         ]
+        if self.protocols:
+            rows.append(("protocols", ", ".join(f"{p} {n}" for p, n in self.protocols.items())))
+        if self.failed_checks:
+            rows.append(
+                ("failed k6 checks", ", ".join(f"{c}: {n}" for c, n in self.failed_checks.items()))
+            )
         if self.unmatched_points:
             rows.append(("points without a k6 record", str(self.unmatched_points)))
         rate = "n/a"
@@ -133,6 +141,7 @@ def build(
     action_completed: bool,
     action_s: float | None,
     notes: list[str],
+    failed_checks: dict[str, int] | None = None,
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     lost = accounting.lost
@@ -163,6 +172,8 @@ def build(
         unmatched_points=len(accounting.unmatched_points),
         operations_logged=accounting.points,
         error_examples=accounting.errors,
+        protocols=accounting.protocols,
+        failed_checks=failed_checks or {},
         notes=notes,
         events=[e.as_dict() for e in events],
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +61,50 @@ def _assert_all_gone(out: Path) -> None:
     wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
 
 
+def _kill_leftovers(out: Path) -> None:
+    """The test's own forced path: whatever the lab left, its groups get SIGKILL."""
+    for pid in _pids(out):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def _run(out: Path, manifest: Path, *options: str, timeout: float = 90) -> dict[str, Any]:
-    result = subprocess.run(
+    """Run `lab run` to the end. If it overruns `timeout`: dump its stacks (SIGUSR1), stop
+    it with SIGINT, and fail with its last output and events."""
+    lab = subprocess.Popen(
         _lab(out, manifest, *options),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=REPO,
-        check=False,
     )
-    _assert_all_gone(out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "lost operations" in result.stdout and "requests" in result.stdout
+    try:
+        stdout, stderr = lab.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        lab.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        lab.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = lab.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            stdout, stderr = lab.communicate()
+        _kill_leftovers(out)
+        events = (
+            (out / "events.jsonl").read_text()[-3000:] if (out / "events.jsonl").exists() else ""
+        )
+        pytest.fail(f"lab run overran {timeout} s\n{stderr[-6000:]}\nlast events:\n{events}")
+    try:
+        _assert_all_gone(out)
+    finally:
+        _kill_leftovers(out)
+    assert lab.returncode == 0, stderr[-3000:]
+    assert "lost operations" in stdout and "requests" in stdout
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     assert (out / "timeline.png").stat().st_size > 10_000
     return report
 
 
-@pytest.mark.slow
 def test_rollout_with_prestop_loses_nothing_but_the_dropped_operation(tmp_path: Path) -> None:
     """Two tiny-app pods logging to `influxdb:8086`, readiness probe, 1 s preStop sleep,
     propagation lag 0.2 s; the app drops the point of request -1-3 (VU 1, iteration 3).
@@ -110,7 +138,6 @@ def test_rollout_with_prestop_loses_nothing_but_the_dropped_operation(tmp_path: 
     assert report["ideal_rps"] == 50 and report["achieved_rps"] > 0
 
 
-@pytest.mark.slow
 def test_rollout_without_prestop_fails_requests(tmp_path: Path) -> None:
     """The v3 situation with the tiny app: no preStop, the app stops listening on SIGTERM
     at once, and the load balancer learns of it 1 s later.
@@ -185,3 +212,71 @@ def test_cli_help_runs() -> None:
         check=True,
     )
     assert "--endpoint-lag" in result.stdout
+
+
+def test_scale_scenario_over_http_lb(tmp_path: Path) -> None:
+    """One tiny-app pod behind HAProxy in http mode (pooled keep-alive to the pods).
+    1. `lab run --scenario scale --to 3` with 5 VUs and 0.2 s lag.
+    2. Two pods were added, each joined HAProxy, and no request failed."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=1,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        grace=2,
+    )
+    out = tmp_path / "out"
+    report = _run(
+        out, manifest, "--scenario", "scale", "--to", "3", "--vus", "5", "--warmup", "1",
+        "--cooldown", "1", "--endpoint-lag", "0.2", "--lb", "http",
+    )  # fmt: skip
+    assert report["scenario"] == "scale to 3" and report["lb"] == "http"
+    assert report["pods_created"] == 3 and report["action_completed"]
+    assert sum(e["kind"] == "lb-added" for e in report["events"]) == 3
+    assert report["failed"] == {} and report["requests"] > 20
+
+
+def test_h2_load_balancer_terminates_tls_and_speaks_http2(tmp_path: Path) -> None:
+    """Two tiny-app pods behind HAProxy with TLS (the lab's self-signed certificate) and
+    HTTP/2 offered through ALPN; the pods get HTTP/1.1.
+    1. `lab run --scenario steady --lb h2` for 2 s with 5 VUs.
+    2. Every request succeeded over HTTP/2.0, and k6's protocol check never failed."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml", port=free_port(), replicas=2, readiness=READY_PROBE, grace=2
+    )
+    out = tmp_path / "out"
+    report = _run(
+        out, manifest, "--scenario", "steady", "--duration", "2", "--vus", "5", "--warmup", "1",
+        "--cooldown", "0", "--endpoint-lag", "0.2", "--lb", "h2",
+    )  # fmt: skip
+    assert report["failed"] == {} and report["requests"] > 20
+    assert report["protocols"] == {"HTTP/2.0": report["requests"]}
+    assert report["failed_checks"] == {}
+    assert (out / "haproxy" / "lb.pem").exists()
+
+
+def test_error_mid_run_still_cleans_up(tmp_path: Path) -> None:
+    """Pods that never become ready, and a 2 s deadline for the first deployment.
+    1. `lab run` fails with exit code 1 and a message naming the deadline.
+    2. Every process it had started (HAProxy, pods) is gone."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "600"],
+        readiness=READY_PROBE,
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        _lab(out, manifest, "--ready-timeout", "2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "not ready within 2 s" in result.stderr
+    assert sum(n.startswith("pod ") for n in _pids(out).values()) == 2
+    _assert_all_gone(out)

@@ -22,7 +22,8 @@ def _event(c: Cluster, pod: Pod, kind: str) -> Event:
 
 
 def _log_times(c: Cluster, pod: Pod, word: str) -> list[float]:
-    return [float(m) for m in re.findall(rf"^{word} (?:\S+ )?([\d.]+)$", c.log(pod), re.M)]
+    pattern = rf"^{word} (?:\S+ )?([\d.]+)$"
+    return [float(m) for m in re.findall(pattern, c.log(pod), re.M)]
 
 
 def test_pod_gets_no_traffic_before_it_is_ready(tmp_path: Path) -> None:
@@ -162,5 +163,57 @@ def test_liveness_failure_restarts_the_container(tmp_path: Path) -> None:
             )
             assert c.events.first(pod.name, "liveness-failed") is not None
             assert pod.restarts == 1 and not pod.gone
+
+    run(scenario())
+
+
+def test_prestop_http_get_reaches_the_app_before_sigterm(tmp_path: Path) -> None:
+    """A pod with an httpGet preStop hook on /prestop-hook.
+    1. Delete it.
+    2. The app logged the GET, then SIGTERM."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        pre_stop={"httpGet": {"path": "/prestop-hook", "port": "http"}},
+        grace=5,
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.pods() and c.pods()[0].ready, 15, "a ready pod")
+            pod = c.pods()[0]
+            await c.until(lambda: "listening" in c.log(pod), 10, "the app listening")
+            c.controller.scale(0)
+            await c.until(lambda: pod.gone, 10, "the pod gone")
+            (hook,) = _log_times(c, pod, "get")
+            (term,) = _log_times(c, pod, "sigterm")
+            assert hook <= term
+            assert _event(c, pod, "prestop-finished").t <= _event(c, pod, "sigterm").t
+
+    run(scenario())
+
+
+def test_container_that_cannot_start_backs_off_in_place(tmp_path: Path) -> None:
+    """A container whose command does not exist.
+    1. It fails at once (exit 127), is restarted at once, fails, then backs off 10 s
+       (CrashLoopBackOff).
+    2. The pod stays (not replaced by the controller) and is never ready."""
+    manifest = tiny_manifest(tmp_path / "m.yml", port=free_port(), command=["/no/such/binary"])
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.pods(), 5, "a pod")
+            pod = c.pods()[0]
+            await c.until(
+                lambda: any(e.detail == "back-off 10s" for e in c.events.of(pod.name)),
+                5,
+                "the second back-off",
+            )
+            # The main process starts through a shell (see lab.procs), whose exec fails
+            # with 127 where a container runtime reports a StartError.
+            failures = [e for e in c.events.of(pod.name) if e.kind in ("exited", "start-failed")]
+            assert len(failures) == 2
+            assert all(e.kind == "start-failed" or e.detail == "code 127" for e in failures)
+            assert not pod.ready and not pod.gone and len(c.kubelet.pods) == 1
 
     run(scenario())

@@ -143,3 +143,52 @@ def test_haproxy_follows_ready_pods_after_the_lag(tmp_path: Path) -> None:
                     assert added.t - ready.t >= lag - 0.01
 
     run(scenario())
+
+
+def test_min_ready_seconds_holds_old_pods_until_new_ones_are_available(tmp_path: Path) -> None:
+    """1 replica, maxSurge 1, maxUnavailable 0, minReadySeconds 1.
+    1. `rollout restart`.
+    2. The old pod is deleted no sooner than 1 s after the new one became ready."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        readiness=FAST_READY,
+        min_ready=1,
+        grace=1,
+        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(c.controller.complete, 20, "the first rollout")
+            (old,) = c.controller.active()
+            c.controller.rollout_restart()
+            await c.until(c.controller.complete, 20, "the rollout")
+            (new,) = c.controller.active()
+            ready = c.events.first(new.name, "ready")
+            deleted = c.events.first(old.name, "deleted")
+            assert ready is not None and deleted is not None
+            assert deleted.t - ready.t >= 1.0
+
+    run(scenario())
+
+
+def test_lag_range_draws_per_change() -> None:
+    """--endpoint-lag 0.5-1.5: each change draws its own lag inside the range."""
+    import random
+
+    from lab.endpoints import EndpointsController
+    from lab.events import EventLog
+    from lab.haproxy import HAProxy
+
+    controller = EndpointsController(
+        HAProxy(Path("/nonexistent"), 1),
+        list,
+        1,
+        EventLog(progress=None),
+        (0.5, 1.5),
+        random.Random(3),
+    )
+    lags = [controller.draw_lag() for _ in range(200)]
+    assert all(0.5 <= lag <= 1.5 for lag in lags)
+    assert max(lags) - min(lags) > 0.8

@@ -88,6 +88,8 @@ def main() -> int:
             self.wfile.write(body)
 
         def do_GET(self) -> None:
+            if self.path not in ("/health", "/ready"):
+                log(f"get {self.path} {time.time():.3f}")
             if self.path == "/ready" and time.monotonic() - started < args.ready_after:
                 self.answer(503, b"not ready")
             else:

@@ -1,0 +1,281 @@
+"""`lab matrix`: every version x scenario x load-balancer mode, one experiment each, and
+one table of what each dropped.
+
+The matrix runs the project's own manifests (`deploy/k8s/vN/`). `--quick` runs copies
+rewritten in a few named ways (fewer replicas, shorter probe delays) so the whole matrix
+fits in minutes; the table's header lists every change, and the rewritten manifests are
+kept in the output directory to read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.config import REPO, ConfigError, LabConfig
+from lab.report import Report
+
+VERSIONS = tuple(f"v{i}" for i in range(1, 11))
+SCENARIOS = ("rollout-restart", "scale-up", "scale-down")
+LB_MODES = ("tcp", "http", "https", "h2")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    replicas: int  # for rollout-restart
+    scale_low: int
+    scale_high: int
+
+
+FULL = Sizes(replicas=13, scale_low=5, scale_high=13)
+QUICK = Sizes(replicas=5, scale_low=2, scale_high=5)
+QUICK_PROBE = {"initialDelaySeconds": 2, "periodSeconds": 1}
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    versions: tuple[str, ...] = VERSIONS
+    scenarios: tuple[str, ...] = SCENARIOS
+    lbs: tuple[str, ...] = ("tcp",)
+    quick: bool = False
+    vus: int = 50
+    endpoint_lag: tuple[float, float] = (1.0, 1.0)
+    warmup: float | None = None  # None: 10 s, or 4 s with --quick
+    cooldown: float | None = None  # None: 10 s, or 4 s with --quick
+    out: Path = Path("out/matrix")
+    manifests_dir: Path = REPO / "deploy" / "k8s"
+    progress: bool = True
+
+    @property
+    def sizes(self) -> Sizes:
+        return QUICK if self.quick else FULL
+
+    def validate(self) -> None:
+        for name, values, allowed in (
+            ("--versions", self.versions, VERSIONS),
+            ("--scenarios", self.scenarios, SCENARIOS),
+            ("--lb", self.lbs, LB_MODES),
+        ):
+            if not values:
+                raise ConfigError(f"{name}: name at least one")
+            unknown = [v for v in values if v not in allowed]
+            if unknown:
+                raise ConfigError(
+                    f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}"
+                )
+        for version in self.versions:
+            if not (self.manifests_dir / version).is_dir():
+                raise ConfigError(f"--versions: no manifests at {self.manifests_dir / version}")
+
+    def changes(self) -> list[str]:
+        """What differs from the manifests as written, in words (the table's header)."""
+        s = self.sizes
+        lines = [
+            f"rollout-restart with {s.replicas} replicas; scale-up {s.scale_low} -> "
+            f"{s.scale_high}; scale-down {s.scale_high} -> {s.scale_low}",
+        ]
+        if self.quick:
+            lines.append(
+                "--quick: probes' initialDelaySeconds 20 -> 2 and periodSeconds 5 -> 1; "
+                "replicas as above (13 in the manifests); warm-up and cool-down 4 s"
+            )
+        return lines
+
+
+@dataclass
+class Cell:
+    """One experiment's outcome, or why it has none."""
+
+    version: str
+    scenario: str
+    lb: str
+    requests: int = 0
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    failed_total: int = 0
+    lost_operations: int | None = None
+    orphan_operations: int | None = None
+    steady_ratio: float | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    out: str = ""
+
+    @classmethod
+    def from_report(cls, version: str, scenario: str, lb: str, report: Report, out: Path) -> Cell:
+        return cls(
+            version=version,
+            scenario=scenario,
+            lb=lb,
+            requests=report.requests,
+            ok=report.ok,
+            failed=dict(report.failed),
+            failed_total=report.failed_total,
+            lost_operations=report.lost_operations,
+            orphan_operations=report.orphan_operations,
+            steady_ratio=report.steady_ratio,
+            duration_s=report.duration_s,
+            out=str(out),
+        )
+
+    def failed_text(self) -> str:
+        if self.error:
+            return "error"
+        if not self.requests:
+            return "-"
+        pct = 100 * self.failed_total / self.requests
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items()) if n)
+        return f"{self.failed_total} ({pct:.2f} %)" + (f": {kinds}" if kinds else "")
+
+
+def experiment_config(
+    config: MatrixConfig, manifests: Path, scenario: str, lb: str, out: Path
+) -> LabConfig:
+    sizes = config.sizes
+    if scenario == "rollout-restart":
+        lab_scenario, replicas, to = "rollout-restart", sizes.replicas, None
+    elif scenario == "scale-up":
+        lab_scenario, replicas, to = "scale", sizes.scale_low, sizes.scale_high
+    else:
+        lab_scenario, replicas, to = "scale", sizes.scale_high, sizes.scale_low
+    default_phase = 4.0 if config.quick else 10.0
+    return LabConfig(
+        manifests=manifests,
+        scenario=lab_scenario,
+        to=to,
+        replicas=replicas,
+        vus=config.vus,
+        lb=lb,
+        endpoint_lag=config.endpoint_lag,
+        warmup=config.warmup if config.warmup is not None else default_phase,
+        cooldown=config.cooldown if config.cooldown is not None else default_phase,
+        out=out,
+        progress=config.progress,
+    )
+
+
+def quick_manifests(source: Path, target: Path) -> Path:
+    """Copy a version's manifests with shorter probe delays; returns the copy's dir."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.y*ml")):
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        changed = [_shorten_probes(d) for d in documents]
+        (target / path.name).write_text(yaml.safe_dump_all(changed, sort_keys=False))
+    return target
+
+
+def _shorten_probes(document: dict[str, Any]) -> dict[str, Any]:
+    document = copy.deepcopy(document)
+    if document.get("kind") != "Deployment":
+        return document
+    for container in document["spec"]["template"]["spec"].get("containers", []):
+        for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = container.get(key)
+            if probe:
+                for field_name, value in QUICK_PROBE.items():
+                    if field_name in probe:
+                        probe[field_name] = min(probe[field_name], value)
+    return document
+
+
+Runner = Callable[[LabConfig], Report]
+
+
+def run_matrix(config: MatrixConfig, runner: Runner) -> list[Cell]:
+    """Run every experiment; an experiment that fails is recorded and the rest go on.
+
+    `runner` is `lab.experiment.run_experiment`, passed in so this module does not start
+    processes itself."""
+    config.validate()
+    config.out.mkdir(parents=True, exist_ok=True)
+    cells: list[Cell] = []
+    plan = [(v, s, lb) for lb in config.lbs for v in config.versions for s in config.scenarios]
+    started = time.monotonic()
+    for index, (version, scenario, lb) in enumerate(plan, 1):
+        manifests = config.manifests_dir / version
+        if config.quick:
+            manifests = quick_manifests(manifests, config.out / "manifests" / version)
+        out = config.out / f"{version}-{scenario}-{lb}"
+        if config.progress:
+            elapsed = time.monotonic() - started
+            print(
+                f"matrix [{index}/{len(plan)}] {version} {scenario} {lb} (elapsed {elapsed:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        lab_config = experiment_config(config, manifests, scenario, lb, out)
+        try:
+            report = runner(lab_config)
+        except ConfigError:
+            raise
+        except Exception as exc:  # recorded in the table; the matrix goes on
+            cells.append(Cell(version, scenario, lb, error=f"{type(exc).__name__}: {exc}"))
+        else:
+            cells.append(Cell.from_report(version, scenario, lb, report, out))
+        write_outputs(config, cells)
+    return cells
+
+
+def write_outputs(config: MatrixConfig, cells: list[Cell]) -> None:
+    data = {
+        "changes": config.changes(),
+        "vus": config.vus,
+        "endpoint_lag": list(config.endpoint_lag),
+        "cells": [asdict(c) for c in cells],
+    }
+    (config.out / "matrix.json").write_text(json.dumps(data, indent=2) + "\n")
+    (config.out / "matrix.md").write_text(markdown(config, cells))
+
+
+def markdown(config: MatrixConfig, cells: list[Cell]) -> str:
+    lines = [
+        f"k6 {config.vus} VUs, new connection per request; endpoint lag "
+        f"{'-'.join(f'{x:g}' for x in sorted(set(config.endpoint_lag)))} s.",
+        *(f"- {c}" for c in config.changes()),
+        "",
+    ]
+    for lb in dict.fromkeys(c.lb for c in cells):
+        lines.append(f"### load balancer: {lb}")
+        lines.append("")
+        header = ["version"]
+        for scenario in config.scenarios:
+            header += [f"{scenario}: requests", "failed", "lost / orphan ops"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for version in config.versions:
+            row = [version]
+            for scenario in config.scenarios:
+                cell = _find(cells, version, scenario, lb)
+                if cell is None:
+                    row += ["", "", ""]
+                else:
+                    row += [str(cell.requests), cell.failed_text(), _ops(cell)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    errors = [c for c in cells if c.error]
+    if errors:
+        lines.append("Errors:")
+        lines += [f"- {c.version} {c.scenario} {c.lb}: {c.error}" for c in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _find(cells: list[Cell], version: str, scenario: str, lb: str) -> Cell | None:
+    for cell in cells:
+        if (cell.version, cell.scenario, cell.lb) == (version, scenario, lb):
+            return cell
+    return None
+
+
+def _ops(cell: Cell) -> str:
+    if cell.error:
+        return "-"
+    if cell.lost_operations is None:
+        return "n/a"
+    return f"{cell.lost_operations} / {cell.orphan_operations}"
