@@ -14,6 +14,8 @@ export CALC_URL
 
 .PHONY: help setup system-deps test lint typecheck pytest local-server local-test bench demo
 
+DEMO_VERSIONS ?= v3,v4,v5,v8,v9,v10
+
 help: ## List every target with its description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-32s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
@@ -56,6 +58,9 @@ local-server: $(BIN)/calc ## Run calc locally on PORT (default 4000), profile fr
 local-test: ## POST {"numbers": [1, 2, 3, 4]} to CALC_URL/sum
 	@curl -sS --fail-with-body -H 'content-type: application/json' \
 	  -d '{"numbers": [1, 2, 3, 4]}' $(CALC_URL)/sum; echo
+
+demo: setup ## Main job: a quick lab matrix of the telling versions (DEMO_VERSIONS), table + plots in out/demo
+	$(BIN)/lab matrix --quick --versions $(DEMO_VERSIONS) --out out/demo
 
 bench: setup ## Same k6 load on calc v10 and on plain FastAPI+uvicorn; prints figures and ratios
 	$(BIN)/python bench/throughput.py

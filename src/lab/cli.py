@@ -11,7 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from lab.config import LB_MODES, SCENARIOS, ConfigError, LabConfig, parse_lag
+from lab import matrix_cli
+from lab.config import HTTP_REUSE, LB_MODES, SCENARIOS, ConfigError, LabConfig, parse_lag
 from lab.experiment import Interrupted, LabError, run_experiment
 from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         "k6 load, and account for every request and every operation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    matrix_cli.add_parser(sub)
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
     run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
@@ -39,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         help="HAProxy mode: tcp (L4), http (L7, keep-alive to pods), https or h2 (TLS here)",
     )
     run.add_argument("--lb-retries", type=int, default=0, help="HAProxy retries (default 0)")
+    run.add_argument(
+        "--http-reuse",
+        choices=HTTP_REUSE,
+        default="safe",
+        help="L7 modes: HAProxy's sharing of idle pod connections (default safe)",
+    )
     run.add_argument(
         "--endpoint-lag", default="1", help="propagation lag in seconds, or MIN-MAX (default 1)"
     )
@@ -69,6 +77,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         vus=args.vus,
         lb=args.lb,
         lb_retries=args.lb_retries,
+        http_reuse=args.http_reuse,
         endpoint_lag=parse_lag(args.endpoint_lag),
         warmup=args.warmup,
         cooldown=args.cooldown,
@@ -88,6 +97,8 @@ def config_from(args: argparse.Namespace) -> LabConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "matrix":
+        return matrix_cli.run(args)
     if threading.current_thread() is threading.main_thread():
         # `kill -USR1 <lab pid>` prints every thread's stack: for a run that seems stuck.
         # (Not possible when stderr is no real file, as under pytest's capture.)

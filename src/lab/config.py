@@ -7,6 +7,7 @@ from pathlib import Path
 
 SCENARIOS = ("rollout-restart", "scale", "steady")
 LB_MODES = ("tcp", "http", "https", "h2")
+HTTP_REUSE = ("never", "safe", "aggressive", "always")  # HAProxy's http-reuse modes
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -49,6 +50,7 @@ class LabConfig:
     vus: int = 50
     lb: str = "tcp"
     lb_retries: int = 0
+    http_reuse: str = "safe"  # the L7 modes' sharing of idle server connections
     endpoint_lag: tuple[float, float] = (1.0, 1.0)
     warmup: float = 10.0
     cooldown: float = 10.0
@@ -87,6 +89,10 @@ class LabConfig:
             raise ConfigError(f"--vus: must be between 1 and 2000, got {self.vus}")
         if self.lb not in LB_MODES:
             raise ConfigError(f"--lb: must be one of {', '.join(LB_MODES)}, got {self.lb!r}")
+        if self.http_reuse not in HTTP_REUSE:
+            raise ConfigError(
+                f"--http-reuse: must be one of {', '.join(HTTP_REUSE)}, got {self.http_reuse!r}"
+            )
         if not 0 <= self.lb_retries <= 10:
             raise ConfigError(f"--lb-retries: must be between 0 and 10, got {self.lb_retries}")
         low, high = self.endpoint_lag

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import datetime
 import secrets
-from collections.abc import Callable
 
 from lab.events import EventLog
 from lab.images import ImageMap
@@ -43,7 +42,11 @@ class DeploymentController:
         self.pods: list[Pod] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.on_reconcile: Callable[[], None] | None = None
+        # Sampled after every reconcile since `start_sampling`: the most non-terminating
+        # pods and the fewest available ones, to check a rollout against its bounds.
+        self.sampling = False
+        self.peak_pods = 0
+        self.fewest_available: int | None = None
 
     # -- actions -------------------------------------------------------------------------
 
@@ -126,8 +129,17 @@ class DeploymentController:
             self._scale_to(new, self.replicas)
         else:
             self._rolling(active, new, old)
-        if self.on_reconcile is not None:
-            self.on_reconcile()
+        if self.sampling:
+            active = self.active()
+            available = sum(1 for p in active if self.available(p))
+            self.peak_pods = max(self.peak_pods, len(active))
+            if self.fewest_available is None or available < self.fewest_available:
+                self.fewest_available = available
+
+    def start_sampling(self) -> None:
+        self.sampling = True
+        self.peak_pods = 0
+        self.fewest_available = None
 
     def _rolling(self, active: list[Pod], new: list[Pod], old: list[Pod]) -> None:
         surge, unavailable = self.deployment.strategy.resolve(self.replicas)

@@ -172,7 +172,11 @@ class Lab:
                 return INFLUX_SERVICE.sub(address, value)
 
         self.haproxy = HAProxy(
-            self.out / "haproxy", free_port(), mode=config.lb, retries=config.lb_retries
+            self.out / "haproxy",
+            free_port(),
+            mode=config.lb,
+            retries=config.lb_retries,
+            http_reuse=config.http_reuse,
         )
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
@@ -220,6 +224,7 @@ class Lab:
         await self._sleep_under_load(config.warmup)
 
         action_start = time.time()
+        controller.start_sampling()
         completed = True
         action_s: float | None = None
         mono = time.monotonic()
@@ -240,6 +245,7 @@ class Lab:
             self.events.phase(
                 "action-complete" if completed else "action-timeout", f"{action_s:.1f} s"
             )
+        controller.sampling = False
         self.events.phase("cool-down", f"{config.cooldown:g} s")
         await self._sleep_under_load(config.cooldown)
 
@@ -282,6 +288,8 @@ class Lab:
             action_s=action_s,
             notes=notes,
             failed_checks=failed_checks,
+            http_reuse=config.http_reuse if config.lb != "tcp" else None,
+            pod_bounds=(controller.peak_pods, controller.fewest_available),
         )
         the_report.write_json(self.out / "report.json")
         await asyncio.to_thread(

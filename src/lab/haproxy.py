@@ -18,6 +18,7 @@ import contextlib
 import resource
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,10 +48,13 @@ backend {backend}
   balance roundrobin
 """
 
-# In http mode HAProxy keeps server-side connections alive and shares them between
-# client requests (the default `http-reuse safe`), as a cloud HTTP load balancer does.
+# In the L7 modes HAProxy keeps server-side connections alive and shares idle ones between
+# client requests. With `safe` (HAProxy's default) a client connection's first request
+# gets a server connection of its own, so one-request clients (k6 without reuse) share
+# nothing; `always` shares idle connections with every request, as cloud HTTP load
+# balancers pool their backend connections.
 _HTTP_OPTIONS = """  option http-keep-alive
-  http-reuse safe
+  http-reuse {reuse}
 """
 
 
@@ -75,6 +79,7 @@ class HAProxy:
         mode: str = "tcp",
         retries: int = 0,
         binary: str | None = None,
+        http_reuse: str = "safe",
     ) -> None:
         found = binary or shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(found).exists():
@@ -85,7 +90,10 @@ class HAProxy:
         self.port = port
         self.mode = mode
         self.retries = retries
-        self.socket_path = workdir / "haproxy.sock"
+        self.http_reuse = http_reuse
+        # A Unix socket path must fit in 108 bytes, which a deep --out dir (pytest's tmp
+        # dirs) does not: the socket lives in a short private dir of its own.
+        self.socket_dir: Path | None = None  # made by start()
         self.config_path = workdir / "haproxy.cfg"
         self.log_path = workdir / "haproxy.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -94,6 +102,10 @@ class HAProxy:
     def url(self) -> str:
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        return (self.socket_dir or self.workdir) / "admin.sock"
 
     @property
     def tls(self) -> bool:
@@ -133,7 +145,7 @@ class HAProxy:
             mode="tcp" if self.mode == "tcp" else "http",
             retries=self.retries,
             redispatch="  option redispatch\n" if self.retries else "",
-            http_options=_HTTP_OPTIONS if self.mode != "tcp" else "",
+            http_options=_HTTP_OPTIONS.format(reuse=self.http_reuse) if self.mode != "tcp" else "",
             tls=self._tls_bind(),
             host=self.host,
             port=self.port,
@@ -142,11 +154,12 @@ class HAProxy:
 
     async def start(self, registry: Registry, timeout: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="lab-haproxy-"))
         if self.tls:
             await self.make_certificate(registry)
         self.config_path.write_text(self.config())
         check = await registry.start(
-            [self.binary, "-c", "-q", "-f", str(self.config_path)],
+            [self.binary, "-c", "-f", str(self.config_path)],
             "haproxy-check",
             log=self.log_path,
         )
@@ -166,6 +179,13 @@ class HAProxy:
         raise HAProxyError(f"haproxy's stats socket did not answer within {timeout} s")
 
     async def stop(self, timeout: float = 5.0) -> None:
+        try:
+            await self._stop(timeout)
+        finally:
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    async def _stop(self, timeout: float) -> None:
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
             return

@@ -41,6 +41,10 @@ class Report:
     error_examples: dict[str, str] = field(default_factory=dict)
     protocols: dict[str, int] = field(default_factory=dict)
     failed_checks: dict[str, int] = field(default_factory=dict)
+    http_reuse: str | None = None  # the L7 modes only
+    # During the action: the most non-terminating pods and the fewest available ones.
+    peak_pods: int | None = None
+    fewest_available: int | None = None
     notes: list[str] = field(default_factory=list)
     events: list[dict[str, object]] = field(default_factory=list)
 
@@ -62,11 +66,12 @@ class Report:
         rows: list[tuple[str, str]] = [
             ("manifests", self.manifests),
             ("scenario", self.scenario),
-            ("load balancer", f"{self.lb}, retries {self.lb_retries}"),
+            ("load balancer", _lb(self)),
             ("endpoint lag", "-".join(f"{x:g}" for x in sorted(set(self.endpoint_lag))) + " s"),
             ("replicas / VUs", f"{self.replicas} / {self.vus}"),
             ("duration", f"{self.duration_s:.1f} s"),
             ("action", _action(self)),
+            ("pods during the action", _pods(self)),
             ("requests", str(self.requests)),
             ("ok (200)", str(self.ok)),
             (
@@ -97,6 +102,17 @@ class Report:
         line = "-" * (width + 2 + max(len(v) for _, v in rows))
         body = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
         return f"{line}\n{body}\n{line}"
+
+
+def _pods(report: Report) -> str:
+    if report.peak_pods is None:
+        return "n/a"
+    return f"at most {report.peak_pods}, at least {report.fewest_available} available"
+
+
+def _lb(report: Report) -> str:
+    text = f"{report.lb}, retries {report.lb_retries}"
+    return text + (f", http-reuse {report.http_reuse}" if report.http_reuse else "")
 
 
 def _pct(part: int, whole: int) -> str:
@@ -142,6 +158,8 @@ def build(
     action_s: float | None,
     notes: list[str],
     failed_checks: dict[str, int] | None = None,
+    http_reuse: str | None = None,
+    pod_bounds: tuple[int, int | None] | None = None,
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     lost = accounting.lost
@@ -174,6 +192,9 @@ def build(
         error_examples=accounting.errors,
         protocols=accounting.protocols,
         failed_checks=failed_checks or {},
+        http_reuse=http_reuse,
+        peak_pods=pod_bounds[0] if pod_bounds else None,
+        fewest_available=pod_bounds[1] if pod_bounds else None,
         notes=notes,
         events=[e.as_dict() for e in events],
     )

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 from pathlib import Path
+
+import httpx
 
 from lab.haproxy import HAProxy
 from lab.influx import free_port
 from lab.procs import Registry
+from tests.lab.labkit import TINYAPP
+from tests.support import Processes, http_ok, wait_until
 
 
 def test_config_defaults_to_no_retries(tmp_path: Path) -> None:
@@ -18,6 +23,7 @@ def test_config_defaults_to_no_retries(tmp_path: Path) -> None:
     assert "option redispatch" not in HAProxy(tmp_path, 1).config()
     http = HAProxy(tmp_path, 1, mode="http", retries=2).config()
     assert "retries 2" in http and "option redispatch" in http and "http-reuse safe" in http
+    assert "http-reuse always" in HAProxy(tmp_path, 1, mode="http", http_reuse="always").config()
     h2 = HAProxy(tmp_path, 1, mode="h2")
     assert "alpn h2,http/1.1" in h2.config() and "mode http" in h2.config()
     assert h2.url.startswith("https://")
@@ -77,3 +83,46 @@ def test_runtime_api_adds_drains_and_deletes_servers(tmp_path: Path) -> None:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def test_draining_keeps_established_connections(processes: Processes) -> None:
+    """The tiny app answers after 1.5 s, behind a real haproxy (tcp mode).
+    1. A request is in flight when its server is drained (taken out of rotation).
+    2. The request still gets its 200 (established connections live on, as with
+       conntrack); `del server` is refused while it is attached, and works afterwards."""
+    port = free_port()
+    processes.start(
+        [sys.executable, str(TINYAPP), "--port", str(port), "--delay", "1.5"],
+        env={"TINY_HOST": "127.0.0.1"},
+        name="tinyapp",
+    )
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 10, what="tinyapp")
+
+    async def scenario(tmp: Path) -> None:
+        registry = Registry()
+        haproxy = HAProxy(tmp, free_port())
+        try:
+            await haproxy.start(registry)
+            haproxy.add_server("pod-a", "127.0.0.1", port)
+
+            def post() -> int:
+                url = f"{haproxy.url}/sum"
+                return httpx.post(url, json={"numbers": [1, 2]}, timeout=10).status_code
+
+            request = asyncio.ensure_future(asyncio.to_thread(post))
+            await asyncio.sleep(0.5)
+            haproxy.drain_server("pod-a")
+            assert not haproxy.delete_server("pod-a"), "deleted with a connection attached"
+            assert await request == 200
+            deleted = False
+            for _ in range(100):
+                deleted = haproxy.delete_server("pod-a")
+                if deleted:
+                    break
+                await asyncio.sleep(0.05)
+            assert deleted
+        finally:
+            await haproxy.stop()
+            await registry.kill_all()
+
+    asyncio.run(asyncio.wait_for(scenario(processes.log_dir), 30))

@@ -133,6 +133,8 @@ def test_rollout_with_prestop_loses_nothing_but_the_dropped_operation(tmp_path: 
     assert report["lost_operations"] == 1 and report["lost_ids"][0].endswith("-1-3")
     assert report["orphan_operations"] == 0 and report["unmatched_points"] == 0
     assert report["action_completed"] and report["pods_created"] == 4
+    # 25 % of 2 replicas: maxSurge rounds up to 1, maxUnavailable down to 0.
+    assert report["peak_pods"] == 3 and report["fewest_available"] == 2
     kinds = {e["kind"] for e in report["events"]}
     assert {"created", "ready", "lb-added", "lb-removed", "prestop-started", "sigterm"} <= kinds
     assert report["ideal_rps"] == 50 and report["achieved_rps"] > 0

@@ -1,0 +1,89 @@
+"""`lab matrix ...`: parse the options into a MatrixConfig and run the matrix."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from lab.config import ConfigError, parse_lag
+from lab.matrix import LB_MODES, SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    matrix = sub.add_parser(
+        "matrix",
+        help="run every version x scenario x load balancer and print one table",
+        description="One experiment per version, scenario and load-balancer mode, on the "
+        "project's manifests (deploy/k8s/vN); prints a table of failed requests and lost "
+        "operations, and writes matrix.json, matrix.md, matrix.png and each experiment's "
+        "report and timeline under --out.",
+    )
+    matrix.add_argument(
+        "--versions", default=",".join(VERSIONS), help="comma-separated (default: v1..v10)"
+    )
+    matrix.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
+    )
+    matrix.add_argument(
+        "--lb", default="tcp", help=f"comma-separated, of {', '.join(LB_MODES)} (default tcp)"
+    )
+    matrix.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer replicas and shorter probe delays (the table's header lists every change)",
+    )
+    matrix.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
+    matrix.add_argument("--endpoint-lag", default="1", help="seconds, or MIN-MAX (default 1)")
+    matrix.add_argument("--warmup", type=float, help="seconds of load before each action")
+    matrix.add_argument("--cooldown", type=float, help="seconds of load after it")
+    matrix.add_argument(
+        "--manifests-dir", type=Path, help="where the vN directories are (default deploy/k8s)"
+    )
+    matrix.add_argument("--out", type=Path, default=Path("out/matrix"), help="default out/matrix")
+    matrix.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def config_from(args: argparse.Namespace) -> MatrixConfig:
+    config = MatrixConfig(
+        versions=_names(args.versions),
+        scenarios=_names(args.scenarios),
+        lbs=_names(args.lb),
+        quick=args.quick,
+        vus=args.vus,
+        endpoint_lag=parse_lag(args.endpoint_lag),
+        warmup=args.warmup,
+        cooldown=args.cooldown,
+        out=args.out,
+        progress=not args.quiet,
+    )
+    if args.manifests_dir is not None:
+        config = dataclasses.replace(config, manifests_dir=args.manifests_dir)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: the experiment pulls in the whole lab.
+    from lab.experiment import Interrupted, run_experiment
+    from lab.matrix_plot import draw
+
+    try:
+        config = config_from(args)
+        cells = run_matrix(config, run_experiment)
+    except ConfigError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"lab: {exc}; partial results in {args.out}", file=sys.stderr)
+        return 130
+    draw(cells, config.versions, config.scenarios, config.out / "matrix.png")
+    print(markdown(config, cells))
+    print(f"results: {config.out}/matrix.md, matrix.json, matrix.png")
+    return 1 if any(c.error for c in cells) else 0
