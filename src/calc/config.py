@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import socket
 import tempfile
 import urllib.parse
@@ -86,7 +87,9 @@ class CalcConfig:
     spool_dir: str = dataclasses.field(
         default_factory=lambda: str(Path(tempfile.gettempdir()) / "calc-spool")
     )
-    pod: str = dataclasses.field(default_factory=socket.gethostname)
+    pod: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("HOSTNAME") or socket.gethostname()
+    )
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,12 @@ SWITCHES: tuple[Switch, ...] = (
     _switch("oplog_file", "str", "line-protocol file used when no InfluxDB URL is set"),
     _switch("spool", "bool", "keep unwritten points in a spool file that survives a kill"),
     _switch("spool_dir", "str", "where the spool lives (a subdirectory per pod and port)"),
-    _switch("pod", "str", "value of the points' pod tag (default: the host name)", env="CALC_POD"),
+    _switch(
+        "pod",
+        "str",
+        "value of the points' pod tag (default: $HOSTNAME, which Kubernetes sets to the pod name)",
+        env="CALC_POD",
+    ),
 )
 SWITCH_BY_NAME = {s.name: s for s in SWITCHES}
 

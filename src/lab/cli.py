@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
     run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
     run.add_argument("--to", type=int, help="target replicas for --scenario scale")
+    run.add_argument(
+        "--update-to",
+        type=Path,
+        help="--scenario update: manifests whose pod template is rolled out (e.g. v3 -> v5)",
+    )
     run.add_argument("--replicas", type=int, help="override the Deployment's replicas")
     run.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
     run.add_argument(
@@ -74,6 +79,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         manifests=args.manifests,
         scenario=args.scenario,
         to=args.to,
+        update_to=args.update_to,
         vus=args.vus,
         lb=args.lb,
         lb_retries=args.lb_retries,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = ("rollout-restart", "scale", "steady")
+SCENARIOS = ("rollout-restart", "scale", "steady", "update")
 LB_MODES = ("tcp", "http", "https", "h2")
 HTTP_REUSE = ("never", "safe", "aggressive", "always")  # HAProxy's http-reuse modes
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +47,7 @@ class LabConfig:
     manifests: Path
     scenario: str = "rollout-restart"
     to: int | None = None  # the scale scenario's target
+    update_to: Path | None = None  # the update scenario's new manifests (its template)
     vus: int = 50
     lb: str = "tcp"
     lb_retries: int = 0
@@ -85,6 +86,8 @@ class LabConfig:
             raise ConfigError(f"--to: must be >= 0, got {self.to}")
         if self.scenario != "scale" and self.to is not None:
             raise ConfigError("--to: only the scale scenario takes a target")
+        if (self.scenario == "update") != (self.update_to is not None):
+            raise ConfigError("--update-to: the update scenario, and only it, needs new manifests")
         if not 1 <= self.vus <= 2000:
             raise ConfigError(f"--vus: must be between 1 and 2000, got {self.vus}")
         if self.lb not in LB_MODES:

@@ -30,7 +30,7 @@ from lab.haproxy import HAProxy
 from lab.images import ImageMap, resolve
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
-from lab.manifest import Manifests, load
+from lab.manifest import Container, Manifests, load
 from lab.pods import Kubelet
 from lab.procs import Registry
 
@@ -57,20 +57,34 @@ class Prepared:
     uses_influx: bool
     k6_binary: str
     notes: list[str] = field(default_factory=list)
+    update: Manifests | None = None  # the update scenario's new manifests
+
+
+def _uses_influx(container: Container) -> bool:
+    return any(
+        INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL" for v in container.env
+    )
 
 
 def prepare(config: LabConfig) -> Prepared:
     config.validate()
     manifests = load(config.manifests)
+    update = load(config.update_to) if config.update_to is not None else None
     images = ImageMap.load(config.image_map_path)
-    container = manifests.deployment.template.container
-    image = images.image(container.image)
-    # Resolve the command and env once with stand-in pod values, so that a container the
-    # image map cannot run fails here, before anything starts.
-    resolve(container, image, "check", "127.0.0.2", dict(os.environ))
-    uses_influx = any(
-        INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL" for v in container.env
-    )
+    containers = [manifests.deployment.template.container]
+    if update is not None:
+        containers.append(update.deployment.template.container)
+        if update.target_port != manifests.target_port:
+            raise ConfigError(
+                f"--update-to: the new pods listen on {update.target_port}, the Service sends "
+                f"to {manifests.target_port}"
+            )
+    for container in containers:
+        image = images.image(container.image)
+        # Resolve the command and env once with stand-in pod values, so that a container
+        # the image map cannot run fails here, before anything starts.
+        resolve(container, image, "check", "127.0.0.2", dict(os.environ))
+    uses_influx = any(_uses_influx(c) for c in containers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
     if uses_influx and shutil.which("influxd") is None:
@@ -79,7 +93,7 @@ def prepare(config: LabConfig) -> Prepared:
     replicas = config.replicas if config.replicas is not None else manifests.deployment.replicas
     if replicas < 1:
         raise ConfigError("--replicas: the experiment needs at least one replica to send load to")
-    return Prepared(config, manifests, images, uses_influx, find_k6(), notes)
+    return Prepared(config, manifests, images, uses_influx, find_k6(), notes, update)
 
 
 def run_experiment(config: LabConfig) -> report.Report:
@@ -124,6 +138,14 @@ async def _main(prepared: Prepared) -> report.Report:
         if handled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _scenario_name(config: LabConfig) -> str:
+    if config.scenario == "scale":
+        return f"scale to {config.to}"
+    if config.scenario == "update":
+        return f"update to {config.update_to}"
+    return config.scenario
 
 
 class Lab:
@@ -236,6 +258,9 @@ class Lab:
             steady_end = action_start
             if config.scenario == "rollout-restart":
                 controller.rollout_restart()
+            elif config.scenario == "update":
+                assert self.p.update is not None
+                controller.update_template(self.p.update.deployment.template)
             else:
                 assert config.to is not None
                 controller.scale(config.to)
@@ -272,7 +297,7 @@ class Lab:
             )
         the_report = report.build(
             manifests=str(config.manifests),
-            scenario=config.scenario if config.scenario != "scale" else f"scale to {config.to}",
+            scenario=_scenario_name(config),
             lb=config.lb,
             lb_retries=config.lb_retries,
             endpoint_lag=config.endpoint_lag,
@@ -324,8 +349,13 @@ class Lab:
         return self.controller.complete() and self.endpoints.in_lb == self.endpoints.desired()
 
     def _action_done(self) -> bool:
+        # Done when the Deployment is, and every pod it deleted has exited: a pod's
+        # SIGTERM (after its preStop) is when requests and operations get dropped, so the
+        # load must go on until the last one is gone.
         assert self.controller is not None
-        return self.controller.complete()
+        return self.controller.complete() and not any(
+            p.terminating and not p.gone for p in self.controller.pods
+        )
 
     async def _until(self, predicate: object, timeout: float) -> bool:
         assert callable(predicate)

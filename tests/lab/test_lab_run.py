@@ -282,3 +282,30 @@ def test_error_mid_run_still_cleans_up(tmp_path: Path) -> None:
     assert "not ready within 2 s" in result.stderr
     assert sum(n.startswith("pod ") for n in _pids(out).values()) == 2
     _assert_all_gone(out)
+
+
+def test_update_scenario_rolls_out_the_new_template(tmp_path: Path) -> None:
+    """Two tiny-app pods from manifest A; manifest B changes the container's args.
+    1. `lab run --scenario update --update-to B` with 5 VUs.
+    2. Revision 2's pods run B's command line, revision 1's ran A's; nothing failed."""
+    port = free_port()
+    common: dict[str, Any] = {
+        "port": port,
+        "replicas": 2,
+        "readiness": READY_PROBE,
+        "grace": 3,
+        "pre_stop": {"sleep": {"seconds": 1}},
+    }
+    first = tiny_manifest(tmp_path / "a.yml", args=["--ready-after", "0.3"], **common)
+    second = tiny_manifest(tmp_path / "b.yml", args=["--delay", "0.02"], **common)
+    out = tmp_path / "out"
+    report = _run(
+        out, first, "--scenario", "update", "--update-to", str(second), "--vus", "5",
+        "--warmup", "1", "--cooldown", "1", "--endpoint-lag", "0.2",
+    )  # fmt: skip
+    started = [e for e in report["events"] if e["kind"] == "started"]
+    new = [e for e in started if "-r2-" in e["pod"]]
+    old = [e for e in started if "-r1-" in e["pod"]]
+    assert len(new) == 2 and all("--delay 0.02" in e["detail"] for e in new)
+    assert len(old) == 2 and all("--ready-after 0.3" in e["detail"] for e in old)
+    assert report["failed"] == {} and report["scenario"].startswith("update to")

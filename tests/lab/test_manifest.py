@@ -242,6 +242,7 @@ def test_endpoint_lag_option() -> None:
         (["--scenario", "scale"], "--to"),
         (["--warmup", "-1"], "--warmup"),
         (["--lb", "udp"], "--lb"),
+        (["--scenario", "update"], "--update-to"),
         (["--image-map", "/nonexistent.yml"], "--image-map"),
     ],
 )
