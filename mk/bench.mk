@@ -8,10 +8,10 @@
 PEERS_OUT ?= out/peers
 PEERS_ARGS ?=
 
-bench-peers: setup ## Peers side by side: throughput, lab rollouts and shutdown of each peer vs calc v10 (~35 min); PEERS_ARGS=
+bench-peers: setup ## Peers side by side: throughput, lab rollouts and shutdown of each peer vs calc v10 (~25 min); PEERS_ARGS=
 	$(BIN)/python bench/peers/run --out $(PEERS_OUT) $(PEERS_ARGS)
 
-bench-peers-quick: setup ## Peers side by side, shrunk: 1 round of 5 s, 50 VUs, tcp only (~6 min)
+bench-peers-quick: setup ## Peers side by side, shrunk: 1 round of 5 s, 50 VUs, tcp only (~5 min)
 	$(BIN)/python bench/peers/run --quick --out $(PEERS_OUT) $(PEERS_ARGS)
 
 bench-peers-test: setup ## The bench/peers tests: each peer starts and answers, each part works on a tiny load

@@ -53,13 +53,14 @@ def manifest_path(peer: Peer, prestop: bool) -> Path:
     return K8S / f"{peer.manifest}-{'prestop' if prestop else 'nostop'}.yml"
 
 
-def launch(peer: Peer, host: str, port: int) -> Launch:
-    """The command, env and working dir of one pod of `peer`, bound to host:port."""
+def launch(peer: Peer, host: str, port: int, pod_dir: Path | None = None) -> Launch:
+    """The command, env and working dir of one pod of `peer`, bound to host:port;
+    `pod_dir` stands in for the pod's scratch dir (calc's spool goes there)."""
     deployment = manifest.load(manifest_path(peer, prestop=True)).deployment
     container = deployment.template.container
     image = ImageMap.load(IMAGES).image(container.image)
     image = dataclasses.replace(image, env={**image.env, "PORT": str(port)})
-    return resolve(container, image, f"{peer.manifest}-bench", host, os.environ)
+    return resolve(container, image, f"{peer.manifest}-bench", host, os.environ, pod_dir=pod_dir)
 
 
 class Server:
@@ -68,7 +69,7 @@ class Server:
     def __init__(self, peer: Peer, host: str, port: int, log: Path) -> None:
         self.peer = peer
         self.url = f"http://{host}:{port}"
-        spec = launch(peer, host, port)
+        spec = launch(peer, host, port, pod_dir=log.parent)
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 list(spec.argv),

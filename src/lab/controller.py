@@ -11,7 +11,6 @@ creating new ones. Terminating pods do not count, as in Kubernetes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import secrets
@@ -20,6 +19,7 @@ from lab.events import EventLog
 from lab.images import ImageMap
 from lab.manifest import Deployment, PodTemplate
 from lab.pods import Kubelet, Pod
+from lab.waits import stop_task, wait_event
 
 
 class DeploymentController:
@@ -42,6 +42,7 @@ class DeploymentController:
         self.pods: list[Pod] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.running = False
         # Sampled after every reconcile since `start_sampling`: the most non-terminating
         # pods and the fewest available ones, to check a rollout against its bounds.
         self.sampling = False
@@ -96,21 +97,20 @@ class DeploymentController:
     # -- reconcile loop ------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
+        while self.running:
             self.reconcile()
             self.wake.clear()
             # Availability depends on time (minReadySeconds), so poll as well as wake.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 0.05)
+            await wait_event(self.wake, 0.05)
 
     def start(self) -> None:
+        self.running = True
         self.task = asyncio.create_task(self.run(), name="deployment controller")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
+        self.running = False  # ends the loop even if a cancellation were lost
+        await stop_task(self.task)
+        self.task = None
 
     def reconcile(self) -> None:
         self.pods = [p for p in self.pods if not p.gone]

@@ -9,7 +9,6 @@ change draws its own lag. Per pod, changes apply in the order they happened.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from lab.events import EventLog
 from lab.haproxy import HAProxy, HAProxyError
 from lab.pods import Pod
+from lab.waits import stop_task, wait_event
 
 DELETE_RETRY_FOR = 10.0  # seconds to keep retrying `del server` while connections drain
 
@@ -52,6 +52,7 @@ class EndpointsController:
         self.known: dict[str, Pod] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.running = False
 
     def draw_lag(self) -> float:
         low, high = self.lag
@@ -107,18 +108,17 @@ class EndpointsController:
                 del self.to_delete[name]
 
     async def run(self) -> None:
-        while True:
+        while self.running:
             self.observe()
             self.apply_due()
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 0.02)
+            await wait_event(self.wake, 0.02)
 
     def start(self) -> None:
+        self.running = True
         self.task = asyncio.create_task(self.run(), name="endpoints controller")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
+        self.running = False  # ends the loop even if a cancellation were lost
+        await stop_task(self.task)
+        self.task = None

@@ -33,6 +33,7 @@ from lab.k6 import K6, find_k6
 from lab.manifest import Container, Manifests, load
 from lab.pods import Kubelet
 from lab.procs import Registry
+from lab.waits import stop_task
 
 # The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
 INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
@@ -123,17 +124,13 @@ async def _main(prepared: Prepared) -> report.Report:
         if work.done():
             return work.result()
         lab.events.phase("interrupted", signal.Signals(received[0]).name)
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(work, 10)
+        await stop_task(work, 10)
         raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}")
     finally:
         stopper.cancel()
         await asyncio.gather(stopper, return_exceptions=True)
         if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(work, 10)
+            await stop_task(work, 10)
         await lab.cleanup()
         if handled:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,7 @@ from lab.events import EventLog
 from lab.images import Image, Launch, map_command, resolve
 from lab.manifest import Container, Handler, PodTemplate, Probe
 from lab.procs import Registry
+from lab.waits import stop_task, wait_event
 
 # After SIGTERM with the grace period spent in preStop, the kubelet grants this much more
 # (a one-time 2 s extension) before SIGKILL.
@@ -208,8 +209,7 @@ class Kubelet:
         )
         pod.restarts += 1
         self.events.add(pod.name, "restarting", f"back-off {delay:g}s")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pod.delete_requested.wait(), delay)
+        await wait_event(pod.delete_requested, delay)
 
     async def _start_container(self, pod: Pod) -> None:
         launch = pod.launch
@@ -369,8 +369,7 @@ class Kubelet:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+                await stop_task(task)
 
 
 def _describe(handler: Handler) -> str:

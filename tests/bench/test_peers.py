@@ -48,14 +48,14 @@ def test_manifests_name_images_of_the_map() -> None:
                 assert container.pre_stop is None
 
 
-def test_every_target_starts_and_answers(processes: Processes) -> None:
+def test_every_target_starts_and_answers(processes: Processes, tmp_path: Path) -> None:
     """1. Start every target (calc v10 and the four peers) on its own loopback port, from
     its manifest and image-map entry. 2. Each answers /health, and POST /sum with
     [1, 2, 3, 4] gives 200 {"result": 10}. 3. SIGTERM each main process: each exits."""
     started = []
     for peer in PEERS:
         port = free_port()
-        spec = launch(peer, "127.0.0.1", port)
+        spec = launch(peer, "127.0.0.1", port, pod_dir=tmp_path)
         process = processes.start(spec.argv, env=spec.env, name=peer.name, cwd=spec.cwd)
         started.append((peer, port, process))
     for peer, port, process in started:

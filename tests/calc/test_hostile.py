@@ -111,6 +111,9 @@ def test_slowloris_does_not_stop_other_clients(start_calc: StartCalc) -> None:
         sender.join(10)
         for sock in socks:
             sock.close()
+    print(
+        f"slowloris: /sum p95 unloaded {unloaded * 1000:.1f} ms, with 200 slow heads {loaded * 1000:.1f} ms"
+    )
     assert loaded < 2 * unloaded, (loaded, unloaded)
 
 
