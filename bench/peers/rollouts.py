@@ -137,7 +137,7 @@ def render(rows: Sequence[dict[str, Any]], opts: RolloutOptions) -> str:
         f"rollouts: lab rollout-restart, {opts.replicas or 5} replicas, {opts.vus} VUs, new "
         f"connection per request, endpoint lag {opts.endpoint_lag} s, HAProxy retries 0",
         "",
-        "| target | preStop | lb | requests | failed | failed by kind | rollout s (to all new pods ready) |",
+        "| target | preStop | lb | requests | failed | failed by kind | rollout s (until old pods are gone) |",
         "|---|---|---|--:|--:|---|--:|",
     ]
     for r in rows:
