@@ -28,10 +28,11 @@ $(BIN)/calc: pyproject.toml
 setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
 	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
 
-system-deps: ## Install haproxy and influxdb from Debian where missing (needs root or sudo)
+system-deps: ## Install haproxy, influxdb and openssl (lab TLS) from Debian where missing (needs root or sudo)
 	@missing=""; \
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null; then sudo="sudo"; \
@@ -47,8 +48,8 @@ lint: $(BIN)/calc ## ruff check + format check
 typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
 	$(BIN)/mypy
 
-pytest: setup ## Run the test suite only
-	$(BIN)/pytest $(PYTEST_ARGS)
+pytest: setup ## Run the test suite only (with the lab's calc v3/v5 end-to-end runs)
+	LAB_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
 

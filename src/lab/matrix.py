@@ -58,6 +58,10 @@ class MatrixConfig:
     out: Path = Path("out/matrix")
     manifests_dir: Path = REPO / "deploy" / "k8s"
     progress: bool = True
+    # The L7 modes share idle keep-alive connections to the pods between all client
+    # requests, as cloud HTTP load balancers pool them: a pod that closes a connection
+    # HAProxy is about to reuse then shows up as a 502.
+    http_reuse: str = "always"
 
     @property
     def sizes(self) -> Sizes:
@@ -87,6 +91,11 @@ class MatrixConfig:
             f"rollout-restart with {s.replicas} replicas; scale-up {s.scale_low} -> "
             f"{s.scale_high}; scale-down {s.scale_high} -> {s.scale_low}",
         ]
+        if any(lb != "tcp" for lb in self.lbs):
+            lines.append(
+                f"L7 modes (http, https, h2): HAProxy `http-reuse {self.http_reuse}`, "
+                "keep-alive connections to the pods shared between client requests"
+            )
         if self.quick:
             lines.append(
                 f"--quick: readiness probes' initialDelaySeconds 20 -> {QUICK_PROBE['initialDelaySeconds']} "
@@ -167,6 +176,7 @@ def experiment_config(
         cooldown=config.cooldown if config.cooldown is not None else default_phase,
         out=out,
         progress=config.progress,
+        http_reuse=config.http_reuse,
     )
 
 
