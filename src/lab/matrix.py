@@ -51,6 +51,7 @@ class MatrixConfig:
     scenarios: tuple[str, ...] = SCENARIOS
     lbs: tuple[str, ...] = ("tcp",)
     quick: bool = False
+    no_prestop: bool = False  # a cluster without a preStop sleep: hooks removed
     vus: int = 50
     endpoint_lag: tuple[float, float] = (1.0, 1.0)
     warmup: float | None = None  # None: 10 s, or QUICK_PHASE with --quick
@@ -91,6 +92,8 @@ class MatrixConfig:
             f"rollout-restart with {s.replicas} replicas; scale-up {s.scale_low} -> "
             f"{s.scale_high}; scale-down {s.scale_high} -> {s.scale_low}",
         ]
+        if self.no_prestop:
+            lines.append("--no-prestop: every preStop hook removed from the manifests")
         if any(lb != "tcp" for lb in self.lbs):
             lines.append(
                 f"L7 modes (http, https, h2): HAProxy `http-reuse {self.http_reuse}`, "
@@ -180,22 +183,35 @@ def experiment_config(
     )
 
 
-def quick_manifests(source: Path, target: Path) -> Path:
-    """Copy a version's manifests with the --quick changes; returns the copy's dir."""
+def rewrite_manifests(source: Path, target: Path, quick: bool, no_prestop: bool = False) -> Path:
+    """Copy a version's manifests with the --quick and --no-prestop changes; returns the
+    copy's dir."""
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob("*.y*ml")):
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-        changed = [_quicken(d) for d in documents]
+        changed = [_rewrite(d, quick, no_prestop) for d in documents]
         (target / path.name).write_text(yaml.safe_dump_all(changed, sort_keys=False))
     return target
 
 
-def _quicken(document: dict[str, Any]) -> dict[str, Any]:
+def quick_manifests(source: Path, target: Path) -> Path:
+    return rewrite_manifests(source, target, quick=True)
+
+
+def _rewrite(document: dict[str, Any], quick: bool, no_prestop: bool) -> dict[str, Any]:
     document = copy.deepcopy(document)
     if document.get("kind") != "Deployment":
         return document
     pod_spec = document["spec"]["template"]["spec"]
     containers = pod_spec.get("containers", [])
+    if no_prestop:
+        for container in containers:
+            lifecycle = container.get("lifecycle") or {}
+            lifecycle.pop("preStop", None)
+            if not lifecycle:
+                container.pop("lifecycle", None)
+    if not quick:
+        return document
     if any(WRAPPER in (c.get("command") or []) for c in containers):
         grace = pod_spec.get("terminationGracePeriodSeconds", 30)
         pod_spec["terminationGracePeriodSeconds"] = min(grace, QUICK_WRAPPER_GRACE)
@@ -225,8 +241,10 @@ def run_matrix(config: MatrixConfig, runner: Runner) -> list[Cell]:
     started = time.monotonic()
     for index, (version, scenario, lb) in enumerate(plan, 1):
         manifests = config.manifests_dir / version
-        if config.quick:
-            manifests = quick_manifests(manifests, config.out / "manifests" / version)
+        if config.quick or config.no_prestop:
+            manifests = rewrite_manifests(
+                manifests, config.out / "manifests" / version, config.quick, config.no_prestop
+            )
         out = config.out / f"{version}-{scenario}-{lb}"
         if config.progress:
             elapsed = time.monotonic() - started

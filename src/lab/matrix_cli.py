@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="fewer replicas and shorter probe delays (the table's header lists every change)",
     )
+    matrix.add_argument(
+        "--no-prestop",
+        action="store_true",
+        help="remove every preStop hook, as on a cluster without a preStop sleep",
+    )
     matrix.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
     matrix.add_argument("--endpoint-lag", default="1", help="seconds, or MIN-MAX (default 1)")
     matrix.add_argument("--warmup", type=float, help="seconds of load before each action")
@@ -57,6 +62,7 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
         scenarios=_names(args.scenarios),
         lbs=_names(args.lb),
         quick=args.quick,
+        no_prestop=args.no_prestop,
         vus=args.vus,
         endpoint_lag=parse_lag(args.endpoint_lag),
         warmup=args.warmup,

@@ -10,7 +10,14 @@ import yaml
 
 from lab.config import ConfigError
 from lab.experiment import run_experiment
-from lab.matrix import QUICK_WRAPPER_GRACE, MatrixConfig, markdown, quick_manifests, run_matrix
+from lab.matrix import (
+    QUICK_WRAPPER_GRACE,
+    MatrixConfig,
+    markdown,
+    quick_manifests,
+    rewrite_manifests,
+    run_matrix,
+)
 from lab.matrix_plot import draw
 from tests.support import REPO
 
@@ -53,6 +60,16 @@ def test_quick_rewrite_changes_only_what_the_header_names(tmp_path: Path) -> Non
         if d["kind"] == "Service"
     ]
     assert len(services) == 1
+
+
+def test_no_prestop_rewrite_removes_only_the_hook(tmp_path: Path) -> None:
+    """--no-prestop: v10's preStop is gone, nothing else changes (not quick)."""
+    original = deployment(K8S / "v10")
+    rewritten = deployment(rewrite_manifests(K8S / "v10", tmp_path, quick=False, no_prestop=True))
+    container = rewritten["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    assert "lifecycle" not in container
+    original["spec"]["template"]["spec"]["containers"][0].pop("lifecycle")  # type: ignore[index]
+    assert rewritten == original
 
 
 @pytest.mark.parametrize(
