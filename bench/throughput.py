@@ -87,6 +87,35 @@ class Sample:
     cpu_s_per_10k: float
     peak_rss_mib: float
 
+    @classmethod
+    def from_k6(
+        cls,
+        target: str,
+        round_no: int,
+        vus: int,
+        reuse: bool,
+        k6: dict[str, float],
+        cpu: float,
+        rss: float,
+    ) -> Sample:
+        """One round's figures: k6's summary plus the server's own CPU and memory."""
+        requests = int(k6["requests"])
+        return cls(
+            target=target,
+            round=round_no,
+            vus=vus,
+            reuse=reuse,
+            requests=requests,
+            failed=int(k6["failed"]),
+            rps=k6["rps"],
+            p50_ms=k6["p50"],
+            p95_ms=k6["p95"],
+            p99_ms=k6["p99"],
+            cpu_s=cpu,
+            cpu_s_per_10k=cpu / requests * 10_000 if requests else float("nan"),
+            peak_rss_mib=rss,
+        )
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -175,22 +204,7 @@ def measure(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
         log.close()
-    requests = int(k6["requests"])
-    return Sample(
-        target=target.name,
-        round=round_no,
-        vus=vus,
-        reuse=reuse,
-        requests=requests,
-        failed=int(k6["failed"]),
-        rps=k6["rps"],
-        p50_ms=k6["p50"],
-        p95_ms=k6["p95"],
-        p99_ms=k6["p99"],
-        cpu_s=cpu,
-        cpu_s_per_10k=cpu / requests * 10_000 if requests else float("nan"),
-        peak_rss_mib=rss,
-    )
+    return Sample.from_k6(target.name, round_no, vus, reuse, k6, cpu, rss)
 
 
 def medians(samples: list[Sample], target: str) -> dict[str, float]:

@@ -28,22 +28,7 @@ def measure(peer: Peer, round_no: int, vus: int, duration: float, reuse: bool, t
         k6 = run_k6(server.url, vus, duration, reuse, tmp / f"summary-{tag}.json")
         cpu = cpu_delta(before, tree_cpu(server.pid))
         rss = tree_peak_rss_mib(server.pid)
-    requests = int(k6["requests"])
-    return Sample(
-        target=peer.name,
-        round=round_no,
-        vus=vus,
-        reuse=reuse,
-        requests=requests,
-        failed=int(k6["failed"]),
-        rps=k6["rps"],
-        p50_ms=k6["p50"],
-        p95_ms=k6["p95"],
-        p99_ms=k6["p99"],
-        cpu_s=cpu,
-        cpu_s_per_10k=cpu / requests * 10_000 if requests else float("nan"),
-        peak_rss_mib=rss,
-    )
+    return Sample.from_k6(peer.name, round_no, vus, reuse, k6, cpu, rss)
 
 
 def run(
