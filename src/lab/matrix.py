@@ -38,7 +38,7 @@ class Sizes:
 FULL = Sizes(replicas=13, scale_low=5, scale_high=13)
 QUICK = Sizes(replicas=5, scale_low=2, scale_high=5)
 QUICK_PROBE = {"initialDelaySeconds": 2, "periodSeconds": 1}
-QUICK_PHASE = 3.0  # warm-up and cool-down seconds with --quick
+QUICK_PHASE = 2.0  # warm-up and cool-down seconds with --quick
 # A shell wrapper that swallows SIGTERM (v1, v2) makes every deleted pod wait for SIGKILL;
 # a shorter grace period still shows that, in a third of the time.
 QUICK_WRAPPER_GRACE = 10
