@@ -12,7 +12,15 @@ import threading
 from pathlib import Path
 
 from lab import matrix_cli
-from lab.config import HTTP_REUSE, LB_MODES, SCENARIOS, ConfigError, LabConfig, parse_lag
+from lab.config import (
+    HTTP_REUSE,
+    LB_MODES,
+    SCENARIOS,
+    ConfigError,
+    LabConfig,
+    parse_fault,
+    parse_lag,
+)
 from lab.experiment import Interrupted, LabError, run_experiment
 from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
@@ -70,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--conn-reuse", action="store_true", help="k6 keeps connections alive")
     run.add_argument("--request-timeout", help="k6 per-request timeout, e.g. 10s")
     run.add_argument("--seed", type=int, help="seed for the drawn lags")
+    run.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND@WHEN[:SECONDS]",
+        help="inject a fault WHEN s after the action starts (repeatable): influx-down@W:S, "
+        "influx-stall@W:S, pod-kill@W, pod-hang@W",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -98,6 +114,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         request_timeout=args.request_timeout,
         seed=args.seed,
         progress=not args.quiet,
+        faults=tuple(parse_fault(text) for text in args.fault),
     )
 
 

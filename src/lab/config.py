@@ -42,6 +42,43 @@ def parse_lag(text: str) -> tuple[float, float]:
     return low, high
 
 
+TIMED_KINDS = ("influx-down", "influx-stall")
+INSTANT_KINDS = ("pod-kill", "pod-hang", "lb-restart")
+KINDS = TIMED_KINDS + INSTANT_KINDS
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    at: float  # seconds after the action starts
+    seconds: float = 0.0  # how long a timed fault lasts
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.at:g}" + (f":{self.seconds:g}" if self.seconds else "")
+
+
+def parse_fault(text: str) -> Fault:
+    """`influx-down@2:5` -> Fault("influx-down", 2.0, 5.0); `pod-kill@3` -> instant."""
+    kind, sep, when = text.partition("@")
+    if not sep:
+        raise ConfigError(f"--fault: expected KIND@WHEN[:SECONDS], got {text!r}")
+    if kind not in KINDS:
+        raise ConfigError(f"--fault: KIND must be one of {', '.join(KINDS)}, got {kind!r}")
+    at_text, colon, seconds_text = when.partition(":")
+    try:
+        at = float(at_text)
+        seconds = float(seconds_text) if colon else 0.0
+    except ValueError:
+        raise ConfigError(f"--fault: WHEN and SECONDS must be numbers, got {text!r}") from None
+    if not 0 <= at <= 3600:
+        raise ConfigError(f"--fault: WHEN must be between 0 and 3600 s, got {text!r}")
+    if kind in TIMED_KINDS and not 0 < seconds <= 600:
+        raise ConfigError(f"--fault: {kind} needs SECONDS between 0 and 600, e.g. {kind}@2:5")
+    if kind in INSTANT_KINDS and colon:
+        raise ConfigError(f"--fault: {kind} takes no SECONDS, e.g. {kind}@2")
+    return Fault(kind, at, seconds)
+
+
 @dataclass(frozen=True)
 class LabConfig:
     manifests: Path
@@ -66,6 +103,7 @@ class LabConfig:
     request_timeout: str | None = None  # k6 duration, e.g. "10s"
     seed: int | None = None
     progress: bool = True
+    faults: tuple[Fault, ...] = ()  # `--fault KIND@WHEN[:SECONDS]`, see faults.py
 
     @property
     def image_map_path(self) -> Path:
@@ -114,5 +152,7 @@ class LabConfig:
             raise ConfigError(f"--replicas: must be between 0 and 250, got {self.replicas}")
         if not self.image_map_path.exists():
             raise ConfigError(f"--image-map: {self.image_map_path} does not exist")
+        for fault in self.faults:
+            parse_fault(str(fault))  # the same checks as the option's
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")

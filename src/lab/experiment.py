@@ -26,6 +26,7 @@ from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
+from lab.faults import Faults
 from lab.haproxy import HAProxy
 from lab.images import ImageMap, resolve
 from lab.influx import InfluxServer, free_port
@@ -94,6 +95,9 @@ def prepare(config: LabConfig) -> Prepared:
     replicas = config.replicas if config.replicas is not None else manifests.deployment.replicas
     if replicas < 1:
         raise ConfigError("--replicas: the experiment needs at least one replica to send load to")
+    for fault in config.faults:
+        if fault.kind.startswith("influx-") and not uses_influx:
+            raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
     return Prepared(config, manifests, images, uses_influx, find_k6(), notes, update)
 
 
@@ -165,6 +169,7 @@ class Lab:
         self.controller: DeploymentController | None = None
         self.endpoints: EndpointsController | None = None
         self.k6: K6 | None = None
+        self.faults: Faults | None = None
 
     async def run(self) -> report.Report:
         config, manifests = self.config, self.p.manifests
@@ -244,6 +249,18 @@ class Lab:
 
         action_start = time.time()
         controller.start_sampling()
+        if config.faults:
+            self.faults = Faults(
+                config.faults,
+                self.events,
+                self.registry,
+                self.kubelet,
+                self.influx,
+                lambda: list(controller.pods),
+                self.haproxy,
+                self.endpoints,
+            )
+            self.faults.start()
         completed = True
         action_s: float | None = None
         mono = time.monotonic()
@@ -271,6 +288,8 @@ class Lab:
         self.events.phase("cool-down", f"{config.cooldown:g} s")
         await self._sleep_under_load(config.cooldown)
 
+        if self.faults is not None:
+            await self.faults.stop()
         self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
@@ -403,6 +422,8 @@ class Lab:
         """The forced path, always run: nothing the lab started outlives it."""
         if self.k6 is not None:
             self.k6.kill()
+        if self.faults is not None:
+            await self.faults.stop()
         await self._stop_controllers()
         if self.kubelet is not None:
             await self.kubelet.shutdown()

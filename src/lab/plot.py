@@ -22,6 +22,7 @@ MARKS = {
     "deleted": "tab:purple",
     "sigterm": "tab:red",
     "sigkilled": "black",
+    "fault": "magenta",  # a --fault's start and end, labelled with its kind
 }
 
 
@@ -49,6 +50,17 @@ def draw(requests: list[Request], events: list[Event], start_wall: float, path: 
                 label = event.kind if event.kind not in seen else None
                 seen.add(event.kind)
                 ax.axvline(event.t, color=colour, alpha=0.35, linewidth=0.8, label=label)
+                if event.kind == "fault":
+                    ax.annotate(
+                        " ".join(event.detail.split()[:2]),
+                        (event.t, 0.5),
+                        xycoords=("data", "axes fraction"),
+                        rotation=90,
+                        va="center",
+                        ha="right",
+                        fontsize=8,
+                        color="magenta",
+                    )
             elif event.kind == "phase":
                 name = event.detail.split()[0] if event.detail else ""
                 ax.axvline(event.t, color="grey", linestyle="--", linewidth=0.8)

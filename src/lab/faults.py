@@ -1,0 +1,214 @@
+"""Fault injection: `--fault KIND@WHEN[:SECONDS]`, each one background task of the run.
+
+WHEN counts from the start of the action (the scenario's rollout, scale, update or steady
+time). Every fault's start and end is a `fault` event in the event log, so it shows in
+report.json and on the timeline. Kinds:
+
+- `influx-down:S`  stop influxd, start it again on the same data dir and port after S s
+- `influx-stall:S` SIGSTOP influxd, SIGCONT after S s
+- `pod-kill`       SIGKILL a ready pod's whole group: a node failure, the pod is gone
+                   (no preStop, no SIGTERM) and the Deployment controller replaces it
+- `pod-hang`       SIGSTOP a ready pod's group: liveness fails and the kubelet restarts
+                   the container (SIGTERM stays pending, SIGKILL at the end of the grace)
+- `lb-restart`     stop HAProxy and start it again with the same config, then add the
+                   servers that were in rotation back through the runtime API (the
+                   endpoints controller waits meanwhile); not a seamless reload, see README
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+
+from lab.config import Fault
+from lab.endpoints import EndpointsController
+from lab.events import EventLog
+from lab.haproxy import HAProxy
+from lab.influx import InfluxServer
+from lab.pods import Kubelet, Pod
+from lab.procs import Registry
+
+
+class Faults:
+    """Runs the configured faults as kept tasks; `stop` cancels and undoes what is left."""
+
+    def __init__(
+        self,
+        faults: tuple[Fault, ...],
+        events: EventLog,
+        registry: Registry,
+        kubelet: Kubelet,
+        influx: InfluxServer | None,
+        pods: Callable[[], list[Pod]],
+        haproxy: HAProxy | None = None,
+        endpoints: EndpointsController | None = None,
+    ) -> None:
+        self.haproxy = haproxy
+        self.endpoints = endpoints
+        self.faults = faults
+        self.events = events
+        self.registry = registry
+        self.kubelet = kubelet
+        self.influx = influx
+        self.pods = pods  # the Deployment's current pods
+        self.tasks: list[asyncio.Task[None]] = []
+        self.hung: list[asyncio.subprocess.Process] = []
+        self.influx_paused = False
+        self.influx_restart: asyncio.Future[None] | None = None
+        self.lb_restart: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        for fault in self.faults:
+            self.tasks.append(asyncio.create_task(self._run(fault), name=f"fault {fault}"))
+
+    async def _run(self, fault: Fault) -> None:
+        try:
+            await asyncio.sleep(fault.at)
+        except asyncio.CancelledError:
+            self._event(fault, "not-reached", "the run ended first")
+            raise
+        try:
+            if fault.kind == "influx-down":
+                await self._influx_down(fault)
+            elif fault.kind == "influx-stall":
+                await self._influx_stall(fault)
+            elif fault.kind == "lb-restart":
+                await self._lb_restart(fault)
+            elif fault.kind == "pod-kill":
+                await self._pod_kill(fault)
+            else:
+                await self._pod_hang(fault)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a fault that cannot act is recorded, not fatal
+            self._event(fault, "failed", repr(exc))
+
+    def _event(self, fault: Fault, what: str, detail: str = "", pod: str = "") -> None:
+        self.events.add(pod, "fault", f"{fault.kind} {what}{(' ' + detail) if detail else ''}")
+
+    def _victim(self) -> Pod | None:
+        """The oldest ready pod whose container runs."""
+        for pod in self.pods():
+            running = pod.process is not None and pod.process.returncode is None
+            if pod.ready and not pod.terminating and not pod.gone and running:
+                return pod
+        return None
+
+    async def _influx_down(self, fault: Fault) -> None:
+        influx = self.influx
+        if influx is None:
+            self._event(fault, "skipped", "no InfluxDB in this run")
+            return
+        self._event(fault, "start", f"influxd stopped for {fault.seconds:g} s")
+        stopping = asyncio.ensure_future(asyncio.to_thread(influx.stop))
+        try:
+            await asyncio.shield(stopping)
+            await asyncio.sleep(fault.seconds)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(stopping)  # never start while the stop still runs
+            # A thread cannot be cancelled: keep the start's future for the clean-up.
+            self.influx_restart = asyncio.ensure_future(asyncio.to_thread(influx.start))
+            await asyncio.shield(self.influx_restart)
+            if influx.pid is not None:
+                self.registry.record(influx.pid, "influxd")
+            self._event(fault, "end", f"influxd started again, pid {influx.pid}")
+
+    async def _influx_stall(self, fault: Fault) -> None:
+        influx = self.influx
+        if influx is None:
+            self._event(fault, "skipped", "no InfluxDB in this run")
+            return
+        influx.pause()
+        self.influx_paused = True
+        self._event(fault, "start", f"influxd stopped (SIGSTOP) for {fault.seconds:g} s")
+        try:
+            await asyncio.sleep(fault.seconds)
+        finally:
+            influx.resume()
+            self.influx_paused = False
+            self._event(fault, "end", "influxd resumed (SIGCONT)")
+
+    async def _pod_kill(self, fault: Fault) -> None:
+        pod = self._victim()
+        if pod is None or pod.process is None:
+            self._event(fault, "skipped", "no ready pod")
+            return
+        process = pod.process
+        self._event(fault, "start", f"SIGKILL to group {process.pid}", pod.name)
+        Registry.kill_group(process.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 10)
+        # The node is gone with the pod: no preStop, no SIGTERM. Marked deleted as soon as
+        # its container is seen dead, so that the kubelet does not restart it and the
+        # controller creates a replacement (the node controller's eviction, without its
+        # minutes of delay).
+        if not pod.terminating:
+            pod.terminating = True
+            pod.delete_requested.set()
+            self.kubelet.on_change()
+        self._event(fault, "end", "pod lost with its node", pod.name)
+
+    async def _pod_hang(self, fault: Fault) -> None:
+        pod = self._victim()
+        if pod is None or pod.process is None:
+            self._event(fault, "skipped", "no ready pod")
+            return
+        process = pod.process
+        Registry.kill_group(process.pid, signal.SIGSTOP)
+        self.hung.append(process)
+        self._event(fault, "start", f"SIGSTOP to group {process.pid}", pod.name)
+        # Ends when the kubelet has killed the hung container (liveness) or the pod went.
+        await process.wait()
+        self._event(fault, "end", f"hung container gone ({process.returncode})", pod.name)
+
+    async def _lb_restart(self, fault: Fault) -> None:
+        if self.haproxy is None or self.endpoints is None:
+            self._event(fault, "skipped", "no load balancer")
+            return
+        # Shielded and kept: a cancellation at teardown must not leave HAProxy down.
+        self.lb_restart = asyncio.ensure_future(
+            self._restart_haproxy(fault, self.haproxy, self.endpoints)
+        )
+        await asyncio.shield(self.lb_restart)
+
+    async def _restart_haproxy(
+        self, fault: Fault, haproxy: HAProxy, endpoints: EndpointsController
+    ) -> None:
+        # The endpoints controller talks to HAProxy's socket: it pauses (keeping its
+        # state and pending changes) while HAProxy is away.
+        await endpoints.stop()
+        try:
+            servers = {name: endpoints.known[name].ip for name in endpoints.in_lb}
+            self._event(fault, "start", f"HAProxy stopped with {len(servers)} servers")
+            await haproxy.stop()
+            await haproxy.start(self.registry)
+            for name, ip in sorted(servers.items()):
+                haproxy.add_server(name, ip, endpoints.port)
+            # Drained servers were waiting for their connections to close: those are gone.
+            endpoints.to_delete.clear()
+            self._event(fault, "end", f"HAProxy started again, {len(servers)} servers re-added")
+        finally:
+            endpoints.start()
+
+    async def stop(self) -> None:
+        """Cancel every fault and undo what it left: nothing stays stopped or down."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for process in self.hung:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGCONT)
+        if self.lb_restart is not None and not self.lb_restart.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.lb_restart), 30)
+        if self.influx_restart is not None and not self.influx_restart.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.influx_restart), 30)
+        if self.influx_paused and self.influx is not None:
+            self.influx.resume()
+            self.influx_paused = False

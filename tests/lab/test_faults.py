@@ -1,0 +1,210 @@
+"""`lab run --fault`: the option's errors, and each fault kind through a real run of the
+tiny app (HAProxy, k6, InfluxDB, pods as process groups)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import accounting, cli
+from lab.config import ConfigError, Fault, parse_fault
+from lab.influx import free_port
+from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
+from tests.lab.test_lab_run import _run
+
+INFLUX_ENV = [{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}]
+STEADY = (
+    *("--scenario", "steady", "--vus", "5"),
+    *("--warmup", "1", "--cooldown", "1", "--endpoint-lag", "0.2"),
+)
+
+
+def test_parse_fault() -> None:
+    assert parse_fault("influx-down@2:5") == Fault("influx-down", 2.0, 5.0)
+    assert parse_fault("influx-stall@0.5:1.5") == Fault("influx-stall", 0.5, 1.5)
+    assert parse_fault("pod-kill@3") == Fault("pod-kill", 3.0)
+    assert str(parse_fault("influx-down@2:5")) == "influx-down@2:5"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("influx-down", "KIND@WHEN"),
+        ("disk-full@1", "KIND must be one of"),
+        ("pod-kill@soon", "must be numbers"),
+        ("pod-kill@-1", "WHEN must be between"),
+        ("influx-down@1", "needs SECONDS"),
+        ("influx-stall@1:0", "needs SECONDS"),
+        ("influx-down@1:nan", "needs SECONDS"),
+        ("pod-hang@1:5", "takes no SECONDS"),
+    ],
+)
+def test_bad_fault_is_a_config_error_naming_the_option(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_fault(text)
+    assert str(caught.value).startswith("--fault")
+
+
+def test_cli_rejects_bad_faults_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tiny_manifest(tmp_path / "m.yml", port=free_port())
+    out = tmp_path / "out"
+    base = ["run", "--manifests", str(manifest), "--image-map", str(TINY_IMAGES)]
+    assert cli.main([*base, "--out", str(out), "--fault", "pod-kill@x"]) == 2
+    assert "--fault" in capsys.readouterr().err
+    # No InfluxDB in these manifests: an InfluxDB fault has nothing to act on.
+    assert cli.main([*base, "--out", str(out), "--fault", "influx-down@1:2"]) == 2
+    assert "--fault influx-down@1:2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _fault_events(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in report["events"] if e["kind"] == "fault"]
+
+
+def _failed(report: dict[str, Any]) -> int:
+    return sum(int(n) for n in report["failed"].values())
+
+
+def test_pod_kill_replaces_the_pod(tmp_path: Path) -> None:
+    """Two pods; one is SIGKILLed 1 s into a 4 s steady load: it is gone without preStop
+    or SIGTERM, the controller creates a third pod, and only a few requests fail."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        pre_stop={"sleep": {"seconds": 1}},
+        grace=5,
+    )
+    report = _run(tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "pod-kill@1")
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["pod-kill", "start"],
+        ["pod-kill", "end"],
+    ]
+    victim = faults[0]["pod"]
+    kinds = [e["kind"] for e in report["events"] if e["pod"] == victim]
+    assert "gone" in kinds and "prestop-started" not in kinds and "sigterm" not in kinds
+    assert "restarting" not in kinds  # the pod is replaced, not its container restarted
+    assert report["pods_created"] == 3
+    # The killed pod's in-flight requests (at most one per VU) and the new connections
+    # HAProxy sent it until the endpoint change (0.2 s lag after the kill is seen): about
+    # half of 5 VUs' requests for that time, about 25 here; never a lasting outage.
+    assert _failed(report) <= 60, report["failed"]
+    assert set(report["failed"]) <= {"eof", "reset", "refused"}, report["failed"]
+    assert report["ok"] > 50
+
+
+def test_pod_hang_is_restarted_by_liveness(tmp_path: Path) -> None:
+    """Two pods with a liveness probe (1 s period, 2 failures); one is SIGSTOPped: liveness
+    fails, the kubelet's SIGTERM stays pending and SIGKILL ends it after the 2 s grace,
+    the container restarts, HAProxy dropped the pod meanwhile; nothing stays stopped."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        liveness={
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+            "timeoutSeconds": 1,
+        },
+        grace=2,
+    )
+    report = _run(tmp_path / "out", manifest, *STEADY, "--duration", "9", "--fault", "pod-hang@1")
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["pod-hang", "start"],
+        ["pod-hang", "end"],
+    ]
+    victim = faults[0]["pod"]
+    events = [e for e in report["events"] if e["pod"] == victim]
+    kinds = [e["kind"] for e in events]
+    hung_at = faults[0]["t"]
+    after = [e["kind"] for e in events if e["t"] > hung_at]
+    for kind in ("liveness-failed", "not-ready", "lb-removed", "sigterm", "sigkilled"):
+        assert kind in after, (kind, after)
+    assert "restarting" in after and after.count("ready") >= 1  # back after the restart
+    assert kinds.count("started") == 2
+    assert report["pods_created"] == 2  # the same pod, its container restarted
+    assert report["ok"] > 50
+    # _run checked that every process group the lab started is gone, stopped ones too.
+
+
+def test_influx_down_is_recorded_and_influxdb_comes_back(tmp_path: Path) -> None:
+    """One pod writing a point per request; influxd is stopped for 2 s and started again
+    on the same data dir: the events show it, and points written before and after the
+    outage are all there (the accounting queries the restarted server)."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=1,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        env=INFLUX_ENV,
+    )
+    report = _run(
+        tmp_path / "out", manifest, *STEADY, "--duration", "5", "--fault", "influx-down@1:2"
+    )
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["influx-down", "start"],
+        ["influx-down", "end"],
+    ]
+    assert 1.9 < faults[1]["t"] - faults[0]["t"] < 10
+    # The tiny app writes synchronously and fails the request when InfluxDB is down;
+    # every request that succeeded has its point, before and after the outage.
+    assert report["ok"] > 50 and report["lost_operations"] == 0
+    assert _failed(report) > 0
+
+
+def test_lb_restart_keeps_the_server_set(tmp_path: Path) -> None:
+    """Two pods; HAProxy is stopped and started again 1 s into the load: both servers are
+    added back and requests succeed again after the restart."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+    )
+    out = tmp_path / "out"
+    report = _run(out, manifest, *STEADY, "--duration", "4", "--fault", "lb-restart@1")
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["lb-restart", "start"],
+        ["lb-restart", "end"],
+    ]
+    assert "2 servers re-added" in faults[1]["detail"]
+    requests, _ = accounting.read_csv(out / "k6.csv")
+    restarted_ms = faults[1]["wall"] * 1000
+    assert sum(1 for r in requests if r.kind == "ok" and r.t_ms > restarted_ms + 500) > 20
+
+
+def test_influx_stall_delays_but_loses_nothing(tmp_path: Path) -> None:
+    """influxd SIGSTOPped for 2 s: the tiny app's writes wait (5 s timeout) and go through
+    after SIGCONT; no request fails, no operation is lost, nothing stays stopped."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=1,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        env=INFLUX_ENV,
+    )
+    report = _run(
+        tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "influx-stall@1:2"
+    )
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["influx-stall", "start"],
+        ["influx-stall", "end"],
+    ]
+    assert report["failed"] == {} and report["lost_operations"] == 0 and report["ok"] > 30
