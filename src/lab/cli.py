@@ -83,8 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND@WHEN[:SECONDS]",
-        help="inject a fault WHEN s after the action starts (repeatable): influx-down@W:S, "
-        "influx-stall@W:S, pod-kill@W, pod-hang@W",
+        help="inject a fault (repeatable): influx-down@W:S, influx-stall@W:S, pod-kill@W, "
+        "pod-hang@W, lb-restart@W; W is seconds after the action starts, or EVENT[+SECONDS] "
+        "for the first pod event of that kind after it (created, ready, lb-added, deleted, "
+        "prestop-started, sigterm, lb-removed)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser

@@ -50,11 +50,25 @@ KINDS = TIMED_KINDS + INSTANT_KINDS
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    at: float  # seconds after the action starts
+    at: float  # seconds after the action starts, or after the `on` event
     seconds: float = 0.0  # how long a timed fault lasts
+    on: str | None = None  # a pod event kind: the first one after the action starts
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.at:g}" + (f":{self.seconds:g}" if self.seconds else "")
+        when = f"{self.on}+{self.at:g}" if self.on else f"{self.at:g}"
+        return f"{self.kind}@{when}" + (f":{self.seconds:g}" if self.seconds else "")
+
+
+# Rollout events a fault can be scheduled at (the first of its kind after the action).
+FAULT_EVENTS = (
+    "created",
+    "ready",
+    "lb-added",
+    "deleted",
+    "prestop-started",
+    "sigterm",
+    "lb-removed",
+)
 
 
 def parse_fault(text: str) -> Fault:
@@ -65,6 +79,16 @@ def parse_fault(text: str) -> Fault:
     if kind not in KINDS:
         raise ConfigError(f"--fault: KIND must be one of {', '.join(KINDS)}, got {kind!r}")
     at_text, colon, seconds_text = when.partition(":")
+    on: str | None = None
+    if at_text[:1].isalpha():
+        # KIND@EVENT[+OFFSET]: at the first such event after the action starts.
+        on, _, at_text = at_text.partition("+")
+        at_text = at_text or "0"
+        if on not in FAULT_EVENTS:
+            raise ConfigError(
+                f"--fault: WHEN must be seconds or one of {', '.join(FAULT_EVENTS)}"
+                f"[+SECONDS], got {text!r}"
+            )
     try:
         at = float(at_text)
         seconds = float(seconds_text) if colon else 0.0
@@ -76,7 +100,7 @@ def parse_fault(text: str) -> Fault:
         raise ConfigError(f"--fault: {kind} needs SECONDS between 0 and 600, e.g. {kind}@2:5")
     if kind in INSTANT_KINDS and colon:
         raise ConfigError(f"--fault: {kind} takes no SECONDS, e.g. {kind}@2")
-    return Fault(kind, at, seconds)
+    return Fault(kind, at, seconds, on)
 
 
 @dataclass(frozen=True)

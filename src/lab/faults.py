@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import Callable
@@ -66,6 +67,8 @@ class Faults:
 
     async def _run(self, fault: Fault) -> None:
         try:
+            if fault.on is not None:
+                await self._wait_for_event(fault.on)
             await asyncio.sleep(fault.at)
         except asyncio.CancelledError:
             self._event(fault, "not-reached", "the run ended first")
@@ -85,6 +88,15 @@ class Faults:
             raise
         except Exception as exc:  # a fault that cannot act is recorded, not fatal
             self._event(fault, "failed", repr(exc))
+
+    async def _wait_for_event(self, kind: str) -> None:
+        """Until a pod event of this kind is logged after the faults started; ends with
+        the run (cancelled at the end of the cool-down)."""
+        seen = len(self.events.events)
+        for _ in itertools.count():
+            if any(e.kind == kind and e.pod for e in self.events.events[seen:]):
+                return
+            await asyncio.sleep(0.02)
 
     def _event(self, fault: Fault, what: str, detail: str = "", pod: str = "") -> None:
         self.events.add(pod, "fault", f"{fault.kind} {what}{(' ' + detail) if detail else ''}")

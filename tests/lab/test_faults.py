@@ -26,6 +26,9 @@ def test_parse_fault() -> None:
     assert parse_fault("influx-stall@0.5:1.5") == Fault("influx-stall", 0.5, 1.5)
     assert parse_fault("pod-kill@3") == Fault("pod-kill", 3.0)
     assert str(parse_fault("influx-down@2:5")) == "influx-down@2:5"
+    assert parse_fault("pod-kill@sigterm") == Fault("pod-kill", 0.0, on="sigterm")
+    assert parse_fault("influx-down@deleted+0.5:3") == Fault("influx-down", 0.5, 3.0, "deleted")
+    assert str(parse_fault("influx-down@deleted+0.5:3")) == "influx-down@deleted+0.5:3"
 
 
 @pytest.mark.parametrize(
@@ -33,12 +36,14 @@ def test_parse_fault() -> None:
     [
         ("influx-down", "KIND@WHEN"),
         ("disk-full@1", "KIND must be one of"),
-        ("pod-kill@soon", "must be numbers"),
+        ("pod-kill@soon", "WHEN must be seconds or one of"),
         ("pod-kill@-1", "WHEN must be between"),
         ("influx-down@1", "needs SECONDS"),
         ("influx-stall@1:0", "needs SECONDS"),
         ("influx-down@1:nan", "needs SECONDS"),
         ("pod-hang@1:5", "takes no SECONDS"),
+        ("pod-kill@reboot", "WHEN must be seconds or one of created"),
+        ("pod-kill@sigterm+x", "must be numbers"),
     ],
 )
 def test_bad_fault_is_a_config_error_naming_the_option(text: str, message: str) -> None:
@@ -208,3 +213,33 @@ def test_influx_stall_delays_but_loses_nothing(tmp_path: Path) -> None:
         ["influx-stall", "end"],
     ]
     assert report["failed"] == {} and report["lost_operations"] == 0 and report["ok"] > 30
+
+
+def test_fault_at_a_rollout_event_fires_after_that_event(tmp_path: Path) -> None:
+    """1. A rollout of two tiny-app pods with `--fault lb-restart@sigterm+0.5`. 2. The
+    fault starts 0.5 s after the rollout's first SIGTERM, not at a fixed time."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        grace=5,
+    )
+    report = _run(
+        tmp_path / "out",
+        manifest,
+        *("--scenario", "rollout-restart", "--vus", "5"),
+        *("--warmup", "1", "--cooldown", "1", "--endpoint-lag", "0.2"),
+        *("--fault", "lb-restart@sigterm+0.5"),
+    )
+    action = next(
+        e["t"]
+        for e in report["events"]
+        if e["kind"] == "phase" and e["detail"].startswith("action ")
+    )
+    first_sigterm = min(
+        e["t"] for e in report["events"] if e["kind"] == "sigterm" and e["t"] >= action
+    )
+    start = next(e for e in _fault_events(report) if "start" in e["detail"])
+    assert first_sigterm + 0.5 <= start["t"] < first_sigterm + 1.5
