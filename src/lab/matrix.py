@@ -20,12 +20,11 @@ from typing import Any
 
 import yaml
 
-from lab.config import REPO, ConfigError, LabConfig
+from lab.config import LB_MODES, REPO, ConfigError, LabConfig
 from lab.report import Report
 
 VERSIONS = tuple(f"v{i}" for i in range(1, 11))
 SCENARIOS = ("rollout-restart", "scale-up", "scale-down")
-LB_MODES = ("tcp", "http", "https", "h2")
 
 
 @dataclass(frozen=True)
@@ -192,10 +191,6 @@ def rewrite_manifests(source: Path, target: Path, quick: bool, no_prestop: bool 
         changed = [_rewrite(d, quick, no_prestop) for d in documents]
         (target / path.name).write_text(yaml.safe_dump_all(changed, sort_keys=False))
     return target
-
-
-def quick_manifests(source: Path, target: Path) -> Path:
-    return rewrite_manifests(source, target, quick=True)
 
 
 def _rewrite(document: dict[str, Any], quick: bool, no_prestop: bool) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from lab.config import ConfigError, parse_lag
-from lab.matrix import LB_MODES, SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
+from lab.config import LB_MODES, ConfigError, parse_lag
+from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -74,24 +74,31 @@ def _failed(report: dict[str, Any]) -> int:
     return sum(int(n) for n in report["failed"].values())
 
 
+def _tiny(tmp_path: Path, replicas: int, **options: Any) -> Path:
+    """The tiny app, ready 0.3 s after start, behind a readiness probe."""
+    return tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=replicas,
+        args=["--ready-after", "0.3"],
+        readiness=READY_PROBE,
+        **options,
+    )
+
+
+def _started_and_ended(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The run's fault events, checked to be exactly this fault's start and end."""
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [[kind, "start"], [kind, "end"]]
+    return faults
+
+
 def test_pod_kill_replaces_the_pod(tmp_path: Path) -> None:
     """Two pods; one is SIGKILLed 1 s into a 4 s steady load: it is gone without preStop
     or SIGTERM, the controller creates a third pod, and only a few requests fail."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=2,
-        args=["--ready-after", "0.3"],
-        readiness=READY_PROBE,
-        pre_stop={"sleep": {"seconds": 1}},
-        grace=5,
-    )
+    manifest = _tiny(tmp_path, 2, pre_stop={"sleep": {"seconds": 1}}, grace=5)
     report = _run(tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "pod-kill@1")
-    faults = _fault_events(report)
-    assert [e["detail"].split()[:2] for e in faults] == [
-        ["pod-kill", "start"],
-        ["pod-kill", "end"],
-    ]
+    faults = _started_and_ended(report, "pod-kill")
     victim = faults[0]["pod"]
     kinds = [e["kind"] for e in report["events"] if e["pod"] == victim]
     assert "gone" in kinds and "prestop-started" not in kinds and "sigterm" not in kinds
@@ -124,11 +131,7 @@ def test_pod_hang_is_restarted_by_liveness(tmp_path: Path) -> None:
         grace=2,
     )
     report = _run(tmp_path / "out", manifest, *STEADY, "--duration", "9", "--fault", "pod-hang@1")
-    faults = _fault_events(report)
-    assert [e["detail"].split()[:2] for e in faults] == [
-        ["pod-hang", "start"],
-        ["pod-hang", "end"],
-    ]
+    faults = _started_and_ended(report, "pod-hang")
     victim = faults[0]["pod"]
     events = [e for e in report["events"] if e["pod"] == victim]
     kinds = [e["kind"] for e in events]
@@ -147,22 +150,11 @@ def test_influx_down_is_recorded_and_influxdb_comes_back(tmp_path: Path) -> None
     """One pod writing a point per request; influxd is stopped for 2 s and started again
     on the same data dir: the events show it, and points written before and after the
     outage are all there (the accounting queries the restarted server)."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=1,
-        args=["--ready-after", "0.3"],
-        readiness=READY_PROBE,
-        env=INFLUX_ENV,
-    )
+    manifest = _tiny(tmp_path, 1, env=INFLUX_ENV)
     report = _run(
         tmp_path / "out", manifest, *STEADY, "--duration", "5", "--fault", "influx-down@1:2"
     )
-    faults = _fault_events(report)
-    assert [e["detail"].split()[:2] for e in faults] == [
-        ["influx-down", "start"],
-        ["influx-down", "end"],
-    ]
+    faults = _started_and_ended(report, "influx-down")
     assert 1.9 < faults[1]["t"] - faults[0]["t"] < 10
     # The tiny app writes synchronously and fails the request when InfluxDB is down;
     # every request that succeeded has its point, before and after the outage.
@@ -173,20 +165,10 @@ def test_influx_down_is_recorded_and_influxdb_comes_back(tmp_path: Path) -> None
 def test_lb_restart_keeps_the_server_set(tmp_path: Path) -> None:
     """Two pods; HAProxy is stopped and started again 1 s into the load: both servers are
     added back and requests succeed again after the restart."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=2,
-        args=["--ready-after", "0.3"],
-        readiness=READY_PROBE,
-    )
+    manifest = _tiny(tmp_path, 2)
     out = tmp_path / "out"
     report = _run(out, manifest, *STEADY, "--duration", "4", "--fault", "lb-restart@1")
-    faults = _fault_events(report)
-    assert [e["detail"].split()[:2] for e in faults] == [
-        ["lb-restart", "start"],
-        ["lb-restart", "end"],
-    ]
+    faults = _started_and_ended(report, "lb-restart")
     assert "2 servers re-added" in faults[1]["detail"]
     requests, _ = accounting.read_csv(out / "k6.csv")
     restarted_ms = faults[1]["wall"] * 1000
@@ -196,36 +178,18 @@ def test_lb_restart_keeps_the_server_set(tmp_path: Path) -> None:
 def test_influx_stall_delays_but_loses_nothing(tmp_path: Path) -> None:
     """influxd SIGSTOPped for 2 s: the tiny app's writes wait (5 s timeout) and go through
     after SIGCONT; no request fails, no operation is lost, nothing stays stopped."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=1,
-        args=["--ready-after", "0.3"],
-        readiness=READY_PROBE,
-        env=INFLUX_ENV,
-    )
+    manifest = _tiny(tmp_path, 1, env=INFLUX_ENV)
     report = _run(
         tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "influx-stall@1:2"
     )
-    faults = _fault_events(report)
-    assert [e["detail"].split()[:2] for e in faults] == [
-        ["influx-stall", "start"],
-        ["influx-stall", "end"],
-    ]
+    _started_and_ended(report, "influx-stall")
     assert report["failed"] == {} and report["lost_operations"] == 0 and report["ok"] > 30
 
 
 def test_fault_at_a_rollout_event_fires_after_that_event(tmp_path: Path) -> None:
     """1. A rollout of two tiny-app pods with `--fault lb-restart@sigterm+0.5`. 2. The
     fault starts 0.5 s after the rollout's first SIGTERM, not at a fixed time."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=2,
-        args=["--ready-after", "0.3"],
-        readiness=READY_PROBE,
-        grace=5,
-    )
+    manifest = _tiny(tmp_path, 2, grace=5)
     report = _run(
         tmp_path / "out",
         manifest,

@@ -14,7 +14,6 @@ from lab.matrix import (
     QUICK_WRAPPER_GRACE,
     MatrixConfig,
     markdown,
-    quick_manifests,
     rewrite_manifests,
     run_matrix,
 )
@@ -38,7 +37,7 @@ def test_quick_rewrite_changes_only_what_the_header_names(tmp_path: Path) -> Non
     stays; the Service and everything else are unchanged."""
     for version in ("v2", "v10"):
         original = deployment(K8S / version)
-        quick = deployment(quick_manifests(K8S / version, tmp_path / version))
+        quick = deployment(rewrite_manifests(K8S / version, tmp_path / version, quick=True))
         o_spec = original["spec"]["template"]["spec"]  # type: ignore[index]
         q_spec = quick["spec"]["template"]["spec"]  # type: ignore[index]
         readiness = q_spec["containers"][0]["readinessProbe"]
