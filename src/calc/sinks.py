@@ -1,13 +1,19 @@
 """Where operation points go: InfluxDB 1.x over HTTP, or a local line-protocol file.
 
 Each sink writes a batch of lines (`write`), and can count and clear what it holds (the
-original Makefile's influxdb-count / influxdb-clear).
+original Makefile's influxdb-count / influxdb-clear). `write` returns when the batch is
+stored and raises the graceful.batcher error that says what the writer should do
+otherwise (see `InfluxSink.write` for every InfluxDB answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -16,9 +22,34 @@ import httpx
 
 from calc.config import Secret
 from calc.points import MEASUREMENT
-from graceful import PermanentWriteError
+from graceful import BatchTooLargeError, HoldWriteError, PermanentWriteError
+from graceful.spool import write_all
 
 _DROPPED = re.compile(r"dropped=(\d+)")
+_UNPARSEABLE = "unable to parse '"
+
+
+def rejected_count(body: str, sent: int) -> int:
+    """How many of `sent` lines a 400 answer says InfluxDB did not store.
+
+    InfluxDB 1.x keeps the valid points of a batch. For points it refused (type
+    conflicts, limits) it says `dropped=N`; for lines it could not parse it says
+    `unable to parse '<line>': <why>`, one per line, joined by newlines, while still
+    saying `dropped=0`. A 400 that is no partial write refused the whole batch.
+    """
+    try:
+        message = str(json.loads(body).get("error", body))
+    except (ValueError, AttributeError):
+        message = body
+    dropped = sum(int(n) for n in _DROPPED.findall(message))
+    unparseable = sum(
+        1
+        for part in message.split("\n")
+        if part.removeprefix("partial write: ").startswith(_UNPARSEABLE)
+    )
+    if dropped + unparseable == 0 and "partial write" not in message:
+        return sent
+    return min(sent, dropped + unparseable)
 
 
 class SinkError(RuntimeError):
@@ -52,20 +83,35 @@ class InfluxSink:
         )
 
     async def write(self, lines: Sequence[str]) -> None:
+        """One POST /write. Every answer, and what the batching writer does with it:
+
+        2xx                      written
+        400 partial write        the `dropped=N` and unparseable lines lost, the rest written
+        400 (whole batch)        every line lost: InfluxDB can never take it
+        413                      split the batch and write the halves
+        408, 429, 5xx            retry with backoff (connection refused and timeouts too)
+        401, 403, 404, other     configuration error: hold every point, retry slowly,
+                                 log an error on each try
+        """
         response = await self._client.post(
             "/write",
             params={"db": self.db, "precision": "ns"},
             content="\n".join(lines).encode(),
         )
-        if response.status_code == 204:
+        status = response.status_code
+        if 200 <= status < 300:
             return
-        text = response.text.strip()[:500]
-        if response.status_code == 400:
-            # InfluxDB 1.x keeps the valid points of a batch and reports the rest.
-            match = _DROPPED.search(text)
-            rejected = int(match.group(1)) if match else len(lines)
-            raise PermanentWriteError(f"InfluxDB 400: {text}", rejected=min(rejected, len(lines)))
-        raise RuntimeError(f"InfluxDB answered {response.status_code}: {text}")
+        body = response.text
+        text = body.strip()[:500]
+        if status == 400:
+            raise PermanentWriteError(
+                f"InfluxDB 400: {text}", rejected=rejected_count(body, len(lines))
+            )
+        if status == 413:
+            raise BatchTooLargeError(f"InfluxDB 413: {text}")
+        if status in (408, 429) or status >= 500:
+            raise RuntimeError(f"InfluxDB answered {status}: {text}")
+        raise HoldWriteError(f"InfluxDB answered {status}: {text}")
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -102,21 +148,74 @@ class InfluxSink:
         self._query(f'DROP MEASUREMENT "{MEASUREMENT}"')
 
 
+class _Append:
+    """One append handed to a thread. A thread cannot be stopped: once it has begun, the
+    write happens, so a cancelled caller waits for it and reports it done."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._lock = threading.Lock()
+        self._state = "waiting"  # -> "running" (the thread took it) or "cancelled"
+
+    def begin(self) -> bool:
+        with self._lock:
+            if self._state == "cancelled":
+                return False
+            self._state = "running"
+            return True
+
+    def cancel(self) -> bool:
+        """True when the thread has not begun (and now never will)."""
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "cancelled"
+            return self._state == "cancelled"
+
+
 class FileSink:
-    """Appends lines to a local file: the standalone default, so nothing is lost."""
+    """Appends lines to a local file: the standalone default, so nothing is lost.
+
+    A write that times out is not written twice: if its thread had not begun, it never
+    will; if it had, the cancelled write waits for it and returns (the batching writer
+    counts a cancelled write that returns as written). A failed write is cut back, so a
+    retry never follows a torn line."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = asyncio.Lock()
 
     async def write(self, lines: Sequence[str]) -> None:
-        data = "".join(line + "\n" for line in lines)
+        job = _Append("".join(line + "\n" for line in lines).encode())
         async with self._lock:
-            await asyncio.to_thread(self._append, data)
+            future = asyncio.ensure_future(asyncio.to_thread(self._append, job))
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if job.cancel():
+                    raise
+                while not future.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(future)
+                future.result()
 
-    def _append(self, data: str) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(data)
+    def _append(self, job: _Append) -> None:
+        if not job.begin():
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            try:
+                start: int | None = os.lseek(fd, 0, os.SEEK_END)
+            except OSError:  # a pipe or a terminal: nothing to cut back
+                start = None
+            try:
+                write_all(fd, job.data)
+            except OSError:
+                if start is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     async def aclose(self) -> None:
         return None

@@ -106,7 +106,7 @@ class Spool:
             self._segments.append(_Segment(path, 0, 0))
         segment = self._segments[-1]
         try:
-            _write_all(self._open_fd, data)
+            write_all(self._open_fd, data)
         except OSError:
             self._abandon_open_segment()
             raise
@@ -194,7 +194,7 @@ class Spool:
         self._lock_fd = -1
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """os.write may write fewer bytes than asked (a signal, a nearly full disk): go on
     until every byte is down, or raise."""
     view = memoryview(data)
