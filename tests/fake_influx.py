@@ -165,7 +165,9 @@ class FakeInflux:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-influx")
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fake-influx"
+        )
         self._thread.start()
 
     def _take(self, lines: list[str]) -> Behaviour | None:
