@@ -30,7 +30,7 @@ from calc.logs import request_id_var
 from calc.openapi import OPENAPI
 from calc.oplog import OperationLog
 from calc.sinks import Sink
-from graceful import Lifecycle
+from graceful import Lifecycle, NotAccepted
 
 logger = logging.getLogger("calc")
 
@@ -112,7 +112,11 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
         logger.info("Calculating sum")
         if slow_math > 0:
             await asyncio.sleep(slow_math)
-        oplog.record(request_id_var.get(), count, result)
+        try:
+            oplog.record(request_id_var.get(), count, result)
+        except NotAccepted as exc:
+            # Neither written nor counted: the client must know, and may retry.
+            return json_response(503, {"error": f"operation not recorded: {exc}"})
         return json_response(200, {"result": result})
 
     async def health(request: Request) -> Response:
@@ -143,6 +147,15 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
             "# HELP calc_operations_lost_total Operations that could not be written.",
             "# TYPE calc_operations_lost_total counter",
             f"calc_operations_lost_total {oplog.lost}",
+            "# HELP calc_operations_lost_by_reason_total Operations lost, by reason.",
+            "# TYPE calc_operations_lost_by_reason_total counter",
+            *(
+                f'calc_operations_lost_by_reason_total{{reason="{r}"}} {n}'
+                for r, n in oplog.lost_by_reason.items()
+            ),
+            "# HELP calc_operations_refused_total Operations not accepted (answered 503).",
+            "# TYPE calc_operations_refused_total counter",
+            f"calc_operations_refused_total {oplog.refused}",
             "# HELP calc_operations_spooled Operations left in the spool at shutdown.",
             "# TYPE calc_operations_spooled gauge",
             f"calc_operations_spooled {oplog.spooled}",

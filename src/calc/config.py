@@ -288,6 +288,15 @@ def _credentials(values: dict[str, Any], environ: Mapping[str, str]) -> dict[str
     return found
 
 
+def _pod_problems(pod: str) -> list[str]:
+    """The pod name is a tag value of every point and a directory name of the spool."""
+    if not pod.strip():
+        return ["--pod (CALC_POD, else $HOSTNAME) must not be empty: it tags every point"]
+    if any(ord(c) < 32 or c == "\x7f" for c in pod) or "/" in pod:
+        return [f"--pod {pod!r} must not contain control characters (newlines) or '/'"]
+    return []
+
+
 def validate(config: CalcConfig) -> None:
     problems: list[str] = []
     if not 0 <= config.port <= 65535:
@@ -324,5 +333,6 @@ def validate(config: CalcConfig) -> None:
         problems.append(f"INFLUXDB_BASE_URL {url!r} must start with http:// or https://")
     if (config.influxdb_password is None) != (config.influxdb_username is None):
         problems.append("InfluxDB credentials need both a user and a password")
+    problems.extend(_pod_problems(config.pod))
     if problems:
         raise ConfigError("; ".join(problems))

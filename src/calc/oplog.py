@@ -5,18 +5,28 @@ task           (v6) a task per sum sleeps, then writes; cut at shutdown
 task-graceful  (v7) the same, tasks awaited at shutdown up to task_timeout
 batch          (v8) points buffered, written by size or interval; buffer dropped at shutdown
 batch-graceful (v9, v10) the buffer is flushed at shutdown (v10 retries within the budget)
+
+Every loss is counted by reason (`lost_by_reason`, exported in /metrics) and logged.
+`record` raises `NotAccepted` when the spool cannot store the point (disk full): the
+request must then fail, since the point would be neither written nor counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from pathlib import Path
 
 from calc.config import CalcConfig, Secret
 from calc.points import PointFormatter
 from calc.sinks import FileSink, InfluxSink, Sink
 from graceful import BatchWriter, RetryPolicy, Spool, TaskRegistry
+from graceful.losses import REASONS
+
+#: Reasons of the task modes (v6, v7), besides the writer's (graceful.losses).
+TASK_CANCELLED = "task_cancelled"
+TASK_REASONS = (TASK_CANCELLED, "write_failed")
 
 logger = logging.getLogger("calc.oplog")
 
@@ -38,9 +48,9 @@ class OperationLog:
         self.mode = config.oplog
         self.sink = sink
         self.task_delay = config.task_delay
-        self.points = PointFormatter(config.pod)
+        self.points = PointFormatter(config.pod, config.port)
         self._task_written = 0
-        self._task_lost = 0
+        self._task_lost: Counter[str] = Counter()
         self.tasks = TaskRegistry("operation-log", await_on_shutdown=self.mode == "task-graceful")
         self.writer: BatchWriter[str] = BatchWriter(
             sink.write,
@@ -74,6 +84,7 @@ class OperationLog:
             self.writer.start()
 
     def record(self, request_id: str, count: int, result: float) -> None:
+        """Take one operation; raises NotAccepted when it cannot be kept."""
         if self.mode == "off":
             return
         self.recorded += 1
@@ -89,7 +100,7 @@ class OperationLog:
         try:
             await self.sink.write([line])
         except Exception as exc:
-            self._task_lost += 1
+            self._task_lost["write_failed"] += 1
             logger.error("Writing 1 operations failed, 1 lost: %r", exc)
         else:
             self._task_written += 1
@@ -99,7 +110,7 @@ class OperationLog:
         """Finish (or, per mode, drop) pending work within `timeout`, then close the sink."""
         try:
             if self.mode.startswith("task"):
-                self._task_lost += await self.tasks.shutdown(timeout)
+                self._task_lost[TASK_CANCELLED] += await self.tasks.shutdown(timeout)
             elif self.mode.startswith("batch"):
                 await self.writer.close(timeout)
         finally:
@@ -111,11 +122,23 @@ class OperationLog:
 
     @property
     def lost(self) -> int:
-        return self._task_lost + self.writer.lost
+        return sum(self._task_lost.values()) + self.writer.lost
+
+    @property
+    def lost_by_reason(self) -> dict[str, int]:
+        """Every reason this mode can lose for, counted from 0."""
+        if self.mode.startswith("task"):
+            return {reason: self._task_lost[reason] for reason in TASK_REASONS}
+        return {reason: self.writer.losses.totals[reason] for reason in REASONS}
+
+    @property
+    def refused(self) -> int:
+        """Operations not accepted (the spool could not store them): their requests failed."""
+        return self.writer.refused
 
     @property
     def spooled(self) -> int:
-        """Left in the spool at shutdown, for the next start in this pod."""
+        """Left in the spool at shutdown: lost unless this pod's next container starts."""
         return self.writer.left_in_journal
 
     @property

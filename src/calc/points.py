@@ -1,29 +1,45 @@
 """InfluxDB 1.x line protocol for the operation log.
 
 One point per successful sum:
-    operation,name=sum,pod=<pod> id="<request id>",numbers=<count>,result=<sum> <ns>
+    operation,name=sum,pod=<pod>,port=<port> id="<request id>",numbers=<count>,result=<sum> <ns>
 
 The request id is a field, not a tag: as a tag every request would be a new series and
 InfluxDB's max-values-per-tag (100,000 by default) would start rejecting writes. The pod
-tag keeps cardinality bounded, and a strictly increasing timestamp per process makes a
-retried write overwrite itself instead of duplicating (same measurement, tags, time).
+and port tags keep cardinality bounded (a pod has one or a few ports), and a strictly
+increasing timestamp per process makes a retried write overwrite itself instead of
+duplicating (same measurement, tags, time). The port tells apart two processes that
+share a pod name (two ports in one pod, `hostNetwork`): with the pod alone, two points
+stamped the same nanosecond by two processes would overwrite each other. It is also what
+keeps a spool's replay idempotent: the spool is per pod and port, so the next container
+writing a spooled line writes it with the same tags.
 `numbers` and `result` are always written as floats: a field keeps one type per shard.
+A newline cannot be escaped in line protocol (it ends the point), so tag values and
+strings with one are refused.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 MEASUREMENT = "operation"
 
 
+def _no_newline(value: str, what: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{what} {value!r} has a newline, which line protocol cannot carry")
+    return value
+
+
 def escape_tag(value: str) -> str:
     """Tag keys, tag values and field keys: backslash-escape commas, '=' and spaces."""
+    _no_newline(value, "tag value")
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def escape_string_field(value: str) -> str:
     """String field values: backslash-escape '"' and backslashes."""
+    _no_newline(value, "string field")
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
@@ -35,11 +51,12 @@ def float_field(value: float) -> str:
 class NanoClock:
     """Wall-clock nanoseconds, strictly increasing within this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Callable[[], int] = time.time_ns) -> None:
+        self._source = source
         self._last = 0
 
     def next(self) -> int:
-        now = time.time_ns()
+        now = self._source()
         if now <= self._last:
             now = self._last + 1
         self._last = now
@@ -47,9 +64,12 @@ class NanoClock:
 
 
 class PointFormatter:
-    def __init__(self, pod: str) -> None:
-        self._prefix = f"{MEASUREMENT},name=sum,pod={escape_tag(pod)} "
-        self._clock = NanoClock()
+    def __init__(self, pod: str, port: int | None = None, clock: NanoClock | None = None) -> None:
+        if not pod:
+            raise ValueError("the pod tag must not be empty")
+        port_tag = "" if port is None else f",port={port}"
+        self._prefix = f"{MEASUREMENT},name=sum,pod={escape_tag(pod)}{port_tag} "
+        self._clock = clock or NanoClock()
 
     def sum_point(self, request_id: str, count: int, result: float) -> str:
         return (

@@ -193,7 +193,7 @@ class BatchWriter(Generic[T]):
             except (OSError, ValueError) as exc:
                 self.refused += 1
                 self._refusals.add("journal", 1, repr(exc))
-                raise NotAccepted(f"cannot store the {self.name} item: {exc}") from exc
+                raise NotAccepted(f"not accepted: the journal cannot store it ({exc})") from exc
         self._buffer.append(item)
         # A writer backing off is not woken: it tries again when its pause is over.
         if len(self._buffer) >= self.max_batch and self._retry_at is None:

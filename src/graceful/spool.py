@@ -78,6 +78,8 @@ class Spool:
         for path in segments:
             # A line cut by a kill (or a failed append) has no newline: it was never
             # accepted, so it is skipped.
+            if not path.is_file():  # never read a device or a pipe left in its place
+                continue
             text = path.read_bytes().decode("utf-8", errors="replace")
             whole = [line for line in text.split("\n")[:-1] if line]
             settled = min(_settled_count(path), len(whole))

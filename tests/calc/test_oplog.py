@@ -48,7 +48,7 @@ def logged_ids(influx: InfluxServer, db: str) -> list[str]:
     [
         ("v6", {"CALC_TASK_DELAY": "2"}, True, "Cancelled 20 operation-log task(s)"),
         ("v7", {"CALC_TASK_DELAY": "1"}, False, "All operation-log tasks done"),
-        ("v8", {}, True, "Dropped 20 buffered operations"),
+        ("v8", {}, True, "Lost 20 operations (shutdown: writer does not flush on shutdown)"),
         ("v9", {}, False, "Operations logged"),
         ("v10", {}, False, "Operations logged"),
     ],
