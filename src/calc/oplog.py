@@ -87,12 +87,13 @@ class OperationLog:
         """Take one operation; raises NotAccepted when it cannot be kept."""
         if self.mode == "off":
             return
-        self.recorded += 1
         line = self.points.sum_point(request_id, count, result)
         if self.mode.startswith("task"):
             self.tasks.spawn(self._write_later(line), name=f"oplog-{request_id}")
         else:
+            # Raises NotAccepted before counting: a refused operation is not recorded.
             self.writer.add(line)
+        self.recorded += 1
 
     async def _write_later(self, line: str) -> None:
         await asyncio.sleep(self.task_delay)

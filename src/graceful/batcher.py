@@ -317,6 +317,8 @@ class BatchWriter(Generic[T]):
             logger.info("%s logged", self.name.capitalize())
             return _Outcome.DONE, None
         if isinstance(error, PermanentWriteError):
+            if error.rejected <= 0:
+                logger.warning("Writing %d %s: %s; none counted lost", n, self.name, error)
             self._settle(n, lost=max(0, min(error.rejected, n)), why=str(error))
             return _Outcome.DONE, None
         if isinstance(error, BatchTooLargeError):

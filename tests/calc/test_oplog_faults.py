@@ -50,6 +50,7 @@ def test_a_point_the_spool_cannot_store_is_refused_with_503(
     assert refused.headers["content-type"] == "application/json"
     assert "No space left on device" in refused.json()["error"]
     assert calc.metric("calc_operations_refused_total") == 1
+    assert calc.metric("calc_operations_pending") == 0
     assert post_sum(calc, "accepted-1").status_code == 200
     calc.terminate()
     assert calc.wait_exit(15) == 0
@@ -57,6 +58,7 @@ def test_a_point_the_spool_cannot_store_is_refused_with_503(
     assert 'id="accepted-1"' in written
     assert "refused-1" not in written
     assert "not accepted" in calc.log
+    assert "1 operations recorded, 1 written, 0 lost" in calc.log
 
 
 def test_buffer_full_drops_are_logged_and_counted_by_reason(start_calc: StartCalc) -> None:
