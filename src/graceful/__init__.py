@@ -6,7 +6,10 @@ dropping a request or losing a write.
 - `GracefulMiddleware`: readiness-relevant bookkeeping and `Connection: close` while draining.
 - `GracefulServer`: a uvicorn server whose SIGTERM runs delay -> close -> drain -> app shutdown.
 - `TaskRegistry`: background tasks with hard references, awaited with a deadline.
-- `BatchWriter`: buffers items, writes them in batches, flushes with retries at shutdown.
+- `BatchWriter`: buffers items, writes them in batches, flushes with retries at shutdown;
+  a sink says what to do with a failed batch by the error it raises (`PermanentWriteError`,
+  `BatchTooLargeError`, `HoldWriteError`, anything else: retry); `NotAccepted` from `add`
+  when its journal cannot store an item.
 - `guarded_protocol(...)`: request-head size and time limits for uvicorn's httptools.
 - `Spool`: a write-ahead spool so accepted lines survive a killed process.
 - `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.

@@ -147,6 +147,7 @@ class BatchWriter(Generic[T]):
         # A write whose outcome is not known yet (cancelled, still finishing): the next
         # attempt waits for it instead of writing the same items a second time.
         self._inflight: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[int] | None = None
         self._inflight_n = 0
         self._owed_settle = 0  # items done but not yet settled in the journal
         self.losses = LossLog(name, logger)
@@ -368,7 +369,16 @@ class BatchWriter(Generic[T]):
 
     async def close(self, timeout: float | None) -> int:
         """Stop the background task and flush (or drop) what is buffered, within
-        `timeout` seconds (None: no limit). Returns how many items were lost here."""
+        `timeout` seconds (None: no limit). Returns how many items were lost here.
+        A second call while the first runs waits for the same close (never a second
+        flush of the same items)."""
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(timeout), name=f"batch-writer-close-{self.name}"
+            )
+        return await self._close_task
+
+    async def _close(self, timeout: float | None) -> int:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         lost_before = self.lost

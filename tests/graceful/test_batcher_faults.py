@@ -333,3 +333,25 @@ def test_left_in_the_spool_is_not_reported_as_saved(
     assert "Left 1 items in the spool, lost unless this pod's next container starts" in (
         caplog.text
     )
+
+
+def test_close_called_twice_at_once_flushes_once() -> None:
+    """A second shutdown path calling close while the first runs: 1. 3 items, a slow
+    sink (0.2 s). 2. Two close(2) calls at once. 3. Each item is written once and
+    counted once, and both calls return when the one flush is done."""
+    writes: list[list[str]] = []
+
+    async def slow(items: Sequence[str]) -> None:
+        await asyncio.sleep(0.2)
+        writes.append(list(items))
+
+    async def scenario() -> tuple[list[int], BatchWriter[str]]:
+        writer = BatchWriter(slow, interval=30)
+        for item in ("a", "b", "c"):
+            writer.add(item)
+        return list(await asyncio.gather(writer.close(2), writer.close(2))), writer
+
+    lost, writer = asyncio.run(scenario())
+    assert lost == [0, 0]
+    assert writes == [["a", "b", "c"]]
+    assert (writer.written, writer.lost) == (3, 0)
