@@ -151,7 +151,7 @@ class BatchWriter(Generic[T]):
         self._inflight_n = 0
         self._owed_settle = 0  # items done but not yet settled in the journal
         self.losses = LossLog(name, logger)
-        self._refusals = LossLog(f"{name} not accepted", logger)
+        self._refusals = LossLog(name, logger, verb="Refused")
         self.written = 0
         self.attempts = 0
         self.failed_writes = 0
@@ -193,7 +193,7 @@ class BatchWriter(Generic[T]):
                 self.journal.append(item)
             except (OSError, ValueError) as exc:
                 self.refused += 1
-                self._refusals.add("journal", 1, repr(exc))
+                self._refusals.add("not_accepted", 1, f"the journal cannot store them: {exc}")
                 raise NotAccepted(f"not accepted: the journal cannot store it ({exc})") from exc
         self._buffer.append(item)
         # A writer backing off is not woken: it tries again when its pause is over.

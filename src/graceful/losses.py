@@ -26,8 +26,11 @@ REASONS = (BUFFER_FULL, REJECTED, WRITE_FAILED, SHUTDOWN, CLOSED)
 class LossLog:
     """Running totals by reason; `add` counts and logs (rate-limited per reason)."""
 
-    def __init__(self, what: str, logger: logging.Logger, every: float = 1.0) -> None:
+    def __init__(
+        self, what: str, logger: logging.Logger, every: float = 1.0, verb: str = "Lost"
+    ) -> None:
         self.what = what
+        self.verb = verb
         self.logger = logger
         self.every = every
         self.totals: Counter[str] = Counter()
@@ -75,7 +78,8 @@ class LossLog:
             return
         self._logged_at[reason] = time.monotonic()
         self.logger.error(
-            "Lost %d %s (%s: %s); %d %s so far, %d lost in all",
+            "%s %d %s (%s: %s); %d %s so far, %d %s in all",
+            self.verb,
             n,
             self.what,
             reason,
@@ -83,4 +87,5 @@ class LossLog:
             self.totals[reason],
             reason,
             self.total,
+            self.verb.lower(),
         )

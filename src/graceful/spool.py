@@ -71,6 +71,13 @@ class Spool:
     def recover(self) -> list[str]:
         """Lines left by an earlier process, oldest first; they are owed a settle."""
         lines: list[str] = []
+        # Leftovers of a kill between two steps of a settle: a .done file whose segment is
+        # gone, or a .done file never moved into place.
+        for stray in self.directory.glob("*.done-new"):
+            stray.unlink(missing_ok=True)
+        for done in self.directory.glob("*.done"):
+            if not done.with_suffix(SUFFIX).exists():
+                done.unlink(missing_ok=True)
         segments = sorted(
             (p for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit()),
             key=lambda p: int(p.stem),

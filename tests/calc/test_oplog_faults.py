@@ -57,7 +57,7 @@ def test_a_point_the_spool_cannot_store_is_refused_with_503(
     written = (tmp_path / "operations.lp").read_text()
     assert 'id="accepted-1"' in written
     assert "refused-1" not in written
-    assert "not accepted" in calc.log
+    assert "Refused 1 operations (not_accepted: the journal cannot store them" in calc.log
     assert "1 operations recorded, 1 written, 0 lost" in calc.log
 
 

@@ -286,3 +286,17 @@ def test_a_real_full_filesystem_refuses_lines_cleanly(tmp_path: Path) -> None:
     assert int(err) == errno.ENOSPC
     assert 0 < int(accepted) < 100_000
     assert recovered == f"recovered {accepted}"
+
+
+def test_leftovers_of_a_kill_mid_settle_are_cleared(tmp_path: Path) -> None:
+    """A kill between the steps of a settle leaves a .done file whose segment is gone, or
+    a .done-new never moved into place: 1. Both left in the directory. 2. The next
+    spool recovers nothing, and closing it leaves no directory behind."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / "000000000003.done").write_text("2")
+    (directory / "000000000004.done-new").write_text("1")
+    spool = Spool(directory)
+    assert spool.recover() == []
+    spool.close()
+    assert not directory.exists()
