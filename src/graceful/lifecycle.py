@@ -94,8 +94,8 @@ class Lifecycle:
         for what, count in self._unwritten:
             try:
                 counts[what] = count()
-            except Exception:
-                logger.exception("Cannot count unwritten %s", what)
+            except Exception as exc:
+                logger.error("Cannot count unwritten %s: %r", what, exc)
                 counts[what] = -1
         return counts
 
