@@ -178,13 +178,15 @@ class GracefulServer(uvicorn.Server):
                 why,
             )
         if tasks:
-            _, still = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+            # Within the budget, but always a few loop turns: most handlers end at once.
+            grace = max(POLL, self.lifecycle.remaining(CANCEL_GRACE) or 0.0)
+            _, still = await asyncio.wait(tasks, timeout=grace)
             if still:
                 logger.error(
                     "%d request handler(s) still running %.1f s after being cancelled; "
                     "the app's shutdown starts anyway",
                     len(still),
-                    CANCEL_GRACE,
+                    grace,
                 )
 
     async def _app_shutdown(self) -> None:

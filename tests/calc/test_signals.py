@@ -265,3 +265,24 @@ def test_a_handler_past_the_drain_timeout_is_cancelled_counted_and_logged(
     assert aborted < log.index("App stopping")
     assert sink_ids(tmp_path / "operations.lp") == []
     assert_clean_log(log)
+
+
+def test_drain_off_cuts_handlers_before_the_app_shutdown_without_a_traceback(
+    start_calc: StartCalc, tmp_path: Path
+) -> None:
+    """1. v4 (drain off) with a 5 s sum; one request computing. 2. SIGTERM. 3. The
+    request is cut (no response), counted and logged before the app's shutdown; the log
+    has no traceback and nothing after "Shutdown finished"; exit code 0."""
+    calc = start_calc("v4", CALC_SLOW_MATH="5")
+    sock = open_sum(calc, "cut-v4")
+    try:
+        wait_until(lambda: "request_id=cut-v4 calc: Calculating sum" in calc.log, 5)
+        calc.terminate()
+        assert read_status(sock) == 0
+        assert calc.wait_exit(10) == 0
+    finally:
+        sock.close()
+    log = calc.log
+    aborted = log.index("Aborted 1 connection(s) and 1 request(s): drain is off")
+    assert aborted < log.index("Shutdown phase app-shutdown took")
+    assert_clean_log(log)
