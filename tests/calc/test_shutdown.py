@@ -114,26 +114,33 @@ def test_v10_budget_bounds_the_delay_under_endless_traffic(start_calc: StartCalc
     )
     assert "Shutdown budget: shutdown phases need up to" in calc.log
     stop = threading.Event()
+    answered: list[int] = []
 
     def traffic() -> None:
         with httpx.Client(timeout=2) as client:
             while not stop.is_set():
                 try:
-                    client.post(f"{calc.url}/sum", json={"numbers": [1]})
+                    response = client.post(f"{calc.url}/sum", json={"numbers": [1]})
                 except httpx.HTTPError:
                     time.sleep(0.01)
+                else:
+                    answered.append(response.status_code)
 
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        time.sleep(0.3)  # let traffic flow before the signal (not a wait on state)
+        wait_until(lambda: len(answered) >= 5, 10, what="traffic to flow before the signal")
+        before = len(answered)
         sigterm = time.monotonic()
         calc.terminate()
         code = calc.wait_exit(10)
         took = time.monotonic() - sigterm
+        at_exit = len(answered)
     finally:
         stop.set()
         sender.join(10)
+    # Traffic never paused: answers kept coming after SIGTERM (the quiet period never ends).
+    assert set(answered) == {200} and at_exit - before > 20, (before, at_exit)
     assert code == 0
     assert 4.5 <= took < 6.0, took
     assert "Still receiving requests after" in calc.log
