@@ -3,13 +3,16 @@ RollingUpdate fenceposts, scale-down victims, the probe ticker, terminating endp
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lab.controller import DELETION_COST, VictimFacts, deletion_cost, deletion_key
+from lab.influx import free_port
 from lab.manifest import ManifestError, Strategy, load
-from tests.lab.labkit import tiny_manifest
+from tests.lab.labkit import READY_PROBE, cluster, run, tiny_manifest
 
 # -- RollingUpdate fenceposts (ResolveFenceposts) -----------------------------------------
 
@@ -82,3 +85,109 @@ def test_invalid_rolling_update_is_refused_naming_the_field(
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
     assert path.read_text() == before  # nothing changed
+
+
+# -- Scale-down victims (ActivePodsWithRanks) ---------------------------------------------
+
+
+def _facts(uid: str, **kw: Any) -> VictimFacts:
+    base: dict[str, Any] = {
+        "pending": False,
+        "ready": True,
+        "ready_since": 90.0,
+        "deletion_cost": 0,
+        "restarts": 0,
+        "created": 80.0,
+    }
+    return VictimFacts(uid=uid, **{**base, **kw})
+
+
+def _order(pods: list[VictimFacts], now: float = 100.0) -> list[str]:
+    return [f.uid for f in sorted(pods, key=lambda f: deletion_key(f, now))]
+
+
+def test_victims_in_the_order_of_active_pods_with_ranks() -> None:
+    """Pods that differ in one fact each, against a ready, Running, cost-0 pod.
+    1. Sort them for deletion at t = 100 s.
+    2. Pending, then not ready (more restarts, then newer), then the lower deletion cost,
+       then ready for a shorter time; the pod with cost 5 goes last."""
+    pods = [
+        _facts("z-ready-long", ready_since=10.0),
+        _facts("y-costly", deletion_cost=5, ready_since=99.0),
+        _facts("x-ready-short", ready_since=99.0),
+        _facts("w-unready-old", ready=False, ready_since=None, created=10.0),
+        _facts("v-unready-new", ready=False, ready_since=None, created=99.0),
+        _facts("u-unready-restarted", ready=False, ready_since=None, created=10.0, restarts=2),
+        _facts("t-pending", pending=True, ready=False, ready_since=None, created=10.0),
+        _facts("s-negative-cost", deletion_cost=-1, ready_since=10.0),
+    ]
+    assert _order(pods) == [
+        "t-pending",
+        "u-unready-restarted",
+        "v-unready-new",
+        "w-unready-old",
+        "s-negative-cost",
+        "x-ready-short",
+        "z-ready-long",
+        "y-costly",
+    ]
+
+
+def test_times_compare_on_a_log2_scale_then_by_uid() -> None:
+    """Two ready pods, ready 4.4 s and 8.5 s ago: the same floor(log2(ns)) bucket (32).
+    1. Sort them for deletion.
+    2. The UID decides, not the exact age (LogarithmicScaleDown); 1 s against 8.5 s
+       falls in different buckets and the shorter goes first whatever the UIDs."""
+    same = [_facts("b", ready_since=100.0 - 4.4), _facts("a", ready_since=100.0 - 8.5)]
+    assert _order(same) == ["a", "b"]
+    apart = [_facts("b", ready_since=100.0 - 1.0), _facts("a", ready_since=100.0 - 8.5)]
+    assert _order(apart) == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("-5", -5), ("7", 7), ("lots", 0), ("", 0), ("2147483648", 0), ("-2147483648", -(2**31))],
+)
+def test_deletion_cost_annotation(value: str, expected: int) -> None:
+    """A pod-deletion-cost annotation value.
+    1. Read it.
+    2. An int32, or 0 when missing or not an int32 (the sort ignores the parse error)."""
+    assert deletion_cost({DELETION_COST: value}) == expected
+    assert deletion_cost({}) == 0
+
+
+def test_scale_down_deletes_by_rank_on_the_tiny_app(tmp_path: Path) -> None:
+    """Tiny-app pods that are ready 1.5 s after they start.
+    1. 2 replicas (A, B) ready; B annotated with pod-deletion-cost 10.
+    2. Scale to 3 and wait until C is ready; scale to 4 (D starts, not ready yet).
+    3. Scale to 1 at once: D (not ready), C (ready for less time), then A go, in that
+       order; B, with the highest deletion cost, stays."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "1.5"],
+        readiness={**READY_PROBE, "periodSeconds": 1},
+        grace=1,
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(c.controller.complete, 20, "2 ready pods")
+            a, b = sorted(c.controller.active(), key=lambda p: p.created)
+            annotations = {**b.template.annotations, DELETION_COST: "10"}
+            b.template = dataclasses.replace(b.template, annotations=annotations)
+            c.controller.scale(3)
+            await c.until(c.controller.complete, 20, "3 ready pods")
+            (pod_c,) = [p for p in c.controller.active() if p not in (a, b)]
+            c.controller.scale(4)
+            await c.until(lambda: len(c.controller.active()) == 4, 5, "a 4th pod")
+            (d,) = [p for p in c.controller.active() if p not in (a, b, pod_c)]
+            assert not d.ready
+            c.controller.scale(1)
+            await c.until(lambda: len(c.controller.active()) == 1, 5, "1 pod left")
+            deleted = [e.pod for e in c.events.events if e.kind == "deleted"]
+            assert deleted == [d.name, pod_c.name, a.name]
+            assert c.controller.active() == [b]
+
+    run(scenario())
