@@ -3,6 +3,7 @@ RollingUpdate fenceposts, scale-down victims, the probe ticker, terminating endp
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from lab.controller import DELETION_COST, VictimFacts, deletion_cost, deletion_key
 from lab.influx import free_port
 from lab.manifest import ManifestError, Strategy, load
+from lab.pods import Ticker
 from tests.lab.labkit import READY_PROBE, cluster, run, tiny_manifest
 
 # -- RollingUpdate fenceposts (ResolveFenceposts) -----------------------------------------
@@ -189,5 +191,115 @@ def test_scale_down_deletes_by_rank_on_the_tiny_app(tmp_path: Path) -> None:
             deleted = [e.pod for e in c.events.events if e.kind == "deleted"]
             assert deleted == [d.name, pod_c.name, a.name]
             assert c.controller.active() == [b]
+
+    run(scenario())
+
+
+# -- Probe timing (prober/worker.go) -------------------------------------------------------
+
+
+def _probe_times(log: str, word: str) -> list[float]:
+    return [float(line.split()[1]) for line in log.splitlines() if line.startswith(word + " ")]
+
+
+def test_ticker_keeps_its_schedule_after_a_slow_receiver() -> None:
+    """A Ticker of 0.2 s.
+    1. Take the first tick (0.2 s); stay busy 0.3 s, past the tick at 0.4.
+    2. The next wait returns at once (the one kept tick); the one after waits for the tick
+       at 0.6, on the original schedule, not 0.2 s after the busy spell."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        origin = loop.time()
+        ticker = Ticker(0.2, origin)
+        await ticker.wait()
+        times = [loop.time() - origin]
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            await ticker.wait()
+            times.append(loop.time() - origin)
+        return times
+
+    first, late, next_tick = asyncio.run(scenario())
+    assert 0.2 <= first < 0.35
+    assert 0.5 <= late < 0.55  # at once
+    assert 0.6 <= next_tick < 0.7  # 0.2 s after the busy spell would be 0.7
+
+
+def test_probes_run_on_a_fixed_ticker_from_the_container_start(tmp_path: Path) -> None:
+    """A readiness exec probe that prints its start time and takes 0.3 s;
+    initialDelaySeconds 1.5, periodSeconds 1.
+    1. Start one pod; collect the probe start times from the pod log.
+    2. The first probe runs at the first tick after the initial delay (2 s, not 1.5 s),
+       then one per period on the same schedule (3 s, 4 s), not a period after each
+       probe ended (3.3 s, 4.6 s)."""
+    readiness = {
+        "exec": {"command": ["sh", "-c", "echo probe $(date +%s.%N); sleep 0.3"]},
+        "initialDelaySeconds": 1.5,
+        "periodSeconds": 1,
+        "timeoutSeconds": 5,
+    }
+    manifest = tiny_manifest(tmp_path / "m.yml", port=free_port(), readiness=readiness, grace=1)
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.pods(), 5, "a pod")
+            pod = c.pods()[0]
+            await c.until(lambda: len(_probe_times(c.log(pod), "probe")) >= 3, 15, "3 probes")
+            started = c.events.first(pod.name, "started")
+            assert started is not None
+            offsets = [t - started.wall for t in _probe_times(c.log(pod), "probe")[:3]]
+            for tick, offset in zip((2.0, 3.0, 4.0), offsets, strict=True):
+                assert tick - 0.05 <= offset < tick + 0.25, offsets
+
+    run(scenario())
+
+
+def test_readiness_keeps_probing_a_terminating_pod_liveness_stops(tmp_path: Path) -> None:
+    """A pod with readiness and liveness exec probes (period 1 s, each prints a line),
+    the readiness one failing once a flag file exists; preStop sleeps 6 s.
+    1. Wait until the pod is ready and both probes ran; delete it.
+    2. Readiness probes go on during preStop and the pod stays Ready (serving); no
+       liveness probe starts after the deletion.
+    3. Create the flag file: the pod turns not ready while still terminating."""
+    flag = tmp_path / "unready"
+    readiness = {
+        "exec": {"command": ["sh", "-c", f"echo ready $(date +%s.%N); test ! -e {flag}"]},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    }
+    liveness = {
+        "exec": {"command": ["sh", "-c", "echo live $(date +%s.%N)"]},
+        "periodSeconds": 1,
+    }
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        readiness=readiness,
+        liveness=liveness,
+        pre_stop={"sleep": {"seconds": 6}},
+        grace=10,
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(c.controller.complete, 15, "a ready pod")
+            (pod,) = c.controller.active()
+            await c.until(lambda: _probe_times(c.log(pod), "live"), 5, "a liveness probe")
+            c.controller.scale(0)
+            await c.until(lambda: pod.terminating, 2, "the pod deleted")
+            deleted = c.events.first(pod.name, "deleted")
+            assert deleted is not None
+
+            def after(word: str) -> list[float]:
+                return [t for t in _probe_times(c.log(pod), word) if t > deleted.wall + 0.2]
+
+            await c.until(lambda: len(after("ready")) >= 2, 5, "2 readiness probes")
+            assert pod.ready and pod.terminating and not pod.gone
+            assert after("live") == []
+            flag.touch()
+            await c.until(lambda: not pod.ready, 3, "the pod not ready")
+            assert pod.terminating and not pod.gone
+            assert c.events.first(pod.name, "sigterm") is None  # still in preStop
 
     run(scenario())
