@@ -7,7 +7,6 @@ so a typo in a manifest fails in a second instead of half-way through a rollout.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +105,26 @@ class Strategy:
 
 
 def _scaled(value: int | str, replicas: int, round_up: bool) -> int:
+    # intstr.GetScaledValueFromIntOrPercent, called by ResolveFenceposts
+    # (kubernetes pkg/controller/deployment/util/deployment_util.go): an integer percent
+    # of replicas, rounded up for maxSurge and down for maxUnavailable. In integers:
+    # in floats 28 % of 25 is 0.28 * 25 = 7.000000000000001, which would round up to 8.
     if isinstance(value, int):
         return value
-    fraction = float(value.rstrip("%")) / 100 * replicas
-    return math.ceil(fraction) if round_up else math.floor(fraction)
+    whole, rest = divmod(int(value[:-1]) * replicas, 100)
+    return whole + 1 if round_up and rest else whole
+
+
+def _check_rolling(rolling: _Fields, strategy: Strategy) -> None:
+    """The API server's checks (ValidateRollingUpdateDeployment, kubernetes
+    pkg/apis/apps/validation/validation.go): maxUnavailable at most 100 %, and not both 0."""
+    surge, unavailable = strategy.max_surge, strategy.max_unavailable
+    if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
+        rolling.fail(
+            rolling.at("maxUnavailable"), f"must not be greater than 100%, got {unavailable!r}"
+        )
+    if int(str(surge).rstrip("%")) == 0 and int(str(unavailable).rstrip("%")) == 0:
+        rolling.fail(rolling.at("maxUnavailable"), "may not be 0 when maxSurge is 0")
 
 
 @dataclass(frozen=True)
@@ -197,13 +212,16 @@ class _Fields:
         value = self.data.get(key, default)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
+        # The API server takes a whole percent only (IsValidPercent: ^[0-9]+%$, in
+        # k8s.io/apimachinery/pkg/util/validation): "12.5%" is refused, not rounded.
         if isinstance(value, str) and value.endswith("%"):
-            try:
-                if float(value[:-1]) >= 0:
-                    return value
-            except ValueError:
-                pass
-        self.fail(self.at(key), f"must be an integer or a percentage like '25%', got {value!r}")
+            digits = value[:-1]
+            if digits.isascii() and digits.isdigit():
+                return value
+        self.fail(
+            self.at(key),
+            f"must be an integer or a whole percentage like '25%', got {value!r}",
+        )
         raise AssertionError  # unreachable: fail() raises
 
     def int_or_str(self, key: str, required: bool = False) -> int | str:
@@ -406,6 +424,7 @@ def _deployment(f: _Fields) -> Deployment:
                     rolling.int_or_percent("maxSurge", "25%"),
                     rolling.int_or_percent("maxUnavailable", "25%"),
                 )
+                _check_rolling(rolling, strategy)
         else:
             strategy_f.fail(
                 strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {kind!r}"

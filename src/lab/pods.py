@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
@@ -168,32 +169,44 @@ class Kubelet:
                     continue
                 assert pod.process is not None
                 liveness_failed = asyncio.Event()
-                probes = [asyncio.create_task(self._readiness(pod))]
-                if pod.container.liveness is not None:
-                    probes.append(
-                        asyncio.create_task(
-                            self._liveness(pod, pod.container.liveness, liveness_failed)
-                        )
-                    )
-                exited = asyncio.ensure_future(pod.process.wait())
-                live = asyncio.ensure_future(liveness_failed.wait())
+                readiness = asyncio.create_task(self._readiness(pod))
                 try:
-                    await asyncio.wait({exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED)
+                    probes: list[asyncio.Task[None]] = []
+                    if pod.container.liveness is not None:
+                        probes.append(
+                            asyncio.create_task(
+                                self._liveness(pod, pod.container.liveness, liveness_failed)
+                            )
+                        )
+                    exited = asyncio.ensure_future(pod.process.wait())
+                    live = asyncio.ensure_future(liveness_failed.wait())
+                    try:
+                        await asyncio.wait(
+                            {exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        has_exited = exited.done()
+                        for task in [*probes, live, exited]:
+                            task.cancel()
+                        await asyncio.gather(*probes, live, exited, return_exceptions=True)
+                    if pod.delete_requested.is_set() and not has_exited:
+                        # The kubelet stops liveness (and startup) probes once the pod is
+                        # being deleted but keeps the readiness probe running: it feeds
+                        # the endpoint's `serving` condition while the pod terminates
+                        # (doProbe in pkg/kubelet/prober/worker.go).
+                        await self._terminate(pod, grace=pod.template.termination_grace)
+                        return
+                    await stop_task(readiness)
+                    if not has_exited:  # liveness failure: kill the container, restart
+                        self.events.add(pod.name, "liveness-failed", "restarting the container")
+                        self._set_ready(pod, False)
+                        await self._terminate(pod, grace=pod.template.termination_grace)
+                    else:
+                        self._container_exited(pod)
+                        self._set_ready(pod, False)
                 finally:
-                    has_exited = exited.done()
-                    for task in [*probes, live, exited]:
-                        task.cancel()
-                    await asyncio.gather(*probes, live, exited, return_exceptions=True)
-                if pod.delete_requested.is_set() and not has_exited:
-                    await self._terminate(pod, grace=pod.template.termination_grace)
-                    return
-                if not has_exited:  # liveness failure: kill the container, restart
-                    self.events.add(pod.name, "liveness-failed", "restarting the container")
-                    self._set_ready(pod, False)
-                    await self._terminate(pod, grace=pod.template.termination_grace)
-                else:
-                    self._container_exited(pod)
-                    self._set_ready(pod, False)
+                    # A container that is not running fails its readiness probe.
+                    await stop_task(readiness)
                 if pod.delete_requested.is_set():
                     return
                 await self._back_off(pod)
@@ -323,9 +336,10 @@ class Kubelet:
             # No readiness probe: Ready as soon as the container runs (v1's problem).
             self._set_ready(pod, True)
             return
-        await asyncio.sleep(probe.initial_delay)
         successes = failures = 0
+        schedule = ProbeSchedule(probe, asyncio.get_running_loop().time())
         while True:
+            await schedule.next()
             if await self.probe_once(pod, probe):
                 successes, failures = successes + 1, 0
                 if successes >= probe.success_threshold:
@@ -334,12 +348,12 @@ class Kubelet:
                 successes, failures = 0, failures + 1
                 if failures >= probe.failure_threshold:
                     self._set_ready(pod, False)
-            await asyncio.sleep(probe.period)
 
     async def _liveness(self, pod: Pod, probe: Probe, failed: asyncio.Event) -> None:
-        await asyncio.sleep(probe.initial_delay)
         failures = 0
+        schedule = ProbeSchedule(probe, asyncio.get_running_loop().time())
         while True:
+            await schedule.next()
             if await self.probe_once(pod, probe):
                 failures = 0
             else:
@@ -347,7 +361,6 @@ class Kubelet:
                 if failures >= probe.failure_threshold:
                     failed.set()
                     return
-            await asyncio.sleep(probe.period)
 
     async def wait_all_gone(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -370,6 +383,53 @@ class Kubelet:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 await stop_task(task)
+
+
+class Ticker:
+    """A Go `time.Ticker`: ticks at `origin + k * period`. A receiver still busy at a tick
+    gets that tick as soon as it asks, and the ticks after it are dropped, so a slow probe
+    does not shift the schedule."""
+
+    def __init__(self, period: float, origin: float) -> None:
+        self.period = period
+        self.origin = origin
+        self.last = origin
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self.last + self.period
+        if now >= due:
+            self.last = self.origin + math.floor((now - self.origin) / self.period) * self.period
+            return
+        await asyncio.sleep(due - now)
+        self.last = due
+
+
+class ProbeSchedule:
+    """When a probe worker probes, as the kubelet's does (`worker.run` and `doProbe` in
+    pkg/kubelet/prober/worker.go): once when the worker starts and then on every tick
+    of a fixed ticker of `periodSeconds`, skipping each tick that comes before
+    `initialDelaySeconds` since the container started. The lab starts the worker with
+    the container, so both clocks start together."""
+
+    def __init__(self, probe: Probe, origin: float) -> None:
+        self.initial_delay = probe.initial_delay
+        self.origin = origin
+        self.ticker = Ticker(probe.period, origin)
+        self.started = False
+
+    async def next(self) -> None:
+        """Return when the next probe is due."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.started:
+                await self.ticker.wait()
+            self.started = True
+            # The tick's own time, so a timer that fires a hair early is not a tick early.
+            now = max(loop.time(), self.ticker.last)
+            if now - self.origin >= self.initial_delay:
+                return
 
 
 def _describe(handler: Handler) -> str:
