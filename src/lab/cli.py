@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     matrix_cli.add_parser(sub)
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
+    run.add_argument(
+        "--deployment",
+        metavar="NAME",
+        help="the Deployment under test when the manifests hold several (default: the only "
+        "one, or the one behind the LoadBalancer/NodePort Service)",
+    )
     run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
     run.add_argument("--to", type=int, help="target replicas for --scenario scale")
     run.add_argument(
@@ -117,6 +123,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         seed=args.seed,
         progress=not args.quiet,
         faults=tuple(parse_fault(text) for text in args.fault),
+        deployment=args.deployment,
     )
 
 

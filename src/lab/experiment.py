@@ -70,8 +70,8 @@ def _uses_influx(container: Container) -> bool:
 
 def prepare(config: LabConfig) -> Prepared:
     config.validate()
-    manifests = load(config.manifests)
-    update = load(config.update_to) if config.update_to is not None else None
+    manifests = load(config.manifests, config.deployment)
+    update = load(config.update_to, config.deployment) if config.update_to is not None else None
     images = ImageMap.load(config.image_map_path)
     containers = [manifests.deployment.template.container]
     if update is not None:

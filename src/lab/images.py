@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from lab.manifest import Container, ManifestError
+from lab.manifest import image_name as image_name  # re-exported: the image map names images so
 
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -40,13 +41,6 @@ class Image:
     workdir: Path | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-
-
-def image_name(reference: str) -> str:
-    """`registry.example.com/team/calc:0.1.0@sha256:...` -> `calc`."""
-    ref = reference.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0]
 
 
 def expand(value: str, variables: Mapping[str, str]) -> str:
@@ -164,6 +158,8 @@ def container_env(
     for var in container.env:
         if var.field_ref is not None:
             value = fields[var.field_ref]
+        elif var.literal:
+            value = var.value or ""
         else:
             value = expand(var.value or "", defined)
         if rewrite is not None:
