@@ -26,6 +26,7 @@ from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
 from lab.k6 import K6Error
 from lab.manifest import ManifestError
+from lab.stopping import Signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         config = config_from(args)
-        result = run_experiment(config)
+        # Until the experiment's loop handles them, signals are recorded, not fatal.
+        with Signals().installed() as signals:
+            result = run_experiment(config, signals)
     except (ConfigError, ManifestError) as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
-        return 130
+        return exc.exit_code
     except (LabError, HAProxyError, InfluxError, K6Error) as exc:
         print(f"lab: failed: {exc}", file=sys.stderr)
         return 1
