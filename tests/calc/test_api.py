@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lab.influx import free_port
+from lab.influx import InfluxServer, free_port
+from tests.calc_support import StartCalc
 from tests.support import VENV_BIN, Processes, http_ok, wait_until
 
 
@@ -133,19 +135,72 @@ def test_request_id_is_honoured_or_generated_and_logged(api: tuple[str, Processe
     assert f"request_id={generated} calc: Calculating sum" in log
 
 
-def test_health_ready_and_metrics(api: tuple[str, Processes]) -> None:
-    """1. GET /health, /ready, /metrics. 2. Liveness and readiness say so; metrics count
-    responses by status and show the draining flag off."""
+def test_health_and_ready(api: tuple[str, Processes]) -> None:
+    """1. GET /health and /ready. 2. Liveness and readiness say so. 3. A bad request is
+    counted by its status in /metrics, and /metrics counts itself in flight."""
     url, _ = api
     assert httpx.get(f"{url}/health").json() == {"status": "healthy"}
     ready = httpx.get(f"{url}/ready")
-    assert ready.status_code == 200
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
     post(url, b"{}")
     text = httpx.get(f"{url}/metrics").text
     assert re.search(r'^calc_requests_total\{status="422"\} [1-9]', text, re.M)
-    assert "calc_draining 0" in text
     assert "calc_requests_in_flight 1" in text  # the /metrics request itself
-    assert "calc_operations_lost_total 0" in text
+
+
+def test_metrics_count_pending_written_lost_and_draining(
+    start_calc: StartCalc, tmp_path: Path
+) -> None:
+    """The operation gauges and counters, each moved away from zero.
+    1. v10 writing to an InfluxDB that is not running yet, batches of 2, --max-buffer 3.
+    2. Five sums: 3 are held (pending 3), the 2 beyond the cap are counted lost and the
+       log says so; nothing written; not draining.
+    3. InfluxDB starts on that address: the retry writes the 3 (written 3, pending 0,
+       lost stays 2).
+    4. SIGTERM: during the quiet period /metrics still answers and says draining 1."""
+    influx_port = free_port()
+    calc = start_calc(
+        "v10",
+        INFLUXDB_BASE_URL=f"http://127.0.0.1:{influx_port}",
+        CALC_BATCH_SIZE="2",
+        CALC_MAX_BUFFER="3",
+        CALC_BATCH_INTERVAL="0.2",
+        CALC_SLOW_MATH="0",
+        CALC_QUIET_PERIOD="3",
+    )
+
+    def metrics() -> dict[str, float]:
+        text = httpx.get(f"{calc.url}/metrics", timeout=2).text
+        return {
+            name: float(value)
+            for name, value in re.findall(r"^(calc_[a-z_]+) ([0-9.]+)$", text, re.M)
+        }
+
+    for i in range(5):
+        assert post(calc.url, b'{"numbers": [1, 2]}', **{"x-request-id": f"m-{i}"}).is_success
+    m = metrics()
+    assert (m["calc_operations_pending"], m["calc_operations_lost_total"]) == (3, 2), m
+    assert m["calc_operations_written_total"] == 0 and m["calc_draining"] == 0, m
+    assert "Dropping operations: buffer full (3); 1 lost so far" in calc.log
+    wait_until(lambda: "Writing 2 operations failed" in calc.log, 5, what="a failed write")
+
+    influx = InfluxServer(data_dir=tmp_path / "influx", port=influx_port)
+    try:
+        influx.start()
+        influx.create_database("calc")
+        wait_until(lambda: metrics()["calc_operations_written_total"] == 3, 15, what="3 written")
+        m = metrics()
+        assert (m["calc_operations_pending"], m["calc_operations_lost_total"]) == (0, 2), m
+        assert sorted(map(str, influx.field_values("calc", "operation", "id"))) == [
+            "m-0",
+            "m-1",
+            "m-2",
+        ]
+        calc.terminate()
+        wait_until(lambda: metrics()["calc_draining"] == 1, 2, what="draining 1")
+        assert calc.wait_exit(10) == 0
+    finally:
+        influx.close()
 
 
 json_values = st.recursive(

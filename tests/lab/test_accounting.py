@@ -69,16 +69,28 @@ def test_each_failure_kind_is_classified(processes: Processes, tmp_path: Path) -
         "refused": free_port(),
     }
     runs = {
-        kind: _k6(processes, tmp_path, kind, port, TIMEOUT="300ms")
+        kind: _k6(processes, tmp_path, kind, port, TIMEOUT="300ms", RUN_ID=f"run{kind}")
         for kind, port in targets.items()
     }
+    # What k6 records for each kind: a status, or no status and k6's error code.
+    recorded = {
+        "reset": (0, "1220"),
+        "eof": (0, "1000"),
+        "http_503": (503, "1503"),
+        "timeout": (0, "1050"),
+        "refused": (0, "1212"),
+    }
     for kind, process in runs.items():
-        process.wait(60)
+        assert process.wait(60) == 0, f"{kind}: k6 failed: {Processes.output(process)}"
         requests = read_requests(tmp_path / f"{kind}.csv")
         assert requests, f"{kind}: no requests recorded; {Processes.output(process)}"
         kinds = {r.kind for r in requests}
         assert kinds == {kind}, f"{kind}: got {kinds}, e.g. {requests[0]}"
-        assert all(r.rid.startswith(("1", "2")) or r.rid for r in requests)
+        assert {(r.status, r.error_code) for r in requests} == {recorded[kind]}, requests[0]
+        # One VU, its iterations in order: every request's id read back from the CSV.
+        assert sorted(r.rid for r in requests) == sorted(
+            f"run{kind}-1-{i}" for i in range(len(requests))
+        )
 
 
 def test_lost_and_orphan_operations_are_exact(
@@ -100,7 +112,7 @@ def test_lost_and_orphan_operations_are_exact(
         "--fail-id=-1-4",  # the suffix form, as `lab run` tests use it
     )
     k6 = _k6(processes, tmp_path, "acct", port, RUN_ID="acct")
-    assert k6.wait(60) == 0 or read_requests(tmp_path / "acct.csv")
+    assert k6.wait(60) == 0, Processes.output(k6)  # a k6 that failed part-way counts nothing
     requests = read_requests(tmp_path / "acct.csv")
     assert len(requests) >= 6, "too few iterations to include both special ids"
     ids = influx_server.field_values(influx_db, "operation", "id")

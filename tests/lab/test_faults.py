@@ -3,16 +3,21 @@ tiny app (HAProxy, k6, InfluxDB, pods as process groups)."""
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lab import accounting, cli
 from lab.config import ConfigError, Fault, parse_fault
 from lab.influx import free_port
+from lab.matrix import rewrite_manifests
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _run
+from tests.support import REPO
 
 INFLUX_ENV = [{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}]
 STEADY = (
@@ -162,6 +167,44 @@ def test_influx_down_is_recorded_and_influxdb_comes_back(tmp_path: Path) -> None
     assert _failed(report) > 0
 
 
+def _calc_v10(tmp_path: Path, batch_interval: str) -> Path:
+    """calc v10's own manifests, probes as the matrix's --quick, writing every
+    `batch_interval` seconds (30 s in the manifest: longer than these runs)."""
+    manifests = rewrite_manifests(REPO / "deploy" / "k8s" / "v10", tmp_path / "v10", quick=True)
+    path = manifests / "calc.yml"
+    documents = list(yaml.safe_load_all(path.read_text()))
+    for document in documents:
+        if document.get("kind") == "Deployment":
+            container = document["spec"]["template"]["spec"]["containers"][0]
+            container["env"].append({"name": "CALC_BATCH_INTERVAL", "value": batch_interval})
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return manifests
+
+
+@pytest.mark.slow
+def test_calc_v10_retries_its_buffered_points_through_influx_down(tmp_path: Path) -> None:
+    """1. calc v10 (one replica, writing every 0.3 s) under a steady 5 VUs.
+    2. influxd is stopped 1 s in, for 2.5 s, and started again on the same data dir.
+    3. No request fails: the sums do not wait for InfluxDB. The writes during the outage
+       fail and are retried (the pod log says so), and after it every answered sum has
+       its point: 0 lost, 0 orphans."""
+    out = tmp_path / "out"
+    report = _run(
+        out,
+        _calc_v10(tmp_path, "0.3"),
+        *STEADY,
+        *("--image-map", str(REPO / "deploy" / "lab-images.yml"), "--replicas", "1"),
+        *("--duration", "6", "--fault", "influx-down@1:2.5"),
+        timeout=120,
+    )
+    _started_and_ended(report, "influx-down")
+    assert report["failed"] == {} and report["ok"] == report["requests"] > 50
+    assert report["lost_operations"] == 0 and report["orphan_operations"] == 0
+    assert report["operations_logged"] == report["ok"]
+    logs = "".join(p.read_text() for p in out.rglob("calc-*.log"))
+    assert re.search(r"Writing \d+ operations failed \(.*\); will retry", logs), logs[-3000:]
+
+
 def test_lb_restart_keeps_the_server_set(tmp_path: Path) -> None:
     """Two pods; HAProxy is stopped and started again 1 s into the load: both servers are
     added back and requests succeed again after the restart."""
@@ -175,15 +218,33 @@ def test_lb_restart_keeps_the_server_set(tmp_path: Path) -> None:
     assert sum(1 for r in requests if r.kind == "ok" and r.t_ms > restarted_ms + 500) > 20
 
 
+def _durations_ms(k6_csv: Path) -> list[tuple[int, float]]:
+    """k6's `http_req_duration` samples: (timestamp in Unix ms, duration in ms)."""
+    with k6_csv.open(newline="") as f:
+        return [
+            (int(float(row["timestamp"])), float(row["metric_value"]))
+            for row in csv.DictReader(f)
+            if row["metric_name"] == "http_req_duration"
+        ]
+
+
 def test_influx_stall_delays_but_loses_nothing(tmp_path: Path) -> None:
-    """influxd SIGSTOPped for 2 s: the tiny app's writes wait (5 s timeout) and go through
-    after SIGCONT; no request fails, no operation is lost, nothing stays stopped."""
+    """1. One tiny-app pod writing a point per request before it answers (5 s timeout).
+    2. influxd SIGSTOPped for 2 s, 1 s into a 4 s steady load.
+    3. The requests in flight then wait for it: some take most of the 2 s, where
+       before the stall none took even 0.5 s. They go through after SIGCONT: no request
+       fails, no operation is lost, nothing stays stopped."""
+    out = tmp_path / "out"
     manifest = _tiny(tmp_path, 1, env=INFLUX_ENV)
-    report = _run(
-        tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "influx-stall@1:2"
-    )
-    _started_and_ended(report, "influx-stall")
+    report = _run(out, manifest, *STEADY, "--duration", "4", "--fault", "influx-stall@1:2")
+    faults = _started_and_ended(report, "influx-stall")
     assert report["failed"] == {} and report["lost_operations"] == 0 and report["ok"] > 30
+    stalled_ms = faults[0]["wall"] * 1000
+    durations = _durations_ms(out / "k6.csv")
+    before = [ms for t, ms in durations if t < stalled_ms]
+    assert before and max(before) < 500, max(before)
+    # Stalled 2 s; allow for the stop and the poll that notices the end.
+    assert max(ms for _, ms in durations) > 1500, sorted(ms for _, ms in durations)[-5:]
 
 
 def test_fault_at_a_rollout_event_fires_after_that_event(tmp_path: Path) -> None:

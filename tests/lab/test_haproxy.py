@@ -97,6 +97,7 @@ def test_draining_keeps_established_connections(processes: Processes) -> None:
         name="tinyapp",
     )
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 10, what="tinyapp")
+    app = processes.started[0]
 
     async def scenario(tmp: Path) -> None:
         registry = Registry()
@@ -107,20 +108,29 @@ def test_draining_keeps_established_connections(processes: Processes) -> None:
 
             def post() -> int:
                 url = f"{haproxy.url}/sum"
-                return httpx.post(url, json={"numbers": [1, 2]}, timeout=10).status_code
+                headers = {"x-request-id": "through-haproxy"}
+                return httpx.post(
+                    url, json={"numbers": [1, 2]}, headers=headers, timeout=10
+                ).status_code
 
             request = asyncio.ensure_future(asyncio.to_thread(post))
-            await asyncio.sleep(0.5)
+            # In flight: the app has the request (it logs it on arrival, then waits 1.5 s).
+            await asyncio.to_thread(
+                wait_until,
+                lambda: "request through-haproxy " in processes.output(app),
+                5,
+                what="the request to reach the app",
+            )
             haproxy.drain_server("pod-a")
+            assert haproxy.servers() == {"pod-a": "MAINT"}
             assert not haproxy.delete_server("pod-a"), "deleted with a connection attached"
+            assert not request.done()
             assert await request == 200
-            deleted = False
-            for _ in range(100):
-                deleted = haproxy.delete_server("pod-a")
-                if deleted:
-                    break
-                await asyncio.sleep(0.05)
-            assert deleted
+            # HAProxy lets go of the server's connection shortly after the answer.
+            await asyncio.to_thread(
+                wait_until, lambda: haproxy.delete_server("pod-a"), 5, what="del server"
+            )
+            assert haproxy.servers() == {}
         finally:
             await haproxy.stop()
             await registry.kill_all()
