@@ -177,8 +177,8 @@ class FileSink:
 
     A write that times out is not written twice: if its thread had not begun, it never
     will; if it had, the cancelled write waits for it and returns (the batching writer
-    counts a cancelled write that returns as written). A failed write is cut back, so a
-    retry never follows a torn line."""
+    counts a cancelled write that returns as written; a second cancel is obeyed). A
+    failed write is cut back, so a retry never follows a torn line."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -193,10 +193,9 @@ class FileSink:
             except asyncio.CancelledError:
                 if job.cancel():
                     raise
-                while not future.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(future)
-                future.result()
+                # Begun: its outcome is the answer. A second cancel means the caller is
+                # leaving for good (the writer gave up, the loop is closing): let it go.
+                await asyncio.shield(future)
 
     def _append(self, job: _Append) -> None:
         if not job.begin():
