@@ -97,7 +97,8 @@ class FakeInflux:
 
     def stored_ids(self) -> list[str]:
         with self._lock:
-            return [m.group(1) for line in self.stored if (m := _ID.search(line))]
+            found = [m.group(1) for line in self.stored if (m := _ID.search(line))]
+        return [re.sub(r"\\(.)", r"\1", value) for value in found]  # undo the escaping
 
     def _set(self, behaviour: Behaviour) -> None:
         with self._lock:
