@@ -10,9 +10,11 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -98,6 +100,51 @@ def stalled_port() -> Iterator[int]:
         sock.close()
 
 
+class SlowInflux:
+    """A hand-written InfluxDB 1.x stand-in on loopback: each write is held `delay`
+    seconds, then stored and answered 204."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.lines: list[str] = []
+        self.writes_started = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"])).decode()
+                fake.writes_started += 1
+                time.sleep(fake.delay)
+                fake.lines.extend(body.splitlines())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def ids(self) -> list[str]:
+        return [m for line in self.lines for m in _ID.findall(line)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def slow_influx() -> Iterator[SlowInflux]:
+    fake = SlowInflux(delay=1.5)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
 PAIRS = {
     "TERM+TERM": (signal.SIGTERM, signal.SIGTERM),
     "INT+INT": (signal.SIGINT, signal.SIGINT),
@@ -146,6 +193,31 @@ def test_a_second_signal_keeps_every_accepted_operation(
         assert "SIGINT again: no more waiting for requests" in log
         assert "Aborted 1 connection(s) and 1 request(s): second SIGINT" in log
     assert f"{len(answered)} written" in log
+    assert_clean_log(log)
+
+
+@pytest.mark.parametrize("profile", ["v9", "v10"])
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_a_second_signal_during_the_flush_does_not_cut_it(
+    start_calc: StartCalc, slow_influx: SlowInflux, profile: str, pair: str
+) -> None:
+    """1. calc (v9 or v10) writes to an InfluxDB that holds each write 1.5 s. 2. 25 sums
+    answered 200. 3. First signal; once the flush is under way, the second. 4. The second
+    is logged; the flush finishes: all 25 ids are in the sink, exit code 0, no
+    traceback, nothing after "Shutdown finished"."""
+    first, second = PAIRS[pair]
+    calc = start_calc(
+        profile, CALC_SLOW_MATH="0.05", CALC_QUIET_PERIOD="0", INFLUXDB_BASE_URL=slow_influx.url
+    )
+    answered = send_sums(calc, f"flush-{profile}-{pair.replace('+', '-')}")
+    os.kill(calc.process.pid, first)
+    wait_until(lambda: slow_influx.writes_started == 1, 5, what="the flush to reach the sink")
+    os.kill(calc.process.pid, second)
+    assert calc.wait_exit(10) == 0
+    log = calc.log
+    assert sorted(slow_influx.ids()) == sorted(answered), log
+    logged = "SIGINT again: no more waiting" if second == signal.SIGINT else "SIGTERM again"
+    assert logged in log
     assert_clean_log(log)
 
 
