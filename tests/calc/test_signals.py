@@ -358,3 +358,24 @@ def test_drain_off_cuts_handlers_before_the_app_shutdown_without_a_traceback(
     aborted = log.index("Aborted 1 connection(s) and 1 request(s): drain is off")
     assert aborted < log.index("Shutdown phase app-shutdown took")
     assert_clean_log(log)
+
+
+def test_a_third_signal_counts_the_operation_tasks_it_leaves(
+    start_calc: StartCalc, tmp_path: Path
+) -> None:
+    """1. v7 (a task per sum writes its point after a delay, tasks awaited at shutdown),
+    with a 30 s task delay. 2. 25 sums answered 200. 3. SIGTERM: the shutdown waits for
+    the 25 tasks. 4. SIGINT twice: exit at once (code 130), logging 25 operations left
+    unwritten, which is what the sink lacks."""
+    calc = start_calc("v7", CALC_SLOW_MATH="0.05", CALC_TASK_DELAY="30", CALC_TASK_TIMEOUT="60")
+    send_sums(calc, "tasks-v7")
+    calc.terminate()
+    wait_until(lambda: f"Waiting for {ACCEPTED} operation-log task(s)" in calc.log, 5)
+    os.kill(calc.process.pid, signal.SIGINT)
+    wait_until(lambda: "SIGINT again: no more waiting" in calc.log, 5, what="second logged")
+    os.kill(calc.process.pid, signal.SIGINT)
+    assert calc.wait_exit(5) == 128 + signal.SIGINT
+    log = calc.log
+    assert f"left unwritten: {ACCEPTED} operations;" in log, log
+    assert sink_ids(tmp_path / "operations.lp") == []
+    assert "Traceback" not in log
