@@ -20,6 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from calc.app import create_app
+from calc.config import CalcConfig
+from calc.service import operation_log_of, report_unwritten, shutdown_config
+from calc.sinks import FileSink
+from graceful import Lifecycle
 from lab.influx import free_port
 from tests.calc_support import CalcProcess, StartCalc
 from tests.support import wait_until
@@ -379,3 +384,21 @@ def test_a_third_signal_counts_the_operation_tasks_it_leaves(
     assert f"left unwritten: {ACCEPTED} operations;" in log, log
     assert sink_ids(tmp_path / "operations.lp") == []
     assert "Traceback" not in log
+
+
+def test_the_unwritten_count_hook_finds_the_operation_log_or_refuses(tmp_path: Path) -> None:
+    """1. An app from create_app (batch-graceful, spool on). 2. The hook finds its
+    operation log through the middleware and registers a count on the Lifecycle that
+    names the spool. 3. An object that holds no operation log is refused with a clear
+    error."""
+    config = CalcConfig(oplog="batch-graceful", spool=False, oplog_file=str(tmp_path / "o"))
+    lifecycle = Lifecycle(shutdown_config(config))
+    app = create_app(config, lifecycle, FileSink(tmp_path / "o"))
+    oplog = operation_log_of(app)
+    report_unwritten(lifecycle, oplog, spool=True)
+    oplog.record("one", 1, 1.0)
+    assert lifecycle.unwritten() == {
+        "operations (left in the spool, lost unless this pod's next container starts)": 1
+    }
+    with pytest.raises(TypeError, match="no operation log"):
+        operation_log_of(object())
