@@ -322,6 +322,29 @@ def test_a_handler_whose_client_vanished_still_records_its_operation(
     assert_clean_log(log)
 
 
+@pytest.mark.parametrize("profile", ["v9", "v10"])
+def test_a_client_that_vanishes_during_the_drain_still_gets_its_operation_recorded(
+    start_calc: StartCalc, tmp_path: Path, profile: str
+) -> None:
+    """1. calc with a 2 s sum; a client's POST /sum is computing. 2. SIGTERM: the drain
+    waits for it. 3. The client disconnects mid-drain. 4. The drain goes on waiting for
+    the handler; its point is flushed; exit 0, nothing after "Shutdown finished"."""
+    calc = start_calc(profile, CALC_SLOW_MATH="2", CALC_QUIET_PERIOD="0")
+    sock = open_sum(calc, "vanished-late")
+    try:
+        wait_until(lambda: "request_id=vanished-late calc: Calculating sum" in calc.log, 5)
+        calc.terminate()
+        wait_until(lambda: "Shutdown phase closing took" in calc.log, 5, what="the drain")
+    finally:
+        sock.close()
+    assert calc.wait_exit(10) == 0
+    log = calc.log
+    assert sink_ids(tmp_path / "operations.lp") == ["vanished-late"], log
+    assert "Draining 1 request handler(s) on 1 open connection(s)" in log
+    assert "1 written" in log
+    assert_clean_log(log)
+
+
 def test_a_handler_past_the_drain_timeout_is_cancelled_counted_and_logged(
     start_calc: StartCalc, tmp_path: Path
 ) -> None:
