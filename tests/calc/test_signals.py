@@ -258,14 +258,16 @@ def test_repeated_sigterm_does_not_shorten_the_delay(start_calc: StartCalc) -> N
 
 
 @pytest.mark.parametrize("profile", ["v9", "v10"])
+@pytest.mark.parametrize("third_signal", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 def test_a_third_signal_exits_at_once_and_logs_what_it_leaves(
-    start_calc: StartCalc, tmp_path: Path, stalled_port: int, profile: str
+    start_calc: StartCalc, tmp_path: Path, stalled_port: int, profile: str, third_signal: int
 ) -> None:
     """1. calc writes to an InfluxDB that accepts connections and never answers. 2. 25
     sums answered 200. 3. SIGTERM: the flush starts and hangs. 4. SIGINT: logged; the
-    flush goes on. 5. SIGINT again: the process exits at once (code 130) and logs that
-    it leaves 25 operations unwritten, which is exactly what the sink lacks. 6. v10 only:
-    the same pod's next start writes the 25 from the spool."""
+    flush goes on. 5. A third signal (SIGINT or SIGTERM): the process exits at once
+    (code 128 + the signal) and logs that it leaves 25 operations unwritten, which is
+    exactly what the sink lacks. 6. v10 only: the same pod's next start writes the 25
+    from the spool."""
     port = free_port()
     calc = start_calc(
         profile,
@@ -274,19 +276,20 @@ def test_a_third_signal_exits_at_once_and_logs_what_it_leaves(
         CALC_QUIET_PERIOD="0",
         INFLUXDB_BASE_URL=f"http://127.0.0.1:{stalled_port}",
     )
-    answered = send_sums(calc, f"third-{profile}")
+    answered = send_sums(calc, f"third-{profile}-{third_signal}")
     calc.terminate()
     wait_until(lambda: f"Logging {ACCEPTED} operations" in calc.log, 5, what="flush start")
     os.kill(calc.process.pid, signal.SIGINT)
     wait_until(lambda: "SIGINT again: no more waiting" in calc.log, 5, what="second logged")
     assert calc.process.poll() is None  # the flush is still allowed to run
     third = time.monotonic()
-    os.kill(calc.process.pid, signal.SIGINT)
-    assert calc.wait_exit(5) == 128 + signal.SIGINT
+    os.kill(calc.process.pid, third_signal)
+    assert calc.wait_exit(5) == 128 + third_signal
     assert time.monotonic() - third < 1.0
     log = calc.log
+    name = signal.Signals(third_signal).name
     match = re.search(
-        r"Exiting at once \(third signal\) in phase app-shutdown: "
+        rf"Exiting at once \(third signal, {name}\) in phase app-shutdown: "
         r"left unwritten: (\d+) operations",
         log,
     )
