@@ -40,7 +40,7 @@ class GracefulServer(uvicorn.Server):
     The first SIGTERM or SIGINT starts the shutdown. Later signals:
 
     - SIGTERM: logged, otherwise ignored. Whatever sends it again (a process manager, a
-      second `kill`) gets a SIGKILL in later anyway; cutting the flush would lose work.
+      second `kill`) sends SIGKILL later anyway; cutting the flush would lose work.
     - the first further SIGINT (Ctrl-C twice): stop waiting for requests (delay, quiet
       period, drain), abort what is still running, counted and logged; the app's own
       shutdown (awaiting its tasks, flushing its writers) still runs, within the budget.
