@@ -67,6 +67,7 @@ class Outcome:
     stored: dict[str, int] = field(default_factory=dict)
     spooled: set[str] = field(default_factory=set)
     writes: int = 0
+    peak_writes: int = 0  # most write requests the sink got in any one second
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -90,7 +91,8 @@ class Outcome:
         return (
             f"seed {self.plan.seed} {self.plan.profile}: answers {statuses}, "
             f"{len(self.vanished)} vanished, {len(self.stored)} ids stored, "
-            f"{len(self.spooled)} spooled, {self.writes} writes to the sink, "
+            f"{len(self.spooled)} spooled, {self.writes} writes to the sink "
+            f"(at most {self.peak_writes} in a second), "
             f"{len(self.lives)} process(es) exited {exits}"
         )
 
@@ -129,6 +131,7 @@ class ChaosRun:
                 thread.join(15)
             self.outcome.stored = self.sink.stored_ids()
             self.outcome.writes = len(self.sink.requests)
+            self.outcome.peak_writes = peak_per_second([r.at for r in self.sink.requests])
             self.sink.close()
         for life in self.outcome.lives:
             life.log = self.processes.output(life.process)
@@ -282,6 +285,17 @@ class ChaosRun:
                     if name.startswith("calc_operations_"):
                         with contextlib.suppress(ValueError):
                             life.metrics[name] = float(value)
+
+
+def peak_per_second(times: list[float]) -> int:
+    """The most of `times` (seconds) that fall in any window of one second."""
+    times = sorted(times)
+    peak, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
 
 
 def spooled_ids(directory: Path) -> set[str]:

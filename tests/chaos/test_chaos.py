@@ -16,7 +16,7 @@ import pytest
 
 from tests.chaos.fake_influx import ScriptedInflux, Segment
 from tests.chaos.plan import GRACE_PERIOD, Plan, draw
-from tests.chaos.run import ChaosRun, Life, Outcome, check, spooled_ids
+from tests.chaos.run import ChaosRun, Life, Outcome, check, peak_per_second, spooled_ids
 from tests.support import Processes, wait_until
 
 LINE = 'operation,name=sum,pod=p id="{rid}",numbers=2.0,result=3.0 {ts}'
@@ -225,3 +225,9 @@ def test_a_killed_process_is_held_to_what_it_had_counted(missing: int, flagged: 
     outcome = outcome_of(dict.fromkeys(ids, 200), set(ids[missing:]), set(), life)
     problems = check(outcome)
     assert any("neither in the sink nor in the spool" in p for p in problems) == flagged, problems
+
+
+def test_peak_writes_per_second() -> None:
+    """Times 0, 0.5, 0.9, 1.2, 3: at most 3 fall in one second; none: 0."""
+    assert peak_per_second([3.0, 0.0, 0.5, 0.9, 1.2]) == 3
+    assert peak_per_second([]) == 0
