@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -96,6 +97,14 @@ async def read_body(request: Request) -> bytes:
             raise BadInput(413, f"body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 in the JSON shape of every other calc error (Starlette answers text)."""
+    assert isinstance(exc, HTTPException)
+    response = json_response(exc.status_code, {"error": exc.detail.lower()})
+    response.headers.update(exc.headers or {})  # 405 keeps its Allow header
+    return response
 
 
 def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
@@ -179,6 +188,7 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={404: http_error, 405: http_error},
     )
     app.state.oplog = oplog
     return RequestContext(app, statuses)

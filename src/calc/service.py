@@ -7,7 +7,7 @@ import logging
 from calc.app import create_app
 from calc.config import CalcConfig
 from calc.logs import setup_logging
-from calc.oplog import make_sink
+from calc.oplog import OperationLog, make_sink
 from graceful import (
     GracefulServer,
     Lifecycle,
@@ -43,9 +43,29 @@ def app_phase_limits(config: CalcConfig) -> dict[str, float]:
     return {}
 
 
+def operation_log_of(app: object) -> OperationLog:
+    """The OperationLog inside an app from `create_app` (kept on the Starlette app's state,
+    which RequestContext wraps)."""
+    oplog = getattr(getattr(getattr(app, "app", None), "state", None), "oplog", None)
+    if not isinstance(oplog, OperationLog):
+        raise TypeError(f"no operation log in {app!r}")
+    return oplog
+
+
+def report_unwritten(lifecycle: Lifecycle, oplog: OperationLog, spool: bool) -> None:
+    """Let a forced exit (a third signal) log how many accepted operations it leaves."""
+    if oplog.mode == "off":
+        return
+    what = "operations"
+    if spool and oplog.mode.startswith("batch"):
+        what += " (left in the spool, lost unless this pod's next container starts)"
+    lifecycle.report_unwritten(what, lambda: oplog.pending)
+
+
 def build_server(config: CalcConfig) -> GracefulServer:
     lifecycle = Lifecycle(shutdown_config(config))
     app = create_app(config, lifecycle, make_sink(config))
+    report_unwritten(lifecycle, operation_log_of(app), config.spool)
     return build_graceful_server(
         app,
         lifecycle,

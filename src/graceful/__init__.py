@@ -12,7 +12,15 @@ dropping a request or losing a write.
 - `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.
 """
 
-from graceful.batcher import BatchWriter, Journal, PermanentWriteError, RetryPolicy
+from graceful.batcher import (
+    BatchTooLargeError,
+    BatchWriter,
+    HoldWriteError,
+    Journal,
+    NotAccepted,
+    PermanentWriteError,
+    RetryPolicy,
+)
 from graceful.config import ShutdownConfig, budget_problems
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
@@ -23,12 +31,15 @@ from graceful.spool import Spool, SpoolBusy
 from graceful.tasks import TaskRegistry
 
 __all__ = [
+    "BatchTooLargeError",
     "BatchWriter",
     "GracefulMiddleware",
     "GracefulServer",
     "GuardedHttpToolsProtocol",
+    "HoldWriteError",
     "Journal",
     "Lifecycle",
+    "NotAccepted",
     "PermanentWriteError",
     "Phase",
     "RetryPolicy",

@@ -16,8 +16,9 @@ class ShutdownConfig:
     delay: keep serving `pre_close_delay` seconds, then (if `quiet_period` > 0) until no
         new request came for `quiet_period` seconds, at most `quiet_max` seconds in all.
     close: stop listening.
-    drain: with `drain`, wait for in-flight requests (at most `drain_timeout`, None =
-        no limit but the budget); without, abort every connection at once.
+    drain: with `drain`, wait for in-flight requests, i.e. open connections and running
+        handlers (at most `drain_timeout`, None = no limit but the budget); without, abort
+        every connection and cancel every handler at once.
     app: the ASGI lifespan shutdown (the app awaits its tasks and flushes its writers,
         bounded by `Lifecycle.remaining()`).
     Every wait ends by `grace_period - safety_margin` after SIGTERM when `enforce_budget`.

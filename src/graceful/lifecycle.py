@@ -1,12 +1,16 @@
 """State shared by the server, the middleware and the app: phase, in-flight requests,
-last activity and the shutdown deadline."""
+last activity, the shutdown deadline, and what the app would leave unwritten."""
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
+from collections.abc import Callable
 
 from graceful.config import ShutdownConfig
+
+logger = logging.getLogger("graceful.lifecycle")
 
 
 class Phase(enum.Enum):
@@ -29,6 +33,12 @@ class Lifecycle:
         self.shutdown_signal: int | None = None
         self.in_flight = 0
         self.last_activity = time.monotonic()
+        # Set by the server just before it cancels request handlers (drain off, drain time
+        # up, or a second SIGINT): the middleware then counts a cancellation as ours.
+        self.aborting_requests = False
+        self.requests_cancelled = 0
+        self.requests_finished_late = 0
+        self._unwritten: list[tuple[str, Callable[[], int]]] = []
 
     # -- recorded by the signal handler ----------------------------------------------------
 
@@ -70,6 +80,24 @@ class Lifecycle:
             return limit
         left = max(0.0, deadline - time.monotonic())
         return left if limit is None else min(limit, left)
+
+    # -- what a forced exit would leave behind ------------------------------------------
+
+    def report_unwritten(self, what: str, count: Callable[[], int]) -> None:
+        """Register how the app counts work it accepted but has not finished writing (e.g.
+        buffered points). A forced exit logs each count before the process ends."""
+        self._unwritten.append((what, count))
+
+    def unwritten(self) -> dict[str, int]:
+        """The registered counts now; a count that fails is logged and reported as -1."""
+        counts: dict[str, int] = {}
+        for what, count in self._unwritten:
+            try:
+                counts[what] = count()
+            except Exception as exc:
+                logger.error("Cannot count unwritten %s: %r", what, exc)
+                counts[what] = -1
+        return counts
 
     # -- request bookkeeping (middleware) -------------------------------------------------
 

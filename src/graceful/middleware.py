@@ -1,11 +1,16 @@
-"""ASGI middleware: in-flight and activity bookkeeping, `Connection: close` while draining."""
+"""ASGI middleware: in-flight and activity bookkeeping, `Connection: close` while draining,
+and an account of every request handler that is cancelled or outlives the drain."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from graceful.asgi import ASGIApp, Message, Receive, Scope, Send
-from graceful.lifecycle import Lifecycle
+from graceful.lifecycle import Lifecycle, Phase
 
 CONNECTION_CLOSE = (b"connection", b"close")
+logger = logging.getLogger("graceful.middleware")
 
 
 class GracefulMiddleware:
@@ -14,6 +19,10 @@ class GracefulMiddleware:
     While draining, a server that keeps a client's connection open keeps receiving its
     requests after the load balancer dropped it (established connections survive endpoint
     removal), so every response then says `Connection: close`.
+
+    `lifecycle.in_flight` counts running handlers, including those whose client has gone:
+    uvicorn's httptools protocol only marks such a request disconnected and lets its
+    handler run on, so the drain waits on this count, not only on open connections.
     """
 
     def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
@@ -42,5 +51,18 @@ class GracefulMiddleware:
                 await send(message)
 
             await self.app(scope, receive, send_closing)
+        except asyncio.CancelledError:
+            if not lifecycle.aborting_requests:
+                raise
+            # The server cut this request on purpose and counts and logs it. Ending here
+            # keeps uvicorn from logging the cancellation as an application error.
+            lifecycle.requests_cancelled += 1
         finally:
             lifecycle.request_finished()
+            if lifecycle.phase in (Phase.APP_SHUTDOWN, Phase.STOPPED):
+                lifecycle.requests_finished_late += 1
+                logger.warning(
+                    "A %s %s handler ended after the app's shutdown began",
+                    scope.get("method", "?"),
+                    scope.get("path", "?"),
+                )

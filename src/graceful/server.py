@@ -4,7 +4,10 @@
 
 uvicorn alone closes the listener at once, never says `Connection: close`, has no
 readiness flip and no delay (DESIGN.md §4). The signal handler only records; the
-serving loop notices and runs the phases.
+serving loop and a watcher task notice and act.
+
+Signals after the first (see `GracefulServer`): a SIGTERM is logged and ignored; a SIGINT
+first ends the waits for requests, and the next one exits at once.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -24,26 +29,44 @@ from graceful.lifecycle import Lifecycle, Phase
 
 logger = logging.getLogger("graceful.server")
 
-POLL = 0.05  # seconds between checks of in-flight state while waiting
+POLL = 0.05  # seconds between checks of in-flight state and of signals while waiting
+CANCEL_GRACE = 1.0  # seconds a cancelled request handler gets to end before we go on
+EXIT_APP_OVERRAN = 1  # exit code when the app's shutdown outlives the budget
 
 
 class GracefulServer(uvicorn.Server):
     """`uvicorn.Server` with phased shutdown driven by a `Lifecycle`.
 
-    A second SIGINT/SIGTERM forces the remaining waits to end at once.
+    The first SIGTERM or SIGINT starts the shutdown. Later signals:
+
+    - SIGTERM: logged, otherwise ignored. Whatever sends it again (a process manager, a
+      second `kill`) gets a SIGKILL in later anyway; cutting the flush would lose work.
+    - the first further SIGINT (Ctrl-C twice): stop waiting for requests (delay, quiet
+      period, drain), abort what is still running, counted and logged; the app's own
+      shutdown (awaiting its tasks, flushing its writers) still runs, within the budget.
+    - the next SIGINT (a third signal): log what the app leaves unwritten
+      (`Lifecycle.report_unwritten`) and exit at once with 128 + the signal number.
     """
 
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.phase_durations: dict[str, float] = {}
+        self.signals: list[int] = []  # every signal handled, in order of arrival
+        self.hurry = False  # a second SIGINT came: no more waiting for requests
+        self.exit_now = False  # a third signal came: exit at once
+        self._signals_logged = 1  # the first is logged by "Shutdown started"
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- signals: record only ----------------------------------------------------------
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit:
-            self.force_exit = True
+        self.signals.append(sig)
         self.lifecycle.record_shutdown_request(sig)
+        if self.should_exit and sig == signal.SIGINT:
+            if self.hurry:
+                self.exit_now = True
+            self.hurry = True
         self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -63,6 +86,9 @@ class GracefulServer(uvicorn.Server):
         lifecycle = self.lifecycle
         config = lifecycle.config
         logger.info("Shutdown started (signal %s)", _signal_name(lifecycle.shutdown_signal))
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch_signals(), name="graceful-signal-watcher"
+        )
 
         with self._phase(Phase.DELAY):
             await self._delay()
@@ -77,15 +103,13 @@ class GracefulServer(uvicorn.Server):
             if config.drain:
                 await self._drain()
             else:
-                self._abort_all("drain is off")
+                await self._abort_all("drain is off")
 
         with self._phase(Phase.APP_SHUTDOWN):
-            if not self.force_exit:
-                await self.lifespan.shutdown()
+            await self._app_shutdown()
         lifecycle.phase = Phase.STOPPED
-        # uvicorn re-raises a captured signal after shutdown, so the process would die by
-        # SIGTERM; a clean graceful shutdown exits 0 instead.
-        self._captured_signals.clear()
+        await self._stop_watcher()
+        await self._report_leftovers()
         total = time.monotonic() - (lifecycle.shutdown_requested_at or time.monotonic())
         logger.info("Shutdown finished in %.2f s", total)
 
@@ -94,7 +118,7 @@ class GracefulServer(uvicorn.Server):
         started = time.monotonic()
         if config.pre_close_delay > 0:
             await self._wait(lambda: False, config.pre_close_delay, "pre-close delay")
-        if config.quiet_period > 0:
+        if config.quiet_period > 0 and not self.hurry:
             limit = max(0.0, config.quiet_max - (time.monotonic() - started))
 
             # Quiet is counted from SIGTERM at the earliest: a pod idle at that moment
@@ -105,31 +129,45 @@ class GracefulServer(uvicorn.Server):
                 last = max(self.lifecycle.last_activity, since)
                 return time.monotonic() - last >= config.quiet_period
 
-            if not await self._wait(quiet, limit, "quiet period"):
+            if not await self._wait(quiet, limit, "quiet period") and not self.hurry:
                 logger.warning("Still receiving requests after %.2f s; closing anyway", limit)
 
+    def _busy(self) -> bool:
+        """A connection is open or a request handler still runs (its client may be gone)."""
+        state = self.server_state
+        return bool(state.connections or state.tasks or self.lifecycle.in_flight)
+
     async def _drain(self) -> None:
-        for connection in list(self.server_state.connections):
+        state = self.server_state
+        for connection in list(state.connections):
             connection.shutdown()  # idle ones close now, busy ones after their response
+        running = max(len(state.tasks), self.lifecycle.in_flight)
+        if running:
+            logger.info(
+                "Draining %d request handler(s) on %d open connection(s)",
+                running,
+                len(state.connections),
+            )
         drained = await self._wait(
-            lambda: not self.server_state.connections,
-            self.lifecycle.config.drain_timeout,
-            "in-flight requests",
+            lambda: not self._busy(), self.lifecycle.config.drain_timeout, "in-flight requests"
         )
         if not drained:
-            self._abort_all("drain time is up")
+            await self._abort_all("second SIGINT" if self.hurry else "drain time is up")
         for server in self.servers:
             # Python 3.12+ also waits here for connections; aborted ones may lag a little.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
-    def _abort_all(self, why: str) -> None:
+    async def _abort_all(self, why: str) -> None:
+        """Close every connection and cancel every request handler, then give the
+        handlers a bounded moment to end, so none runs into the app's shutdown unseen."""
         connections = list(self.server_state.connections)
         tasks = list(self.server_state.tasks)
         for connection in connections:
             transport = getattr(connection, "transport", None)
             if transport is not None:
                 transport.abort()
+        self.lifecycle.aborting_requests = True
         for task in tasks:
             task.cancel()
         if connections or tasks:
@@ -139,16 +177,44 @@ class GracefulServer(uvicorn.Server):
                 len(tasks),
                 why,
             )
+        if tasks:
+            # Within the budget, but always a few loop turns: most handlers end at once.
+            grace = max(POLL, self.lifecycle.remaining(CANCEL_GRACE) or 0.0)
+            _, still = await asyncio.wait(tasks, timeout=grace)
+            if still:
+                logger.error(
+                    "%d request handler(s) still running %.1f s after being cancelled; "
+                    "the app's shutdown starts anyway",
+                    len(still),
+                    grace,
+                )
+
+    async def _app_shutdown(self) -> None:
+        """The ASGI lifespan shutdown, which bounds itself by `lifecycle.remaining()`.
+
+        Never skipped: that is where accepted work is written. If it still overruns the
+        budget (a stuck app), exit at once with what is left unwritten logged.
+        """
+        limit = self.lifecycle.remaining(None)
+        if limit is not None:
+            # The app's own deadline is the same instant; give it a moment to report.
+            limit += self.lifecycle.config.safety_margin / 2
+        task = asyncio.get_running_loop().create_task(
+            self.lifespan.shutdown(), name="graceful-app-shutdown"
+        )
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            self._exit_at_once("the app's shutdown overran the budget", EXIT_APP_OVERRAN)
 
     async def _wait(self, done: Callable[[], bool], limit: float | None, what: str) -> bool:
-        """Wait until `done()`, at most `limit` s and never past the budget or a forced
-        exit. True when `done()` came true."""
+        """Wait until `done()`, at most `limit` s and never past the budget or a second
+        SIGINT. True when `done()` came true."""
         limit = self.lifecycle.remaining(limit)
         deadline = None if limit is None else time.monotonic() + limit
         counter = 0
         while not done():
-            if self.force_exit:
-                logger.warning("Forced exit: stopped waiting for %s", what)
+            if self.hurry:
+                logger.warning("Second SIGINT: stopped waiting for %s", what)
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -157,6 +223,78 @@ class GracefulServer(uvicorn.Server):
             if counter % 20 == 0:
                 await self.on_tick(0)  # keeps the Date header fresh while we still serve
         return True
+
+    # -- later signals, and the forced path -------------------------------------------------
+
+    async def _watch_signals(self) -> None:
+        """Runs from the start of the shutdown to its end: logs each later signal (the
+        handler may not) and exits at once on a third signal, whatever phase is running."""
+        while True:
+            while self._signals_logged < len(self.signals):
+                sig = self.signals[self._signals_logged]
+                self._signals_logged += 1
+                self._log_later_signal(sig)
+            if self.exit_now:
+                self._exit_at_once("third signal", 128 + self.signals[-1])
+            await asyncio.sleep(POLL)
+
+    def _log_later_signal(self, sig: int) -> None:
+        if sig != signal.SIGINT:
+            logger.warning(
+                "%s again during shutdown: ignored, the shutdown goes on", _signal_name(sig)
+            )
+            return
+        interrupts = sum(1 for s in self.signals[1 : self._signals_logged] if s == signal.SIGINT)
+        if interrupts == 1:
+            logger.warning(
+                "SIGINT again: no more waiting for requests; accepted work is still written "
+                "(one more SIGINT exits at once)"
+            )
+
+    def _exit_at_once(self, why: str, code: int) -> None:
+        """Log what stays unwritten and end the process now, with no cleanup: a cancelled
+        app shutdown would only add tracebacks, and whoever forces the exit wants it now."""
+        unwritten = self.lifecycle.unwritten()
+        listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
+        logger.error(
+            "Exiting at once (%s) in phase %s: left unwritten: %s; %d request(s) still running",
+            why,
+            self.lifecycle.phase.value,
+            listed,
+            self.lifecycle.in_flight,
+        )
+        _flush_log_handlers()
+        self.hard_exit(code)
+
+    # The forced path, as a hook for embedding (tests, or a host that must not exit).
+    hard_exit: Callable[[int], Any] = staticmethod(os._exit)
+
+    async def _stop_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _report_leftovers(self) -> None:
+        """Whatever still runs now is cancelled when the event loop closes, after
+        "Shutdown finished": name it here rather than let it go unseen."""
+        handlers = [t for t in self.server_state.tasks if not t.done()]
+        if handlers:
+            logger.error("%d request handler(s) still running at exit are cancelled", len(handlers))
+        current = asyncio.current_task()
+        others = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and not t.done() and t not in self.server_state.tasks
+        ]
+        if others:
+            # e.g. the lifespan task, a step away from its end once it said "complete"
+            _, still = await asyncio.wait(others, timeout=0.2)
+            others = list(still)
+        if others:
+            names = ", ".join(sorted(t.get_name() for t in others))
+            logger.error("%d task(s) still running at exit are cancelled: %s", len(others), names)
 
     @contextlib.contextmanager
     def _phase(self, phase: Phase) -> Iterator[None]:
@@ -168,6 +306,12 @@ class GracefulServer(uvicorn.Server):
             took = time.monotonic() - started
             self.phase_durations[phase.value] = took
             logger.info("Shutdown phase %s took %.3f s", phase.value, took)
+
+
+def _flush_log_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
 
 
 def _signal_name(signum: int | None) -> str:

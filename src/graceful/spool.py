@@ -1,14 +1,22 @@
 """A write-ahead spool for a BatchWriter of text lines: what was accepted but not yet
 written survives the process being killed.
 
-Every accepted line is appended to the open segment file (one `write` system call; no
-fsync, so it survives the process, not the machine: exactly what a container restart in
-the same pod needs, since an `emptyDir` volume lives as long as the pod). Before each batch
-is taken, the open segment is sealed; a sealed segment is deleted once all its lines are
-settled (written, or rejected for good). At start, `recover()` returns the lines of every
-segment left by a previous process, oldest first, and they are written again: InfluxDB
-overwrites a point with the same measurement, tags and timestamp, so a line written
-twice is stored once.
+Every accepted line is appended to the open segment file (`write` system calls until
+every byte is down; no fsync, so it survives the process, not the machine: exactly what a
+container restart in the same pod needs, since an `emptyDir` volume lives as long as the
+pod). A segment is sealed once it holds `segment_lines` lines, so the number of files
+grows with the points, never with write attempts. The oldest lines are settled (written,
+or given up for good) in order; a segment is deleted once all its lines are settled, and
+a partly settled one records how many in a `.done` file (replaced atomically). At start,
+`recover()` returns the lines of every segment left by a previous process, oldest first,
+and they are written again: InfluxDB overwrites a point with the same measurement, tags
+and timestamp, so a line written twice is stored once.
+
+Failures keep memory and disk consistent: an append that fails (disk full) is undone
+(the file is cut back to its last whole line, and the segment is abandoned so a torn tail
+can never be glued to a later line) and raises `OSError`: the line was not accepted. A
+settle that fails raises before changing the spool's bookkeeping, so settling again later
+(with the count still owed) removes exactly the lines that were written.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import fcntl
 import logging
 import os
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger("graceful.spool")
@@ -29,9 +38,19 @@ class SpoolBusy(RuntimeError):
     """Another live process holds this spool directory."""
 
 
+@dataclass
+class _Segment:
+    path: Path
+    lines: int  # whole lines in the file
+    settled: int  # of which the oldest `settled` are done with
+
+
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_lines: int = 1000) -> None:
+        if segment_lines < 1:
+            raise ValueError("segment_lines must be at least 1")
         self.directory = directory
+        self.segment_lines = segment_lines
         self.directory.mkdir(parents=True, exist_ok=True)
         # One process per spool: a second one would replay and delete live segments.
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -40,87 +59,125 @@ class Spool:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise SpoolBusy(f"spool directory {directory} is in use by another process") from None
-        self._sealed: deque[tuple[Path, int]] = deque()  # oldest first, lines not yet settled
+        self._segments: deque[_Segment] = deque()  # oldest first; the last may be open
         self._next = self._first_free_number()
-        self._open_path: Path | None = None
         self._open_fd: int | None = None
-        self._open_count = 0
+        self._open_size = 0  # bytes of whole lines in the open segment
 
     def _first_free_number(self) -> int:
         numbers = [int(p.stem) for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit()]
         return max(numbers, default=0) + 1
 
     def recover(self) -> list[str]:
-        """Lines left by an earlier process, oldest first; they count as sealed."""
+        """Lines left by an earlier process, oldest first; they are owed a settle."""
         lines: list[str] = []
         segments = sorted(
             (p for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit()),
             key=lambda p: int(p.stem),
         )
         for path in segments:
-            # A line cut by the kill has no newline: it was never acknowledged as stored.
-            text = path.read_text(encoding="utf-8", errors="replace")
-            found = [line for line in text.split("\n")[:-1] if line]
-            found = found[self._settled_count(path) :]
+            # A line cut by a kill (or a failed append) has no newline: it was never
+            # accepted, so it is skipped.
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            whole = [line for line in text.split("\n")[:-1] if line]
+            settled = min(_settled_count(path), len(whole))
+            found = whole[settled:]
             if found:
-                self._sealed.append((path, len(found)))
+                self._segments.append(_Segment(path, len(whole), settled))
                 lines.extend(found)
             else:
-                self._remove(path)
+                _remove(path)
         if lines:
             logger.warning(
-                "Recovered %d spooled lines from %d segment(s)", len(lines), len(self._sealed)
+                "Recovered %d spooled lines from %d segment(s)", len(lines), len(self._segments)
             )
         return lines
 
     def append(self, line: str) -> None:
+        """Store one line; raises OSError (and stores nothing) when it cannot."""
+        if "\n" in line:
+            raise ValueError("a spooled line must not contain a newline")
+        data = (line + "\n").encode()
         if self._open_fd is None:
-            self._open_path = self.directory / f"{self._next:012d}{SUFFIX}"
+            path = self.directory / f"{self._next:012d}{SUFFIX}"
             self._next += 1
-            self._open_fd = os.open(self._open_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._open_count = 0
-        os.write(self._open_fd, (line + "\n").encode())
-        self._open_count += 1
+            self._open_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._open_size = 0
+            self._segments.append(_Segment(path, 0, 0))
+        segment = self._segments[-1]
+        try:
+            _write_all(self._open_fd, data)
+        except OSError:
+            self._abandon_open_segment()
+            raise
+        self._open_size += len(data)
+        segment.lines += 1
+        if segment.lines >= self.segment_lines:
+            self.seal()
+
+    def _abandon_open_segment(self) -> None:
+        """After a failed append: cut the torn bytes if we can, and never append to this
+        file again (a torn tail left there is skipped on recovery, as after a kill)."""
+        fd, segment = self._open_fd, self._segments[-1]
+        assert fd is not None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, self._open_size)
+        os.close(fd)
+        self._open_fd = None
+        if segment.lines == 0:
+            self._segments.pop()
+            with contextlib.suppress(OSError):
+                _remove(segment.path)
 
     def seal(self) -> None:
-        """Close the open segment: every line appended so far is now in a sealed one."""
-        if self._open_fd is None or self._open_path is None:
+        """Close the open segment; the next append starts a new one."""
+        if self._open_fd is None:
             return
         os.close(self._open_fd)
-        self._sealed.append((self._open_path, self._open_count))
         self._open_fd = None
-        self._open_path = None
-        self._open_count = 0
 
     def settle(self, n: int) -> None:
-        """The n oldest lines are done with: delete the segments they empty."""
-        while n > 0 and self._sealed:
-            path, remaining = self._sealed[0]
-            if remaining > n:
-                self._sealed[0] = (path, remaining - n)
-                # Recovery skips what was settled of a partly settled segment.
-                done = self._settled_count(path) + n
-                _done_file(path).write_text(str(done))
-                return
-            n -= remaining
-            self._sealed.popleft()
-            self._remove(path)
-
-    @staticmethod
-    def _settled_count(path: Path) -> int:
-        try:
-            return int(_done_file(path).read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        path.unlink(missing_ok=True)
-        _done_file(path).unlink(missing_ok=True)
+        """The n oldest unsettled lines are done with: delete the segments they empty and
+        record how far a partly settled one is. Raises OSError with nothing changed in
+        the bookkeeping when the disk refuses; settling again later is safe."""
+        if n < 0 or n > self.pending:
+            raise ValueError(f"cannot settle {n} of {self.pending} spooled lines")
+        emptied: list[_Segment] = []
+        partial: tuple[_Segment, int] | None = None
+        left = n
+        for segment in self._segments:
+            if left == 0:
+                break
+            owed = segment.lines - segment.settled
+            if owed <= left:
+                emptied.append(segment)
+                left -= owed
+            else:
+                partial = (segment, segment.settled + left)
+                left = 0
+        # Disk first (each step can be repeated safely), bookkeeping after.
+        open_emptied = (
+            self._open_fd is not None and bool(emptied) and emptied[-1] is self._segments[-1]
+        )
+        for segment in emptied:
+            _remove(segment.path)
+        if partial is not None:
+            _write_done_file(partial[0].path, partial[1])
+        if open_emptied:
+            self.seal()
+        for _ in emptied:
+            self._segments.popleft()
+        if partial is not None:
+            partial[0].settled = partial[1]
 
     @property
     def pending(self) -> int:
-        return sum(count for _, count in self._sealed) + self._open_count
+        return sum(s.lines - s.settled for s in self._segments)
+
+    @property
+    def files(self) -> int:
+        """Segment files on disk now."""
+        return len(self._segments)
 
     def close(self) -> None:
         """Seal the open segment and release the directory; what is unsettled stays on
@@ -128,7 +185,7 @@ class Spool:
         self.seal()
         if self._lock_fd < 0:
             return
-        if not self._sealed:
+        if not self._segments:
             # Nothing left for a successor: leave no empty directory behind.
             (self.directory / "lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
@@ -137,5 +194,37 @@ class Spool:
         self._lock_fd = -1
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write fewer bytes than asked (a signal, a nearly full disk): go on
+    until every byte is down, or raise."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("write made no progress")
+        view = view[written:]
+
+
 def _done_file(segment: Path) -> Path:
     return segment.with_suffix(".done")
+
+
+def _settled_count(path: Path) -> int:
+    try:
+        return int(_done_file(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _write_done_file(segment: Path, settled: int) -> None:
+    # Replaced atomically: a kill mid-write must not leave a count that skips lines
+    # never written.
+    done = _done_file(segment)
+    temporary = done.with_suffix(".done-new")
+    temporary.write_text(str(settled))
+    os.replace(temporary, done)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _done_file(path).unlink(missing_ok=True)

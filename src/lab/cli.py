@@ -26,6 +26,7 @@ from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
 from lab.k6 import K6Error
 from lab.manifest import ManifestError
+from lab.stopping import Signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     matrix_cli.add_parser(sub)
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
+    run.add_argument(
+        "--deployment",
+        metavar="NAME",
+        help="the Deployment under test when the manifests hold several (default: the only "
+        "one, or the one behind the LoadBalancer/NodePort Service)",
+    )
     run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
     run.add_argument("--to", type=int, help="target replicas for --scenario scale")
     run.add_argument(
@@ -117,6 +124,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         seed=args.seed,
         progress=not args.quiet,
         faults=tuple(parse_fault(text) for text in args.fault),
+        deployment=args.deployment,
     )
 
 
@@ -131,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         config = config_from(args)
-        result = run_experiment(config)
+        # Until the experiment's loop handles them, signals are recorded, not fatal.
+        with Signals().installed() as signals:
+            result = run_experiment(config, signals)
     except (ConfigError, ManifestError) as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
-        return 130
+        return exc.exit_code
     except (LabError, HAProxyError, InfluxError, K6Error) as exc:
         print(f"lab: failed: {exc}", file=sys.stderr)
         return 1

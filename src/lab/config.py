@@ -128,6 +128,7 @@ class LabConfig:
     seed: int | None = None
     progress: bool = True
     faults: tuple[Fault, ...] = ()  # `--fault KIND@WHEN[:SECONDS]`, see faults.py
+    deployment: str | None = None  # the Deployment under test, when there are several
 
     @property
     def image_map_path(self) -> Path:

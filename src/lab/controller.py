@@ -5,7 +5,8 @@ is a new revision, like a new ReplicaSet. RollingUpdate follows the Deployment
 controller's arithmetic: at most replicas + maxSurge non-terminating pods, and old pods
 are deleted only while at least replicas - maxUnavailable pods stay available (ready for
 minReadySeconds). Recreate deletes every old pod and waits until they are gone before
-creating new ones. Terminating pods do not count, as in Kubernetes.
+creating new ones. Terminating pods do not count, as in Kubernetes. Pods to delete on a
+scale-down are picked in the ReplicaSet controller's order (`ActivePodsWithRanks`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import math
 import secrets
 
 from lab.events import EventLog
@@ -20,6 +22,79 @@ from lab.images import ImageMap
 from lab.manifest import Deployment, PodTemplate
 from lab.pods import Kubelet, Pod
 from lab.waits import stop_task, wait_event
+
+# `kubectl annotate pod P controller.kubernetes.io/pod-deletion-cost=N`: lower goes first.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimFacts:
+    """What the ReplicaSet controller looks at when it picks pods to delete."""
+
+    uid: str
+    pending: bool  # no container started yet (phase Pending)
+    ready: bool
+    ready_since: float | None  # the Ready condition's lastTransitionTime
+    deletion_cost: int
+    restarts: int
+    created: float
+
+    @staticmethod
+    def of(pod: Pod) -> VictimFacts:
+        return VictimFacts(
+            uid=pod.name,  # random per pod, as a UID is
+            pending=pod.process is None,
+            ready=pod.ready,
+            ready_since=pod.ready_since,
+            deletion_cost=deletion_cost(pod.template.annotations),
+            restarts=pod.restarts,
+            created=pod.created,
+        )
+
+
+def deletion_cost(annotations: dict[str, str]) -> int:
+    """The pod-deletion-cost annotation as an int32; a missing or bad value counts as 0
+    (GetDeletionCostFromPodAnnotations' error is ignored by the sort)."""
+    raw = annotations.get(DELETION_COST, "0")
+    try:
+        cost = int(raw)
+    except ValueError:
+        return 0
+    return cost if -(2**31) <= cost < 2**31 else 0
+
+
+def _log_age(t: float | None, now: float) -> int:
+    # LogarithmicScaleDown: times are compared as floor(log2(age in ns)), so pods of about
+    # the same age are ranked by UID (pseudo-randomly) rather than strictly by age.
+    if t is None:
+        return -2  # an empty time sorts first (afterOrZero)
+    age_ns = (now - t) * 1e9
+    return int(math.log2(age_ns)) if age_ns >= 1 else -1
+
+
+def deletion_key(facts: VictimFacts, now: float) -> tuple[object, ...]:
+    """Sort key, smallest deleted first, after `ActivePodsWithRanks.Less` (kubernetes
+    pkg/controller/controller_utils.go), rule by rule:
+    1. unassigned before assigned: every lab pod is bound to its node when created;
+    2. Pending before Running;
+    3. not ready before ready;
+    4. lower pod-deletion-cost first;
+    5. more ready pods of the set on the same node first: one node, so all equal;
+    6. both ready: ready for a shorter time first (log scale, then by UID);
+    7. more container restarts first;
+    8. created more recently first (log scale, then by UID)."""
+    if facts.ready:
+        # Rule 6 decides between two ready pods unless their ready times are equal
+        # to the nanosecond, which two lab pods' never are: 7 and 8 are not reached.
+        rest: tuple[object, ...] = (_log_age(facts.ready_since, now), facts.uid, 0, 0)
+    else:
+        rest = (0, "", -facts.restarts, _log_age(facts.created, now))
+    return (not facts.pending, facts.ready, facts.deletion_cost, *rest, facts.uid)
+
+
+def rank_for_deletion(pods: list[Pod], now: float) -> list[Pod]:
+    """`pods` in the order the ReplicaSet controller deletes them."""
+    return sorted(pods, key=lambda p: deletion_key(VictimFacts.of(p), now))
 
 
 class DeploymentController:
@@ -158,21 +233,27 @@ class DeploymentController:
         budget = len(active) - min_available - new_unavailable
         if budget <= 0:
             return
-        # Unavailable old pods first: deleting them costs no availability.
-        for pod in [p for p in old if not self.available(p)][:budget]:
+        # Unavailable old pods first: deleting them costs no availability
+        # (cleanupUnhealthyReplicas, then scaleDownOldReplicaSetsForRollingUpdate, in
+        # pkg/controller/deployment/rolling.go). Both take the oldest ReplicaSet first,
+        # and its ReplicaSet controller picks the pods by rank.
+        for pod in self._old_victims([p for p in old if not self.available(p)])[:budget]:
             self.kubelet.delete_pod(pod)
             budget -= 1
         available = sum(1 for p in self.active() if self.available(p))
         spare = min(budget, available - min_available)
-        for pod in [p for p in old if not p.terminating][: max(0, spare)]:
+        for pod in self._old_victims([p for p in old if not p.terminating])[: max(0, spare)]:
             self.kubelet.delete_pod(pod)
+
+    def _old_victims(self, pods: list[Pod]) -> list[Pod]:
+        now = self.events.now()
+        return sorted(pods, key=lambda p: (p.revision, deletion_key(VictimFacts.of(p), now)))
 
     def _scale_to(self, pods: list[Pod], replicas: int) -> None:
         for _ in range(replicas - len(pods)):
             pods.append(self._create())
         if len(pods) > replicas:
-            # Not-ready pods go first, then the youngest, as the ReplicaSet controller does.
-            ranked = sorted(pods, key=lambda p: (p.ready, -p.created))
+            ranked = rank_for_deletion(pods, self.events.now())
             for pod in ranked[: len(pods) - replicas]:
                 self.kubelet.delete_pod(pod)
 

@@ -4,6 +4,10 @@
 fail on bad input runs before any process starts. Every process goes through one
 registry and is gone when this returns, also after Ctrl-C (SIGINT/SIGTERM only record;
 the main coroutine acts) or an error: each phase has a deadline and a forced path.
+
+The first SIGINT or SIGTERM stops the experiment and tears it down gracefully (the load
+stops, every pod is deleted with its preStop and grace period); a second one skips that
+and kills every process the lab started. Either way `Interrupted` carries the first signal.
 """
 
 from __future__ import annotations
@@ -28,21 +32,20 @@ from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.faults import Faults
 from lab.haproxy import HAProxy
-from lab.images import ImageMap, resolve
+from lab.images import ImageMap, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
-from lab.manifest import Container, Manifests, load
-from lab.pods import Kubelet
+from lab.manifest import Container, ManifestError, Manifests, Supporting, load
+from lab.pods import Kubelet, Pod
+from lab.probes import describe
 from lab.procs import Registry
+from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
+from lab.stopping import Signals
 from lab.waits import stop_task
 
 # The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
 INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
 INFLUX_DB = "calc"
-
-
-class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; everything was cleaned up."""
 
 
 class LabError(RuntimeError):
@@ -60,6 +63,10 @@ class Prepared:
     k6_binary: str
     notes: list[str] = field(default_factory=list)
     update: Manifests | None = None  # the update scenario's new manifests
+    # Deployments that run beside the one under test, one pod each, without load.
+    supporting: list[Supporting] = field(default_factory=list)
+    # Service names the lab's InfluxDB stands in for (beyond `influxdb`).
+    influx_names: list[str] = field(default_factory=list)
 
 
 def _uses_influx(container: Container) -> bool:
@@ -70,8 +77,8 @@ def _uses_influx(container: Container) -> bool:
 
 def prepare(config: LabConfig) -> Prepared:
     config.validate()
-    manifests = load(config.manifests)
-    update = load(config.update_to) if config.update_to is not None else None
+    manifests = load(config.manifests, config.deployment)
+    update = load(config.update_to, config.deployment) if config.update_to is not None else None
     images = ImageMap.load(config.image_map_path)
     containers = [manifests.deployment.template.container]
     if update is not None:
@@ -81,64 +88,145 @@ def prepare(config: LabConfig) -> Prepared:
                 f"--update-to: the new pods listen on {update.target_port}, the Service sends "
                 f"to {manifests.target_port}"
             )
-    for container in containers:
-        image = images.image(container.image)
+    supporting = [s for s in manifests.supporting if s.replaced_by is None]
+    replaced = [s for s in manifests.supporting if s.replaced_by is not None]
+    notes = list(manifests.notes)
+    problems: list[str] = []
+    for container, what in [
+        *((c, f"{config.manifests}") for c in containers),
+        *(
+            (s.deployment.template.container, f"{s.source} (Deployment {s.deployment.name})")
+            for s in supporting
+        ),
+    ]:
+        try:
+            image = images.image(container.image)
+        except ManifestError as exc:
+            raise ManifestError(f"{what}: {exc}") from None
         # Resolve the command and env once with stand-in pod values, so that a container
         # the image map cannot run fails here, before anything starts.
-        resolve(container, image, "check", "127.0.0.2", dict(os.environ))
-    uses_influx = any(_uses_influx(c) for c in containers)
+        launch = resolve(container, image, "check", "127.0.0.2", dict(os.environ))
+        problems += [f"{what}: {p}" for p in unresolved(container, image, launch, images.source)]
+    if problems:
+        raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
+    for s in supporting:
+        notes.append(
+            f"Deployment {s.deployment.name} ({s.source}) ran beside "
+            f"{manifests.deployment.name} as one pod, without load through it"
+        )
+    for s in replaced:
+        notes.append(
+            f"Deployment {s.deployment.name} ({s.source}, image "
+            f"{s.deployment.template.container.image}) replaced by the lab's own InfluxDB"
+        )
+    influx_names = [svc.name for s in replaced for svc in s.services]
+    uses_influx = bool(replaced) or any(_uses_influx(c) for c in containers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
     if uses_influx and shutil.which("influxd") is None:
         raise ConfigError("the manifests use InfluxDB but influxd is not installed")
-    notes = list(manifests.notes)
     replicas = config.replicas if config.replicas is not None else manifests.deployment.replicas
     if replicas < 1:
         raise ConfigError("--replicas: the experiment needs at least one replica to send load to")
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
-    return Prepared(config, manifests, images, uses_influx, find_k6(), notes, update)
+    return Prepared(
+        config, manifests, images, uses_influx, find_k6(), notes, update, supporting, influx_names
+    )
 
 
-def run_experiment(config: LabConfig) -> report.Report:
-    """Run one experiment to the end and return its report (also written to `out`)."""
+def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.Report:
+    """Run one experiment to the end and return its report (also written to `out`).
+
+    `signals` is shared with a caller that runs several (`lab matrix`): a signal it
+    recorded before this experiment starts stops it before anything starts."""
     prepared = prepare(config)
-    return asyncio.run(_main(prepared))
+    signals = signals if signals is not None else Signals()
+    if signals.first is not None:
+        raise Interrupted(signals.first)
+    return asyncio.run(_main(prepared, signals))
 
 
-async def _main(prepared: Prepared) -> report.Report:
+async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[int] = []
+    first, second = asyncio.Event(), asyncio.Event()
+    seen = len(signals.received)
 
     def record(signum: int) -> None:
-        received.append(signum)
-        stop.set()
+        signals.record(signum)
+        (second if first.is_set() else first).set()
 
     handled = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in Signals.STOPPING} if handled else {}
     if handled:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in Signals.STOPPING:
             loop.add_signal_handler(sig, record, sig)
     lab = Lab(prepared)
     work = asyncio.create_task(lab.run(), name="experiment")
-    stopper = asyncio.create_task(stop.wait(), name="signal wait")
+    stopper = asyncio.create_task(first.wait(), name="signal wait")
+    forced = asyncio.create_task(second.wait(), name="second signal wait")
     try:
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if work.done():
             return work.result()
-        lab.events.phase("interrupted", signal.Signals(received[0]).name)
+        signum = signals.received[seen]
+        lab.events.phase(
+            "interrupted",
+            f"{signal.Signals(signum).name}: graceful teardown (a second signal kills everything)",
+        )
         await stop_task(work, 10)
-        raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}")
+        graceful = asyncio.create_task(lab.stop_gracefully(), name="graceful teardown")
+        await asyncio.wait({graceful, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not graceful.done():
+            name = signal.Signals(signals.received[-1]).name
+            lab.events.phase("teardown-forced", f"{name}: killing every process the lab started")
+            await stop_task(graceful, 5)
+        elif graceful.exception() is not None:
+            lab.events.phase("teardown-failed", repr(graceful.exception()))
+        raise Interrupted(signum)
     finally:
-        stopper.cancel()
-        await asyncio.gather(stopper, return_exceptions=True)
+        for task in (stopper, forced):
+            task.cancel()
+        await asyncio.gather(stopper, forced, return_exceptions=True)
         if not work.done():
             await stop_task(work, 10)
         await lab.cleanup()
         if handled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in Signals.STOPPING:
                 loop.remove_signal_handler(sig)
+                # Back to whoever handled them before (lab matrix records between runs).
+                before = previous[sig]
+                signal.signal(sig, before if before is not None else signal.SIG_DFL)
+
+
+def _service_urls(value: str, services: dict[str, dict[int, str]]) -> str:
+    """`http://cache:9000/x` or `cache.default.svc.cluster.local:9000` -> the supporting
+    pod's address, as the Service's cluster DNS name and port would lead there."""
+    for name, ports in services.items():
+        pattern = re.compile(
+            rf"(?:(?<=//)|^){re.escape(name)}(?:\.[A-Za-z0-9.-]+)?(?::(\d+))?(?=[/?]|$)"
+        )
+
+        def replace(match: re.Match[str], ports: dict[int, str] = ports) -> str:
+            port = match.group(1)
+            if port is None:
+                # A URL without a port: 80, as http:// means (the Service's port 80).
+                return ports.get(80, match.group(0))
+            return ports.get(int(port), match.group(0))
+
+        value = pattern.sub(replace, value)
+    return value
+
+
+async def _all_gone(pods: list[Pod], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if all(p.gone for p in pods):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def _scenario_name(config: LabConfig) -> str:
@@ -170,13 +258,16 @@ class Lab:
         self.endpoints: EndpointsController | None = None
         self.k6: K6 | None = None
         self.faults: Faults | None = None
+        self.support: list[DeploymentController] = []
+        # Service name -> (port -> pod address), for the supporting pods' Services.
+        self.service_addresses: dict[str, dict[int, str]] = {}
 
     async def run(self) -> report.Report:
         config, manifests = self.config, self.p.manifests
         deployment = manifests.deployment
         base_env = dict(os.environ)
         self.events.phase("start", f"{config.manifests} scenario {config.scenario}")
-        rewrite = None
+        influx_address: str | None = None
         if self.p.uses_influx:
             self.influx = InfluxServer(
                 data_dir=self.out / "influxdb", log_path=self.out / "influxd.log"
@@ -189,11 +280,16 @@ class Lab:
             assert self.influx.pid is not None
             self.registry.record(self.influx.pid, "influxd")
             await asyncio.to_thread(self.influx.create_database, INFLUX_DB)
-            address = f"{self.influx.host}:{self.influx.port}"
-            self.events.phase("influxdb", f"{self.influx.url} stands in for influxdb:8086")
+            influx_address = f"{self.influx.host}:{self.influx.port}"
+            names = ", ".join(f"{n}:8086" for n in ["influxdb", *self.p.influx_names])
+            self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
+            for name in self.p.influx_names:
+                self.service_addresses[name] = {8086: influx_address}
 
-            def rewrite(value: str) -> str:
-                return INFLUX_SERVICE.sub(address, value)
+        def rewrite(value: str) -> str:
+            if influx_address is not None:
+                value = INFLUX_SERVICE.sub(influx_address, value)
+            return _service_urls(value, self.service_addresses)
 
         self.haproxy = HAProxy(
             self.out / "haproxy",
@@ -211,20 +307,27 @@ class Lab:
             deployment, self.kubelet, self.p.images, self.events, config.replicas
         )
         self.controller = controller
+        selector = deployment.selector
         self.endpoints = EndpointsController(
             self.haproxy,
-            lambda: self.kubelet.pods if self.kubelet else [],
+            # The Service's pods: those of the Deployment under test, not the supporting ones.
+            lambda: [
+                p
+                for p in (self.kubelet.pods if self.kubelet else [])
+                if all(p.template.labels.get(k) == v for k, v in selector.items())
+            ],
             manifests.target_port,
             self.events,
             config.endpoint_lag,
             self.rng,
         )
         self.kubelet.on_change = self._changed
+        await self._start_supporting()
         controller.start()
         self.endpoints.start()
         self.events.phase("deploy", f"{controller.replicas} replicas")
         if not await self._until(self._deployed, config.ready_timeout):
-            raise LabError(f"the Deployment was not ready within {config.ready_timeout:g} s")
+            raise LabError(self._not_ready(deployment.name, controller, config.ready_timeout))
 
         self.k6 = K6(
             config.k6_script_path,
@@ -342,6 +445,66 @@ class Lab:
         )
         return the_report
 
+    async def _start_supporting(self) -> None:
+        """The other Deployments first, one pod each, ready before the one under test
+        starts (its env may name their Services, which point at these pods)."""
+        assert self.kubelet is not None
+        for s in self.p.supporting:
+            support = DeploymentController(
+                s.deployment, self.kubelet, self.p.images, self.events, replicas=1
+            )
+            self.support.append(support)
+            support.start()
+            self.events.phase("supporting", f"{s.deployment.name}: one pod, no load")
+        timeout = self.config.ready_timeout
+        for support in self.support:
+            if not await self._until(support.complete, timeout):
+                raise LabError(self._not_ready(support.deployment.name, support, timeout))
+        for s, support in zip(self.p.supporting, self.support, strict=True):
+            pod = support.active()[0]
+            container = s.deployment.template.container
+            for service in s.services:
+                self.service_addresses[service.name] = {
+                    port: f"{pod.ip}:{container.resolve_port(target)}"
+                    for port, target in service.ports
+                }
+            self.events.phase(
+                "supporting-ready",
+                f"{s.deployment.name} at {pod.ip} for Services "
+                f"{', '.join(svc.name for svc in s.services) or '(none)'}",
+            )
+
+    def _not_ready(self, name: str, controller: DeploymentController, timeout: float) -> str:
+        """ "Not ready within N s", with which pods, which probe and its last result."""
+        now = self.events.now()
+        pods = [p for p in controller.pods if not p.gone and not controller.available(p)]
+        lines = [f"the Deployment {name} was not ready within {timeout:g} s"]
+        if not pods and self.endpoints is not None and controller is self.controller:
+            missing = self.endpoints.desired() - self.endpoints.in_lb
+            lines.append(f"pods ready but not yet in the load balancer: {', '.join(missing)}")
+        for pod in pods:
+            state = (
+                "not ready"
+                if not pod.ready
+                else f"ready for {now - (pod.ready_since or now):.1f} s"
+            )
+            if pod.restarts:
+                state += f", {pod.restarts} restarts"
+            results = [
+                f"{kind} probe {describe(probe)}: {pod.last_probe[kind]}"
+                for kind, probe in (
+                    ("startup", pod.container.startup),
+                    ("readiness", pod.container.readiness),
+                    ("liveness", pod.container.liveness),
+                )
+                if probe is not None and kind in pod.last_probe
+            ]
+            failures = [e for e in self.events.of(pod.name) if e.kind in report.FAILURE_KINDS]
+            if failures and not results:
+                results.append(f"{failures[-1].kind}: {failures[-1].detail}")
+            lines.append(f"{pod.name} ({state}): {'; '.join(results) or 'no probe result yet'}")
+        return "\n  ".join(lines)
+
     def _k6_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.config.lb in ("https", "h2"):
@@ -404,15 +567,40 @@ class Lab:
                 raise LabError(f"k6 exited early with code {code}; see {self.k6.log_path}")
 
     async def _teardown_pods(self) -> None:
-        assert self.controller is not None and self.kubelet is not None
+        assert self.kubelet is not None
         self.events.phase("teardown", "deleting every pod gracefully")
-        self.controller.delete_all()
-        grace = max([p.template.termination_grace for p in self.kubelet.pods] or [0.0])
-        if not await self.kubelet.wait_all_gone(grace + 15):
+        # The pods under test first: their last flushes may need the supporting ones.
+        for controllers in ([self.controller], self.support):
+            pods: list[Pod] = []
+            for controller in controllers:
+                if controller is not None:
+                    pods += controller.pods
+                    controller.delete_all()
+            grace = max([p.template.termination_grace for p in pods] or [0.0])
+            await _all_gone(pods, grace + 15)
+        if not await self.kubelet.wait_all_gone(5):
             self.events.phase("teardown-forced", "pods still there after their grace period")
             await self.kubelet.shutdown()
 
+    async def stop_gracefully(self) -> None:
+        """After a first SIGINT/SIGTERM: stop the load, delete every pod with its preStop
+        and grace period, stop the parts. Each step has its own deadline; `cleanup`
+        remains the forced path."""
+        self.events.phase("teardown", "interrupted: stopping the load, then every pod")
+        if self.faults is not None:
+            await self.faults.stop()
+        k6 = self.k6.process if self.k6 is not None else None
+        if self.k6 is not None and k6 is not None and k6.returncode is None:
+            await self.k6.stop()
+        if self.kubelet is not None:
+            await self._teardown_pods()
+        await self._stop_controllers()
+        if self.haproxy is not None:
+            await self.haproxy.stop()
+
     async def _stop_controllers(self) -> None:
+        for support in self.support:
+            await support.stop()
         if self.controller is not None:
             await self.controller.stop()
         if self.endpoints is not None:

@@ -19,7 +19,9 @@ Python running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from lab.manifest import Container, ManifestError
+from lab.manifest import image_name as image_name  # re-exported: the image map names images so
 
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -40,13 +43,6 @@ class Image:
     workdir: Path | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-
-
-def image_name(reference: str) -> str:
-    """`registry.example.com/team/calc:0.1.0@sha256:...` -> `calc`."""
-    ref = reference.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0]
 
 
 def expand(value: str, variables: Mapping[str, str]) -> str:
@@ -164,6 +160,8 @@ def container_env(
     for var in container.env:
         if var.field_ref is not None:
             value = fields[var.field_ref]
+        elif var.literal:
+            value = var.value or ""
         else:
             value = expand(var.value or "", defined)
         if rewrite is not None:
@@ -213,3 +211,54 @@ def map_command(command: Sequence[str], image: Image) -> tuple[str, ...]:
     """An exec probe's or preStop's command: no shell and no `$(VAR)` expansion (the
     kubelet runs exec handlers as written), image paths mapped to local files."""
     return tuple(str(image.paths[a]) if a in image.paths else a for a in command)
+
+
+def _findable(program: str, env: Mapping[str, str], cwd: Path | None) -> bool:
+    if "/" in program:
+        path = Path(program) if program.startswith("/") or cwd is None else cwd / program
+        return path.is_file() and os.access(path, os.X_OK)
+    return shutil.which(program, path=env.get("PATH", "")) is not None
+
+
+def unresolved(
+    container: Container, image: Image, launch: Launch, source: Path | None
+) -> list[str]:
+    """Programs the container would run that this machine does not have: its command and
+    every exec probe and hook, after the image map's paths. A cluster would run them
+    inside the image; here each must be mapped to a local file (or be on the PATH), so
+    the message says how."""
+    where = "spec.template.spec.containers[0]"
+    commands: list[tuple[str, tuple[str, ...]]] = [("command", launch.argv)]
+    for key, probe in (
+        ("readinessProbe", container.readiness),
+        ("livenessProbe", container.liveness),
+        ("startupProbe", container.startup),
+    ):
+        if probe is not None and probe.action == "exec":
+            commands.append((f"{key}.exec.command", map_command(probe.command, image)))
+    for key, handler in (
+        ("lifecycle.preStop", container.pre_stop),
+        ("lifecycle.postStart", container.post_start),
+    ):
+        if handler is not None and handler.action == "exec":
+            commands.append((f"{key}.exec.command", map_command(handler.command, image)))
+    problems = []
+    for key, argv in commands:
+        program = argv[0]
+        if _findable(program, launch.env, launch.cwd):
+            continue
+        if program.startswith("/"):
+            how = (
+                f"map it to a local file in {source or 'the image map'} under "
+                f"images.{image.name}.paths (e.g. `{program}: ./stand-ins/"
+                f"{Path(program).name}`)"
+            )
+        else:
+            how = (
+                f"put it on the container's PATH (images.{image.name}.env PATH in "
+                f"{source or 'the image map'}) or map it under images.{image.name}.paths"
+            )
+        problems.append(
+            f"{where}.{key}: {program!r} from image {image.name!r} is not on this machine; {how}"
+        )
+    return problems

@@ -1,13 +1,19 @@
-"""Kubernetes manifests, as far as the lab runs them: one Deployment and its Service.
+"""Kubernetes manifests, as far as the lab runs them: a directory of plain YAML with
+Deployments, Services, ConfigMaps and Secrets; one Deployment is under test.
 
 Parsing validates everything the lab will use before anything starts, and every error
-names the field it is about (`spec.template.spec.containers[0].readinessProbe.periodSeconds`),
-so a typo in a manifest fails in a second instead of half-way through a rollout.
+names the file and the field it is about
+(`spec.template.spec.containers[0].readinessProbe.periodSeconds`), so a typo in a
+manifest fails in a second instead of half-way through a rollout. A field the lab does not
+model is refused (it would change what a cluster does), unless it cannot change what the
+lab measures (resources, securityContext, scheduling hints): those are listed in the notes.
 """
 
 from __future__ import annotations
 
-import math
+import base64
+import binascii
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,9 @@ class EnvVar:
     name: str
     value: str | None = None  # with $(VAR) references, expanded per pod
     field_ref: str | None = None  # metadata.name, metadata.namespace, status.podIP
+    # A value from a ConfigMap or Secret: used as it is, never $(VAR)-expanded (the
+    # kubelet expands only `value`: pkg/kubelet/kubelet_pods.go makeEnvironmentVariables).
+    literal: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class Container:
     liveness: Probe | None
     pre_stop: Handler | None
     working_dir: str | None = None
+    startup: Probe | None = None
+    post_start: Handler | None = None
 
     @property
     def first_port(self) -> int | None:
@@ -106,10 +117,26 @@ class Strategy:
 
 
 def _scaled(value: int | str, replicas: int, round_up: bool) -> int:
+    # intstr.GetScaledValueFromIntOrPercent, called by ResolveFenceposts
+    # (kubernetes pkg/controller/deployment/util/deployment_util.go): an integer percent
+    # of replicas, rounded up for maxSurge and down for maxUnavailable. In integers:
+    # in floats 28 % of 25 is 0.28 * 25 = 7.000000000000001, which would round up to 8.
     if isinstance(value, int):
         return value
-    fraction = float(value.rstrip("%")) / 100 * replicas
-    return math.ceil(fraction) if round_up else math.floor(fraction)
+    whole, rest = divmod(int(value[:-1]) * replicas, 100)
+    return whole + 1 if round_up and rest else whole
+
+
+def _check_rolling(rolling: _Fields, strategy: Strategy) -> None:
+    """The API server's checks (ValidateRollingUpdateDeployment, kubernetes
+    pkg/apis/apps/validation/validation.go): maxUnavailable at most 100 %, and not both 0."""
+    surge, unavailable = strategy.max_surge, strategy.max_unavailable
+    if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
+        rolling.fail(
+            rolling.at("maxUnavailable"), f"must not be greater than 100%, got {unavailable!r}"
+        )
+    if int(str(surge).rstrip("%")) == 0 and int(str(unavailable).rstrip("%")) == 0:
+        rolling.fail(rolling.at("maxUnavailable"), "may not be 0 when maxSurge is 0")
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,28 @@ class Service:
     name: str
     port: int
     target_port: int | str
+    type: str = "ClusterIP"
+    selector: dict[str, str] = field(default_factory=dict)
+    ports: tuple[tuple[int, int | str], ...] = ()  # every (port, targetPort)
+
+    def selects(self, deployment: Deployment) -> bool:
+        labels = deployment.template.labels
+        return bool(self.selector) and all(labels.get(k) == v for k, v in self.selector.items())
+
+
+@dataclass(frozen=True)
+class Supporting:
+    """A Deployment next to the one under test: run as one pod without load, or replaced
+    by a part the lab provides itself (`replaced_by`)."""
+
+    deployment: Deployment
+    services: tuple[Service, ...]
+    source: str
+    replaced_by: str | None = None
+
+
+# Images of dependencies the lab runs itself (image name -> the lab's part).
+LAB_PROVIDED = {"influxdb": "influxdb"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +184,7 @@ class Manifests:
     service: Service | None
     sources: tuple[Path, ...]
     notes: tuple[str, ...] = ()
+    supporting: tuple[Supporting, ...] = ()
 
     @property
     def target_port(self) -> int:
@@ -150,9 +200,13 @@ class Manifests:
 class _Fields:
     """Reads typed values from a YAML mapping, raising errors that name the field path."""
 
-    def __init__(self, source: str, path: str, data: object) -> None:
+    def __init__(
+        self, source: str, path: str, data: object, notes: list[str] | None = None
+    ) -> None:
         self.source = source
         self.path = path
+        # Shared by every sub-mapping of one document: fields accepted but not modelled.
+        self.notes: list[str] = notes if notes is not None else []
         if not isinstance(data, dict):
             self.fail(path, f"must be a mapping, got {type(data).__name__}")
         assert isinstance(data, dict)
@@ -164,12 +218,29 @@ class _Fields:
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
+    def only(
+        self,
+        modelled: Collection[str],
+        inert: Collection[str] = (),
+        refused: dict[str, str] | None = None,
+    ) -> None:
+        """Refuse every field the lab does not model, naming it. `inert` fields cannot
+        change what the lab measures on one machine; they are accepted with a note."""
+        for key in self.data:
+            if key in modelled:
+                continue
+            if key in inert:
+                self.notes.append(f"{self.source}: {self.at(key)}: not modelled, no effect here")
+                continue
+            reason = (refused or {}).get(key, "is not modelled by the lab")
+            self.fail(self.at(key), reason)
+
     def sub(self, key: str, required: bool = False) -> _Fields | None:
         if key not in self.data or self.data[key] is None:
             if required:
                 self.fail(self.at(key), "is required")
             return None
-        return _Fields(self.source, self.at(key), self.data[key])
+        return _Fields(self.source, self.at(key), self.data[key], self.notes)
 
     def text(self, key: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(key)
@@ -180,6 +251,12 @@ class _Fields:
         if not isinstance(value, str):
             self.fail(self.at(key), f"must be a string, got {value!r}")
         return str(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(self.at(key), f"must be true or false, got {value!r}")
+        return bool(value)
 
     def number(self, key: str, default: float, minimum: float = 0) -> float:
         value = self.data.get(key, default)
@@ -197,13 +274,16 @@ class _Fields:
         value = self.data.get(key, default)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
+        # The API server takes a whole percent only (IsValidPercent: ^[0-9]+%$, in
+        # k8s.io/apimachinery/pkg/util/validation): "12.5%" is refused, not rounded.
         if isinstance(value, str) and value.endswith("%"):
-            try:
-                if float(value[:-1]) >= 0:
-                    return value
-            except ValueError:
-                pass
-        self.fail(self.at(key), f"must be an integer or a percentage like '25%', got {value!r}")
+            digits = value[:-1]
+            if digits.isascii() and digits.isdigit():
+                return value
+        self.fail(
+            self.at(key),
+            f"must be an integer or a whole percentage like '25%', got {value!r}",
+        )
         raise AssertionError  # unreachable: fail() raises
 
     def int_or_str(self, key: str, required: bool = False) -> int | str:
@@ -238,10 +318,30 @@ class _Fields:
         value = self.data.get(key) or []
         if not isinstance(value, list):
             self.fail(self.at(key), f"must be a list, got {value!r}")
-        return [_Fields(self.source, f"{self.at(key)}[{i}]", v) for i, v in enumerate(value)]
+        return [
+            _Fields(self.source, f"{self.at(key)}[{i}]", v, self.notes) for i, v in enumerate(value)
+        ]
+
+
+# Probe fields: core/v1 Probe (https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#Probe).
+_PROBE_TIMING = {
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "successThreshold",
+    "failureThreshold",
+}
+_PROBE_ACTIONS = {"httpGet", "tcpSocket", "exec", "grpc"}
 
 
 def _probe(f: _Fields) -> Probe:
+    f.only(
+        _PROBE_TIMING | _PROBE_ACTIONS,
+        refused={
+            "terminationGracePeriodSeconds": "a probe-level grace period is not modelled by "
+            "the lab (the pod's terminationGracePeriodSeconds applies)"
+        },
+    )
     timing = {
         "initial_delay": f.number("initialDelaySeconds", 0),
         "period": f.number("periodSeconds", 10, minimum=1),
@@ -258,11 +358,16 @@ def _probe(f: _Fields) -> Probe:
     sub = f.sub(action, required=True)
     assert sub is not None
     if action == "exec":
+        sub.only({"command"})
         command = sub.str_list("command")
         if not command:
             sub.fail(sub.at("command"), "is required")
         assert command is not None
         return Probe(action, command=command, **timing)  # type: ignore[arg-type]
+    sub.only(
+        {"port", "path", "host", "scheme"} if action == "httpGet" else {"port", "host"},
+        refused={"httpHeaders": "custom probe headers are not modelled by the lab"},
+    )
     scheme = sub.text("scheme", "HTTP") or "HTTP"
     if scheme != "HTTP":
         sub.fail(sub.at("scheme"), f"only HTTP is supported, got {scheme!r}")
@@ -276,6 +381,7 @@ def _probe(f: _Fields) -> Probe:
 
 
 def _handler(f: _Fields) -> Handler:
+    f.only({"exec", "sleep", "httpGet", "tcpSocket"})
     actions = [a for a in ("exec", "sleep", "httpGet", "tcpSocket") if a in f.data]
     if len(actions) != 1:
         f.fail(f.path, "needs exactly one of exec, sleep, httpGet")
@@ -285,15 +391,24 @@ def _handler(f: _Fields) -> Handler:
     sub = f.sub(action, required=True)
     assert sub is not None
     if action == "exec":
+        sub.only({"command"})
         command = sub.str_list("command")
         if not command:
             sub.fail(sub.at("command"), "is required")
         assert command is not None
         return Handler("exec", command=command)
     if action == "sleep":
+        sub.only({"seconds"})
         if "seconds" not in sub.data:
             sub.fail(sub.at("seconds"), "is required")
         return Handler("sleep", seconds=float(sub.integer("seconds", 0)))
+    sub.only(
+        {"port", "path", "host", "scheme"},
+        refused={"httpHeaders": "custom hook headers are not modelled by the lab"},
+    )
+    scheme = sub.text("scheme", "HTTP") or "HTTP"
+    if scheme != "HTTP":
+        sub.fail(sub.at("scheme"), f"only HTTP is supported, got {scheme!r}")
     return Handler(
         "httpGet",
         port=sub.int_or_str("port", required=True),
@@ -302,16 +417,70 @@ def _handler(f: _Fields) -> Handler:
     )
 
 
-def _env(f: _Fields) -> EnvVar:
+@dataclass(frozen=True)
+class _Data:
+    """A ConfigMap's or Secret's keys, and where it was defined."""
+
+    kind: str
+    source: str
+    data: dict[str, str]
+
+
+class _Sources:
+    """The ConfigMaps and Secrets of the directory, for env and envFrom."""
+
+    def __init__(self) -> None:
+        self.config_maps: dict[str, _Data] = {}
+        self.secrets: dict[str, _Data] = {}
+
+    def lookup(self, kind: str, f: _Fields) -> _Data | None:
+        """The ConfigMap or Secret a reference names; None if missing and optional.
+
+        A missing one that is not optional keeps the container from starting in a
+        cluster (CreateContainerConfigError, pkg/kubelet/kubelet_pods.go): refused here."""
+        name = f.text("name", required=True) or ""
+        table = self.config_maps if kind == "ConfigMap" else self.secrets
+        found = table.get(name)
+        if found is None and not f.flag("optional"):
+            f.fail(
+                f.at("name"),
+                f"{kind} {name!r} is not in the manifests (add it, or set optional: true)",
+            )
+        return found
+
+
+def _env(f: _Fields, sources: _Sources) -> EnvVar | None:
+    f.only({"name", "value", "valueFrom"})
     name = f.text("name", required=True)
     assert name is not None
     if "valueFrom" in f.data:
         value_from = f.sub("valueFrom", required=True)
         assert value_from is not None
+        value_from.only(
+            {"fieldRef", "configMapKeyRef", "secretKeyRef"},
+            refused={"resourceFieldRef": "resource limits are not modelled by the lab"},
+        )
+        for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+            key_ref = value_from.sub(key)
+            if key_ref is None:
+                continue
+            key_ref.only({"name", "key", "optional"})
+            data = sources.lookup(kind, key_ref)
+            wanted = key_ref.text("key", required=True) or ""
+            if data is None:
+                return None  # optional and missing: the variable is not set
+            if wanted not in data.data:
+                if key_ref.flag("optional"):
+                    return None
+                key_ref.fail(
+                    key_ref.at("key"), f"{kind} {key_ref.data['name']!r} has no key {wanted!r}"
+                )
+            return EnvVar(name, value=data.data[wanted], literal=True)
         ref = value_from.sub("fieldRef")
         if ref is None:
-            value_from.fail(value_from.path, "only fieldRef is supported by the lab")
+            value_from.fail(value_from.path, "needs one of fieldRef, configMapKeyRef, secretKeyRef")
         assert ref is not None
+        ref.only({"fieldPath", "apiVersion"})
         field_path = ref.text("fieldPath", required=True)
         if field_path not in ("metadata.name", "metadata.namespace", "status.podIP"):
             ref.fail(ref.at("fieldPath"), f"{field_path!r} is not supported by the lab")
@@ -322,35 +491,130 @@ def _env(f: _Fields) -> EnvVar:
     return EnvVar(name, value=str(value))
 
 
-def _container(f: _Fields) -> Container:
+def _env_from(f: _Fields, sources: _Sources) -> list[EnvVar]:
+    """`envFrom`: every key of a ConfigMap or Secret, with an optional prefix."""
+    f.only({"configMapRef", "secretRef", "prefix"})
+    refs = [(k, kind) for k, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret"))]
+    present = [(k, kind) for k, kind in refs if k in f.data]
+    if len(present) != 1:
+        f.fail(f.path, "needs exactly one of configMapRef, secretRef")
+    key, kind = present[0]
+    ref = f.sub(key, required=True)
+    assert ref is not None
+    ref.only({"name", "optional"})
+    data = sources.lookup(kind, ref)
+    prefix = f.text("prefix", "") or ""
+    if data is None:
+        return []
+    return [EnvVar(prefix + k, value=v, literal=True) for k, v in data.data.items()]
+
+
+# Container fields (core/v1 Container): the lab models these ...
+_CONTAINER_MODELLED = {
+    "name",
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "ports",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+    "lifecycle",
+    "workingDir",
+    "volumeMounts",
+}
+# ... accepts these, which change nothing on one machine without cgroups or users ...
+_CONTAINER_INERT = {
+    "resources",
+    "securityContext",
+    "imagePullPolicy",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "resizePolicy",
+}
+# ... and refuses the rest, these with a reason.
+_CONTAINER_REFUSED = {
+    "restartPolicy": "a container restartPolicy makes a sidecar, which the lab does not model",
+    "stdin": "an attached stdin is not modelled by the lab",
+    "stdinOnce": "an attached stdin is not modelled by the lab",
+    "tty": "a TTY is not modelled by the lab",
+    "volumeDevices": "block devices are not modelled by the lab",
+}
+
+
+def _container(f: _Fields, sources: _Sources, volumes: dict[str, str]) -> Container:
+    f.only(_CONTAINER_MODELLED, _CONTAINER_INERT, _CONTAINER_REFUSED)
     ports: dict[str, int] = {}
     for p in f.items("ports"):
+        p.only(
+            {"containerPort", "name", "protocol"},
+            refused={
+                "hostPort": "host ports are not modelled by the lab",
+                "hostIP": "host ports are not modelled by the lab",
+            },
+        )
         number = p.integer("containerPort", 0, minimum=1)
         protocol = p.text("protocol", "TCP")
         if protocol != "TCP":
             p.fail(p.at("protocol"), f"only TCP is supported, got {protocol!r}")
         ports[p.text("name") or str(number)] = number
+    for mount in f.items("volumeMounts"):
+        mount.only(
+            {"name", "mountPath", "readOnly"},
+            refused={
+                "subPath": "subPath mounts are not modelled by the lab",
+                "subPathExpr": "subPath mounts are not modelled by the lab",
+                "mountPropagation": "mount propagation is not modelled by the lab",
+                "recursiveReadOnly": "is not modelled by the lab",
+            },
+        )
+        volume = mount.text("name", required=True) or ""
+        mount.text("mountPath", required=True)
+        if volume not in volumes:
+            mount.fail(
+                mount.at("name"), f"no volume named {volume!r} in spec.template.spec.volumes"
+            )
     readiness = f.sub("readinessProbe")
     liveness = f.sub("livenessProbe")
+    startup = f.sub("startupProbe")
     lifecycle = f.sub("lifecycle")
+    if lifecycle is not None:
+        lifecycle.only(
+            {"preStop", "postStart"},
+            refused={"stopSignal": "a custom stop signal is not modelled by the lab (SIGTERM)"},
+        )
     pre_stop = lifecycle.sub("preStop") if lifecycle else None
+    post_start = lifecycle.sub("postStart") if lifecycle else None
     image = f.text("image", required=True)
     assert image is not None
+    env: list[EnvVar] = []
+    # envFrom first, then env: a name in env wins (the kubelet's order).
+    for item in f.items("envFrom"):
+        env.extend(_env_from(item, sources))
+    for item in f.items("env"):
+        var = _env(item, sources)
+        if var is not None:
+            env.append(var)
     container = Container(
         name=f.text("name", required=True) or "",
         image=image,
         command=f.str_list("command"),
         args=f.str_list("args"),
-        env=tuple(_env(e) for e in f.items("env")),
+        env=tuple(env),
         ports=ports,
         readiness=_probe(readiness) if readiness else None,
         liveness=_probe(liveness) if liveness else None,
         pre_stop=_handler(pre_stop) if pre_stop else None,
         working_dir=f.text("workingDir"),
+        startup=_probe(startup) if startup else None,
+        post_start=_handler(post_start) if post_start else None,
     )
     for probe, key in (
         (container.readiness, "readinessProbe"),
         (container.liveness, "livenessProbe"),
+        (container.startup, "startupProbe"),
     ):
         named = probe is not None and probe.action != "exec" and isinstance(probe.port, str)
         if (
@@ -363,21 +627,101 @@ def _container(f: _Fields) -> Container:
     return container
 
 
-def _deployment(f: _Fields) -> Deployment:
+# Pod spec fields (core/v1 PodSpec), as for containers: modelled, inert, refused.
+_POD_MODELLED = {"containers", "terminationGracePeriodSeconds", "volumes", "restartPolicy"}
+_POD_INERT = {
+    "securityContext",
+    "serviceAccountName",
+    "serviceAccount",
+    "automountServiceAccountToken",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "priorityClassName",
+    "priority",
+    "imagePullSecrets",
+    "schedulerName",
+    "enableServiceLinks",
+    "dnsPolicy",
+}
+_POD_REFUSED = {
+    "initContainers": "init containers (and sidecars) are not modelled by the lab: "
+    "one container per pod",
+    # A pod with readiness gates is Ready only once something sets each gate's condition
+    # (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-readiness-gate);
+    # the lab has no such controller, so its pods would never be Ready.
+    "readinessGates": "readiness gates are not modelled by the lab: nothing would set "
+    "their conditions, so no pod would become Ready",
+    "hostNetwork": "the host network is not modelled by the lab (each pod has its own IP)",
+    "hostPID": "the host PID namespace is not modelled by the lab",
+    "hostIPC": "the host IPC namespace is not modelled by the lab",
+    "hostUsers": "user namespaces are not modelled by the lab",
+    "shareProcessNamespace": "a shared process namespace is not modelled by the lab",
+    "ephemeralContainers": "ephemeral containers are not modelled by the lab",
+    "hostAliases": "/etc/hosts entries are not modelled by the lab",
+    "dnsConfig": "pod DNS settings are not modelled by the lab",
+    "activeDeadlineSeconds": "an active deadline is not modelled by the lab",
+    "runtimeClassName": "runtime classes are not modelled by the lab",
+    "hostname": "a pod hostname is not modelled by the lab (HOSTNAME is the pod's name)",
+    "subdomain": "pod DNS names are not modelled by the lab",
+    "nodeName": "the lab has one node: nodeName is not modelled",
+    "schedulingGates": "scheduling gates are not modelled by the lab (pods never schedule)",
+    "resourceClaims": "dynamic resources are not modelled by the lab",
+}
+# Volumes the lab gives each pod: an emptyDir is a directory of the pod's own
+# ($(POD_DIR) in the image map), which survives container restarts like in a cluster.
+_VOLUME_KINDS = {"emptyDir"}
+
+
+def _volumes(tspec: _Fields) -> dict[str, str]:
+    volumes: dict[str, str] = {}
+    for v in tspec.items("volumes"):
+        name = v.text("name", required=True) or ""
+        kinds = [k for k in v.data if k != "name"]
+        if len(kinds) != 1:
+            v.fail(v.path, "needs exactly one volume source")
+        kind = kinds[0]
+        if kind not in _VOLUME_KINDS:
+            v.fail(
+                v.at(kind),
+                f"{kind} volumes are not modelled by the lab (only emptyDir, as the pod's "
+                "own directory $(POD_DIR)); pass ConfigMap or Secret data with env or envFrom",
+            )
+        volumes[name] = kind
+    return volumes
+
+
+def _deployment(f: _Fields, sources: _Sources) -> Deployment:
+    f.only({"apiVersion", "kind", "metadata", "spec", "status"})
     meta = f.sub("metadata", required=True)
     spec = f.sub("spec", required=True)
     assert meta is not None and spec is not None
+    spec.only(
+        {"replicas", "selector", "template", "strategy", "minReadySeconds"},
+        {"revisionHistoryLimit", "progressDeadlineSeconds"},
+        {"paused": "a paused Deployment does not roll out: not modelled by the lab"},
+    )
     name = meta.text("name", required=True) or ""
     selector = spec.sub("selector", required=True)
     assert selector is not None
+    selector.only(
+        {"matchLabels"}, refused={"matchExpressions": "the lab supports matchLabels only"}
+    )
     match = selector.str_map("matchLabels")
     if not match:
         selector.fail(selector.at("matchLabels"), "is required (the lab supports matchLabels)")
     template = spec.sub("template", required=True)
     assert template is not None
+    template.only({"metadata", "spec"})
     tmeta = template.sub("metadata", required=True)
     tspec = template.sub("spec", required=True)
     assert tmeta is not None and tspec is not None
+    tspec.only(_POD_MODELLED, _POD_INERT, _POD_REFUSED)
+    restart = tspec.text("restartPolicy", "Always")
+    if restart != "Always":
+        # A Deployment's pods must restart always (apps/v1 validation).
+        tspec.fail(tspec.at("restartPolicy"), f"a Deployment needs Always, got {restart!r}")
     labels = tmeta.str_map("labels")
     for key, value in match.items():
         if labels.get(key) != value:
@@ -389,23 +733,25 @@ def _deployment(f: _Fields) -> Deployment:
         tspec.fail(
             tspec.at("containers"), f"the lab runs exactly one container, got {len(containers)}"
         )
-    container = _container(containers[0])
-    if tspec.items("initContainers"):
-        tspec.fail(tspec.at("initContainers"), "are not supported by the lab")
+    volumes = _volumes(tspec)
+    container = _container(containers[0], sources, volumes)
     strategy_f = spec.sub("strategy")
     strategy = Strategy()
     if strategy_f is not None:
+        strategy_f.only({"type", "rollingUpdate"})
         kind = strategy_f.text("type", "RollingUpdate")
         if kind == "Recreate":
             strategy = Strategy("Recreate", 0, 0)
         elif kind == "RollingUpdate":
             rolling = strategy_f.sub("rollingUpdate")
             if rolling is not None:
+                rolling.only({"maxSurge", "maxUnavailable"})
                 strategy = Strategy(
                     "RollingUpdate",
                     rolling.int_or_percent("maxSurge", "25%"),
                     rolling.int_or_percent("maxUnavailable", "25%"),
                 )
+                _check_rolling(rolling, strategy)
         else:
             strategy_f.fail(
                 strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {kind!r}"
@@ -429,14 +775,68 @@ def _service(f: _Fields) -> Service:
     meta = f.sub("metadata", required=True)
     spec = f.sub("spec", required=True)
     assert meta is not None and spec is not None
+    spec.only(
+        {"selector", "ports", "type"},
+        {
+            "externalTrafficPolicy",
+            "internalTrafficPolicy",
+            "loadBalancerIP",
+            "loadBalancerSourceRanges",
+            "loadBalancerClass",
+            "allocateLoadBalancerNodePorts",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "clusterIP",
+            "clusterIPs",
+            "publishNotReadyAddresses",
+        },
+        {"sessionAffinity": "session affinity is not modelled by the lab (round robin)"},
+    )
+    kind = spec.text("type", "ClusterIP") or "ClusterIP"
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        spec.fail(spec.at("type"), f"must be ClusterIP, NodePort or LoadBalancer, got {kind!r}")
     ports = spec.items("ports")
     if not ports:
         spec.fail(spec.at("ports"), "needs at least one port")
-    port = ports[0].integer("port", 0, minimum=1)
-    target = ports[0].data.get("targetPort", port)
-    if isinstance(target, bool) or not isinstance(target, int | str):
-        ports[0].fail(ports[0].at("targetPort"), f"must be a port number or name, got {target!r}")
-    return Service(meta.text("name", required=True) or "", port, target)
+    pairs: list[tuple[int, int | str]] = []
+    for item in ports:
+        item.only({"name", "protocol", "port", "targetPort", "nodePort", "appProtocol"})
+        port = item.integer("port", 0, minimum=1)
+        target = item.data.get("targetPort", port)
+        if isinstance(target, bool) or not isinstance(target, int | str):
+            item.fail(item.at("targetPort"), f"must be a port number or name, got {target!r}")
+        protocol = item.text("protocol", "TCP")
+        if protocol != "TCP":
+            item.fail(item.at("protocol"), f"only TCP is supported, got {protocol!r}")
+        pairs.append((port, target))
+    return Service(
+        meta.text("name", required=True) or "",
+        pairs[0][0],
+        pairs[0][1],
+        type=kind,
+        selector=spec.str_map("selector"),
+        ports=tuple(pairs),
+    )
+
+
+def _data(f: _Fields, kind: str) -> dict[str, str]:
+    """A ConfigMap's `data`, or a Secret's `data` (base64) and `stringData`."""
+    f.only(
+        {"apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"},
+        refused={"binaryData": "binary data cannot be passed as environment variables"},
+    )
+    data = f.str_map("data")
+    if kind == "Secret":
+        decoded: dict[str, str] = {}
+        for key, value in data.items():
+            try:
+                decoded[key] = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                f.fail(f"{f.at('data')}.{key}", f"is not base64 of UTF-8 text: {exc}")
+        data = {**decoded, **f.str_map("stringData")}
+    elif "stringData" in f.data:
+        f.fail(f.at("stringData"), "is a Secret field; a ConfigMap has data")
+    return data
 
 
 def _files(path: Path) -> list[Path]:
@@ -450,48 +850,120 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def load(path: Path) -> Manifests:
-    """Read a manifest file or a directory of them; exactly one Deployment must be there."""
-    deployments: list[Deployment] = []
-    services: list[tuple[Service, dict[str, str]]] = []
-    notes: list[str] = []
-    files = _files(path)
+def _documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    documents: list[tuple[str, dict[str, Any]]] = []
     for file in files:
         try:
-            documents = list(yaml.safe_load_all(file.read_text()))
+            loaded = list(yaml.safe_load_all(file.read_text()))
         except yaml.YAMLError as exc:
             raise ManifestError(f"{file}: not valid YAML: {exc}") from exc
-        for index, doc in enumerate(documents):
+        for index, doc in enumerate(loaded):
             if doc is None:
                 continue
-            source = f"{file} (document {index + 1})"
-            f = _Fields(source, "", doc)
-            kind = f.text("kind", required=True)
-            if kind == "Deployment":
-                deployments.append(_deployment(f))
-            elif kind == "Service":
-                spec = f.sub("spec", required=True)
-                assert spec is not None
-                services.append((_service(f), spec.str_map("selector")))
-            else:
-                notes.append(f"{source}: ignoring kind {kind}")
-    if len(deployments) != 1:
-        raise ManifestError(f"{path}: needs exactly one Deployment, found {len(deployments)}")
-    deployment = deployments[0]
-    labels = deployment.template.labels
-    matching = [s for s, sel in services if sel and all(labels.get(k) == v for k, v in sel.items())]
+            source = f"{file} (document {index + 1})" if len(loaded) > 1 else str(file)
+            if not isinstance(doc, dict):
+                raise ManifestError(f"{source}: must be a mapping, got {type(doc).__name__}")
+            documents.append((source, doc))
+    return documents
+
+
+def _pick(
+    path: Path,
+    deployments: list[tuple[Deployment, str]],
+    services: list[Service],
+    wanted: str | None,
+) -> int:
+    """The index of the Deployment under test: `--deployment`, the only one, or the one
+    the load enters through (the one Service of type LoadBalancer or NodePort selects)."""
+    names = [d.name for d, _ in deployments]
+    if wanted is not None:
+        if wanted not in names:
+            raise ManifestError(
+                f"{path}: --deployment {wanted}: no such Deployment (found: "
+                f"{', '.join(names) or 'none'})"
+            )
+        return names.index(wanted)
+    if not deployments:
+        raise ManifestError(f"{path}: needs a Deployment, found none")
+    if len(deployments) == 1:
+        return 0
+    front = {
+        i
+        for s in services
+        if s.type in ("LoadBalancer", "NodePort")
+        for i, (d, _) in enumerate(deployments)
+        if s.selects(d)
+    }
+    if len(front) == 1:
+        return front.pop()
+    raise ManifestError(
+        f"{path}: {len(deployments)} Deployments ({', '.join(names)}) and no single one "
+        "behind a LoadBalancer or NodePort Service: name the one under test with "
+        "--deployment NAME"
+    )
+
+
+def load(path: Path, deployment: str | None = None) -> Manifests:
+    """Read a manifest file or a directory of them. One Deployment is under test
+    (`deployment`, see `_pick`); the others run beside it (`Manifests.supporting`)."""
+    files = _files(path)
+    notes: list[str] = []
+    sources = _Sources()
+    by_kind: dict[str, list[_Fields]] = {}
+    for source, doc in _documents(files):
+        f = _Fields(source, "", doc, notes)
+        kind = f.text("kind", required=True) or ""
+        by_kind.setdefault(kind, []).append(f)
+    # ConfigMaps and Secrets first: env and envFrom in any file may name them.
+    for kind, table in (("ConfigMap", sources.config_maps), ("Secret", sources.secrets)):
+        for f in by_kind.pop(kind, []):
+            meta = f.sub("metadata", required=True)
+            assert meta is not None
+            name = meta.text("name", required=True) or ""
+            if name in table:
+                meta.fail(meta.at("name"), f"{kind} {name!r} is also in {table[name].source}")
+            table[name] = _Data(kind, f.source, _data(f, kind))
+    deployments = [(_deployment(f, sources), f.source) for f in by_kind.pop("Deployment", [])]
+    services = [_service(f) for f in by_kind.pop("Service", [])]
+    for kind, fs in sorted(by_kind.items()):
+        notes += [f"{f.source}: ignoring kind {kind}" for f in fs]
+    seen: dict[str, str] = {}
+    for d, source in deployments:
+        if d.name in seen:
+            raise ManifestError(f"{source}: Deployment {d.name!r} is also in {seen[d.name]}")
+        seen[d.name] = source
+    index = _pick(path, deployments, services, deployment)
+    chosen = deployments[index][0]
+    matching = [s for s in services if s.selects(chosen)]
+    # The Service the load enters through: a LoadBalancer or NodePort one if there is.
+    matching.sort(key=lambda s: s.type == "ClusterIP")
     service = matching[0] if matching else None
-    container = deployment.template.container
+    container = chosen.template.container
     if service is not None:
         target = service.target_port
         if isinstance(target, str) and not target.isdigit() and target not in container.ports:
             raise ManifestError(
                 f"{path}: Service {service.name} spec.ports[0].targetPort: "
-                f"no container port named {target!r} in Deployment {deployment.name}"
+                f"no container port named {target!r} in Deployment {chosen.name}"
             )
     elif container.first_port is None:
         raise ManifestError(
-            f"{path}: Deployment {deployment.name} spec.template.spec.containers[0].ports: "
+            f"{path}: Deployment {chosen.name} spec.template.spec.containers[0].ports: "
             "needs a containerPort when there is no Service"
         )
-    return Manifests(deployment, service, tuple(files), tuple(notes))
+    supporting = []
+    for i, (d, source) in enumerate(deployments):
+        if i == index:
+            continue
+        from_image = LAB_PROVIDED.get(image_name(d.template.container.image))
+        supporting.append(
+            Supporting(d, tuple(s for s in services if s.selects(d)), source, from_image)
+        )
+    return Manifests(chosen, service, tuple(files), tuple(notes), tuple(supporting))
+
+
+def image_name(reference: str) -> str:
+    """`registry.example.com/team/influxdb:1.8@sha256:...` -> `influxdb`."""
+    ref = reference.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]

@@ -22,6 +22,7 @@ import yaml
 
 from lab.config import LB_MODES, REPO, ConfigError, LabConfig
 from lab.report import Report
+from lab.stopping import Interrupted, Signals
 
 VERSIONS = tuple(f"v{i}" for i in range(1, 11))
 SCENARIOS = ("rollout-restart", "scale-up", "scale-down")
@@ -224,17 +225,21 @@ def _rewrite(document: dict[str, Any], quick: bool, no_prestop: bool) -> dict[st
 Runner = Callable[[LabConfig], Report]
 
 
-def run_matrix(config: MatrixConfig, runner: Runner) -> list[Cell]:
+def run_matrix(config: MatrixConfig, runner: Runner, signals: Signals | None = None) -> list[Cell]:
     """Run every experiment; an experiment that fails is recorded and the rest go on.
+    A SIGINT or SIGTERM stops them all: the experiments done are written, marked
+    interrupted, and `Interrupted` propagates.
 
     `runner` is `lab.experiment.run_experiment`, passed in so this module does not start
-    processes itself."""
+    processes itself; `signals` is what the caller's handlers record between runs."""
     config.validate()
     config.out.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
     plan = [(v, s, lb) for lb in config.lbs for v in config.versions for s in config.scenarios]
     started = time.monotonic()
     for index, (version, scenario, lb) in enumerate(plan, 1):
+        if signals is not None and signals.first is not None:
+            _interrupted(config, cells, Interrupted(signals.first), len(plan))
         manifests = config.manifests_dir / version
         if config.quick or config.no_prestop:
             manifests = rewrite_manifests(
@@ -253,32 +258,49 @@ def run_matrix(config: MatrixConfig, runner: Runner) -> list[Cell]:
             report = runner(lab_config)
         except ConfigError:
             raise
+        except Interrupted as exc:
+            _interrupted(config, cells, exc, len(plan))
         except Exception as exc:  # recorded in the table; the matrix goes on
             cells.append(Cell(version, scenario, lb, error=f"{type(exc).__name__}: {exc}"))
         else:
             cells.append(Cell.from_report(version, scenario, lb, report, out))
         write_outputs(config, cells)
+    if signals is not None and signals.first is not None:
+        _interrupted(config, cells, Interrupted(signals.first), len(plan))
     return cells
 
 
-def write_outputs(config: MatrixConfig, cells: list[Cell]) -> None:
+def _interrupted(config: MatrixConfig, cells: list[Cell], exc: Interrupted, planned: int) -> None:
+    """Write what is done, marked, and stop the matrix."""
+    write_outputs(config, cells, interrupted=_interruption(exc, len(cells), planned))
+    raise exc
+
+
+def _interruption(exc: Interrupted, done: int, planned: int) -> str:
+    return f"interrupted by {exc.signal_name} after {done} of {planned} experiments"
+
+
+def write_outputs(config: MatrixConfig, cells: list[Cell], interrupted: str | None = None) -> None:
     data = {
         "changes": config.changes(),
         "vus": config.vus,
         "endpoint_lag": list(config.endpoint_lag),
+        "interrupted": interrupted,
         "cells": [asdict(c) for c in cells],
     }
     (config.out / "matrix.json").write_text(json.dumps(data, indent=2) + "\n")
-    (config.out / "matrix.md").write_text(markdown(config, cells))
+    (config.out / "matrix.md").write_text(markdown(config, cells, interrupted))
 
 
-def markdown(config: MatrixConfig, cells: list[Cell]) -> str:
+def markdown(config: MatrixConfig, cells: list[Cell], interrupted: str | None = None) -> str:
     lines = [
         f"k6 {config.vus} VUs, new connection per request; endpoint lag "
         f"{'-'.join(f'{x:g}' for x in sorted(set(config.endpoint_lag)))} s.",
         *(f"- {c}" for c in config.changes()),
         "",
     ]
+    if interrupted:
+        lines[:0] = [f"**INTERRUPTED: {interrupted}; the table shows those done.**", ""]
     for lb in dict.fromkeys(c.lb for c in cells):
         lines.append(f"### load balancer: {lb}")
         lines.append("")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
 from lab.config import LB_MODES, ConfigError, parse_lag
 from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
+from lab.stopping import Signals
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -78,17 +80,26 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
 def run(args: argparse.Namespace) -> int:
     # Imported here: the experiment pulls in the whole lab.
     from lab.experiment import Interrupted, run_experiment
+    from lab.manifest import ManifestError
     from lab.matrix_plot import draw
 
+    # The first SIGINT/SIGTERM stops the whole matrix (the running experiment tears down
+    # gracefully; a second signal kills at once), not just the experiment it lands in.
     try:
         config = config_from(args)
-        cells = run_matrix(config, run_experiment)
-    except ConfigError as exc:
+        with Signals().installed() as signals:
+            runner = functools.partial(run_experiment, signals=signals)
+            cells = run_matrix(config, runner, signals)
+    except (ConfigError, ManifestError) as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"lab: {exc}; partial results in {args.out}", file=sys.stderr)
-        return 130
+        print(
+            f"lab: {exc}; every process the lab started is stopped; the experiments done "
+            f"are in {args.out}/matrix.md and matrix.json, marked interrupted",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     draw(cells, config.versions, config.scenarios, config.out / "matrix.png")
     print(markdown(config, cells))
     print(f"results: {config.out}/matrix.md, matrix.json, matrix.png")

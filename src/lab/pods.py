@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from lab.events import EventLog
 from lab.images import Image, Launch, map_command, resolve
 from lab.manifest import Container, Handler, PodTemplate, Probe
+from lab.probes import READ_LIMIT, ProbeResult, describe, exec_result, http_probe, tcp_probe
 from lab.procs import Registry
 from lab.waits import stop_task, wait_event
 
@@ -68,6 +70,11 @@ class Pod:
     process: asyncio.subprocess.Process | None = None
     delete_requested: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
+    # Each probe's last result ("readiness", "liveness", "startup"), for explanations.
+    last_probe: dict[str, ProbeResult] = field(default_factory=dict)
+    # Why the kubelet is killing the running container (a failed liveness or startup
+    # probe, or postStart hook), for the event that says so.
+    kill_reason: str = ""
 
     @property
     def container(self) -> Container:
@@ -137,7 +144,9 @@ class Kubelet:
             return
         pod.ready = ready
         pod.ready_since = self.events.now() if ready else None
-        self.events.add(pod.name, "ready" if ready else "not-ready")
+        last = pod.last_probe.get("readiness")
+        detail = f"last readiness probe: {last}" if not ready and last and not last.ok else ""
+        self.events.add(pod.name, "ready" if ready else "not-ready", detail)
         self.on_change()
 
     async def _run(self, pod: Pod) -> None:
@@ -168,38 +177,135 @@ class Kubelet:
                     continue
                 assert pod.process is not None
                 liveness_failed = asyncio.Event()
-                probes = [asyncio.create_task(self._readiness(pod))]
-                if pod.container.liveness is not None:
-                    probes.append(
-                        asyncio.create_task(
-                            self._liveness(pod, pod.container.liveness, liveness_failed)
-                        )
-                    )
-                exited = asyncio.ensure_future(pod.process.wait())
-                live = asyncio.ensure_future(liveness_failed.wait())
+                pod.kill_reason = ""
+                # The readiness worker, once started by _probes, outlives the other probes
+                # while the pod terminates.
+                readiness: list[asyncio.Task[None]] = []
                 try:
-                    await asyncio.wait({exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED)
+                    probes = asyncio.create_task(self._probes(pod, liveness_failed, readiness))
+                    exited = asyncio.ensure_future(pod.process.wait())
+                    live = asyncio.ensure_future(liveness_failed.wait())
+                    try:
+                        await asyncio.wait(
+                            {exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        has_exited = exited.done()
+                        for task in [probes, live, exited]:
+                            task.cancel()
+                        await asyncio.gather(probes, live, exited, return_exceptions=True)
+                    if pod.delete_requested.is_set() and not has_exited:
+                        # The kubelet stops liveness (and startup) probes once the pod is
+                        # being deleted but keeps the readiness probe running: it feeds
+                        # the endpoint's `serving` condition while the pod terminates
+                        # (doProbe in pkg/kubelet/prober/worker.go).
+                        await self._terminate(pod, grace=pod.template.termination_grace)
+                        return
+                    for task in readiness:
+                        await stop_task(task)
+                    if not has_exited:  # liveness failure: kill the container, restart
+                        kind, _, detail = pod.kill_reason.partition(": ")
+                        if not pod.kill_reason:
+                            last = pod.last_probe.get("liveness")
+                            kind, detail = "liveness-failed", "restarting the container"
+                            if last is not None and pod.container.liveness is not None:
+                                probe = describe(pod.container.liveness)
+                                detail = f"{probe}: {last}; {detail}"
+                        self.events.add(pod.name, kind, detail)
+                        self._set_ready(pod, False)
+                        await self._terminate(pod, grace=pod.template.termination_grace)
+                    else:
+                        self._container_exited(pod)
+                        self._set_ready(pod, False)
                 finally:
-                    has_exited = exited.done()
-                    for task in [*probes, live, exited]:
-                        task.cancel()
-                    await asyncio.gather(*probes, live, exited, return_exceptions=True)
-                if pod.delete_requested.is_set() and not has_exited:
-                    await self._terminate(pod, grace=pod.template.termination_grace)
-                    return
-                if not has_exited:  # liveness failure: kill the container, restart
-                    self.events.add(pod.name, "liveness-failed", "restarting the container")
-                    self._set_ready(pod, False)
-                    await self._terminate(pod, grace=pod.template.termination_grace)
-                else:
-                    self._container_exited(pod)
-                    self._set_ready(pod, False)
+                    # A container that is not running fails its readiness probe.
+                    for task in readiness:
+                        await stop_task(task)
                 if pod.delete_requested.is_set():
                     return
                 await self._back_off(pod)
         finally:
             deleted.cancel()
             await asyncio.gather(deleted, return_exceptions=True)
+
+    async def _probes(
+        self, pod: Pod, failed: asyncio.Event, readiness: list[asyncio.Task[None]]
+    ) -> None:
+        """postStart, then the startup probe, then readiness and liveness; `failed` is set
+        (with `pod.kill_reason`) when the container must be killed and restarted. The
+        readiness worker goes into `readiness`, for the caller to stop: it keeps running
+        while the pod terminates, when this task is cancelled."""
+        container = pod.container
+        # Every probe worker starts with the container and ticks from then on
+        # (pkg/kubelet/prober/worker.go): a readiness probe after a startup probe keeps
+        # the schedule it had from the start.
+        origin = asyncio.get_running_loop().time()
+        if container.post_start is not None:
+            # The hook runs right after the container is created; the container is not
+            # Running (no probes, not ready) until it completes, and a failing hook kills
+            # it (https://kubernetes.io/docs/concepts/containers/container-lifecycle-hooks/,
+            # kuberuntime_container.go startContainer: FailedPostStartHook).
+            error = await self._post_start(pod, container.post_start)
+            if error is not None:
+                pod.kill_reason = (
+                    f"poststart-failed: {describe(container.post_start)}: {error}; "
+                    "killing the container"
+                )
+                failed.set()
+                return
+            self.events.add(pod.name, "poststart-finished")
+        if container.startup is not None:
+            # Liveness and readiness probes do not run until the startup probe has
+            # succeeded; failureThreshold failures kill the container
+            # (https://kubernetes.io/docs/concepts/configuration/liveness-readiness-startup-probes/,
+            # prober/worker.go doProbe skips other probes until startup succeeded).
+            if not await self._startup(pod, container.startup, origin):
+                last = pod.last_probe.get("startup")
+                pod.kill_reason = (
+                    f"startup-failed: {describe(container.startup)}: {last}; "
+                    "restarting the container"
+                )
+                failed.set()
+                return
+            self.events.add(pod.name, "started-up", "startup probe succeeded")
+        readiness.append(asyncio.create_task(self._readiness(pod, origin)))
+        if container.liveness is None:
+            return
+        liveness = asyncio.create_task(self._liveness(pod, container.liveness, failed, origin))
+        try:
+            await liveness
+        finally:
+            await stop_task(liveness)
+
+    async def _post_start(self, pod: Pod, handler: Handler) -> str | None:
+        """Run the postStart hook; None if it succeeded, else why it failed."""
+        self.events.add(pod.name, "poststart-started", describe(handler))
+        try:
+            if handler.action == "sleep":
+                await asyncio.sleep(handler.seconds)
+                return None
+            if handler.action == "exec":
+                result = await self._exec_result(
+                    pod, handler.command, f"postStart {pod.name}", None
+                )
+                return None if result.ok else result.detail
+            port = pod.container.resolve_port(handler.port)
+            result = await http_probe(handler.host or pod.ip, port, handler.path, timeout=None)
+            return None if result.ok else result.detail
+        except Exception as exc:  # a hook that cannot run fails like one that exits non-zero
+            return f"cannot run: {exc}"
+
+    async def _startup(self, pod: Pod, probe: Probe, origin: float) -> bool:
+        """The startup probe until it succeeds (True) or fails failureThreshold times."""
+        failures = 0
+        schedule = ProbeSchedule(probe, origin)
+        while True:
+            await schedule.next()
+            if await self.probe_once(pod, probe):
+                return True
+            failures += 1
+            if failures >= probe.failure_threshold:
+                return False
 
     async def _back_off(self, pod: Pod) -> None:
         """Wait before the next restart: at once the first time, then 10 s doubling up to
@@ -272,60 +378,91 @@ class Kubelet:
         if handler.action == "sleep":
             await asyncio.sleep(handler.seconds)
         elif handler.action == "exec":
-            code = await self._exec(pod, handler.command, f"preStop {pod.name}", timeout=None)
-            if code != 0:
-                self.events.add(pod.name, "prestop-failed", f"exit code {code}")
+            result = await self._exec_result(pod, handler.command, f"preStop {pod.name}", None)
+            if not result.ok:
+                self.events.add(pod.name, "prestop-failed", result.detail)
         else:
             port = pod.container.resolve_port(handler.port)
             await http_get(handler.host or pod.ip, port, handler.path, timeout=None)
 
-    async def _exec(
+    async def _exec_result(
         self, pod: Pod, command: tuple[str, ...], name: str, timeout: float | None
-    ) -> int:
-        """Run a command "in the container": its env and working dir, its own group."""
+    ) -> ProbeResult:
+        """Run a command "in the container": its env and working dir, its own group. The
+        result keeps its exit code and an excerpt of its output; the output also goes to
+        the pod's log. A command that cannot start (not found, not executable) raises
+        OSError, as the runtime's exec fails."""
         argv = map_command(command, pod.image)
         process = await self.registry.start(
-            argv, name, env=pod.launch.env, cwd=pod.launch.cwd, log=self.log_dir / f"{pod.name}.log"
+            argv, name, env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
         )
+        assert process.stdout is not None
+        chunks: list[bytes] = []
+
+        async def collect() -> int:
+            assert process.stdout is not None
+            size = 0
+            while chunk := await process.stdout.read(4096):
+                if size < READ_LIMIT:
+                    chunks.append(chunk)
+                size += len(chunk)
+            return await process.wait()
+
         try:
-            return await asyncio.wait_for(process.wait(), timeout)
+            code = await asyncio.wait_for(collect(), timeout)
         finally:
             if process.returncode is None:
                 Registry.kill_group(process.pid)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait(), 5)
+            output = b"".join(chunks)
+            if output:
+                with (
+                    contextlib.suppress(OSError),
+                    (self.log_dir / f"{pod.name}.log").open("ab") as log,
+                ):
+                    log.write(output)
+        return exec_result(code, output)
 
     # -- probes --------------------------------------------------------------------------
 
     async def probe_once(self, pod: Pod, probe: Probe) -> bool:
-        try:
-            if probe.action == "exec":
-                code = await self._exec(pod, probe.command, f"probe {pod.name}", probe.timeout)
-                return code == 0
-            port = pod.container.resolve_port(probe.port)
-            host = probe.host or pod.ip
-            if probe.action == "tcpSocket":
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), probe.timeout
-                )
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                return True
-            status = await http_get(host, port, probe.path, timeout=probe.timeout)
-            return 200 <= status < 400
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
-            return False
+        """Run one probe; its result is kept in `pod.last_probe`, and a failure whose
+        output differs from the last one becomes a `probe-failed` event."""
+        result = await self.check(pod, probe)
+        kind = _probe_kind(pod.container, probe)
+        previous = pod.last_probe.get(kind)
+        pod.last_probe[kind] = result
+        if not result.ok and (previous is None or previous.detail != result.detail):
+            self.events.add(pod.name, "probe-failed", f"{kind} {describe(probe)}: {result}")
+        return result.ok
 
-    async def _readiness(self, pod: Pod) -> None:
+    async def check(self, pod: Pod, probe: Probe) -> ProbeResult:
+        if probe.action == "exec":
+            try:
+                return await self._exec_result(
+                    pod, probe.command, f"probe {pod.name}", probe.timeout
+                )
+            except TimeoutError:
+                return ProbeResult(False, f"timeout: still running after {probe.timeout:g} s")
+            except OSError as exc:
+                return ProbeResult(False, f"cannot run: {exc}")
+        port = pod.container.resolve_port(probe.port)
+        host = probe.host or pod.ip
+        if probe.action == "tcpSocket":
+            return await tcp_probe(host, port, probe.timeout)
+        return await http_probe(host, port, probe.path, probe.timeout)
+
+    async def _readiness(self, pod: Pod, origin: float) -> None:
         probe = pod.container.readiness
         if probe is None:
             # No readiness probe: Ready as soon as the container runs (v1's problem).
             self._set_ready(pod, True)
             return
-        await asyncio.sleep(probe.initial_delay)
         successes = failures = 0
+        schedule = ProbeSchedule(probe, origin)
         while True:
+            await schedule.next()
             if await self.probe_once(pod, probe):
                 successes, failures = successes + 1, 0
                 if successes >= probe.success_threshold:
@@ -334,12 +471,12 @@ class Kubelet:
                 successes, failures = 0, failures + 1
                 if failures >= probe.failure_threshold:
                     self._set_ready(pod, False)
-            await asyncio.sleep(probe.period)
 
-    async def _liveness(self, pod: Pod, probe: Probe, failed: asyncio.Event) -> None:
-        await asyncio.sleep(probe.initial_delay)
+    async def _liveness(self, pod: Pod, probe: Probe, failed: asyncio.Event, origin: float) -> None:
         failures = 0
+        schedule = ProbeSchedule(probe, origin)
         while True:
+            await schedule.next()
             if await self.probe_once(pod, probe):
                 failures = 0
             else:
@@ -347,7 +484,6 @@ class Kubelet:
                 if failures >= probe.failure_threshold:
                     failed.set()
                     return
-            await asyncio.sleep(probe.period)
 
     async def wait_all_gone(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -372,12 +508,66 @@ class Kubelet:
                 await stop_task(task)
 
 
+class Ticker:
+    """A Go `time.Ticker`: ticks at `origin + k * period`. A receiver still busy at a tick
+    gets that tick as soon as it asks, and the ticks after it are dropped, so a slow probe
+    does not shift the schedule."""
+
+    def __init__(self, period: float, origin: float) -> None:
+        self.period = period
+        self.origin = origin
+        self.last = origin
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self.last + self.period
+        if now >= due:
+            self.last = self.origin + math.floor((now - self.origin) / self.period) * self.period
+            return
+        await asyncio.sleep(due - now)
+        self.last = due
+
+
+class ProbeSchedule:
+    """When a probe worker probes, as the kubelet's does (`worker.run` and `doProbe` in
+    pkg/kubelet/prober/worker.go): once when the worker starts and then on every tick
+    of a fixed ticker of `periodSeconds`, skipping each tick that comes before
+    `initialDelaySeconds` since the container started. The lab starts the worker with
+    the container, so both clocks start together."""
+
+    def __init__(self, probe: Probe, origin: float) -> None:
+        self.initial_delay = probe.initial_delay
+        self.origin = origin
+        self.ticker = Ticker(probe.period, origin)
+        self.started = False
+
+    async def next(self) -> None:
+        """Return when the next probe is due."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.started:
+                await self.ticker.wait()
+            self.started = True
+            # The tick's own time, so a timer that fires a hair early is not a tick early.
+            now = max(loop.time(), self.ticker.last)
+            if now - self.origin >= self.initial_delay:
+                return
+
+
 def _describe(handler: Handler) -> str:
-    if handler.action == "exec":
-        return "exec " + " ".join(handler.command)
-    if handler.action == "sleep":
-        return f"sleep {handler.seconds:g}s"
-    return f"httpGet {handler.path}"
+    return describe(handler)
+
+
+def _probe_kind(container: Container, probe: Probe) -> str:
+    for kind, candidate in (
+        ("readiness", container.readiness),
+        ("liveness", container.liveness),
+        ("startup", container.startup),
+    ):
+        if candidate is probe:
+            return kind
+    return "probe"
 
 
 async def http_get(host: str, port: int, path: str, timeout: float | None) -> int:

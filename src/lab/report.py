@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,9 @@ class Report:
     peak_pods: int | None = None
     fewest_available: int | None = None
     notes: list[str] = field(default_factory=list)
+    # Why pods failed: each distinct probe, hook or start failure with its last output.
+    explanations: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # the signal that stopped the run early, if one did
     events: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -98,10 +102,50 @@ class Report:
             ratio = self.steady_ratio or 0.0
             rate = f"{self.achieved_rps:.0f} / {self.ideal_rps:.0f} rps ({ratio:.0%})"
         rows.append(("steady rps achieved/ideal", rate))
+        if self.interrupted:
+            rows.append(("INTERRUPTED", f"by {self.interrupted}: the numbers cover a partial run"))
+        rows += [
+            ("pod failures" if i == 0 else "", text) for i, text in enumerate(self.explanations)
+        ]
+        rows += [("note" if i == 0 else "", text) for i, text in enumerate(self.notes)]
         width = max(len(k) for k, _ in rows)
         line = "-" * (width + 2 + max(len(v) for _, v in rows))
         body = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
         return f"{line}\n{body}\n{line}"
+
+
+# Events that say why a pod failed, with the probe's or hook's last output.
+FAILURE_KINDS = (
+    "probe-failed",
+    "liveness-failed",
+    "startup-failed",
+    "poststart-failed",
+    "start-failed",
+    "prestop-failed",
+)
+_POD_IP = re.compile(r"\b127\.\d+\.\d+\.\d+\b")
+MAX_EXPLANATIONS = 20
+
+
+def explain(events: list[Event]) -> list[str]:
+    """Each distinct failure once, with how often and on which pods it happened."""
+    seen: dict[tuple[str, str], tuple[int, dict[str, None]]] = {}
+    for event in events:
+        if event.kind not in FAILURE_KINDS:
+            continue
+        key = (event.kind, _POD_IP.sub("<pod IP>", event.detail))
+        count, pods = seen.get(key, (0, {}))
+        pods[event.pod] = None
+        seen[key] = (count + 1, pods)
+    lines = []
+    for (kind, detail), (count, pods) in seen.items():
+        names = list(pods)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(f"{kind}: {detail} ({count}x on {shown})")
+    if len(lines) > MAX_EXPLANATIONS:
+        rest = len(lines) - MAX_EXPLANATIONS
+        lines = [*lines[:MAX_EXPLANATIONS], f"... {rest} more in events.jsonl"]
+    return lines
 
 
 def _pods(report: Report) -> str:
@@ -160,6 +204,7 @@ def build(
     failed_checks: dict[str, int] | None = None,
     http_reuse: str | None = None,
     pod_bounds: tuple[int, int | None] | None = None,
+    interrupted: str | None = None,
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     lost = accounting.lost
@@ -196,5 +241,7 @@ def build(
         peak_pods=pod_bounds[0] if pod_bounds else None,
         fewest_available=pod_bounds[1] if pod_bounds else None,
         notes=notes,
+        explanations=explain(events),
+        interrupted=interrupted,
         events=[e.as_dict() for e in events],
     )

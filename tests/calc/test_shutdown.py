@@ -160,16 +160,3 @@ def test_idle_without_delay_exits_well_under_a_second(start_calc: StartCalc, pro
     assert match is not None
     assert float(match.group(1)) < 0.3
     assert time.monotonic() - sigterm < 2.0
-
-
-def test_second_signal_forces_exit(start_calc: StartCalc) -> None:
-    """1. v10 with a 10 s pre-close delay. 2. SIGTERM, then SIGTERM again once the delay
-    has begun. 3. The process stops waiting and exits at once."""
-    calc = start_calc("v10", CALC_PRE_CLOSE_DELAY="10", CALC_QUIET_PERIOD="0")
-    calc.terminate()
-    wait_until(lambda: "Shutdown started" in calc.log, 5, what="shutdown to start")
-    second = time.monotonic()
-    calc.terminate()
-    assert calc.wait_exit(5) == 0
-    assert time.monotonic() - second < 1.0
-    assert "Forced exit: stopped waiting for pre-close delay" in calc.log

@@ -12,22 +12,30 @@ from graceful import BatchWriter, PermanentWriteError, RetryPolicy, TaskRegistry
 
 
 class RecordingSink:
-    """Stores what it is given; fails the next `fail_next` writes; can be slow."""
+    """Stores what it is given (and when); fails the next `fail_next` writes; can be
+    slow; counts the writes cancelled mid-way."""
 
     def __init__(self, fail_next: int = 0, delay: float = 0.0) -> None:
         self.batches: list[list[int]] = []
+        self.times: list[float] = []
         self.fail_next = fail_next
         self.delay = delay
         self.attempts = 0
+        self.cancelled = 0
 
     async def write(self, items: Sequence[int]) -> None:
         self.attempts += 1
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.fail_next > 0:
             self.fail_next -= 1
             raise ConnectionError("sink down")
         self.batches.append(list(items))
+        self.times.append(time.monotonic())
 
     @property
     def items(self) -> list[int]:
@@ -101,23 +109,24 @@ def test_registry_keeps_failed_tasks_counted() -> None:
 
 
 def test_batcher_writes_full_batches_and_on_interval() -> None:
-    """1. max_batch 3, interval 0.1 s. 2. Add 7 items. 3. Two full batches go at once;
-    the last item goes at the interval."""
+    """1. max_batch 3, interval 0.5 s. 2. Add 7 items. 3. Two full batches of 3 go at
+    once (well before the interval); the last item goes alone, at the interval."""
 
-    async def scenario() -> RecordingSink:
+    async def scenario() -> tuple[RecordingSink, float]:
         sink = RecordingSink()
-        writer = BatchWriter(sink.write, max_batch=3, interval=0.1)
+        writer = BatchWriter(sink.write, max_batch=3, interval=0.5)
         writer.start()
+        started = time.monotonic()
         for i in range(7):
             writer.add(i)
-        await asyncio.sleep(0)  # let the writer task run once
         await eventually(lambda: writer.pending == 0, 2)
         await writer.close(1)
-        return sink
+        return sink, started
 
-    sink = asyncio.run(scenario())
-    assert sink.items == list(range(7))
-    assert all(len(b) <= 3 for b in sink.batches)
+    sink, started = asyncio.run(scenario())
+    assert sink.batches == [[0, 1, 2], [3, 4, 5], [6]]
+    assert sink.times[1] - started < 0.25
+    assert sink.times[2] - started >= 0.45
 
 
 def test_batcher_flushes_at_close_and_retries_within_the_timeout() -> None:
@@ -190,24 +199,36 @@ def test_batcher_without_flush_on_shutdown_drops_and_counts() -> None:
 
 
 def test_batcher_keeps_points_while_the_sink_is_down_up_to_the_cap() -> None:
-    """1. Sink down, retries on, cap 10. 2. Add 15. 3. 5 counted lost at once (the cap),
-    10 kept. 4. The sink recovers: the 10 are written by the background retry."""
+    """1. Sink down for two writes, retries on, batches of 5, cap 10. 2. Add 5: the
+    writer tries and fails. 3. Add 5 more: the retry fails too; 10 are kept. 4. Add 5
+    more: over the cap, counted lost at once. 5. The sink recovers: the 10 kept are
+    written by the background retry."""
 
     async def scenario() -> tuple[RecordingSink, BatchWriter[int]]:
         sink = RecordingSink(fail_next=2)
         writer = BatchWriter(
-            sink.write, max_batch=5, interval=0.05, max_buffer=10, retry=FAST_RETRY
+            sink.write,
+            max_batch=5,
+            interval=30,
+            max_buffer=10,
+            retry=RetryPolicy(initial=0.2, maximum=0.2),
         )
         writer.start()
-        accepted = [writer.add(i) for i in range(15)]
-        assert accepted == [True] * 10 + [False] * 5
+        assert [writer.add(i) for i in range(5)] == [True] * 5
+        await eventually(lambda: writer.failed_writes == 1, 2)
+        assert [writer.add(i) for i in range(5, 10)] == [True] * 5
+        await eventually(lambda: writer.failed_writes == 2, 2)
+        assert writer.pending == 10
+        assert [writer.add(i) for i in range(10, 15)] == [False] * 5
         await eventually(lambda: writer.pending == 0, 3)
         await writer.close(1)
         return sink, writer
 
     sink, writer = asyncio.run(scenario())
+    assert sink.attempts >= 3
     assert sorted(sink.items) == list(range(10))
-    assert (writer.written, writer.lost) == (10, 5)
+    assert (writer.written, writer.lost, writer.failed_writes) == (10, 5, 2)
+    assert writer.losses.totals == {"buffer_full": 5}
 
 
 def test_batcher_permanent_rejection_drops_only_the_rejected_items() -> None:
@@ -229,22 +250,26 @@ def test_batcher_permanent_rejection_drops_only_the_rejected_items() -> None:
 
 
 def test_batcher_close_lets_a_write_in_progress_finish() -> None:
-    """1. A slow sink (0.2 s) is mid-write when close(2) is called. 2. The write finishes
-    rather than being cut, and later items are flushed too."""
+    """1. A slow sink (0.3 s) is mid-write of [1, 2] when close(2) is called. 2. That
+    write finishes rather than being cut (never cancelled, never written twice), and
+    the item added meanwhile is flushed after it."""
 
-    async def scenario() -> RecordingSink:
-        sink = RecordingSink(delay=0.2)
+    async def scenario() -> tuple[RecordingSink, float]:
+        sink = RecordingSink(delay=0.3)
         writer = BatchWriter(sink.write, max_batch=2, interval=30)
         writer.start()
         writer.add(1)
         writer.add(2)  # full batch: the writer starts writing
         await eventually(lambda: sink.attempts > 0, 2)
         writer.add(3)
+        started = time.monotonic()
         await writer.close(2)
-        return sink
+        return sink, time.monotonic() - started
 
-    sink = asyncio.run(scenario())
-    assert sink.items == [1, 2, 3]
+    sink, took = asyncio.run(scenario())
+    assert sink.batches == [[1, 2], [3]]
+    assert (sink.attempts, sink.cancelled) == (2, 0)
+    assert took < 1.5
 
 
 def test_retry_policy_backs_off_with_jitter_up_to_the_maximum() -> None:

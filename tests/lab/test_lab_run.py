@@ -164,27 +164,48 @@ def test_rollout_without_prestop_fails_requests(tmp_path: Path) -> None:
     assert report["lost_operations"] is None  # no InfluxDB in these manifests
 
 
-def test_sigint_stops_everything(tmp_path: Path) -> None:
-    """`lab run --scenario steady` for a long time, with pods, HAProxy, InfluxDB and k6 up.
-    1. Wait until k6 and both pods are logged as started.
-    2. Send SIGINT (Ctrl-C) to the lab.
-    3. It exits 130 within seconds, and every PID it logged is gone."""
-    manifest = tiny_manifest(
-        tmp_path / "m.yml",
-        port=free_port(),
-        replicas=2,
-        args=["--ignore-sigterm"],  # the forced path: SIGKILL without waiting for grace
-        grace=30,
-        env=[{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}],
-    )
+def _events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _phases(out: Path) -> list[str]:
+    return [str(e["detail"]) for e in _events(out) if e["kind"] == "phase"]
+
+
+def _start_steady(tmp_path: Path, manifest: Path, log_name: str) -> subprocess.Popen[bytes]:
     out = tmp_path / "out"
-    log = (tmp_path / "lab.log").open("wb")
+    log = (tmp_path / log_name).open("wb")
     lab = subprocess.Popen(
         _lab(out, manifest, "--scenario", "steady", "--duration", "300", "--vus", "2"),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
+    log.close()
+    return lab
+
+
+def test_second_sigint_skips_the_graceful_teardown_and_kills_everything(tmp_path: Path) -> None:
+    """`lab run --scenario steady` for a long time, with pods that ignore SIGTERM (grace
+    30 s), HAProxy, InfluxDB and k6 up.
+    1. Wait until k6 and both pods are logged as started.
+    2. Send SIGINT (Ctrl-C): the graceful teardown starts (the pods get SIGTERM and would
+       take their 30 s grace period).
+    3. Send SIGINT again: it exits 130 within seconds, every PID it logged is gone, and
+       the event log says the teardown was forced."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ignore-sigterm"],
+        grace=30,
+        env=[{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}],
+    )
+    out = tmp_path / "out"
+    lab = _start_steady(tmp_path, manifest, "lab.log")
     try:
         wait_until(
             lambda: (
@@ -196,14 +217,57 @@ def test_sigint_stops_everything(tmp_path: Path) -> None:
         )
         assert {"influxd", "haproxy"} <= set(_pids(out).values())
         lab.send_signal(signal.SIGINT)
-        assert lab.wait(30) == 130
+        wait_until(
+            lambda: len([e for e in _events(out) if e["kind"] == "sigterm"]) == 2,
+            20,
+            what="both pods sent SIGTERM by the graceful teardown",
+        )
+        assert lab.poll() is None  # still waiting for the grace period
+        lab.send_signal(signal.SIGINT)
+        assert lab.wait(20) == 130
     finally:
         if lab.poll() is None:
             lab.kill()
             lab.wait(10)
-        log.close()
+        _kill_leftovers(out)
     _assert_all_gone(out)
     assert "interrupted by SIGINT" in (tmp_path / "lab.log").read_text()
+    assert any(p.startswith("teardown-forced SIGINT") for p in _phases(out)), _phases(out)
+
+
+def test_sigterm_tears_down_gracefully_and_exits_143(tmp_path: Path) -> None:
+    """`lab run --scenario steady` with two pods that have a 1 s preStop sleep.
+    1. Once k6 runs, send SIGTERM once.
+    2. The load stops, then each pod goes through preStop and SIGTERM and exits on its
+       own (no SIGKILL); the lab exits 143 and every PID it logged is gone."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        readiness=READY_PROBE,
+        pre_stop={"sleep": {"seconds": 1}},
+        grace=10,
+    )
+    out = tmp_path / "out"
+    lab = _start_steady(tmp_path, manifest, "lab.log")
+    try:
+        wait_until(lambda: "k6" in _pids(out).values(), 30, what="k6 started")
+        lab.send_signal(signal.SIGTERM)
+        assert lab.wait(30) == 143
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait(10)
+        _kill_leftovers(out)
+    _assert_all_gone(out)
+    events = _events(out)
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("prestop-finished") == 2 and kinds.count("exited") == 2
+    assert "sigkilled" not in kinds
+    phases = _phases(out)
+    assert any(p.startswith("interrupted SIGTERM") for p in phases)
+    assert not any(p.startswith("teardown-forced") for p in phases)
+    assert "interrupted by SIGTERM" in (tmp_path / "lab.log").read_text()
 
 
 def test_cli_help_runs() -> None:

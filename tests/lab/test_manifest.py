@@ -131,7 +131,7 @@ def test_directory_needs_one_deployment_and_notes_other_kinds(tmp_path: Path) ->
     assert manifests.service is not None and manifests.service.port == 80
     assert any("PodDisruptionBudget" in note for note in manifests.notes)
     (tmp_path / "calc.yml").unlink()
-    with pytest.raises(ManifestError, match="exactly one Deployment"):
+    with pytest.raises(ManifestError, match="needs a Deployment, found none"):
         load(tmp_path)
 
 
@@ -276,3 +276,195 @@ def test_bad_manifest_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli.main([*argv, "--out", str(out)]) == 2
     assert "containers[0].image" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _team_directory(tmp_path: Path, port: int = 8123) -> Path:
+    """A team's directory: the app (Deployment + LoadBalancer Service, env from a
+    ConfigMap and a Secret), a cache it depends on (Deployment + ClusterIP Service), and
+    InfluxDB (Deployment + Service), in three files as teams keep them."""
+    app = tiny_manifest(tmp_path / "app.yml", port=port)
+    docs = list(yaml.safe_load_all(app.read_text()))
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    container["envFrom"] = [{"configMapRef": {"name": "app-config"}, "prefix": "CFG_"}]
+    container["env"] = [
+        {"name": "CFG_MODE", "value": "from-env"},  # env wins over envFrom
+        {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "LEVEL"}}},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "token"}}},
+        {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": True}}},
+        {"name": "CACHE_URL", "value": "http://cache:9000/x"},
+    ]  # fmt: skip
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "app-config"},
+        "data": {"LEVEL": "$(NOT_EXPANDED)", "MODE": "cm"},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "app-secret"},
+        "data": {"token": "czNjcjN0"},  # base64 of "s3cr3t"
+    }
+    app.write_text(yaml.safe_dump_all([*docs, config_map, secret], sort_keys=False))
+    cache = tiny_manifest(tmp_path / "cache.yml", port=port + 1)
+    docs = list(yaml.safe_load_all(cache.read_text()))
+    docs[0]["metadata"]["name"] = "cache"
+    docs[0]["spec"]["selector"]["matchLabels"] = {"app": "cache"}
+    docs[0]["spec"]["template"]["metadata"]["labels"] = {"app": "cache"}
+    docs[1]["metadata"]["name"] = "cache"
+    docs[1]["spec"].update(type="ClusterIP", selector={"app": "cache"})
+    docs[1]["spec"]["ports"] = [{"port": 9000, "targetPort": "http"}]
+    cache.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    (tmp_path / "influxdb.yml").write_text((REPO_K8S / "influxdb.yml").read_text())
+    return tmp_path
+
+
+REPO_K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+
+def test_directory_with_several_deployments_configmap_secret_and_services(tmp_path: Path) -> None:
+    """1. Load a team's directory: three Deployments (app, cache, influxdb), three
+    Services, a ConfigMap and a Secret.
+    2. The app is under test (the only one behind a LoadBalancer Service); cache runs
+    beside it; influxdb is replaced by the lab's own.
+    3. env and envFrom take the ConfigMap's and Secret's values, unexpanded, env winning
+    over envFrom; an optional reference to a missing ConfigMap sets nothing."""
+    manifests = load(_team_directory(tmp_path))
+    assert manifests.deployment.name == "tiny"
+    assert manifests.service is not None and manifests.service.type == "LoadBalancer"
+    supporting = {s.deployment.name: s for s in manifests.supporting}
+    assert set(supporting) == {"cache", "influxdb"}
+    assert supporting["influxdb"].replaced_by == "influxdb"
+    assert supporting["cache"].replaced_by is None
+    assert [s.name for s in supporting["cache"].services] == ["cache"]
+    container = manifests.deployment.template.container
+    env = container_env(
+        container, ImageMap.load(TINY_IMAGES).image("tinyapp"), "p", "127.0.0.9", {}
+    )
+    assert env["CFG_MODE"] == "from-env" and env["CFG_LEVEL"] == "$(NOT_EXPANDED)"
+    assert env["LEVEL"] == "$(NOT_EXPANDED)" and env["TOKEN"] == "s3cr3t"
+    assert "MAYBE" not in env
+    # --deployment picks another one; the app then runs beside it.
+    cache = load(tmp_path, deployment="cache")
+    assert cache.deployment.name == "cache"
+    assert {s.deployment.name for s in cache.supporting} == {"tiny", "influxdb"}
+    with pytest.raises(ManifestError, match="--deployment nope: no such Deployment"):
+        load(tmp_path, deployment="nope")
+
+
+def test_several_deployments_without_a_front_service_need_a_name(tmp_path: Path) -> None:
+    """1. Turn the app's LoadBalancer Service into a ClusterIP one.
+    2. Loading without --deployment fails, naming the Deployments and the option."""
+    directory = _team_directory(tmp_path)
+    docs = list(yaml.safe_load_all((directory / "app.yml").read_text()))
+    docs[1]["spec"]["type"] = "ClusterIP"
+    (directory / "app.yml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    with pytest.raises(
+        ManifestError, match=r"3 Deployments \(tiny, cache, influxdb\).*--deployment"
+    ):
+        load(directory)
+
+
+def _pod_spec(d: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = d["spec"]["template"]["spec"]
+    return spec
+
+
+def _first(d: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = _pod_spec(d)["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "why"),
+    [
+        (
+            lambda d: _pod_spec(d).update(readinessGates=[{"conditionType": "x/y"}]),
+            "spec.template.spec.readinessGates",
+            "no pod would become Ready",
+        ),
+        (
+            lambda d: _pod_spec(d).update(initContainers=[{"name": "i", "image": "busybox"}]),
+            "spec.template.spec.initContainers",
+            "init containers",
+        ),
+        (lambda d: _pod_spec(d).update(hostNetwork=True), "spec.template.spec.hostNetwork", ""),
+        (
+            lambda d: _pod_spec(d).update(volumes=[{"name": "v", "hostPath": {"path": "/x"}}]),
+            "spec.template.spec.volumes[0].hostPath",
+            "only emptyDir",
+        ),
+        (
+            lambda d: _first(d).update(restartPolicy="Always"),
+            "spec.template.spec.containers[0].restartPolicy",
+            "sidecar",
+        ),
+        (
+            lambda d: _first(d).update(volumeMounts=[{"name": "gone", "mountPath": "/x"}]),
+            "spec.template.spec.containers[0].volumeMounts[0].name",
+            "no volume named",
+        ),
+        (
+            lambda d: _first(d).update(
+                env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]
+            ),
+            "spec.template.spec.containers[0].env[0].valueFrom.configMapKeyRef.name",
+            "ConfigMap 'c' is not in the manifests",
+        ),
+        (
+            lambda d: _first(d).update(lifecycle={"postStart": {"exec": {"cmd": ["x"]}}}),
+            "spec.template.spec.containers[0].lifecycle.postStart.exec.cmd",
+            "",
+        ),
+        (
+            lambda d: _first(d).update(startupProbe={"httpGet": {"port": "nope"}}),
+            "spec.template.spec.containers[0].startupProbe.httpGet.port",
+            "no container port",
+        ),
+        (lambda d: _first(d).update(tty=True), "spec.template.spec.containers[0].tty", ""),
+        (lambda d: d["spec"].update(paused=True), "spec.paused", "does not roll out"),
+        (
+            lambda d: d["spec"]["selector"].update(matchExpressions=[]),
+            "spec.selector.matchExpressions",
+            "",
+        ),
+    ],
+)
+def test_unmodelled_fields_are_refused_naming_file_and_field(
+    tmp_path: Path, change: Any, field: str, why: str
+) -> None:
+    """A manifest with one field the lab does not model (or a dangling reference).
+    1. Load it.
+    2. The error names the file, the field's full path and why."""
+    path = _edit(tiny_manifest(tmp_path / "m.yml", port=8123), change)
+    with pytest.raises(ManifestError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert field in message and str(path) in message and why in message
+
+
+def test_inert_fields_are_accepted_with_a_note_and_startup_post_start_parsed(
+    tmp_path: Path,
+) -> None:
+    """1. A manifest with resources, securityContext, an emptyDir volume, a startupProbe
+    and a postStart hook.
+    2. It loads; resources and securityContext are listed in the notes; the startup
+    probe and the postStart hook are in the container."""
+
+    def change(d: dict[str, Any]) -> None:
+        _pod_spec(d).update(volumes=[{"name": "tmp", "emptyDir": {}}])
+        _first(d).update(
+            resources={"requests": {"cpu": "100m"}},
+            securityContext={"readOnlyRootFilesystem": True},
+            volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+            startupProbe={"httpGet": {"path": "/health", "port": "http"}, "failureThreshold": 30},
+            lifecycle={"postStart": {"exec": {"command": ["true"]}}},
+        )
+
+    manifests = load(_edit(tiny_manifest(tmp_path / "m.yml", port=8123), change))
+    notes = "\n".join(manifests.notes)
+    assert "containers[0].resources: not modelled" in notes
+    assert "containers[0].securityContext: not modelled" in notes
+    container = manifests.deployment.template.container
+    assert container.startup is not None and container.startup.failure_threshold == 30
+    assert container.post_start is not None and container.post_start.command == ("true",)

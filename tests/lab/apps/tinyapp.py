@@ -1,11 +1,11 @@
 """A tiny HTTP service for the lab's tests, standard library only, with switches for
 every way a service can drop the ball.
 
-    python tinyapp.py --port 8080 [--ready-after S] [--ignore-sigterm] [--status 503]
+    python tinyapp.py --port 8080 [--ready-after S] [--ready-status 500] [--ignore-sigterm] [--status 503]
         [--mode ok|reset|eof|hang] [--delay S] [--influx URL] [--drop-id ID] [--fail-id ID]
 
 Binds TINY_HOST (default 127.0.0.1). GET /health is liveness, GET /ready readiness (503
-for the first --ready-after seconds), POST /sum sums `numbers` after --delay seconds.
+for the first --ready-after seconds; always --ready-status if given), POST /sum sums `numbers` after --delay seconds.
 With --influx, each successful sum writes one point (the calc contract's shape) before
 the answer; --drop-id skips the point of one request (a lost operation), --fail-id
 writes the point and then answers 500 (an orphan); both take an id or a `-VU-ITER` suffix. Prints one line per event to stdout
@@ -53,6 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ready-after", type=float, default=0.0)
+    parser.add_argument("--ready-status", type=int, default=0)
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--status", type=int, default=200)
     parser.add_argument("--mode", choices=("ok", "reset", "eof", "hang"), default="ok")
@@ -90,7 +91,9 @@ def main() -> int:
         def do_GET(self) -> None:
             if self.path not in ("/health", "/ready"):
                 log(f"get {self.path} {time.time():.3f}")
-            if self.path == "/ready" and time.monotonic() - started < args.ready_after:
+            if self.path == "/ready" and args.ready_status:
+                self.answer(args.ready_status, b"database unreachable")
+            elif self.path == "/ready" and time.monotonic() - started < args.ready_after:
                 self.answer(503, b"not ready")
             else:
                 self.answer(200, b"ok")
