@@ -46,6 +46,10 @@ class Report:
     peak_pods: int | None = None
     fewest_available: int | None = None
     notes: list[str] = field(default_factory=list)
+    # How operations were accounted: "by id", or "by count" when k6 sent no request ids
+    # (then lost_operations is 200s minus points, give or take lost_margin).
+    ops_method: str | None = None
+    lost_margin: int | None = None
     events: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -85,6 +89,7 @@ class Report:
             ("lost operations", _opt(self.lost_operations)),
             ("orphan operations", _opt(self.orphan_operations)),
         ]
+        rows += _ops_method_rows(self)
         if self.protocols:
             rows.append(("protocols", ", ".join(f"{p} {n}" for p, n in self.protocols.items())))
         if self.failed_checks:
@@ -121,6 +126,16 @@ def _pct(part: int, whole: int) -> str:
 
 def _opt(value: int | None) -> str:
     return "not measured (no InfluxDB in the manifests)" if value is None else str(value)
+
+
+def _ops_method_rows(report: Report) -> list[tuple[str, str]]:
+    """Which way operations were accounted, and the margin when they were counted."""
+    if report.ops_method is None:
+        return []
+    if report.ops_method != "by count":
+        return [("operations accounted", report.ops_method)]
+    margin = f"lost ± {report.lost_margin} (requests in flight when the load stopped)"
+    return [("operations accounted", f"by count (no request ids): {margin}, orphans unknown")]
 
 
 def _action(report: Report) -> str:
@@ -176,7 +191,7 @@ def build(
         ok=accounting.ok,
         failed=accounting.failed,
         failed_total=accounting.failed_total,
-        lost_operations=None if lost is None else len(lost),
+        lost_operations=accounting.lost_operations,
         orphan_operations=None if orphans is None else len(orphans),
         duration_s=round(duration_s, 3),
         achieved_rps=None if achieved is None else round(achieved, 1),
@@ -196,5 +211,7 @@ def build(
         peak_pods=pod_bounds[0] if pod_bounds else None,
         fewest_available=pod_bounds[1] if pod_bounds else None,
         notes=notes,
+        ops_method=accounting.ops_method,
+        lost_margin=accounting.in_flight_at_stop,
         events=[e.as_dict() for e in events],
     )
