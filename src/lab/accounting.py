@@ -7,8 +7,8 @@ Operations are the service's InfluxDB points, matched to requests by id: a *lost
 operation is a request answered 200 without a point; an *orphan* is a point whose
 request the client saw fail. A k6 script that sends no request ids (a user's own) cannot
 be matched: then operations are counted instead (`ops_method` "by count"): lost is the
-200s minus the points stored, give or take the requests still in flight when the load
-stopped (their points may land either side of the stop), and orphans are not known.
+200s minus the points stored, give or take the requests in flight while the load stopped
+(those that ended after it was told to stop), and orphans are not known.
 """
 
 from __future__ import annotations

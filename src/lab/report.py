@@ -89,7 +89,7 @@ class Report:
             ("lost operations", _opt(self.lost_operations)),
             ("orphan operations", _opt(self.orphan_operations)),
         ]
-        rows += _ops_method_rows(self)
+        rows = _ops_method_rows(self, rows)
         if self.protocols:
             rows.append(("protocols", ", ".join(f"{p} {n}" for p, n in self.protocols.items())))
         if self.failed_checks:
@@ -128,14 +128,16 @@ def _opt(value: int | None) -> str:
     return "not measured (no InfluxDB in the manifests)" if value is None else str(value)
 
 
-def _ops_method_rows(report: Report) -> list[tuple[str, str]]:
-    """Which way operations were accounted, and the margin when they were counted."""
+def _ops_method_rows(report: Report, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`rows` with the way operations were accounted; counted, orphans are not known and
+    lost is give or take the requests in flight while the load stopped."""
     if report.ops_method is None:
-        return []
+        return rows
     if report.ops_method != "by count":
-        return [("operations accounted", report.ops_method)]
-    margin = f"lost ± {report.lost_margin} (requests in flight when the load stopped)"
-    return [("operations accounted", f"by count (no request ids): {margin}, orphans unknown")]
+        return [*rows, ("operations accounted", report.ops_method)]
+    rows = [(k, "not known (counted)") if k == "orphan operations" else (k, v) for k, v in rows]
+    margin = f"lost ± {report.lost_margin} (requests in flight while the load stopped)"
+    return [*rows, ("operations accounted", f"by count (no request ids): {margin}")]
 
 
 def _action(report: Report) -> str:

@@ -96,11 +96,12 @@ def test_report_json_and_table_name_the_method() -> None:
     """Two runs' accounting, one by count and one by id.
     1. Build each report.
     2. The JSON has ops_method, lost_operations and lost_margin; the table names the
-       method, and for a count its margin."""
+       method, and for a count its margin and orphans as not known."""
     counted = _report([_request(10), _request(20), _request(2000)], ["x"], stopped_ms=1000)
     assert "by count (no request ids): lost ± 1" in counted
     rows = dict(line.split("  ", 1) for line in counted.splitlines() if "  " in line)
     assert rows["lost operations"].strip() == "2"
+    assert rows["orphan operations"].strip() == "not known (counted)"
     by_id = _report([_request(10, rid="a")], ["a"], stopped_ms=1000)
     assert "operations accounted" in by_id and "by id" in by_id
 
