@@ -393,7 +393,7 @@ class Lab:
 
         if self.faults is not None:
             await self.faults.stop()
-        self.events.phase("stop-load")
+        stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
         await self._teardown_pods()
@@ -406,7 +406,7 @@ class Lab:
             point_ids = await asyncio.to_thread(
                 self.influx.field_values, INFLUX_DB, "operation", "id"
             )
-        result = accounting.account(requests, point_ids)
+        result = accounting.account(requests, point_ids, stopped_ms=int(stopping.wall * 1000))
         self.events.phase("accounted", f"{result.requests} requests")
         notes = list(self.p.notes)
         if result.unmatched_points:

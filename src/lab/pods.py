@@ -200,6 +200,9 @@ class Kubelet:
                         # the endpoint's `serving` condition while the pod terminates
                         # (doProbe in pkg/kubelet/prober/worker.go).
                         await self._terminate(pod, grace=pod.template.termination_grace)
+                        # The container has exited: the pod is not ready (nor serving).
+                        await stop_task(readiness)
+                        self._set_ready(pod, False)
                         return
                     for task in readiness:
                         await stop_task(task)
