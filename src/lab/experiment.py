@@ -281,7 +281,9 @@ class Lab:
             self.registry.record(self.influx.pid, "influxd")
             await asyncio.to_thread(self.influx.create_database, INFLUX_DB)
             influx_address = f"{self.influx.host}:{self.influx.port}"
-            names = ", ".join(f"{n}:8086" for n in ["influxdb", *self.p.influx_names])
+            names = ", ".join(
+                f"{n}:8086" for n in dict.fromkeys(["influxdb", *self.p.influx_names])
+            )
             self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
             for name in self.p.influx_names:
                 self.service_addresses[name] = {8086: influx_address}
