@@ -14,7 +14,7 @@ from lab import cli
 from lab.influx import free_port
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _assert_all_gone, _kill_leftovers, _lab, _run
-from tests.support import REPO
+from tests.support import REPO, VENV_BIN
 
 K8S = REPO / "deploy" / "k8s"
 
@@ -176,3 +176,42 @@ def test_report_names_a_liveness_command_that_cannot_run(tmp_path: Path) -> None
         "probe-failed: liveness exec sh -c /app/bin/calc pid: exit code 127 (command not found):"
     )
     assert "/app/bin/calc: not found" in line and "1x on tiny-r1-" in line
+
+
+ORIGINAL_V9 = Path(__file__).resolve().parent / "original-v9"
+
+
+def test_original_v9_manifests_need_their_image_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The original demo's v9 directory (deployment.yml, service.yml, influxdb.yml) with
+    the project's image map, which knows the image `calc` but not the Elixir release.
+    1. `lab run` it.
+    2. It exits 2 before anything starts, naming the liveness command /app/bin/calc and
+       the image map entry that would map it."""
+    out = tmp_path / "out"
+    assert cli.main(["run", "--manifests", str(ORIGINAL_V9 / "k8s"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "livenessProbe.exec.command: '/app/bin/calc' from image 'calc'" in err
+    assert "under images.calc.paths" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(170)
+@pytest.mark.skipif(not (VENV_BIN / "calc").exists(), reason="calc is not installed")
+def test_original_v9_manifests_through_the_lab_drop_nothing(tmp_path: Path) -> None:
+    """The original demo's v9 directory with its image map (original-v9/images.yml: the
+    release's `start` and `pid` stood in for by calc v9), 3 replicas, 20 VUs.
+    1. `lab run --scenario rollout-restart`.
+    2. No request fails, no operation is lost; InfluxDB was replaced by the lab's own;
+       the liveness command ran and passed (no probe failure)."""
+    report = _run(
+        tmp_path / "out", ORIGINAL_V9 / "k8s", "--image-map", str(ORIGINAL_V9 / "images.yml"),
+        "--replicas", "3", "--vus", "20", "--warmup", "3", "--cooldown", "2", timeout=150,
+    )  # fmt: skip
+    assert report["action_completed"]
+    assert report["failed"] == {} and report["ok"] == report["requests"] > 100
+    assert report["lost_operations"] == 0 and report["operations_logged"] > 100
+    assert any("influxdb" in n and "replaced by the lab's own" in n for n in report["notes"])
+    assert not [e for e in report["explanations"] if "liveness" in e]
