@@ -35,7 +35,7 @@ from lab.haproxy import HAProxy
 from lab.images import ImageMap, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
-from lab.manifest import Container, ManifestError, Manifests, Supporting, load
+from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
@@ -65,8 +65,9 @@ class Prepared:
     update: Manifests | None = None  # the update scenario's new manifests
     # Deployments that run beside the one under test, one pod each, without load.
     supporting: list[Supporting] = field(default_factory=list)
-    # Service names the lab's InfluxDB stands in for (beyond `influxdb`).
-    influx_names: list[str] = field(default_factory=list)
+    # Services the lab's InfluxDB stands in for (beyond `influxdb:8086`).
+    influx_services: list[Service] = field(default_factory=list)
+    influx_db: str = INFLUX_DB  # the database the pods write to
 
 
 def _uses_influx(container: Container) -> bool:
@@ -119,7 +120,20 @@ def prepare(config: LabConfig) -> Prepared:
             f"Deployment {s.deployment.name} ({s.source}, image "
             f"{s.deployment.template.container.image}) replaced by the lab's own InfluxDB"
         )
-    influx_names = [svc.name for s in replaced for svc in s.services]
+    influx_services = [svc for s in replaced for svc in s.services]
+    # The official image creates the database INFLUXDB_DB names at first start.
+    influx_dbs = {
+        v.value
+        for s in replaced
+        for v in s.deployment.template.container.env
+        if v.name == "INFLUXDB_DB" and v.value
+    }
+    if len(influx_dbs) > 1:
+        raise ManifestError(
+            f"{config.manifests}: the InfluxDB Deployments name different databases "
+            f"(INFLUXDB_DB {', '.join(sorted(influx_dbs))}); the lab runs one"
+        )
+    influx_db = influx_dbs.pop() if influx_dbs else INFLUX_DB
     uses_influx = bool(replaced) or any(_uses_influx(c) for c in containers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
@@ -132,7 +146,16 @@ def prepare(config: LabConfig) -> Prepared:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
     return Prepared(
-        config, manifests, images, uses_influx, find_k6(), notes, update, supporting, influx_names
+        config,
+        manifests,
+        images,
+        uses_influx,
+        find_k6(),
+        notes,
+        update,
+        supporting,
+        influx_services,
+        influx_db,
     )
 
 
@@ -279,14 +302,23 @@ class Lab:
             await asyncio.shield(self.influx_start)
             assert self.influx.pid is not None
             self.registry.record(self.influx.pid, "influxd")
-            await asyncio.to_thread(self.influx.create_database, INFLUX_DB)
+            await asyncio.to_thread(self.influx.create_database, self.p.influx_db)
             influx_address = f"{self.influx.host}:{self.influx.port}"
             names = ", ".join(
-                f"{n}:8086" for n in dict.fromkeys(["influxdb", *self.p.influx_names])
+                dict.fromkeys(
+                    [
+                        "influxdb:8086",
+                        *(
+                            f"{svc.name}:{port}"
+                            for svc in self.p.influx_services
+                            for port, _ in svc.ports
+                        ),
+                    ]
+                )
             )
             self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
-            for name in self.p.influx_names:
-                self.service_addresses[name] = {8086: influx_address}
+            for svc in self.p.influx_services:
+                self.service_addresses[svc.name] = {port: influx_address for port, _ in svc.ports}
 
         def rewrite(value: str) -> str:
             if influx_address is not None:
@@ -406,7 +438,7 @@ class Lab:
         point_ids: list[object] | None = None
         if self.influx is not None:
             point_ids = await asyncio.to_thread(
-                self.influx.field_values, INFLUX_DB, "operation", "id"
+                self.influx.field_values, self.p.influx_db, "operation", "id"
             )
         result = accounting.account(requests, point_ids)
         self.events.phase("accounted", f"{result.requests} requests")

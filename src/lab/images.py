@@ -243,6 +243,14 @@ def unresolved(
         if handler is not None and handler.action == "exec":
             commands.append((f"{key}.exec.command", map_command(handler.command, image)))
     problems = []
+    if container.working_dir is not None and container.working_dir not in image.paths:
+        # Without a mapping the container would run in the image map's workdir, not the
+        # one the manifest names: say so rather than run somewhere else.
+        problems.append(
+            f"{where}.workingDir: {container.working_dir!r} is a directory inside image "
+            f"{image.name!r}; map it in {source or 'the image map'} under "
+            f"images.{image.name}.paths (e.g. `{container.working_dir}: ./app`)"
+        )
     for key, argv in commands:
         program = argv[0]
         if _findable(program, launch.env, launch.cwd):

@@ -442,6 +442,13 @@ def _env(f: _Fields, sources: _Sources) -> EnvVar | None:
             {"fieldRef", "configMapKeyRef", "secretKeyRef"},
             refused={"resourceFieldRef": "resource limits are not modelled by the lab"},
         )
+        sources_named = [
+            k for k in ("fieldRef", "configMapKeyRef", "secretKeyRef") if k in value_from.data
+        ]
+        if len(sources_named) != 1:
+            value_from.fail(
+                value_from.path, "needs exactly one of fieldRef, configMapKeyRef, secretKeyRef"
+            )
         for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
             key_ref = value_from.sub(key)
             if key_ref is None:

@@ -422,6 +422,21 @@ def _first(d: dict[str, Any]) -> dict[str, Any]:
             "no container port",
         ),
         (lambda d: _first(d).update(tty=True), "spec.template.spec.containers[0].tty", ""),
+        (
+            lambda d: _first(d).update(
+                env=[
+                    {
+                        "name": "X",
+                        "valueFrom": {
+                            "fieldRef": {"fieldPath": "metadata.name"},
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                        },
+                    }
+                ]
+            ),
+            "spec.template.spec.containers[0].env[0].valueFrom",
+            "exactly one of",
+        ),
         (lambda d: d["spec"].update(paused=True), "spec.paused", "does not roll out"),
         (
             lambda d: d["spec"]["selector"].update(matchExpressions=[]),
@@ -468,3 +483,13 @@ def test_inert_fields_are_accepted_with_a_note_and_startup_post_start_parsed(
     container = manifests.deployment.template.container
     assert container.startup is not None and container.startup.failure_threshold == 30
     assert container.post_start is not None and container.post_start.command == ("true",)
+
+
+def test_secret_that_is_not_base64_is_refused(tmp_path: Path) -> None:
+    """1. A directory with the app and a Secret whose data is not base64.
+    2. Loading it fails naming the Secret's file and `data.token`."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"token": "not base64!"}}  # fmt: skip
+    (tmp_path / "secret.yml").write_text(yaml.safe_dump(secret))
+    with pytest.raises(ManifestError, match=r"secret.yml: data.token: is not base64"):
+        load(tmp_path)

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from lab import cli
+from lab.config import LabConfig
+from lab.experiment import _service_urls, prepare
 from lab.influx import free_port
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _assert_all_gone, _kill_leftovers, _lab, _run
@@ -107,6 +109,7 @@ def test_unmapped_exec_command_is_named_before_anything_starts(
         lambda c: c.update(
             livenessProbe={"exec": {"command": ["/app/bin/calc", "pid"]}},
             lifecycle={"preStop": {"exec": {"command": ["drain-now"]}}},
+            workingDir="/srv/app",
         ),
     )
     out = tmp_path / "out"
@@ -117,6 +120,7 @@ def test_unmapped_exec_command_is_named_before_anything_starts(
     assert "under images.tinyapp.paths (e.g. `/app/bin/calc: " in err and str(TINY_IMAGES) in err
     assert "containers[0].lifecycle.preStop.exec.command: 'drain-now'" in err
     assert "images.tinyapp.env PATH" in err
+    assert "containers[0].workingDir: '/srv/app' is a directory inside image 'tinyapp'" in err
     assert not out.exists()
 
 
@@ -215,3 +219,35 @@ def test_original_v9_manifests_through_the_lab_drop_nothing(tmp_path: Path) -> N
     assert report["lost_operations"] == 0 and report["operations_logged"] > 100
     assert any("influxdb" in n and "replaced by the lab's own" in n for n in report["notes"])
     assert not [e for e in report["explanations"] if "liveness" in e]
+
+
+def test_influxdb_deployment_is_replaced_under_its_own_service_and_database(
+    tmp_path: Path,
+) -> None:
+    """A directory with the app and an InfluxDB Deployment whose Service is `metrics-db`
+    on port 80 and whose INFLUXDB_DB is `ops`.
+    1. Prepare the run (everything checked, nothing started).
+    2. The lab's InfluxDB will stand in for metrics-db:80 with database `ops`; the notes
+       say the Deployment was replaced.
+    3. URLs naming the Service, in any DNS spelling, point at the stand-in; others stay."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    influx = list(yaml.safe_load_all((K8S / "influxdb.yml").read_text()))
+    env = influx[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    next(e for e in env if e["name"] == "INFLUXDB_DB")["value"] = "ops"
+    influx[1]["metadata"]["name"] = "metrics-db"
+    influx[1]["spec"]["ports"] = [{"port": 80, "targetPort": 8086}]
+    (tmp_path / "influx.yml").write_text(yaml.safe_dump_all(influx, sort_keys=False))
+    prepared = prepare(LabConfig(manifests=tmp_path, image_map=TINY_IMAGES))
+    assert prepared.uses_influx and prepared.influx_db == "ops"
+    assert [s.name for s in prepared.influx_services] == ["metrics-db"]
+    assert any("Deployment influxdb" in n and "replaced" in n for n in prepared.notes)
+    services = {"metrics-db": {80: "127.0.0.1:9999"}}
+    for value, expected in [
+        ("http://metrics-db/write?db=ops", "http://127.0.0.1:9999/write?db=ops"),
+        ("http://metrics-db.default.svc.cluster.local:80", "http://127.0.0.1:9999"),
+        ("metrics-db:80", "127.0.0.1:9999"),
+        ("http://metrics-db:8086", "http://metrics-db:8086"),  # no such Service port
+        ("http://metrics-dbx:80", "http://metrics-dbx:80"),
+        ("xmetrics-db:80", "xmetrics-db:80"),
+    ]:
+        assert _service_urls(value, services) == expected, value
