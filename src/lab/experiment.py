@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,10 +105,15 @@ def prepare(config: LabConfig) -> Prepared:
             image = images.image(container.image)
         except ManifestError as exc:
             raise ManifestError(f"{what}: {exc}") from None
-        # Resolve the command and env once with stand-in pod values, so that a container
-        # the image map cannot run fails here, before anything starts.
-        launch = resolve(container, image, "check", "127.0.0.2", dict(os.environ))
-        problems += [f"{what}: {p}" for p in unresolved(container, image, launch, images.source)]
+        # Resolve the command and env once with stand-in pod values (and volumes in a
+        # scratch dir), so that a container the image map cannot run fails here, before
+        # anything starts.
+        with tempfile.TemporaryDirectory(prefix="lab-check-") as scratch:
+            launch = resolve(
+                container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
+            )
+            found = unresolved(container, image, launch, images.source)
+        problems += [f"{what}: {p}" for p in found]
     if problems:
         raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
     for s in supporting:

@@ -368,7 +368,7 @@ class Kubelet:
         result keeps its exit code and an excerpt of its output; the output also goes to
         the pod's log. A command that cannot start (not found, not executable) raises
         OSError, as the runtime's exec fails."""
-        argv = map_command(command, pod.image)
+        argv = map_command(command, pod.image, pod.launch.mounts)
         process = await self.registry.start(
             argv, name, env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
         )
