@@ -180,17 +180,21 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
 async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     loop = asyncio.get_running_loop()
     first, second = asyncio.Event(), asyncio.Event()
-    seen = len(signals.received)
 
     def record(signum: int) -> None:
         signals.record(signum)
-        (second if first.is_set() else first).set()
+        first.set()
+        if len(signals.received) > 1:
+            second.set()
 
     handled = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in Signals.STOPPING} if handled else {}
     if handled:
         for sig in Signals.STOPPING:
             loop.add_signal_handler(sig, record, sig)
+    # A signal recorded by the caller's handlers since `run_experiment` looked: stop now.
+    if signals.received:
+        first.set()
     lab = Lab(prepared)
     work = asyncio.create_task(lab.run(), name="experiment")
     stopper = asyncio.create_task(first.wait(), name="signal wait")
@@ -199,7 +203,7 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if work.done():
             return work.result()
-        signum = signals.received[seen]
+        signum = signals.received[0]
         lab.events.phase(
             "interrupted",
             f"{signal.Signals(signum).name}: graceful teardown (a second signal kills everything)",
