@@ -48,8 +48,9 @@ lint: $(BIN)/calc ## ruff check + format check
 typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
 	$(BIN)/mypy
 
-pytest: setup ## Run the test suite only (with the lab's calc v3/v5 end-to-end runs)
-	LAB_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
+# CI_NO_SKIPS=1: a skip not on tests/skip-allowlist.txt fails the run (tests/skipcheck.py).
+pytest: setup test-deps ## Run the test suite only (with the lab's calc end-to-end runs); fails on a skip not on tests/skip-allowlist.txt
+	CI_NO_SKIPS=1 LAB_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
 

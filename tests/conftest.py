@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 from lab.influx import InfluxServer, free_port
+from tests.skipcheck import (  # noqa: F401  (hooks: pytest finds them by name here)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+)
 from tests.support import Processes
 
 _db_counter = itertools.count()

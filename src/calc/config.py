@@ -117,7 +117,11 @@ SWITCHES: tuple[Switch, ...] = (
     _switch("slow_math", "float", "seconds each sum takes (non-blocking sleep)"),
     _switch("log_level", "choice", "log level", choices=("debug", "info", "warning", "error")),
     _switch("max_head_bytes", "int", "answer 431 to request heads larger than this"),
-    _switch("head_timeout", "float", "answer 408 to request heads not complete after this many s"),
+    _switch(
+        "head_timeout",
+        "float",
+        "answer 408 to a request head, or a body, not complete after this many s",
+    ),
     _switch("drain", "bool", "on SIGTERM let in-flight requests finish (off: cut them)"),
     _switch(
         "drain_timeout", "optional-float", "longest wait for in-flight requests (none: no limit)"

@@ -51,12 +51,12 @@ def float_field(value: float) -> str:
 class NanoClock:
     """Wall-clock nanoseconds, strictly increasing within this process."""
 
-    def __init__(self, source: Callable[[], int] = time.time_ns) -> None:
-        self._source = source
+    def __init__(self, source: Callable[[], int] | None = None) -> None:
+        self._source = source  # None: the wall clock, read at each call
         self._last = 0
 
     def next(self) -> int:
-        now = self._source()
+        now = self._source() if self._source is not None else time.time_ns()
         if now <= self._last:
             now = self._last + 1
         self._last = now

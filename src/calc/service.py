@@ -44,12 +44,15 @@ def app_phase_limits(config: CalcConfig) -> dict[str, float]:
 
 
 def operation_log_of(app: object) -> OperationLog:
-    """The OperationLog inside an app from `create_app` (kept on the Starlette app's state,
-    which RequestContext wraps)."""
-    oplog = getattr(getattr(getattr(app, "app", None), "state", None), "oplog", None)
-    if not isinstance(oplog, OperationLog):
-        raise TypeError(f"no operation log in {app!r}")
-    return oplog
+    """The OperationLog inside an app from `create_app`: on the Starlette app's state,
+    under however many ASGI middlewares (each keeps the next one as `.app`)."""
+    layer: object | None = app
+    for _ in range(10):
+        oplog = getattr(getattr(layer, "state", None), "oplog", None)
+        if isinstance(oplog, OperationLog):
+            return oplog
+        layer = getattr(layer, "app", None)
+    raise TypeError(f"no operation log in {app!r}")
 
 
 def report_unwritten(lifecycle: Lifecycle, oplog: OperationLog, spool: bool) -> None:

@@ -251,13 +251,19 @@ class BatchWriter(Generic[T]):
         due or a write fails; False when one failed and the items wait for a retry."""
         async with self._lock:
             limit = self.max_batch
-            # Woken by size: the partial batch at the end waits for the interval.
-            keep = len(self._buffer) % self.max_batch if full_only else 0
-            while len(self._buffer) > keep:
-                outcome, error = await self._attempt(min(limit, len(self._buffer) - keep), timeout)
-                if outcome is _Outcome.SPLIT:
-                    limit = max(1, min(limit, len(self._buffer)) // 2)
-                elif outcome is not _Outcome.DONE:
+            # What is due now; items that come during the writes wait for the next full
+            # batch or interval (else every write would be chased by a tiny one). Woken
+            # by size: the partial batch at the end waits for the interval too.
+            due = len(self._buffer)
+            if full_only:
+                due -= due % self.max_batch
+            while due > 0 and self._buffer:
+                outcome, error, n = await self._attempt(min(limit, due), timeout)
+                if outcome is _Outcome.DONE:
+                    due -= n
+                elif outcome is _Outcome.SPLIT:
+                    limit = max(1, min(limit, due) // 2)
+                else:
                     delay = self._schedule_retry()
                     self._log_kept(outcome, error, delay)
                     return False
@@ -287,7 +293,9 @@ class BatchWriter(Generic[T]):
                 "Writing %d %s failed (%r); will retry in %.1f s", n, self.name, error, delay
             )
 
-    async def _attempt(self, limit: int, timeout: float) -> tuple[_Outcome, BaseException | None]:
+    async def _attempt(
+        self, limit: int, timeout: float
+    ) -> tuple[_Outcome, BaseException | None, int]:
         """One write attempt of the oldest `limit` items (or the wait for a write still
         under way); the buffer's front leaves it only when the outcome says so."""
         if self._inflight is None:
@@ -309,34 +317,35 @@ class BatchWriter(Generic[T]):
             await asyncio.wait({task}, timeout=min(CANCEL_GRACE, timeout))
         if not task.done():
             self.failed_writes += 1
-            return _Outcome.RETRY, TimeoutError(
+            still_running = TimeoutError(
                 f"a write of {n} is still running after being cancelled; "
                 "its answer is awaited before any other write"
             )
+            return _Outcome.RETRY, still_running, n
         self._inflight = None
         if task.cancelled():
-            return self._failed(n, TimeoutError(f"no answer within {timeout:.1f} s"))
+            return (*self._failed(n, TimeoutError(f"no answer within {timeout:.1f} s")), n)
         error = task.exception()
         if error is None:
             self._settle(n, lost=0)
             self._backoff = None
             logger.info("%s logged", self.name.capitalize())
-            return _Outcome.DONE, None
+            return _Outcome.DONE, None, n
         if isinstance(error, PermanentWriteError):
             if error.rejected <= 0:
                 logger.warning("Writing %d %s: %s; none counted lost", n, self.name, error)
             self._settle(n, lost=max(0, min(error.rejected, n)), why=str(error))
-            return _Outcome.DONE, None
+            return _Outcome.DONE, None, n
         if isinstance(error, BatchTooLargeError):
             if n == 1:
                 self._settle(1, lost=1, why=f"too large even alone: {error}")
-                return _Outcome.DONE, None
+                return _Outcome.DONE, None, n
             logger.warning("%d %s too large for one write (%s): splitting", n, self.name, error)
-            return _Outcome.SPLIT, error
+            return _Outcome.SPLIT, error, n
         if isinstance(error, HoldWriteError):
             self.failed_writes += 1
-            return _Outcome.HOLD, error
-        return self._failed(n, error)
+            return _Outcome.HOLD, error, n
+        return (*self._failed(n, error), n)
 
     async def _call_sink(self, batch: list[T]) -> None:
         await self.sink(batch)
@@ -424,7 +433,7 @@ class BatchWriter(Generic[T]):
                 self._drop_all("shutdown time is up")
                 return
             write_timeout = self.write_timeout if left is None else min(self.write_timeout, left)
-            outcome, error = await self._attempt(limit, write_timeout)
+            outcome, error, _ = await self._attempt(limit, write_timeout)
             if outcome is _Outcome.DONE:
                 continue
             if outcome is _Outcome.SPLIT:

@@ -78,7 +78,7 @@ class LossLog:
             return
         self._logged_at[reason] = time.monotonic()
         self.logger.error(
-            "%s %d %s (%s: %s); %d %s so far, %d %s in all",
+            "%s %d %s (%s: %s); %d %s so far, %d %s so far in all",
             self.verb,
             n,
             self.what,

@@ -7,7 +7,7 @@ readiness flip and no delay (DESIGN.md §4). The signal handler only records; th
 serving loop and a watcher task notice and act.
 
 Signals after the first (see `GracefulServer`): a SIGTERM is logged and ignored; a SIGINT
-first ends the waits for requests, and the next one exits at once.
+ends the waits for requests; any signal after that exits at once.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ class GracefulServer(uvicorn.Server):
     The first SIGTERM or SIGINT starts the shutdown. Later signals:
 
     - SIGTERM: logged, otherwise ignored. Whatever sends it again (a process manager, a
-      second `kill`) gets a SIGKILL in later anyway; cutting the flush would lose work.
+      second `kill`) sends SIGKILL later anyway; cutting the flush would lose work.
     - the first further SIGINT (Ctrl-C twice): stop waiting for requests (delay, quiet
       period, drain), abort what is still running, counted and logged; the app's own
       shutdown (awaiting its tasks, flushing its writers) still runs, within the budget.
-    - the next SIGINT (a third signal): log what the app leaves unwritten
+    - any signal after that (a third signal): log what the app leaves unwritten
       (`Lifecycle.report_unwritten`) and exit at once with 128 + the signal number.
     """
 
@@ -52,21 +52,27 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.phase_durations: dict[str, float] = {}
-        self.signals: list[int] = []  # every signal handled, in order of arrival
+        # Every signal handled, in order of arrival, with what it did: "start", "ignore",
+        # "hurry" or "exit". The handler appends; the watcher task logs.
+        self.signals: list[tuple[int, str]] = []
         self.hurry = False  # a second SIGINT came: no more waiting for requests
-        self.exit_now = False  # a third signal came: exit at once
         self._signals_logged = 1  # the first is logged by "Shutdown started"
         self._watcher: asyncio.Task[None] | None = None
 
     # -- signals: record only ----------------------------------------------------------
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.signals.append(sig)
         self.lifecycle.record_shutdown_request(sig)
-        if self.should_exit and sig == signal.SIGINT:
-            if self.hurry:
-                self.exit_now = True
+        if not self.should_exit:
+            effect = "start"
+        elif self.hurry:
+            effect = "exit"
+        elif sig == signal.SIGINT:
+            effect = "hurry"
             self.hurry = True
+        else:
+            effect = "ignore"
+        self.signals.append((sig, effect))
         self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -231,24 +237,22 @@ class GracefulServer(uvicorn.Server):
         handler may not) and exits at once on a third signal, whatever phase is running."""
         while True:
             while self._signals_logged < len(self.signals):
-                sig = self.signals[self._signals_logged]
+                sig, effect = self.signals[self._signals_logged]
                 self._signals_logged += 1
-                self._log_later_signal(sig)
-            if self.exit_now:
-                self._exit_at_once("third signal", 128 + self.signals[-1])
+                if effect == "exit":
+                    self._exit_at_once(f"third signal, {_signal_name(sig)}", 128 + sig)
+                self._log_later_signal(sig, effect)
             await asyncio.sleep(POLL)
 
-    def _log_later_signal(self, sig: int) -> None:
-        if sig != signal.SIGINT:
+    def _log_later_signal(self, sig: int, effect: str) -> None:
+        if effect == "ignore":
             logger.warning(
                 "%s again during shutdown: ignored, the shutdown goes on", _signal_name(sig)
             )
-            return
-        interrupts = sum(1 for s in self.signals[1 : self._signals_logged] if s == signal.SIGINT)
-        if interrupts == 1:
+        elif effect == "hurry":
             logger.warning(
                 "SIGINT again: no more waiting for requests; accepted work is still written "
-                "(one more SIGINT exits at once)"
+                "(one more signal exits at once)"
             )
 
     def _exit_at_once(self, why: str, code: int) -> None:

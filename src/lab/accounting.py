@@ -5,7 +5,10 @@ other status, or by k6's error code when no response came: `refused` (1212), `re
 (1220), `timeout` (1050), `eof` (1000, the generic code: EOF and anything else).
 Operations are the service's InfluxDB points, matched to requests by id: a *lost*
 operation is a request answered 200 without a point; an *orphan* is a point whose
-request the client saw fail. Nothing is estimated from totals.
+request the client saw fail. A k6 script that sends no request ids (a user's own) cannot
+be matched: then operations are counted instead (`ops_method` "by count"): lost is the
+200s minus the points stored, give or take the requests in flight while the load stopped
+(those that ended after it was told to stop), and orphans are not known.
 """
 
 from __future__ import annotations
@@ -95,21 +98,39 @@ class Accounting:
     points: int | None = None
     errors: dict[str, str] = field(default_factory=dict)  # kind -> one example message
     protocols: dict[str, int] = field(default_factory=dict)  # of the answered requests
+    ops_method: str | None = None  # "by id" or "by count"; None: no operations measured
+    lost_by_count: int | None = None  # "by count": 200s minus points, at least 0
+    in_flight_at_stop: int | None = None  # "by count": the margin of lost_by_count
 
     @property
     def failed_total(self) -> int:
         return sum(self.failed.values())
 
+    @property
+    def lost_operations(self) -> int | None:
+        if self.ops_method == "by count":
+            return self.lost_by_count
+        return None if self.lost is None else len(self.lost)
 
-def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> Accounting:
-    """Per id: which 200s left no point, which failures left one anyway."""
+
+def account(
+    requests: Iterable[Request],
+    point_ids: Iterable[object] | None,
+    stopped_ms: int | None = None,
+) -> Accounting:
+    """Per id: which 200s left no point, which failures left one anyway. Without request
+    ids, by count; `stopped_ms` (Unix ms) is when the load was told to stop."""
     by_id: dict[str, Request] = {}
     kinds: Counter[str] = Counter()
     protocols: Counter[str] = Counter()
     examples: dict[str, str] = {}
     total = 0
+    in_flight = 0
     for request in requests:
         total += 1
+        # k6 stamps a request when it ends: one that ends after the stop was in flight.
+        if stopped_ms is not None and request.t_ms > stopped_ms:
+            in_flight += 1
         kind = request.kind
         kinds[kind] += 1
         if kind != "ok" and kind not in examples:
@@ -128,6 +149,13 @@ def account(requests: Iterable[Request], point_ids: Iterable[object] | None) -> 
     seen = set(ids)
     result.points = len(ids)
     result.duplicate_points = len(ids) - len(seen)
+    if not by_id:
+        # No request carries an id: nothing to match, so count.
+        result.ops_method = "by count"
+        result.lost_by_count = max(0, ok - len(ids))
+        result.in_flight_at_stop = in_flight
+        return result
+    result.ops_method = "by id"
     result.lost = sorted(rid for rid, r in by_id.items() if r.status == 200 and rid not in seen)
     result.orphans = sorted(rid for rid in seen if rid in by_id and by_id[rid].status != 200)
     result.unmatched_points = sorted(rid for rid in seen if rid not in by_id)

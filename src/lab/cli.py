@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "--deployment",
         metavar="NAME",
         help="the Deployment under test when the manifests hold several (default: the only "
-        "one, or the one behind the LoadBalancer/NodePort Service)",
+        "one, or the one behind the LoadBalancer/NodePort Service); the others run beside it "
+        "as one pod each without load, and an InfluxDB one is replaced by the lab's own",
     )
     run.add_argument("--scenario", choices=SCENARIOS, default="rollout-restart")
     run.add_argument("--to", type=int, help="target replicas for --scenario scale")
@@ -75,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=30.0, help="steady scenario's load time")
     run.add_argument("--action-timeout", type=float, default=600.0, help="deadline for the action")
     run.add_argument(
-        "--ready-timeout", type=float, default=180.0, help="deadline for the first deployment"
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="deadline for the first deployment (default 180); past it, the error names the "
+        "pods not ready, their probes and last results",
     )
     run.add_argument(
         "--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)"

@@ -1,9 +1,13 @@
 """The endpoints controller plus the load balancer's view of it.
 
-Ready, non-terminating pods belong in the Service. A real cluster takes a while to tell
-its load balancers (EndpointSlice -> kube-proxy / cloud LB): the propagation lag. Each
-change here reaches HAProxy `lag` seconds after the pod changed; with a range, each
-change draws its own lag. Per pod, changes apply in the order they happened.
+Each pod is an endpoint with the EndpointSlice conditions: `serving` (its readiness
+probe passes, also while it terminates), `terminating`, and `ready` (serving and not
+terminating). A real cluster takes a while to tell its load balancers (EndpointSlice ->
+kube-proxy / cloud LB): the propagation lag. Each change of a pod's conditions reaches
+the proxy `lag` seconds after the pod changed; with a range, each change draws its own
+lag. Per pod, changes apply in the order they happened. From what it has seen, the
+proxy sends new connections to the ready endpoints or, when there are none, to the
+serving and terminating ones (kube-proxy's fallback).
 """
 
 from __future__ import annotations
@@ -21,11 +25,40 @@ from lab.waits import stop_task, wait_event
 DELETE_RETRY_FOR = 10.0  # seconds to keep retrying `del server` while connections drain
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """An endpoint's conditions in its EndpointSlice."""
+
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+def conditions(pod: Pod) -> Conditions | None:
+    """The pod's endpoint conditions; None once the pod is gone (no endpoint)."""
+    if pod.gone:
+        return None
+    return Conditions(
+        ready=pod.ready and not pod.terminating, serving=pod.ready, terminating=pod.terminating
+    )
+
+
+def usable(endpoints: dict[str, Conditions]) -> set[str]:
+    """Where a proxy sends new connections: the ready endpoints, or when there are none
+    the serving and terminating ones (ProxyTerminatingEndpoints, GA in Kubernetes 1.28:
+    CategorizeEndpoints in kubernetes pkg/proxy/topology.go, for Cluster traffic policy
+    without topology hints, as here)."""
+    ready = {name for name, c in endpoints.items() if c.ready}
+    if ready:
+        return ready
+    return {name for name, c in endpoints.items() if c.serving and c.terminating}
+
+
 @dataclass
 class _Change:
     due: float
     pod: Pod
-    add: bool
+    conditions: Conditions | None
 
 
 class EndpointsController:
@@ -44,9 +77,11 @@ class EndpointsController:
         self.events = events
         self.lag = lag
         self.rng = rng or random.Random()
-        self.intended: set[str] = set()  # what the control plane says, now
+        self.published: dict[str, Conditions] = {}  # the EndpointSlice, now
         self.pending: list[_Change] = []
         self.last_due: dict[str, float] = {}
+        self.seen: dict[str, Conditions] = {}  # the EndpointSlice as the proxy knows it
+        self.fallback = False  # the proxy uses serving-terminating endpoints
         self.in_lb: set[str] = set()  # what HAProxy sends new connections to
         self.to_delete: dict[str, float] = {}  # drained servers -> give up deleting at
         self.known: dict[str, Pod] = {}
@@ -59,44 +94,38 @@ class EndpointsController:
         return low if high <= low else self.rng.uniform(low, high)
 
     def desired(self) -> set[str]:
-        return {p.name for p in self.pods() if p.ready and not p.terminating and not p.gone}
+        """Where new connections go once every change has reached the proxy."""
+        return usable(self.published)
 
     def observe(self) -> None:
-        """Compare the pods with what we last intended; queue each difference."""
+        """Compare each pod's conditions with the published ones; queue each difference."""
         now = self.events.now()
-        pods = {p.name: p for p in self.pods()}
-        self.known.update(pods)
-        desired = self.desired()
-        for name in sorted(desired - self.intended):
-            self._queue(now, self.known[name], add=True)
-        for name in sorted(self.intended - desired):
-            self._queue(now, self.known[name], add=False)
-        self.intended = desired
+        self.known.update({p.name: p for p in self.pods()})
+        for name, pod in sorted(self.known.items()):
+            current = conditions(pod)
+            if current != self.published.get(name):
+                self._queue(now, pod, current)
+                if current is None:
+                    del self.published[name]
+                else:
+                    self.published[name] = current
 
-    def _queue(self, now: float, pod: Pod, add: bool) -> None:
+    def _queue(self, now: float, pod: Pod, current: Conditions | None) -> None:
         due = max(now + self.draw_lag(), self.last_due.get(pod.name, 0.0))
         self.last_due[pod.name] = due
-        self.pending.append(_Change(due, pod, add))
+        self.pending.append(_Change(due, pod, current))
 
     def apply_due(self) -> None:
         now = self.events.now()
         due = sorted((c for c in self.pending if c.due <= now), key=lambda c: c.due)
         self.pending = [c for c in self.pending if c.due > now]
         for change in due:
-            name = change.pod.name
-            if change.add and name not in self.in_lb:
-                self.to_delete.pop(name, None)
-                if name in self.haproxy.servers():
-                    self.haproxy.command(f"enable server pods/{name}")
-                else:
-                    self.haproxy.add_server(name, change.pod.ip, self.port)
-                self.in_lb.add(name)
-                self.events.add(name, "lb-added", f"{change.pod.ip}:{self.port}")
-            elif not change.add and name in self.in_lb:
-                self.haproxy.drain_server(name)
-                self.in_lb.discard(name)
-                self.to_delete[name] = now + DELETE_RETRY_FOR
-                self.events.add(name, "lb-removed")
+            if change.conditions is None:
+                self.seen.pop(change.pod.name, None)
+            else:
+                self.seen[change.pod.name] = change.conditions
+        if due:
+            self._sync(now)
         for name, give_up in list(self.to_delete.items()):
             try:
                 deleted = self.haproxy.delete_server(name)
@@ -106,6 +135,30 @@ class EndpointsController:
             if deleted or now > give_up:
                 # A server we gave up on stays drained (MAINT): it gets no new traffic.
                 del self.to_delete[name]
+
+    def _sync(self, now: float) -> None:
+        """HAProxy's servers to what the proxy, from what it has seen, would use."""
+        wanted = usable(self.seen)
+        fallback = bool(wanted) and not any(c.ready for c in self.seen.values())
+        if fallback != self.fallback:
+            self.fallback = fallback
+            detail = f"{len(wanted)} serving-terminating" if fallback else "ready endpoints again"
+            self.events.add("", "lb-fallback" if fallback else "lb-fallback-ended", detail)
+        for name in sorted(wanted - self.in_lb):
+            pod = self.known[name]
+            self.to_delete.pop(name, None)
+            if name in self.haproxy.servers():
+                self.haproxy.command(f"enable server pods/{name}")
+            else:
+                self.haproxy.add_server(name, pod.ip, self.port)
+            self.in_lb.add(name)
+            note = " (serving, terminating: no ready endpoints)" if fallback else ""
+            self.events.add(name, "lb-added", f"{pod.ip}:{self.port}{note}")
+        for name in sorted(self.in_lb - wanted):
+            self.haproxy.drain_server(name)
+            self.in_lb.discard(name)
+            self.to_delete[name] = now + DELETE_RETRY_FOR
+            self.events.add(name, "lb-removed")
 
     async def run(self) -> None:
         while self.running:

@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from lab.haproxy import HAProxy
 from lab.images import ImageMap, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
-from lab.manifest import Container, ManifestError, Manifests, Supporting, load
+from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
@@ -65,8 +66,9 @@ class Prepared:
     update: Manifests | None = None  # the update scenario's new manifests
     # Deployments that run beside the one under test, one pod each, without load.
     supporting: list[Supporting] = field(default_factory=list)
-    # Service names the lab's InfluxDB stands in for (beyond `influxdb`).
-    influx_names: list[str] = field(default_factory=list)
+    # Services the lab's InfluxDB stands in for (beyond `influxdb:8086`).
+    influx_services: list[Service] = field(default_factory=list)
+    influx_db: str = INFLUX_DB  # the database the pods write to
 
 
 def _uses_influx(container: Container) -> bool:
@@ -103,10 +105,15 @@ def prepare(config: LabConfig) -> Prepared:
             image = images.image(container.image)
         except ManifestError as exc:
             raise ManifestError(f"{what}: {exc}") from None
-        # Resolve the command and env once with stand-in pod values, so that a container
-        # the image map cannot run fails here, before anything starts.
-        launch = resolve(container, image, "check", "127.0.0.2", dict(os.environ))
-        problems += [f"{what}: {p}" for p in unresolved(container, image, launch, images.source)]
+        # Resolve the command and env once with stand-in pod values (and volumes in a
+        # scratch dir), so that a container the image map cannot run fails here, before
+        # anything starts.
+        with tempfile.TemporaryDirectory(prefix="lab-check-") as scratch:
+            launch = resolve(
+                container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
+            )
+            found = unresolved(container, image, launch, images.source)
+        problems += [f"{what}: {p}" for p in found]
     if problems:
         raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
     for s in supporting:
@@ -119,7 +126,20 @@ def prepare(config: LabConfig) -> Prepared:
             f"Deployment {s.deployment.name} ({s.source}, image "
             f"{s.deployment.template.container.image}) replaced by the lab's own InfluxDB"
         )
-    influx_names = [svc.name for s in replaced for svc in s.services]
+    influx_services = [svc for s in replaced for svc in s.services]
+    # The official image creates the database INFLUXDB_DB names at first start.
+    influx_dbs = {
+        v.value
+        for s in replaced
+        for v in s.deployment.template.container.env
+        if v.name == "INFLUXDB_DB" and v.value
+    }
+    if len(influx_dbs) > 1:
+        raise ManifestError(
+            f"{config.manifests}: the InfluxDB Deployments name different databases "
+            f"(INFLUXDB_DB {', '.join(sorted(influx_dbs))}); the lab runs one"
+        )
+    influx_db = influx_dbs.pop() if influx_dbs else INFLUX_DB
     uses_influx = bool(replaced) or any(_uses_influx(c) for c in containers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
@@ -132,7 +152,16 @@ def prepare(config: LabConfig) -> Prepared:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
     return Prepared(
-        config, manifests, images, uses_influx, find_k6(), notes, update, supporting, influx_names
+        config,
+        manifests,
+        images,
+        uses_influx,
+        find_k6(),
+        notes,
+        update,
+        supporting,
+        influx_services,
+        influx_db,
     )
 
 
@@ -151,17 +180,21 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
 async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     loop = asyncio.get_running_loop()
     first, second = asyncio.Event(), asyncio.Event()
-    seen = len(signals.received)
 
     def record(signum: int) -> None:
         signals.record(signum)
-        (second if first.is_set() else first).set()
+        first.set()
+        if len(signals.received) > 1:
+            second.set()
 
     handled = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in Signals.STOPPING} if handled else {}
     if handled:
         for sig in Signals.STOPPING:
             loop.add_signal_handler(sig, record, sig)
+    # A signal recorded by the caller's handlers since `run_experiment` looked: stop now.
+    if signals.received:
+        first.set()
     lab = Lab(prepared)
     work = asyncio.create_task(lab.run(), name="experiment")
     stopper = asyncio.create_task(first.wait(), name="signal wait")
@@ -170,7 +203,7 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if work.done():
             return work.result()
-        signum = signals.received[seen]
+        signum = signals.received[0]
         lab.events.phase(
             "interrupted",
             f"{signal.Signals(signum).name}: graceful teardown (a second signal kills everything)",
@@ -279,12 +312,23 @@ class Lab:
             await asyncio.shield(self.influx_start)
             assert self.influx.pid is not None
             self.registry.record(self.influx.pid, "influxd")
-            await asyncio.to_thread(self.influx.create_database, INFLUX_DB)
+            await asyncio.to_thread(self.influx.create_database, self.p.influx_db)
             influx_address = f"{self.influx.host}:{self.influx.port}"
-            names = ", ".join(f"{n}:8086" for n in ["influxdb", *self.p.influx_names])
+            names = ", ".join(
+                dict.fromkeys(
+                    [
+                        "influxdb:8086",
+                        *(
+                            f"{svc.name}:{port}"
+                            for svc in self.p.influx_services
+                            for port, _ in svc.ports
+                        ),
+                    ]
+                )
+            )
             self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
-            for name in self.p.influx_names:
-                self.service_addresses[name] = {8086: influx_address}
+            for svc in self.p.influx_services:
+                self.service_addresses[svc.name] = {port: influx_address for port, _ in svc.ports}
 
         def rewrite(value: str) -> str:
             if influx_address is not None:
@@ -393,7 +437,7 @@ class Lab:
 
         if self.faults is not None:
             await self.faults.stop()
-        self.events.phase("stop-load")
+        stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
         await self._teardown_pods()
@@ -404,9 +448,9 @@ class Lab:
         point_ids: list[object] | None = None
         if self.influx is not None:
             point_ids = await asyncio.to_thread(
-                self.influx.field_values, INFLUX_DB, "operation", "id"
+                self.influx.field_values, self.p.influx_db, "operation", "id"
             )
-        result = accounting.account(requests, point_ids)
+        result = accounting.account(requests, point_ids, stopped_ms=int(stopping.wall * 1000))
         self.events.phase("accounted", f"{result.requests} requests")
         notes = list(self.p.notes)
         if result.unmatched_points:

@@ -121,6 +121,34 @@ class Launch:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: Path | None
+    mounts: dict[str, Path] = field(default_factory=dict)  # mountPath -> the pod's dir
+
+
+def mount_volumes(container: Container, pod_dir: Path) -> dict[str, Path]:
+    """Each mounted volume as a directory of the pod's own, `<pod_dir>/volumes/<name>`:
+    kept across container restarts (the pod dir is), filled with a configMap's or
+    secret's files the first time. Returns mountPath -> directory."""
+    mounts: dict[str, Path] = {}
+    for mount in container.mounts:
+        local = pod_dir / "volumes" / mount.volume
+        local.mkdir(parents=True, exist_ok=True)
+        for relative, content in mount.files:
+            target = local / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+            if mount.mode is not None:
+                target.chmod(mount.mode)
+        mounts[mount.path] = local
+    return mounts
+
+
+def mounted(value: str, mounts: Mapping[str, Path]) -> str:
+    """A path under a mountPath -> the same path under the pod's directory for it; the
+    longest mountPath wins, as the innermost mount would in a container."""
+    for path in sorted(mounts, key=len, reverse=True):
+        if value == path or value.startswith(path + "/"):
+            return str(mounts[path]) + value[len(path) :]
+    return value
 
 
 def lab_variables(
@@ -198,19 +226,30 @@ def resolve(
     rewrite: Callable[[str], str] | None = None,
     pod_dir: Path | None = None,
 ) -> Launch:
+    mounts = mount_volumes(container, pod_dir) if pod_dir is not None else {}
     env = container_env(container, image, pod_name, pod_ip, base_env, rewrite, pod_dir)
-    argv = container_argv(container, image, env)
+    # The manifest's values that name a path under a mount: the pod's directory for it.
+    manifest_vars = {var.name for var in container.env}
+    env = {k: mounted(v, mounts) if k in manifest_vars else v for k, v in env.items()}
+    argv = tuple(mounted(a, mounts) for a in container_argv(container, image, env))
     cwd = image.workdir
     if container.working_dir is not None:
         mapped = image.paths.get(container.working_dir)
+        if mapped is None and mounted(container.working_dir, mounts) != container.working_dir:
+            mapped = Path(mounted(container.working_dir, mounts))
         cwd = mapped if mapped is not None else cwd
-    return Launch(argv, env, cwd)
+    return Launch(argv, env, cwd, mounts)
 
 
-def map_command(command: Sequence[str], image: Image) -> tuple[str, ...]:
-    """An exec probe's or preStop's command: no shell and no `$(VAR)` expansion (the
-    kubelet runs exec handlers as written), image paths mapped to local files."""
-    return tuple(str(image.paths[a]) if a in image.paths else a for a in command)
+def map_command(
+    command: Sequence[str], image: Image, mounts: Mapping[str, Path] | None = None
+) -> tuple[str, ...]:
+    """An exec probe's or hook's command: no shell and no `$(VAR)` expansion (the
+    kubelet runs exec handlers as written), image paths mapped to local files, paths
+    under a mount to the pod's directory for it."""
+    return tuple(
+        str(image.paths[a]) if a in image.paths else mounted(a, mounts or {}) for a in command
+    )
 
 
 def _findable(program: str, env: Mapping[str, str], cwd: Path | None) -> bool:
@@ -235,14 +274,30 @@ def unresolved(
         ("startupProbe", container.startup),
     ):
         if probe is not None and probe.action == "exec":
-            commands.append((f"{key}.exec.command", map_command(probe.command, image)))
+            commands.append(
+                (f"{key}.exec.command", map_command(probe.command, image, launch.mounts))
+            )
     for key, handler in (
         ("lifecycle.preStop", container.pre_stop),
         ("lifecycle.postStart", container.post_start),
     ):
         if handler is not None and handler.action == "exec":
-            commands.append((f"{key}.exec.command", map_command(handler.command, image)))
+            commands.append(
+                (f"{key}.exec.command", map_command(handler.command, image, launch.mounts))
+            )
     problems = []
+    if (
+        container.working_dir is not None
+        and container.working_dir not in image.paths
+        and mounted(container.working_dir, launch.mounts) == container.working_dir
+    ):
+        # Without a mapping the container would run in the image map's workdir, not the
+        # one the manifest names: say so rather than run somewhere else.
+        problems.append(
+            f"{where}.workingDir: {container.working_dir!r} is a directory inside image "
+            f"{image.name!r}; map it in {source or 'the image map'} under "
+            f"images.{image.name}.paths (e.g. `{container.working_dir}: ./app`)"
+        )
     for key, argv in commands:
         program = argv[0]
         if _findable(program, launch.env, launch.cwd):

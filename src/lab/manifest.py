@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,20 @@ class EnvVar:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A volume mounted into the container. The lab gives each mounted volume a directory
+    of the pod's own (`pods/<pod>/volumes/<volume>`), which survives container restarts
+    as in a cluster, and maps the mount path to it in the command, args, env values,
+    workingDir and exec commands of the manifest."""
+
+    path: str  # mountPath, absolute
+    volume: str
+    kind: str  # "emptyDir", "configMap" or "secret"
+    files: tuple[tuple[str, str], ...] = ()  # (relative path, content) of a configMap/secret
+    mode: int | None = None  # defaultMode
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     image: str
@@ -78,6 +93,7 @@ class Container:
     working_dir: str | None = None
     startup: Probe | None = None
     post_start: Handler | None = None
+    mounts: tuple[Mount, ...] = ()
 
     @property
     def first_port(self) -> int | None:
@@ -433,17 +449,17 @@ class _Sources:
         self.config_maps: dict[str, _Data] = {}
         self.secrets: dict[str, _Data] = {}
 
-    def lookup(self, kind: str, f: _Fields) -> _Data | None:
+    def lookup(self, kind: str, f: _Fields, key: str = "name") -> _Data | None:
         """The ConfigMap or Secret a reference names; None if missing and optional.
 
         A missing one that is not optional keeps the container from starting in a
         cluster (CreateContainerConfigError, pkg/kubelet/kubelet_pods.go): refused here."""
-        name = f.text("name", required=True) or ""
+        name = f.text(key, required=True) or ""
         table = self.config_maps if kind == "ConfigMap" else self.secrets
         found = table.get(name)
         if found is None and not f.flag("optional"):
             f.fail(
-                f.at("name"),
+                f.at(key),
                 f"{kind} {name!r} is not in the manifests (add it, or set optional: true)",
             )
         return found
@@ -460,6 +476,13 @@ def _env(f: _Fields, sources: _Sources) -> EnvVar | None:
             {"fieldRef", "configMapKeyRef", "secretKeyRef"},
             refused={"resourceFieldRef": "resource limits are not modelled by the lab"},
         )
+        sources_named = [
+            k for k in ("fieldRef", "configMapKeyRef", "secretKeyRef") if k in value_from.data
+        ]
+        if len(sources_named) != 1:
+            value_from.fail(
+                value_from.path, "needs exactly one of fieldRef, configMapKeyRef, secretKeyRef"
+            )
         for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
             key_ref = value_from.sub(key)
             if key_ref is None:
@@ -544,9 +567,10 @@ _CONTAINER_REFUSED = {
 }
 
 
-def _container(f: _Fields, sources: _Sources, volumes: dict[str, str]) -> Container:
+def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Container:
     f.only(_CONTAINER_MODELLED, _CONTAINER_INERT, _CONTAINER_REFUSED)
     ports: dict[str, int] = {}
+    mounts: list[Mount] = []
     for p in f.items("ports"):
         p.only(
             {"containerPort", "name", "protocol"},
@@ -571,11 +595,14 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, str]) -> Contai
             },
         )
         volume = mount.text("name", required=True) or ""
-        mount.text("mountPath", required=True)
+        path = mount.text("mountPath", required=True) or ""
+        if not path.startswith("/") or path.rstrip("/") == "":
+            mount.fail(mount.at("mountPath"), f"must be an absolute path below /, got {path!r}")
         if volume not in volumes:
             mount.fail(
                 mount.at("name"), f"no volume named {volume!r} in spec.template.spec.volumes"
             )
+        mounts.append(dataclasses.replace(volumes[volume], path=path.rstrip("/")))
     readiness = f.sub("readinessProbe")
     liveness = f.sub("livenessProbe")
     startup = f.sub("startupProbe")
@@ -610,6 +637,7 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, str]) -> Contai
         working_dir=f.text("workingDir"),
         startup=_probe(startup) if startup else None,
         post_start=_handler(post_start) if post_start else None,
+        mounts=tuple(mounts),
     )
     for probe, key in (
         (container.readiness, "readinessProbe"),
@@ -669,13 +697,13 @@ _POD_REFUSED = {
     "schedulingGates": "scheduling gates are not modelled by the lab (pods never schedule)",
     "resourceClaims": "dynamic resources are not modelled by the lab",
 }
-# Volumes the lab gives each pod: an emptyDir is a directory of the pod's own
-# ($(POD_DIR) in the image map), which survives container restarts like in a cluster.
-_VOLUME_KINDS = {"emptyDir"}
+# Volumes the lab gives each pod (see Mount): an emptyDir is an empty directory, a
+# configMap or secret one holds a file per key (or per `items` entry).
+_VOLUME_KINDS = ("emptyDir", "configMap", "secret")
 
 
-def _volumes(tspec: _Fields) -> dict[str, str]:
-    volumes: dict[str, str] = {}
+def _volumes(tspec: _Fields, sources: _Sources) -> dict[str, Mount]:
+    volumes: dict[str, Mount] = {}
     for v in tspec.items("volumes"):
         name = v.text("name", required=True) or ""
         kinds = [k for k in v.data if k != "name"]
@@ -685,11 +713,45 @@ def _volumes(tspec: _Fields) -> dict[str, str]:
         if kind not in _VOLUME_KINDS:
             v.fail(
                 v.at(kind),
-                f"{kind} volumes are not modelled by the lab (only emptyDir, as the pod's "
-                "own directory $(POD_DIR)); pass ConfigMap or Secret data with env or envFrom",
+                f"{kind} volumes are not modelled by the lab (only emptyDir, configMap and "
+                "secret, as directories of the pod's own)",
             )
-        volumes[name] = kind
+        if name in volumes:
+            v.fail(v.at("name"), f"volume {name!r} is defined twice")
+        source = v.sub(kind) or _Fields(v.source, v.at(kind), {}, v.notes)
+        if kind == "emptyDir":
+            source.only({"medium", "sizeLimit"})
+            volumes[name] = Mount("", name, kind)
+            continue
+        volumes[name] = _data_volume(source, kind, name, sources)
     return volumes
+
+
+def _data_volume(f: _Fields, kind: str, name: str, sources: _Sources) -> Mount:
+    """A configMap or secret volume: a file per key, or per `items` entry (key -> path),
+    as the kubelet's volume plugins project them (pkg/volume/configmap, pkg/volume/secret)."""
+    ref = "name" if kind == "configMap" else "secretName"
+    f.only({ref, "items", "defaultMode", "optional"})
+    data = sources.lookup("ConfigMap" if kind == "configMap" else "Secret", f, ref)
+    keys = dict(data.data) if data is not None else {}
+    files: dict[str, str] = {}
+    items = f.items("items")
+    if not items:
+        files = keys
+    for item in items:
+        item.only({"key", "path", "mode"})
+        key = item.text("key", required=True) or ""
+        path = item.text("path", required=True) or ""
+        parts = Path(path).parts
+        if path.startswith("/") or ".." in parts or not parts:
+            item.fail(item.at("path"), f"must be a relative path without '..', got {path!r}")
+        if key not in keys:
+            if data is None or f.flag("optional"):
+                continue
+            item.fail(item.at("key"), f"{data.kind} {f.data[ref]!r} has no key {key!r}")
+        files[path] = keys[key]
+    mode = f.integer("defaultMode", 0o644) if "defaultMode" in f.data else None
+    return Mount("", name, kind, tuple(sorted(files.items())), mode)
 
 
 def _deployment(f: _Fields, sources: _Sources) -> Deployment:
@@ -733,7 +795,7 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
         tspec.fail(
             tspec.at("containers"), f"the lab runs exactly one container, got {len(containers)}"
         )
-    volumes = _volumes(tspec)
+    volumes = _volumes(tspec, sources)
     container = _container(containers[0], sources, volumes)
     strategy_f = spec.sub("strategy")
     strategy = Strategy()

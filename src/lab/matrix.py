@@ -58,6 +58,7 @@ class MatrixConfig:
     cooldown: float | None = None  # None: 10 s, or QUICK_PHASE with --quick
     out: Path = Path("out/matrix")
     manifests_dir: Path = REPO / "deploy" / "k8s"
+    image_map: Path | None = None  # None: deploy/lab-images.yml
     progress: bool = True
     # The L7 modes share idle keep-alive connections to the pods between all client
     # requests, as cloud HTTP load balancers pool them: a pod that closes a connection
@@ -180,6 +181,7 @@ def experiment_config(
         out=out,
         progress=config.progress,
         http_reuse=config.http_reuse,
+        image_map=config.image_map,
     )
 
 

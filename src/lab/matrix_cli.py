@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     matrix.add_argument(
         "--manifests-dir", type=Path, help="where the vN directories are (default deploy/k8s)"
     )
+    matrix.add_argument("--image-map", type=Path, help="image map (default deploy/lab-images.yml)")
     matrix.add_argument("--out", type=Path, default=Path("out/matrix"), help="default out/matrix")
     matrix.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -74,6 +75,8 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
     )
     if args.manifests_dir is not None:
         config = dataclasses.replace(config, manifests_dir=args.manifests_dir)
+    if args.image_map is not None:
+        config = dataclasses.replace(config, image_map=args.image_map)
     return config
 
 

@@ -200,6 +200,10 @@ class Kubelet:
                         # the endpoint's `serving` condition while the pod terminates
                         # (doProbe in pkg/kubelet/prober/worker.go).
                         await self._terminate(pod, grace=pod.template.termination_grace)
+                        # The container has exited: the pod is not ready (nor serving).
+                        for task in readiness:
+                            await stop_task(task)
+                        self._set_ready(pod, False)
                         return
                     for task in readiness:
                         await stop_task(task)
@@ -392,7 +396,7 @@ class Kubelet:
         result keeps its exit code and an excerpt of its output; the output also goes to
         the pod's log. A command that cannot start (not found, not executable) raises
         OSError, as the runtime's exec fails."""
-        argv = map_command(command, pod.image)
+        argv = map_command(command, pod.image, pod.launch.mounts)
         process = await self.registry.start(
             argv, name, env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
         )

@@ -50,6 +50,10 @@ class Report:
     # Why pods failed: each distinct probe, hook or start failure with its last output.
     explanations: list[str] = field(default_factory=list)
     interrupted: str | None = None  # the signal that stopped the run early, if one did
+    # How operations were accounted: "by id", or "by count" when k6 sent no request ids
+    # (then lost_operations is 200s minus points, give or take lost_margin).
+    ops_method: str | None = None
+    lost_margin: int | None = None
     events: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -89,6 +93,7 @@ class Report:
             ("lost operations", _opt(self.lost_operations)),
             ("orphan operations", _opt(self.orphan_operations)),
         ]
+        rows = _ops_method_rows(self, rows)
         if self.protocols:
             rows.append(("protocols", ", ".join(f"{p} {n}" for p, n in self.protocols.items())))
         if self.failed_checks:
@@ -167,6 +172,18 @@ def _opt(value: int | None) -> str:
     return "not measured (no InfluxDB in the manifests)" if value is None else str(value)
 
 
+def _ops_method_rows(report: Report, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`rows` with the way operations were accounted; counted, orphans are not known and
+    lost is give or take the requests in flight while the load stopped."""
+    if report.ops_method is None:
+        return rows
+    if report.ops_method != "by count":
+        return [*rows, ("operations accounted", report.ops_method)]
+    rows = [(k, "not known (counted)") if k == "orphan operations" else (k, v) for k, v in rows]
+    margin = f"lost ± {report.lost_margin} (requests in flight while the load stopped)"
+    return [*rows, ("operations accounted", f"by count (no request ids): {margin}")]
+
+
 def _action(report: Report) -> str:
     if report.scenario == "steady":
         return "none"
@@ -221,7 +238,7 @@ def build(
         ok=accounting.ok,
         failed=accounting.failed,
         failed_total=accounting.failed_total,
-        lost_operations=None if lost is None else len(lost),
+        lost_operations=accounting.lost_operations,
         orphan_operations=None if orphans is None else len(orphans),
         duration_s=round(duration_s, 3),
         achieved_rps=None if achieved is None else round(achieved, 1),
@@ -243,5 +260,7 @@ def build(
         notes=notes,
         explanations=explain(events),
         interrupted=interrupted,
+        ops_method=accounting.ops_method,
+        lost_margin=accounting.in_flight_at_stop,
         events=[e.as_dict() for e in events],
     )

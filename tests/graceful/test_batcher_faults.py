@@ -115,6 +115,8 @@ def test_each_kind_of_loss_is_logged_with_its_own_total(caplog: pytest.LogCaptur
     with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
         writer = asyncio.run(scenario())
     assert "3 rejected so far" in caplog.text
+    # The overall total, in the form log readers look for.
+    assert "493 lost so far in all" in caplog.text
     assert writer.losses.totals["shutdown"] == 10
 
 

@@ -153,6 +153,29 @@ def test_batcher_writes_full_batches_and_on_interval() -> None:
     assert sink.times[2] - started >= 0.45
 
 
+def test_batcher_does_not_chase_a_full_batch_with_a_tiny_one() -> None:
+    """1. max_batch 3, interval 0.5 s, a sink taking 0.2 s. 2. 3 items: a full batch is
+    written. 3. One more item comes during that write. 4. It waits for the interval
+    rather than going out at once as a batch of 1."""
+
+    async def scenario() -> tuple[RecordingSink, float]:
+        sink = RecordingSink(delay=0.2)
+        writer = BatchWriter(sink.write, max_batch=3, interval=0.5)
+        writer.start()
+        for i in range(3):
+            writer.add(i)
+        await eventually(lambda: sink.attempts == 1, 2)
+        started = time.monotonic()
+        writer.add(3)
+        await eventually(lambda: writer.pending == 0, 3)
+        await writer.close(1)
+        return sink, started
+
+    sink, added_at = asyncio.run(scenario())
+    assert sink.batches == [[0, 1, 2], [3]]
+    assert sink.times[1] - added_at >= 0.4
+
+
 def test_batcher_flushes_at_close_and_retries_within_the_timeout() -> None:
     """1. Interval 30 s, retries on; the sink fails its next 3 writes. 2. Add 5 items,
     close(2). 3. The flush retries with backoff and writes all 5; nothing lost."""

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from lab.controller import DELETION_COST, VictimFacts, deletion_cost, deletion_key
+from lab.endpoints import Conditions, usable
 from lab.influx import free_port
 from lab.manifest import ManifestError, Strategy, load
-from lab.pods import Ticker
+from lab.pods import Ticker, http_get
 from tests.lab.labkit import READY_PROBE, cluster, run, tiny_manifest
 
 # -- RollingUpdate fenceposts (ResolveFenceposts) -----------------------------------------
@@ -301,5 +302,78 @@ def test_readiness_keeps_probing_a_terminating_pod_liveness_stops(tmp_path: Path
             await c.until(lambda: not pod.ready, 3, "the pod not ready")
             assert pod.terminating and not pod.gone
             assert c.events.first(pod.name, "sigterm") is None  # still in preStop
+
+    run(scenario())
+
+
+# -- Terminating endpoints (ProxyTerminatingEndpoints) -------------------------------------
+
+
+def test_endpoint_usability_falls_back_to_serving_terminating() -> None:
+    """EndpointSlice conditions of a few endpoints.
+    1. Ask which ones a proxy uses.
+    2. The ready ones while there are any; otherwise the serving and terminating ones;
+       never a terminating one that is not serving, nor a starting one."""
+    ready = Conditions(ready=True, serving=True, terminating=False)
+    draining = Conditions(ready=False, serving=True, terminating=True)
+    dying = Conditions(ready=False, serving=False, terminating=True)
+    starting = Conditions(ready=False, serving=False, terminating=False)
+    assert usable({"a": ready, "b": draining, "c": dying}) == {"a"}
+    assert usable({"b": draining, "c": dying, "d": starting}) == {"b"}
+    assert usable({"c": dying, "d": starting}) == set()
+    assert usable({}) == set()
+
+
+def test_terminating_pod_keeps_traffic_only_when_no_pod_is_ready(tmp_path: Path) -> None:
+    """2 tiny-app pods, readiness by an exec probe that fails once a flag file exists,
+    preStop sleeps 6 s, lag 0.2 s.
+    1. Scale to 1: the deleted pod leaves HAProxy during its preStop (a ready pod is left).
+    2. Scale to 0: the last pod is terminating but still serving and no pod is ready, so
+       it stays in HAProxy, and the first one, still in its preStop, comes back; requests
+       sent through HAProxy are answered.
+    3. Create the flag file: the readiness probes, still running, fail; the pods are no
+       longer serving and leave HAProxy, before the last one's SIGTERM."""
+    flag = tmp_path / "unready"
+    readiness = {
+        "exec": {"command": ["test", "!", "-e", str(flag)]},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    }
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        readiness=readiness,
+        pre_stop={"sleep": {"seconds": 6}},
+        grace=10,
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest, lag=(0.2, 0.2)) as c:
+            await c.until(lambda: c.controller.complete() and len(c.endpoints.in_lb) == 2, 15)
+            c.controller.scale(1)
+            await c.until(lambda: any(p.terminating for p in c.pods()), 2, "a pod deleted")
+            (first,) = [p for p in c.pods() if p.terminating]
+            await c.until(lambda: first.name not in c.haproxy.active_servers(), 2, "removal")
+            assert first.ready and first.terminating  # serving, but a ready pod exists
+            assert c.events.first(first.name, "sigterm") is None
+
+            (last,) = c.controller.active()
+            c.controller.scale(0)
+            await c.until(lambda: last.terminating, 2, "the last pod deleted")
+            await c.until(lambda: c.endpoints.fallback, 2, "the proxy's fallback")
+            # Every serving-terminating endpoint: the first pod is in its preStop too.
+            assert c.haproxy.active_servers() == {first.name, last.name}
+            for _ in range(2):
+                status = await http_get(c.haproxy.host, c.haproxy.port, "/via-lb", timeout=5)
+                assert status == 200
+            assert "get /via-lb" in c.log(last) + c.log(first)
+            assert c.events.first(last.name, "lb-removed") is None
+
+            flag.touch()
+            await c.until(lambda: not c.haproxy.active_servers(), 4, "the last pod removed")
+            assert last.terminating and not last.ready and not last.gone
+            assert c.events.first(last.name, "sigterm") is None  # still in preStop
+            assert any(e.kind == "lb-fallback" for e in c.events.events)
 
     run(scenario())

@@ -270,6 +270,41 @@ def test_sigterm_tears_down_gracefully_and_exits_143(tmp_path: Path) -> None:
     assert "interrupted by SIGTERM" in (tmp_path / "lab.log").read_text()
 
 
+def test_sigterm_while_pods_start_stops_before_the_load(tmp_path: Path) -> None:
+    """`lab run` with two pods that become ready only after 30 s.
+    1. While they start (listening, not ready, no load yet), send SIGTERM.
+    2. The lab exits 143 within seconds, k6 never started, and every PID it logged is
+       gone."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        replicas=2,
+        args=["--ready-after", "30"],
+        readiness=READY_PROBE,
+        grace=5,
+    )
+    out = tmp_path / "out"
+    lab = _start_steady(tmp_path, manifest, "lab.log")
+    try:
+        # Both apps listening (their /ready answers 503), so their SIGTERM handler is in.
+        wait_until(
+            lambda: len({e["pod"] for e in _events(out) if "HTTP 503" in e["detail"]}) == 2,
+            30,
+            what="two pods started and not ready",
+        )
+        lab.send_signal(signal.SIGTERM)
+        assert lab.wait(30) == 143
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait(10)
+        _kill_leftovers(out)
+    _assert_all_gone(out)
+    assert "k6" not in _pids(out).values()
+    kinds = [e["kind"] for e in _events(out)]
+    assert kinds.count("exited") == 2 and "sigkilled" not in kinds
+
+
 def test_cli_help_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lab.cli", "run", "--help"],

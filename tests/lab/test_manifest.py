@@ -422,6 +422,39 @@ def _first(d: dict[str, Any]) -> dict[str, Any]:
             "no container port",
         ),
         (lambda d: _first(d).update(tty=True), "spec.template.spec.containers[0].tty", ""),
+        (
+            lambda d: _pod_spec(d).update(volumes=[{"name": "v", "configMap": {"name": "gone"}}]),
+            "spec.template.spec.volumes[0].configMap.name",
+            "ConfigMap 'gone' is not in the manifests",
+        ),
+        (
+            lambda d: _pod_spec(d).update(volumes=[{"name": "v", "secret": {"secretName": "s"}}]),
+            "spec.template.spec.volumes[0].secret.secretName",
+            "Secret 's' is not in the manifests",
+        ),
+        (
+            lambda d: (
+                _pod_spec(d).update(volumes=[{"name": "v", "emptyDir": {}}]),
+                _first(d).update(volumeMounts=[{"name": "v", "mountPath": "data"}]),
+            ),
+            "spec.template.spec.containers[0].volumeMounts[0].mountPath",
+            "must be an absolute path",
+        ),
+        (
+            lambda d: _first(d).update(
+                env=[
+                    {
+                        "name": "X",
+                        "valueFrom": {
+                            "fieldRef": {"fieldPath": "metadata.name"},
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                        },
+                    }
+                ]
+            ),
+            "spec.template.spec.containers[0].env[0].valueFrom",
+            "exactly one of",
+        ),
         (lambda d: d["spec"].update(paused=True), "spec.paused", "does not roll out"),
         (
             lambda d: d["spec"]["selector"].update(matchExpressions=[]),
@@ -468,3 +501,40 @@ def test_inert_fields_are_accepted_with_a_note_and_startup_post_start_parsed(
     container = manifests.deployment.template.container
     assert container.startup is not None and container.startup.failure_threshold == 30
     assert container.post_start is not None and container.post_start.command == ("true",)
+
+
+def test_secret_that_is_not_base64_is_refused(tmp_path: Path) -> None:
+    """1. A directory with the app and a Secret whose data is not base64.
+    2. Loading it fails naming the Secret's file and `data.token`."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"token": "not base64!"}}  # fmt: skip
+    (tmp_path / "secret.yml").write_text(yaml.safe_dump(secret))
+    with pytest.raises(ManifestError, match=r"secret.yml: data.token: is not base64"):
+        load(tmp_path)
+
+
+def test_secret_volume_files_are_decoded_and_mount_paths_mapped(tmp_path: Path) -> None:
+    """1. A manifest with a Secret volume at /etc/creds and args naming a file in it.
+    2. Mounting writes each decoded key as a file in the pod's volumes/creds; the args'
+       path and the env value under /etc/creds point there; other paths stay."""
+    from lab.images import resolve
+
+    def change(d: dict[str, Any]) -> None:
+        _pod_spec(d).update(volumes=[{"name": "creds", "secret": {"secretName": "db"}}])
+        _first(d).update(
+            volumeMounts=[{"name": "creds", "mountPath": "/etc/creds/"}],
+            args=["--token-file", "/etc/creds/token", "/etc/credsx"],
+            env=[{"name": "CREDS", "value": "/etc/creds"}],
+        )
+
+    path = _edit(tiny_manifest(tmp_path / "m.yml", port=8123), change)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": {"token": "czNjcjN0"}}  # fmt: skip
+    path.write_text(path.read_text() + "---\n" + yaml.safe_dump(secret))
+    container = load(path).deployment.template.container
+    image = ImageMap.load(TINY_IMAGES).image("tinyapp")
+    launch = resolve(container, image, "p", "127.0.0.9", {}, pod_dir=tmp_path / "pod")
+    creds = tmp_path / "pod" / "volumes" / "creds"
+    assert (creds / "token").read_text() == "s3cr3t"
+    assert launch.argv[-3:] == ("--token-file", str(creds / "token"), "/etc/credsx")
+    assert launch.env["CREDS"] == str(creds)
+    assert launch.mounts == {"/etc/creds": creds}

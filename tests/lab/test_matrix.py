@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import yaml
 
 from lab.config import ConfigError
 from lab.experiment import run_experiment
+from lab.influx import free_port
 from lab.matrix import (
     QUICK_WRAPPER_GRACE,
     MatrixConfig,
@@ -18,7 +23,8 @@ from lab.matrix import (
     run_matrix,
 )
 from lab.matrix_plot import draw
-from tests.support import REPO
+from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
+from tests.support import REPO, VENV_BIN, wait_until
 
 K8S = REPO / "deploy" / "k8s"
 
@@ -120,3 +126,82 @@ def test_small_quick_matrix_shows_v4_cutting_requests_and_v5_dropping_none(tmp_p
         assert (Path(cell.out) / "timeline.png").stat().st_size > 0
     draw(cells, config.versions, config.scenarios, config.out / "matrix.png")
     assert (config.out / "matrix.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """`lab matrix` over three versions of the tiny app (rollout-restart, --quick).
+    1. Once the first experiment is written and the second one's k6 runs, send one
+       SIGINT (or SIGTERM).
+    2. The matrix exits 130 (143) instead of going on with the third experiment; the
+       running one tore down gracefully (its pods exited on SIGTERM, none SIGKILLed).
+    3. matrix.json and matrix.md hold the first experiment, marked interrupted, and no
+       process any experiment started is left."""
+    manifests = tmp_path / "k8s"
+    for version in ("v1", "v2", "v3"):
+        (manifests / version).mkdir(parents=True)
+        tiny_manifest(
+            manifests / version / "tiny.yml",
+            port=free_port(),
+            readiness=READY_PROBE,
+            pre_stop={"sleep": {"seconds": 1}},
+            grace=5,
+        )
+    out = tmp_path / "out"
+    argv = [
+        str(VENV_BIN / "lab"), "matrix", "--versions", "v1,v2,v3", "--scenarios",
+        "rollout-restart", "--quick", "--vus", "2", "--warmup", "1", "--cooldown", "1",
+        "--endpoint-lag", "0.2", "--manifests-dir", str(manifests), "--image-map",
+        str(TINY_IMAGES), "--out", str(out),
+    ]  # fmt: skip
+    log = (tmp_path / "matrix.log").open("wb")
+    matrix = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    log.close()
+    second = out / "v2-rollout-restart-tcp"
+    try:
+        wait_until(
+            lambda: "k6" in _pids(second).values() and (out / "matrix.json").exists(),
+            60,
+            what="the first experiment done and the second one's load running",
+        )
+        matrix.send_signal(sig)
+        assert matrix.wait(40) == code
+    finally:
+        if matrix.poll() is None:
+            matrix.kill()
+            matrix.wait(10)
+        for cell in out.glob("v*-rollout-restart-tcp"):
+            for pid in _pids(cell):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+    pids = [pid for cell in out.glob("v*-rollout-restart-tcp") for pid in _pids(cell)]
+    assert pids
+    # A killed orphan is reaped by init a moment after the lab exits.
+    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
+    assert not (out / "v3-rollout-restart-tcp").exists()
+    data = json.loads((out / "matrix.json").read_text())
+    assert [c["version"] for c in data["cells"]] == ["v1"]
+    assert data["interrupted"] == f"interrupted by {sig.name} after 1 of 3 experiments"
+    table = (out / "matrix.md").read_text()
+    assert table.startswith(f"**INTERRUPTED: interrupted by {sig.name} after 1 of 3")
+    assert "| v1 |" in table
+    kinds = [
+        json.loads(line)["kind"] for line in (second / "events.jsonl").read_text().splitlines()
+    ]
+    assert "sigkilled" not in kinds and kinds.count("exited") >= 1
+    assert f"interrupted by {sig.name}" in (tmp_path / "matrix.log").read_text()
+
+
+def _pids(out: Path) -> dict[int, str]:
+    path = out / "pids.txt"
+    if not path.exists():
+        return {}
+    return {int(p): n for p, _, n in (x.partition(" ") for x in path.read_text().splitlines())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

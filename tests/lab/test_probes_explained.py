@@ -193,3 +193,56 @@ def test_liveness_exec_that_cannot_run_is_named_with_its_error(tmp_path: Path) -
             assert "restarting the container" in failed.detail
 
     run(scenario())
+
+
+def test_volumes_are_directories_of_the_pod_mapped_at_their_mount_paths(tmp_path: Path) -> None:
+    """A pod with a configMap volume (one key projected to conf/greeting.txt, mode 0600)
+    at /etc/tiny, and an emptyDir at /data; its postStart runs `touch /data/started`,
+    its liveness probe `cat /etc/tiny/conf/greeting.txt` every second.
+    1. Start it and let the liveness probe run a few times.
+    2. The pod's volumes/config holds the projected file with its mode, volumes/data the
+       hook's file; the liveness probe found the file (no failure): the mount paths in
+       exec commands point at the pod's directories."""
+    import yaml
+
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        readiness=READY_PROBE,
+        liveness={"exec": {"command": ["cat", "/etc/tiny/conf/greeting.txt"]}, "periodSeconds": 1},
+    )
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    spec = docs[0]["spec"]["template"]["spec"]
+    spec["volumes"] = [
+        {"name": "config", "configMap": {"name": "tiny-config", "defaultMode": 0o600,
+                                         "items": [{"key": "greeting", "path": "conf/greeting.txt"}]}},
+        {"name": "data", "emptyDir": {}},
+    ]  # fmt: skip
+    container = spec["containers"][0]
+    container["volumeMounts"] = [
+        {"name": "config", "mountPath": "/etc/tiny", "readOnly": True},
+        {"name": "data", "mountPath": "/data"},
+    ]
+    container["lifecycle"] = {"postStart": {"exec": {"command": ["touch", "/data/started"]}}}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "tiny-config"},
+        "data": {"greeting": "hello", "unused": "x"},
+    }
+    manifest.write_text(yaml.safe_dump_all([*docs, config_map], sort_keys=False))
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.pods() and c.pods()[0].ready, 15, "a ready pod")
+            pod = c.pods()[0]
+            await c.until(lambda: c.events.now() > 3, 5, "a few liveness probes")
+            volumes = c.kubelet.log_dir / pod.name / "volumes"
+            greeting = volumes / "config" / "conf" / "greeting.txt"
+            assert greeting.read_text() == "hello" and greeting.stat().st_mode & 0o777 == 0o600
+            assert not (volumes / "config" / "unused").exists()
+            assert (volumes / "data" / "started").exists()
+            assert pod.last_probe["liveness"].ok
+            assert not [e for e in _kinds(c, pod, "probe-failed") if "liveness" in e.detail]
+
+    run(scenario())

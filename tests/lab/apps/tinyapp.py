@@ -100,7 +100,10 @@ def main() -> int:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
-            data = json.loads(self.rfile.read(length) or b"{}")
+            try:
+                data = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:  # e.g. line protocol, when it stands in for a dependency
+                data = {}
             rid = self.headers.get("x-request-id", "")
             log(f"request {rid or '-'} {time.time():.3f}")
             if args.mode == "reset":
