@@ -250,10 +250,10 @@ class BatchWriter(Generic[T]):
         due or a write fails; False when one failed and the items wait for a retry."""
         async with self._lock:
             limit = self.max_batch
-            # Woken by size: the partial batch at the end waits for the interval.
-            keep = len(self._buffer) % self.max_batch if full_only else 0
-            while len(self._buffer) > keep:
-                outcome, error = await self._attempt(min(limit, len(self._buffer) - keep), timeout)
+            # Woken by size: only full batches go now; a partial one waits for the
+            # interval, counted afresh after each write (items keep coming meanwhile).
+            while self._buffer and (len(self._buffer) >= self.max_batch or not full_only):
+                outcome, error = await self._attempt(min(limit, len(self._buffer)), timeout)
                 if outcome is _Outcome.SPLIT:
                     limit = max(1, min(limit, len(self._buffer)) // 2)
                 elif outcome is not _Outcome.DONE:

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from calc import points
-from calc.points import PointFormatter
+from calc.points import NanoClock, PointFormatter
 from calc.sinks import InfluxSink
 from lab.influx import InfluxServer
 from tests.calc_support import CalcProcess, StartCalc
@@ -48,7 +47,7 @@ def send_many(calc: CalcProcess, prefix: str, n: int, concurrency: int = 50) -> 
 
 
 class SteppingClock:
-    """Stands in for the `time` module in calc.points: time_ns() returns set readings."""
+    """A wall clock for calc.points.NanoClock: time_ns() returns set readings."""
 
     def __init__(self, readings: list[int]) -> None:
         self.readings = iter(readings)
@@ -57,14 +56,12 @@ class SteppingClock:
         return next(self.readings)
 
 
-def test_timestamps_increase_even_when_the_wall_clock_repeats_or_steps_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_timestamps_increase_even_when_the_wall_clock_repeats_or_steps_back() -> None:
     """1. A wall clock that repeats a value and then steps back, as clock_gettime does
     after an NTP step. 2. Five points. 3. Their timestamps strictly increase, one
     nanosecond past the last while the clock does not advance."""
-    monkeypatch.setattr(points, "time", SteppingClock([1_000, 1_000, 400, 999, 5_000]))
-    formatter = PointFormatter("pod-a")
+    wall = SteppingClock([1_000, 1_000, 400, 999, 5_000])
+    formatter = PointFormatter("pod-a", clock=NanoClock(wall.time_ns))
     stamps = [_timestamp(formatter.sum_point(f"r{i}", 1, 1.0)) for i in range(5)]
     assert stamps == [1_000, 1_001, 1_002, 1_003, 5_000]
 
