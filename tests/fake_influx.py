@@ -15,6 +15,7 @@
         influx.stored                     # lines of writes it answered 2xx (or `store=`)
         influx.stored_ids()               # the `id` field of each stored line
         influx.writes                     # number of POST /write requests seen
+        influx.write_times                # time.monotonic() of each, in order
 
 Changing the behaviour releases stalled writes (they then get the new answer); `refuse`
 also cuts established keep-alive connections, as a stopped InfluxDB would. `up` after
@@ -59,6 +60,7 @@ class FakeInflux:
         self.received: list[str] = []
         self.stored: list[str] = []
         self.writes = 0
+        self.write_times: list[float] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -97,7 +99,8 @@ class FakeInflux:
 
     def stored_ids(self) -> list[str]:
         with self._lock:
-            return [m.group(1) for line in self.stored if (m := _ID.search(line))]
+            found = [m.group(1) for line in self.stored if (m := _ID.search(line))]
+        return [re.sub(r"\\(.)", r"\1", value) for value in found]  # undo the escaping
 
     def _set(self, behaviour: Behaviour) -> None:
         with self._lock:
@@ -174,6 +177,7 @@ class FakeInflux:
         """Record a write and decide its answer; a stall waits for the next change."""
         with self._lock:
             self.writes += 1
+            self.write_times.append(time.monotonic())
             self.received.extend(lines)
             if self._script:
                 return self._script.pop(0)

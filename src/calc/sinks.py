@@ -172,13 +172,19 @@ class _Append:
             return self._state == "cancelled"
 
 
+def _observe(future: asyncio.Future[None]) -> None:
+    """Retrieve an outcome nobody may wait for any more, so none goes unobserved."""
+    if not future.cancelled():
+        future.exception()
+
+
 class FileSink:
     """Appends lines to a local file: the standalone default, so nothing is lost.
 
     A write that times out is not written twice: if its thread had not begun, it never
     will; if it had, the cancelled write waits for it and returns (the batching writer
-    counts a cancelled write that returns as written). A failed write is cut back, so a
-    retry never follows a torn line."""
+    counts a cancelled write that returns as written; a second cancel is obeyed). A
+    failed write is cut back, so a retry never follows a torn line."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -187,16 +193,43 @@ class FileSink:
     async def write(self, lines: Sequence[str]) -> None:
         job = _Append("".join(line + "\n" for line in lines).encode())
         async with self._lock:
-            future = asyncio.ensure_future(asyncio.to_thread(self._append, job))
+            future = self._in_thread(job)
             try:
                 await asyncio.shield(future)
             except asyncio.CancelledError:
                 if job.cancel():
                     raise
-                while not future.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(future)
-                future.result()
+                # Begun: its outcome is the answer. A second cancel means the caller is
+                # leaving for good (the writer gave up, the loop is closing): let it go.
+                future.add_done_callback(_observe)
+                await asyncio.shield(future)
+
+    def _in_thread(self, job: _Append) -> asyncio.Future[None]:
+        """Run the append in a daemon thread of its own: a write hung in the kernel (a
+        dead NFS server, a FIFO nobody reads) must not hold the process's exit, as a
+        thread of the default executor would."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                self._append(job)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=run, name="file-sink-write", daemon=True).start()
+        return future
 
     def _append(self, job: _Append) -> None:
         if not job.begin():

@@ -149,6 +149,7 @@ class BatchWriter(Generic[T]):
         self._inflight: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[int] | None = None
         self._inflight_n = 0
+        self._inflight_cancelled = False
         self._owed_settle = 0  # items done but not yet settled in the journal
         self.losses = LossLog(name, logger)
         self._refusals = LossLog(name, logger, verb="Refused")
@@ -295,12 +296,16 @@ class BatchWriter(Generic[T]):
                 self._call_sink(batch), name=f"batch-write-{self.name}"
             )
             self._inflight_n = len(batch)
+            self._inflight_cancelled = False
             self.attempts += 1
             logger.info("Logging %d %s", len(batch), self.name)
         task, n = self._inflight, self._inflight_n
         done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
+        if not done and not self._inflight_cancelled:
+            # Cancelled once only: a sink finishing a write it cannot take back obeys a
+            # second cancel, which would turn a write that happened into a "failure".
             task.cancel()
+            self._inflight_cancelled = True
             await asyncio.wait({task}, timeout=min(CANCEL_GRACE, timeout))
         if not task.done():
             self.failed_writes += 1

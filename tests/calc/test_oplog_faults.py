@@ -162,3 +162,34 @@ def test_a_sigkill_mid_spool_write_loses_only_the_torn_line(
     written = (tmp_path / "operations.lp").read_text()
     assert sorted(re.findall(r'id="(kill-\d)"', written)) == [f"kill-{i}" for i in range(4)]
     assert "Recovered 4 spooled lines" in second.log
+
+
+def test_a_missing_database_holds_the_points_until_it_exists(start_calc: StartCalc) -> None:
+    """Case 4 end to end: 1. v10 writing every 0.3 s to an InfluxDB that answers 404
+    `database not found`. 2. 10 sums answered 200. 3. The points are held: four tries
+    take at least the backoff pauses, each failed one logged as a configuration error,
+    none lost. 4. The database appears: all 10 are stored, and SIGTERM finds nothing to
+    lose."""
+    with FakeInflux() as influx:
+        influx.status(404, '{"error":"database not found: \\"calc\\""}')
+        calc = start_calc(
+            "v10",
+            INFLUXDB_BASE_URL=influx.url,
+            CALC_BATCH_INTERVAL="0.3",
+            CALC_QUIET_PERIOD="0",
+            CALC_SLOW_MATH="0",
+        )
+        ids = [f"held-{i}" for i in range(10)]
+        for rid in ids:
+            assert post_sum(calc, rid).status_code == 200
+        wait_until(lambda: influx.writes >= 4, 5, what="four tries")
+        # Pauses of at least 0.05, 0.1 and 0.2 s (jittered 0.1, 0.2, 0.4): a writer that
+        # spun would make these tries within milliseconds.
+        assert influx.write_times[3] - influx.write_times[0] >= 0.35
+        assert calc.log.count("fix the configuration") >= 3
+        assert calc.metric("calc_operations_lost_total") == 0
+        influx.up()
+        wait_until(lambda: sorted(influx.stored_ids()) == ids, 10, what="the held points")
+        calc.terminate()
+        assert calc.wait_exit(15) == 0
+    assert "10 operations recorded, 10 written, 0 lost" in calc.log

@@ -232,6 +232,33 @@ def test_the_file_sink_writes_once_when_a_write_outlives_its_timeout(tmp_path: P
     assert writer.failed_writes >= 1
 
 
+HUNG_SCRIPT = """
+import asyncio, sys
+from calc.sinks import FileSink
+from graceful import BatchWriter
+async def main():
+    writer = BatchWriter(FileSink(sys.argv[1]).write, interval=30, write_timeout=0.2)
+    writer.add("never read")
+    print("lost", await writer.close(1.0))
+asyncio.run(main())
+"""
+
+
+def test_a_hung_file_write_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """1. A process whose file sink writes to a FIFO nobody opens: the write thread hangs
+    in open() for good. 2. close(1) gives up at its deadline and counts the point lost.
+    3. The process exits at once after, although the thread still hangs."""
+    fifo = tmp_path / "operations.lp"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_SCRIPT, str(fifo)], capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["lost", "1"]
+    assert time.monotonic() - started < 10
+
+
 FSIZE_SCRIPT = """
 import asyncio, resource, signal, sys
 from calc.sinks import FileSink

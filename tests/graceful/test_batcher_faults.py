@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -356,3 +357,39 @@ def test_close_called_twice_at_once_flushes_once() -> None:
     assert lost == [0, 0]
     assert writes == [["a", "b", "c"]]
     assert (writer.written, writer.lost) == (3, 0)
+
+
+def test_a_steady_loss_is_logged_about_once_a_second_not_per_item(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Case 5: 1. The sink is down (slow retry), the buffer (10) full. 2. One add every
+    10 ms for 2.5 s: about 240 drops. 3. The buffer-full line comes at the first drop,
+    then about once a second with a rising total (3 to 5 lines, never one per drop), and
+    the last line's total is every drop. 4. An add after close is logged as closed."""
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(
+            ScriptedSink(then=ConnectionError("down")).write,
+            max_batch=10,
+            interval=30,
+            max_buffer=10,
+            retry=RetryPolicy(initial=30, maximum=30),
+        )
+        writer.start()
+        started = time.monotonic()
+        i = 0
+        while time.monotonic() - started < 2.5:
+            writer.add(f"p{i}")
+            i += 1
+            await asyncio.sleep(0.01)
+        await writer.close(0)
+        writer.add("late")
+        return writer
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        writer = asyncio.run(scenario())
+    totals = [int(m.group(1)) for m in re.finditer(r"; (\d+) buffer_full so far", caplog.text)]
+    assert 3 <= len(totals) <= 5, totals
+    assert totals == sorted(totals)
+    assert totals[-1] == writer.losses.totals["buffer_full"] > 100
+    assert "(closed: writer closed); 1 closed so far" in caplog.text

@@ -300,3 +300,20 @@ def test_leftovers_of_a_kill_mid_settle_are_cleared(tmp_path: Path) -> None:
     assert spool.recover() == []
     spool.close()
     assert not directory.exists()
+
+
+def test_a_partly_settled_open_segment_recovers_only_its_rest(tmp_path: Path) -> None:
+    """Settling does not need a sealed segment: 1. 3 lines in the open segment, 2 of
+    them settled (written). 2. One more line appended to the same file. 3. The process
+    dies (the spool is never closed); the next one recovers the 2 unsettled lines only."""
+    spool = Spool(tmp_path)
+    for line in ("a", "b", "c"):
+        spool.append(line)
+    spool.settle(2)
+    spool.append("d")
+    assert segments(tmp_path) == ["000000000001.spool"]
+    spool.seal()  # the kernel closes a killed process's files; nothing changes on disk
+    os.close(spool._lock_fd)
+    again = Spool(tmp_path)
+    assert again.recover() == ["c", "d"]
+    again.close()

@@ -91,6 +91,30 @@ def test_registry_without_await_cuts_at_once_and_counts() -> None:
     assert took < 0.5
 
 
+def test_registry_does_not_count_as_cut_a_task_that_finishes_its_work() -> None:
+    """A task whose work cannot be taken back once begun (a write in a thread) finishes
+    it when cancelled: 1. One such task (0.1 s left) and one plain task. 2. shutdown
+    cuts both at once (v6). 3. One counted cut, one finished: none counted twice."""
+
+    async def finishes_when_cancelled() -> None:
+        work = asyncio.ensure_future(asyncio.sleep(0.1))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await work
+
+    async def scenario() -> tuple[int, TaskRegistry]:
+        registry = TaskRegistry("work", await_on_shutdown=False)
+        registry.spawn(finishes_when_cancelled())
+        registry.spawn(asyncio.sleep(5))
+        await asyncio.sleep(0)  # both started
+        return await registry.shutdown(7), registry
+
+    cut, registry = asyncio.run(scenario())
+    assert cut == 1
+    assert (registry.finished, registry.cancelled) == (1, 1)
+
+
 def test_registry_keeps_failed_tasks_counted() -> None:
     """A task that raises is counted failed, not lost, and does not break shutdown."""
 
