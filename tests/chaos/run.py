@@ -34,7 +34,12 @@ POD = "chaos-pod"
 EXIT_MARGIN = 2.0  # interpreter exit and a loaded machine, beyond the grace period
 _ID = re.compile(r'id="((?:[^"\\]|\\.)*)"')
 _APP_STOPPED = re.compile(r"App stopped: .*?(\d+) lost")
-_LOST_SO_FAR = re.compile(r"(\d+) lost so far")
+# A running total of what a process has lost, as its loss log lines end.
+_LOST_SO_FAR = re.compile(r"(\d+) lost in all")
+
+
+class Interrupted(Exception):
+    """The run was asked to stop (its `interrupt` event was set)."""
 
 
 @dataclass
@@ -98,8 +103,17 @@ class Outcome:
 
 
 class ChaosRun:
-    def __init__(self, plan: Plan, workdir: Path, processes: Processes) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        processes: Processes,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        """`interrupt`, once set (e.g. by a signal handler), ends the run at its next
+        wait with `Interrupted`; the caller then cleans up `processes`."""
         self.plan = plan
+        self.interrupt = interrupt or threading.Event()
         self.workdir = workdir
         self.processes = processes
         self.port = free_port()
@@ -163,10 +177,15 @@ class ChaosRun:
         life = Life(process, time.monotonic())
         self.outcome.lives.append(life)
         wait_until(
-            lambda: process.poll() is not None or http_ok(f"{self.url}/health"),
+            lambda: (
+                self.interrupt.is_set()
+                or process.poll() is not None
+                or http_ok(f"{self.url}/health")
+            ),
             timeout=20,
             what="calc to answer /health",
         )
+        self._check_interrupt()
         if process.poll() is not None:
             raise RuntimeError(f"calc exited at start:\n{self.processes.output(process)}")
         with self._lock:
@@ -216,17 +235,22 @@ class ChaosRun:
         while time.monotonic() < until:
             if life.process.poll() is not None:
                 break
-            time.sleep(0.01)
+            self.interrupt.wait(0.01)
+            self._check_interrupt()
         if life.process.poll() is not None:
             if life.exited_at is None:
                 life.exited_at = time.monotonic()
             return True
         return False
 
-    @staticmethod
-    def _pause(seconds: float) -> None:
+    def _pause(self, seconds: float) -> None:
         # Part of the plan (the time a restart takes), not a wait for state.
-        time.sleep(seconds)
+        self.interrupt.wait(seconds)
+        self._check_interrupt()
+
+    def _check_interrupt(self) -> None:
+        if self.interrupt.is_set():
+            raise Interrupted(f"seed {self.plan.seed} interrupted")
 
     def _current(self) -> Life:
         with self._lock:
