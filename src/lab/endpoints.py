@@ -143,6 +143,8 @@ class EndpointsController:
         if fallback != self.fallback:
             self.fallback = fallback
             detail = f"{len(wanted)} serving-terminating" if fallback else "ready endpoints again"
+            if not fallback and not wanted:
+                detail = "no serving endpoints left"
             self.events.add("", "lb-fallback" if fallback else "lb-fallback-ended", detail)
         for name in sorted(wanted - self.in_lb):
             pod = self.known[name]
