@@ -268,6 +268,7 @@ def test_readiness_keeps_probing_a_terminating_pod_liveness_stops(tmp_path: Path
         "exec": {"command": ["sh", "-c", f"echo ready $(date +%s.%N); test ! -e {flag}"]},
         "periodSeconds": 1,
         "failureThreshold": 1,
+        "timeoutSeconds": 5,  # a busy machine must not fail it by a slow fork
     }
     liveness = {
         "exec": {"command": ["sh", "-c", "echo live $(date +%s.%N)"]},
@@ -341,6 +342,7 @@ def test_terminating_pod_keeps_traffic_only_when_no_pod_is_ready(tmp_path: Path)
         "exec": {"command": ["test", "!", "-e", str(flag)]},
         "periodSeconds": 1,
         "failureThreshold": 1,
+        "timeoutSeconds": 5,  # a busy machine must not fail it by a slow fork
     }
     manifest = tiny_manifest(
         tmp_path / "m.yml",
