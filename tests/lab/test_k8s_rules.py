@@ -384,3 +384,42 @@ def test_terminating_pod_keeps_traffic_only_when_no_pod_is_ready(tmp_path: Path)
             assert [e.detail for e in ended] == ["no serving endpoints left"]
 
     run(scenario())
+
+
+def test_endpoints_controller_outlives_haproxy_going_away(tmp_path: Path) -> None:
+    """1 tiny-app pod in HAProxy, lag 0.
+    1. Stop HAProxy; scale to 2: the new pod becomes ready while HAProxy is away.
+    2. The add fails: one `lb-error` event for that pod however often it is retried, and
+       the endpoints controller keeps running.
+    3. Start HAProxy again: the pending add goes through, the new pod takes traffic."""
+    manifest = tiny_manifest(
+        tmp_path / "m.yml",
+        port=free_port(),
+        readiness={**READY_PROBE, "periodSeconds": 1},
+        grace=1,
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.controller.complete() and c.endpoints.in_lb, 15, "1 pod")
+            (first,) = c.controller.active()
+            await c.haproxy.stop()
+            c.controller.scale(2)
+            await c.until(lambda: len(c.controller.active()) == 2, 5, "a second pod")
+            (second,) = [p for p in c.controller.active() if p is not first]
+
+            def errors() -> list[str]:
+                return [e.detail for e in c.events.of(second.name) if e.kind == "lb-error"]
+
+            await c.until(errors, 15, "the failed add")
+            failed_at = c.events.now()
+            await c.until(lambda: c.events.now() > failed_at + 0.5, 2, "retries")
+            assert len(errors()) == 1 and errors()[0].startswith("add: ")
+            assert c.endpoints.task is not None and not c.endpoints.task.done()
+            assert second.name not in c.endpoints.in_lb
+
+            await c.haproxy.start(c.registry)
+            await c.until(lambda: second.name in c.haproxy.active_servers(), 5, "the add")
+            assert c.events.first(second.name, "lb-added") is not None
+
+    run(scenario())
