@@ -599,7 +599,9 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Cont
     image = f.text("image", required=True)
     assert image is not None
     env: list[EnvVar] = []
-    # envFrom first, then env: a name in env wins (the kubelet's order).
+    # envFrom first, then env: a name in env wins (the kubelet's order,
+    # pkg/kubelet/kubelet_pods.go makeEnvironmentVariables;
+    # https://kubernetes.io/docs/tasks/inject-data-application/define-environment-variable-container/).
     for item in f.items("envFrom"):
         env.extend(_env_from(item, sources))
     for item in f.items("env"):
@@ -764,7 +766,8 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
     tspec.only(_POD_MODELLED, _POD_INERT, _POD_REFUSED)
     restart = tspec.text("restartPolicy", "Always")
     if restart != "Always":
-        # A Deployment's pods must restart always (apps/v1 validation).
+        # A Deployment's pods must restart always (pkg/apis/apps/validation:
+        # ValidatePodTemplateSpecForReplicaSet allows only Always).
         tspec.fail(tspec.at("restartPolicy"), f"a Deployment needs Always, got {restart!r}")
     labels = tmeta.str_map("labels")
     for key, value in match.items():

@@ -251,3 +251,33 @@ def test_influxdb_deployment_is_replaced_under_its_own_service_and_database(
         ("xmetrics-db:80", "xmetrics-db:80"),
     ]:
         assert _service_urls(value, services) == expected, value
+
+
+def test_supporting_deployment_not_ready_is_named_before_any_load(tmp_path: Path) -> None:
+    """The app plus a `backend` Deployment whose readiness probe answers 500.
+    1. `lab run --ready-timeout 3` on the directory.
+    2. It fails (exit 1) naming the backend Deployment, its pod and the probe's last
+       result; the app's pods were never created; every process is gone."""
+    directory = tmp_path / "k8s"
+    directory.mkdir()
+    tiny_manifest(directory / "app.yml", port=free_port(), readiness=READY_PROBE)
+    _backend(directory, free_port())
+    _set(directory / "backend.yml", lambda c: c.update(args=[*c["args"], "--ready-status", "500"]))
+    out = tmp_path / "out"
+    try:
+        result = subprocess.run(
+            _lab(out, directory, "--ready-timeout", "3"),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        _assert_all_gone(out)
+    finally:
+        _kill_leftovers(out)
+    assert result.returncode == 1, result.stderr[-2000:]
+    failed = result.stderr[result.stderr.index("lab: failed:") :]
+    assert "the Deployment backend was not ready within 3 s" in failed
+    assert "backend-r1-" in failed
+    assert "readiness probe httpGet :http/ready: HTTP 500: 'database unreachable'" in failed
+    assert "tiny-r1-" not in result.stderr
