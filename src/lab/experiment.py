@@ -478,6 +478,11 @@ class Lab:
             failed_checks=failed_checks,
             http_reuse=config.http_reuse if config.lb != "tcp" else None,
             pod_bounds=(controller.peak_pods, controller.fewest_available),
+            supporting=frozenset(
+                e.pod
+                for e in self.events.events
+                if e.kind == "created" and e.pod and not self._under_test(e.pod)
+            ),
         )
         the_report.write_json(self.out / "report.json")
         await asyncio.to_thread(
@@ -548,6 +553,14 @@ class Lab:
                 results.append(f"{failures[-1].kind}: {failures[-1].detail}")
             lines.append(f"{pod.name} ({state}): {'; '.join(results) or 'no probe result yet'}")
         return "\n  ".join(lines)
+
+    def _under_test(self, pod_name: str) -> bool:
+        assert self.kubelet is not None
+        selector = self.p.manifests.deployment.selector
+        return any(
+            p.name == pod_name and all(p.template.labels.get(k) == v for k, v in selector.items())
+            for p in self.kubelet.pods
+        )
 
     def _k6_env(self) -> dict[str, str]:
         env: dict[str, str] = {}

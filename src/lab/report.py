@@ -205,6 +205,7 @@ def build(
     http_reuse: str | None = None,
     pod_bounds: tuple[int, int | None] | None = None,
     interrupted: str | None = None,
+    supporting: frozenset[str] = frozenset(),
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     lost = accounting.lost
@@ -229,7 +230,8 @@ def build(
         steady_window_s=window,
         action_completed=action_completed,
         action_s=None if action_s is None else round(action_s, 3),
-        pods_created=sum(1 for e in events if e.kind == "created"),
+        # The Deployment under test's pods; supporting ones are in the notes.
+        pods_created=sum(1 for e in events if e.kind == "created" and e.pod not in supporting),
         lost_ids=(lost or [])[:ID_SAMPLE],
         orphan_ids=(orphans or [])[:ID_SAMPLE],
         unmatched_points=len(accounting.unmatched_points),

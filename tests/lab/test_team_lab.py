@@ -82,6 +82,7 @@ def test_directory_with_two_deployments_a_configmap_and_services(tmp_path: Path)
     (backend,) = backend_pods
     in_lb = {e["pod"] for e in events if e["kind"] == "lb-added"}
     assert backend not in in_lb and len(in_lb) == 4  # the app's 2 pods, twice
+    assert report["pods_created"] == 4
     writes = (out / "pods" / f"{backend}.log").read_text().count("request ")
     assert writes >= report["ok"] * 0.9, (writes, report["ok"])
     # Torn down after the app's pods: the app's last writes still reached it.
