@@ -49,7 +49,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # Why pods failed: each distinct probe, hook or start failure with its last output.
     explanations: list[str] = field(default_factory=list)
-    interrupted: str | None = None  # the signal that stopped the run early, if one did
     events: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -102,8 +101,6 @@ class Report:
             ratio = self.steady_ratio or 0.0
             rate = f"{self.achieved_rps:.0f} / {self.ideal_rps:.0f} rps ({ratio:.0%})"
         rows.append(("steady rps achieved/ideal", rate))
-        if self.interrupted:
-            rows.append(("INTERRUPTED", f"by {self.interrupted}: the numbers cover a partial run"))
         rows += [
             ("pod failures" if i == 0 else "", text) for i, text in enumerate(self.explanations)
         ]
@@ -204,7 +201,6 @@ def build(
     failed_checks: dict[str, int] | None = None,
     http_reuse: str | None = None,
     pod_bounds: tuple[int, int | None] | None = None,
-    interrupted: str | None = None,
     supporting: frozenset[str] = frozenset(),
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
@@ -244,6 +240,5 @@ def build(
         fewest_available=pod_bounds[1] if pod_bounds else None,
         notes=notes,
         explanations=explain(events),
-        interrupted=interrupted,
         events=[e.as_dict() for e in events],
     )
