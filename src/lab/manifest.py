@@ -954,6 +954,11 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
     (`deployment`, see `_pick`); the others run beside it (`Manifests.supporting`)."""
     files = _files(path)
     notes: list[str] = []
+    # A kustomization file is kustomize's input, not a manifest (and often has no kind):
+    # the lab reads the plain files beside it, unpatched, and says so.
+    for file in [f for f in files if f.name in ("kustomization.yaml", "kustomization.yml")]:
+        files.remove(file)
+        notes.append(f"{file}: kustomize is not applied; the plain YAML files are read as they are")
     sources = _Sources()
     by_kind: dict[str, list[_Fields]] = {}
     for source, doc in _documents(files):

@@ -538,3 +538,13 @@ def test_secret_volume_files_are_decoded_and_mount_paths_mapped(tmp_path: Path) 
     assert launch.argv[-3:] == ("--token-file", str(creds / "token"), "/etc/credsx")
     assert launch.env["CREDS"] == str(creds)
     assert launch.mounts == {"/etc/creds": creds}
+
+
+def test_kustomization_file_is_noted_not_read(tmp_path: Path) -> None:
+    """1. A directory with the app and a kustomization.yaml (no kind, as kustomize allows).
+    2. It loads; the note says kustomize is not applied."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    (tmp_path / "kustomization.yaml").write_text("resources: [app.yml]\nnamePrefix: x-\n")
+    manifests = load(tmp_path)
+    assert manifests.deployment.name == "tiny"
+    assert any("kustomization.yaml: kustomize is not applied" in n for n in manifests.notes)
