@@ -77,30 +77,11 @@ def _uses_influx(container: Container) -> bool:
     )
 
 
-def prepare(config: LabConfig) -> Prepared:
-    config.validate()
-    manifests = load(config.manifests, config.deployment)
-    update = load(config.update_to, config.deployment) if config.update_to is not None else None
-    images = ImageMap.load(config.image_map_path)
-    containers = [manifests.deployment.template.container]
-    if update is not None:
-        containers.append(update.deployment.template.container)
-        if update.target_port != manifests.target_port:
-            raise ConfigError(
-                f"--update-to: the new pods listen on {update.target_port}, the Service sends "
-                f"to {manifests.target_port}"
-            )
-    supporting = [s for s in manifests.supporting if s.replaced_by is None]
-    replaced = [s for s in manifests.supporting if s.replaced_by is not None]
-    notes = list(manifests.notes)
+def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -> None:
+    """Every container's image is in the image map, and every command it would run (its
+    own, exec probes and hooks) is on this machine: else one error listing them all."""
     problems: list[str] = []
-    for container, what in [
-        *((c, f"{config.manifests}") for c in containers),
-        *(
-            (s.deployment.template.container, f"{s.source} (Deployment {s.deployment.name})")
-            for s in supporting
-        ),
-    ]:
+    for container, what in containers:
         try:
             image = images.image(container.image)
         except ManifestError as exc:
@@ -116,6 +97,51 @@ def prepare(config: LabConfig) -> Prepared:
         problems += [f"{what}: {p}" for p in found]
     if problems:
         raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
+
+
+def _influx_db(config: LabConfig, replaced: list[Supporting]) -> str:
+    """The database the pods write to: the one a replaced InfluxDB Deployment names in
+    INFLUXDB_DB (the official image creates it at first start), else `calc`."""
+    names = {
+        v.value
+        for s in replaced
+        for v in s.deployment.template.container.env
+        if v.name == "INFLUXDB_DB" and v.value
+    }
+    if len(names) > 1:
+        raise ManifestError(
+            f"{config.manifests}: the InfluxDB Deployments name different databases "
+            f"(INFLUXDB_DB {', '.join(sorted(names))}); the lab runs one"
+        )
+    return names.pop() if names else INFLUX_DB
+
+
+def prepare(config: LabConfig) -> Prepared:
+    config.validate()
+    manifests = load(config.manifests, config.deployment)
+    update = load(config.update_to, config.deployment) if config.update_to is not None else None
+    images = ImageMap.load(config.image_map_path)
+    containers = [manifests.deployment.template.container]
+    if update is not None:
+        containers.append(update.deployment.template.container)
+        if update.target_port != manifests.target_port:
+            raise ConfigError(
+                f"--update-to: the new pods listen on {update.target_port}, the Service sends "
+                f"to {manifests.target_port}"
+            )
+    supporting = [s for s in manifests.supporting if s.replaced_by is None]
+    replaced = [s for s in manifests.supporting if s.replaced_by is not None]
+    _check_runnable(
+        images,
+        [
+            *((c, f"{config.manifests}") for c in containers),
+            *(
+                (s.deployment.template.container, f"{s.source} (Deployment {s.deployment.name})")
+                for s in supporting
+            ),
+        ],
+    )
+    notes = list(manifests.notes)
     for s in supporting:
         notes.append(
             f"Deployment {s.deployment.name} ({s.source}) ran beside "
@@ -127,20 +153,9 @@ def prepare(config: LabConfig) -> Prepared:
             f"{s.deployment.template.container.image}) replaced by the lab's own InfluxDB"
         )
     influx_services = [svc for s in replaced for svc in s.services]
-    # The official image creates the database INFLUXDB_DB names at first start.
-    influx_dbs = {
-        v.value
-        for s in replaced
-        for v in s.deployment.template.container.env
-        if v.name == "INFLUXDB_DB" and v.value
-    }
-    if len(influx_dbs) > 1:
-        raise ManifestError(
-            f"{config.manifests}: the InfluxDB Deployments name different databases "
-            f"(INFLUXDB_DB {', '.join(sorted(influx_dbs))}); the lab runs one"
-        )
-    influx_db = influx_dbs.pop() if influx_dbs else INFLUX_DB
-    uses_influx = bool(replaced) or any(_uses_influx(c) for c in containers)
+    influx_db = _influx_db(config, replaced)
+    writers = [*containers, *(s.deployment.template.container for s in supporting)]
+    uses_influx = bool(replaced) or any(_uses_influx(c) for c in writers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
     if uses_influx and shutil.which("influxd") is None:
