@@ -33,7 +33,7 @@ from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.faults import Faults
 from lab.haproxy import HAProxy
-from lab.images import ImageMap, resolve, unresolved
+from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
@@ -77,10 +77,12 @@ def _uses_influx(container: Container) -> bool:
     )
 
 
-def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -> None:
+def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -> list[str]:
     """Every container's image is in the image map, and every command it would run (its
-    own, exec probes and hooks) is on this machine: else one error listing them all."""
+    own, exec probes and hooks) is on this machine: else one error listing them all.
+    Returns notes on values that look like unmapped files inside the image."""
     problems: list[str] = []
+    notes: list[str] = []
     for container, what in containers:
         try:
             image = images.image(container.image)
@@ -94,9 +96,11 @@ def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -
                 container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
             )
             found = unresolved(container, image, launch, images.source)
+            notes += [f"{what}: {n}" for n in image_paths(container, image, launch)]
         problems += [f"{what}: {p}" for p in found]
     if problems:
         raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
+    return notes
 
 
 def _influx_db(config: LabConfig, replaced: list[Supporting]) -> str:
@@ -131,7 +135,7 @@ def prepare(config: LabConfig) -> Prepared:
             )
     supporting = [s for s in manifests.supporting if s.replaced_by is None]
     replaced = [s for s in manifests.supporting if s.replaced_by is not None]
-    _check_runnable(
+    path_notes = _check_runnable(
         images,
         [
             *((c, f"{config.manifests}") for c in containers),
@@ -141,10 +145,10 @@ def prepare(config: LabConfig) -> Prepared:
             ),
         ],
     )
-    notes = list(manifests.notes)
+    notes = [*manifests.notes, *path_notes]
     for s in supporting:
         notes.append(
-            f"Deployment {s.deployment.name} ({s.source}) ran beside "
+            f"Deployment {s.deployment.name} ({s.source}) runs beside "
             f"{manifests.deployment.name} as one pod, without load through it"
         )
     for s in replaced:
@@ -315,6 +319,8 @@ class Lab:
         deployment = manifests.deployment
         base_env = dict(os.environ)
         self.events.phase("start", f"{config.manifests} scenario {config.scenario}")
+        for note in self.p.notes:  # on the progress lines before anything starts, too
+            self.events.add("", "note", note)
         influx_address: str | None = None
         if self.p.uses_influx:
             self.influx = InfluxServer(

@@ -282,3 +282,21 @@ def test_supporting_deployment_not_ready_is_named_before_any_load(tmp_path: Path
     assert "backend-r1-" in failed
     assert "readiness probe httpGet :http/ready: HTTP 500: 'database unreachable'" in failed
     assert "tiny-r1-" not in result.stderr
+
+
+def test_args_that_look_like_unmapped_image_files_are_noted(tmp_path: Path) -> None:
+    """1. Prepare a run whose args name /app/config/prod.exs (a file inside the image,
+    not mapped), /health (a URL path) and this test's own directory (exists here).
+    2. Only the first is named in the notes, with the image map entry that would map it;
+    the run is not refused."""
+    manifest = _set(
+        tiny_manifest(tmp_path / "m.yml", port=8123),
+        lambda c: c.update(
+            args=[*c["args"], "--config", "/app/config/prod.exs", "/health", str(tmp_path)]
+        ),
+    )
+    prepared = prepare(LabConfig(manifests=manifest, image_map=TINY_IMAGES))
+    named = [n for n in prepared.notes if "is not on this machine" in n]
+    assert len(named) == 1, named
+    assert "containers[0].args[3]: '/app/config/prod.exs'" in named[0]
+    assert "map it under images.tinyapp.paths" in named[0]
