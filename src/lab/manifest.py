@@ -975,7 +975,14 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
                 meta.fail(meta.at("name"), f"{kind} {name!r} is also in {table[name].source}")
             table[name] = _Data(kind, f.source, _data(f, kind))
     deployments = [(_deployment(f, sources), f.source) for f in by_kind.pop("Deployment", [])]
-    services = [_service(f) for f in by_kind.pop("Service", [])]
+    services = []
+    for f in by_kind.pop("Service", []):
+        spec = f.data.get("spec")
+        if isinstance(spec, dict) and spec.get("type") == "ExternalName":
+            # A DNS alias to something outside the cluster: nothing for the lab to run.
+            notes.append(f"{f.source}: ExternalName Service not modelled; values naming it stay")
+            continue
+        services.append(_service(f))
     for kind, fs in sorted(by_kind.items()):
         notes += [f"{f.source}: ignoring kind {kind}" for f in fs]
     seen: dict[str, str] = {}

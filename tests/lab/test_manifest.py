@@ -548,3 +548,15 @@ def test_kustomization_file_is_noted_not_read(tmp_path: Path) -> None:
     manifests = load(tmp_path)
     assert manifests.deployment.name == "tiny"
     assert any("kustomization.yaml: kustomize is not applied" in n for n in manifests.notes)
+
+
+def test_external_name_service_is_noted_not_refused(tmp_path: Path) -> None:
+    """1. A directory with the app and an ExternalName Service for a managed database.
+    2. It loads; the note names the Service's file."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    external = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+                "spec": {"type": "ExternalName", "externalName": "db.example.com"}}  # fmt: skip
+    (tmp_path / "db.yml").write_text(yaml.safe_dump(external))
+    manifests = load(tmp_path)
+    assert manifests.service is not None and manifests.service.name == "tiny"
+    assert any("db.yml: ExternalName Service not modelled" in n for n in manifests.notes)
