@@ -909,6 +909,16 @@ def _documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
             source = f"{file} (document {index + 1})" if len(loaded) > 1 else str(file)
             if not isinstance(doc, dict):
                 raise ManifestError(f"{source}: must be a mapping, got {type(doc).__name__}")
+            if doc.get("kind") == "List":
+                # `kubectl get -o yaml` output: the objects are its items.
+                items = doc.get("items") or []
+                if not isinstance(items, list):
+                    raise ManifestError(f"{source}: items: must be a list")
+                for i, item in enumerate(items):
+                    if not isinstance(item, dict):
+                        raise ManifestError(f"{source}: items[{i}]: must be a mapping")
+                    documents.append((f"{source} items[{i}]", item))
+                continue
             documents.append((source, doc))
     return documents
 

@@ -560,3 +560,14 @@ def test_external_name_service_is_noted_not_refused(tmp_path: Path) -> None:
     manifests = load(tmp_path)
     assert manifests.service is not None and manifests.service.name == "tiny"
     assert any("db.yml: ExternalName Service not modelled" in n for n in manifests.notes)
+
+
+def test_kubectl_list_output_is_read_item_by_item(tmp_path: Path) -> None:
+    """1. The app's Deployment and Service as one `kind: List` (kubectl get -o yaml).
+    2. It loads as if they were separate documents."""
+    docs = list(yaml.safe_load_all(tiny_manifest(tmp_path / "app.yml", port=8123).read_text()))
+    (tmp_path / "app.yml").write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs}, sort_keys=False)
+    )
+    manifests = load(tmp_path)
+    assert manifests.deployment.name == "tiny" and manifests.service is not None
