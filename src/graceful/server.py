@@ -56,6 +56,7 @@ class GracefulServer(uvicorn.Server):
         # "hurry" or "exit". The handler appends; the watcher task logs.
         self.signals: list[tuple[int, str]] = []
         self.hurry = False  # a second SIGINT came: no more waiting for requests
+        self.hurry_reason = "second SIGINT"  # how logs name what set `hurry`
         self._signals_logged = 1  # the first is logged by "Shutdown started"
         self._watcher: asyncio.Task[None] | None = None
 
@@ -158,7 +159,7 @@ class GracefulServer(uvicorn.Server):
             lambda: not self._busy(), self.lifecycle.config.drain_timeout, "in-flight requests"
         )
         if not drained:
-            await self._abort_all("second SIGINT" if self.hurry else "drain time is up")
+            await self._abort_all(self.hurry_reason if self.hurry else "drain time is up")
         for server in self.servers:
             # Python 3.12+ also waits here for connections; aborted ones may lag a little.
             with contextlib.suppress(TimeoutError):
@@ -220,7 +221,7 @@ class GracefulServer(uvicorn.Server):
         counter = 0
         while not done():
             if self.hurry:
-                logger.warning("Second SIGINT: stopped waiting for %s", what)
+                logger.warning("%s: stopped waiting for %s", _capital(self.hurry_reason), what)
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -316,6 +317,10 @@ def _flush_log_handlers() -> None:
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _signal_name(signum: int | None) -> str:
