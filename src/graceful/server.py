@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from graceful.lifecycle import Lifecycle, Phase
+from graceful.phases import run_delay
 
 logger = logging.getLogger("graceful.server")
 
@@ -121,23 +122,7 @@ class GracefulServer(uvicorn.Server):
         logger.info("Shutdown finished in %.2f s", total)
 
     async def _delay(self) -> None:
-        config = self.lifecycle.config
-        started = time.monotonic()
-        if config.pre_close_delay > 0:
-            await self._wait(lambda: False, config.pre_close_delay, "pre-close delay")
-        if config.quiet_period > 0 and not self.hurry:
-            limit = max(0.0, config.quiet_max - (time.monotonic() - started))
-
-            # Quiet is counted from SIGTERM at the earliest: a pod idle at that moment
-            # may still be in a load balancer's list for a while.
-            since = self.lifecycle.shutdown_requested_at or time.monotonic()
-
-            def quiet() -> bool:
-                last = max(self.lifecycle.last_activity, since)
-                return time.monotonic() - last >= config.quiet_period
-
-            if not await self._wait(quiet, limit, "quiet period") and not self.hurry:
-                logger.warning("Still receiving requests after %.2f s; closing anyway", limit)
+        await run_delay(self.lifecycle, self._wait, lambda: self.hurry)
 
     def _busy(self) -> bool:
         """A connection is open or a request handler still runs (its client may be gone)."""
