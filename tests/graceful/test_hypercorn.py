@@ -121,3 +121,27 @@ def test_second_sigint_ends_the_delay_and_a_third_exits_at_once(
     assert "Second SIGINT: stopped waiting for quiet period" in log, log
     assert "Exiting at once (third signal, SIGINT) in phase draining" in log, log
     assert "1 request(s) still running" in log
+
+
+def test_an_app_shutdown_past_the_budget_exits_at_once_with_its_counts(
+    processes: Processes, port: int
+) -> None:
+    """1. graceful-hypercorn of an app whose lifespan shutdown never ends and which
+    reports 7 items unwritten; grace period 3 s, no quiet period. 2. SIGTERM. 3. hypercorn
+    alone would wait for the app forever; about 2.5 s after SIGTERM (the budget's end plus
+    half the safety margin) the process exits 1, logging the 7 items."""
+    argv = [str(VENV_BIN / "graceful-hypercorn"), "tests.graceful.apps.served:stuck_app"]
+    env = {"GRACEFUL_GRACE_PERIOD": "3", "GRACEFUL_QUIET_PERIOD": "0"}
+    process = processes.start(
+        [*argv, "--bind", f"127.0.0.1:{port}"], env=env, cwd=REPO, name="stuck"
+    )
+    wait_until(lambda: "Running on" in processes.output(process), 15, what="hypercorn")
+    sigterm = time.monotonic()
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(10) == 1
+    assert 2.2 <= time.monotonic() - sigterm < 4.0
+    log = processes.output(process)
+    assert (
+        "Exiting at once (the app's shutdown overran the budget) in phase app-shutdown: "
+        "left unwritten: 7 items"
+    ) in log, log

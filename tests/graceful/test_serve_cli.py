@@ -124,7 +124,8 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains_and_exits_0(
     processes: Processes, port: int
 ) -> None:
     """1. graceful-serve of an app with no readiness route, quiet period 1 s. 2. /ready
-    answers 200 (graceful's own), the app sees phase "serving". 3. A 1.5 s request
+    answers 200 (graceful's own; HEAD too, with no body; a POST goes to the app), the app
+    sees phase "serving". 3. A 1.5 s request
     starts; SIGTERM. 4. /ready answers 503 at once, while other requests are still
     served, with `Connection: close`. 5. The slow request ends 200. 6. The process exits
     0 after the quiet period, having logged each phase."""
@@ -132,6 +133,9 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains_and_exits_0(
     base = f"http://127.0.0.1:{port}"
     ready = httpx.get(f"{base}/ready", timeout=5)
     assert (ready.status_code, ready.text) == (200, "ready\n")
+    head = httpx.head(f"{base}/ready", timeout=5)
+    assert (head.status_code, head.content) == (200, b"")
+    assert httpx.post(f"{base}/ready", timeout=5).status_code == 404  # GET and HEAD only
     assert httpx.get(f"{base}/phase", timeout=5).text == "serving"
 
     slow: list[httpx.Response] = []

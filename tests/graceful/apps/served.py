@@ -5,6 +5,7 @@
 - `app_with_ready`: its own `/ready` that answers 503 "database down" until
   `/db-up` is called.
 - `make_app`: a factory for `app`.
+- `stuck_app`: `app` with a lifespan shutdown that never ends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from graceful import current_lifecycle
+from graceful.asgi import Receive, Scope, Send
 
 logger = logging.getLogger("graceful.tests.served")
 state = {"db_up": False}
@@ -52,3 +54,17 @@ app_with_ready = Starlette(routes=[*ROUTES, Route("/ready", ready), Route("/db-u
 
 def make_app() -> Starlette:
     return Starlette(routes=ROUTES)
+
+
+async def stuck_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app whose lifespan shutdown never ends, with 7 items it reports unwritten."""
+    if scope["type"] == "lifespan":
+        current_lifecycle().report_unwritten("items", lambda: 7)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.Event().wait()  # never set: stuck for good
+    else:
+        await app(scope, receive, send)
