@@ -19,3 +19,7 @@ image: $(BIN)/calc docker-engine ## Docker: build deploy/Dockerfile as IMAGE_TAG
 
 image-rebuild-base: $(BIN)/calc docker-engine ## Docker: remake the local Debian stand-in base, then the image
 	$(BIN)/python -m lab.image_build --tag $(IMAGE_TAG) --rebuild-base
+
+# The suite runs calc:latest in the engine (tests/deploy/test_deploy_image.py and the
+# lab's docker runtime), so the CI command builds it first.
+pytest: image
