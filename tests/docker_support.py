@@ -25,10 +25,11 @@ IMAGE = image_build.IMAGE_TAG
 
 
 def engine_or_skip() -> docker.DockerClient:
+    engine = docker.from_env(timeout=120)
     try:
-        engine = docker.from_env(timeout=120)
         engine.ping()
     except docker.errors.DockerException as exc:
+        engine.close()
         pytest.skip(f"no Docker engine answers ({exc}): make system-deps starts one")
     return engine
 

@@ -33,6 +33,8 @@ from typing import Any
 import docker
 import docker.errors
 
+from lab import engine_setup
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 IMAGE_TAG = "calc:latest"
@@ -62,14 +64,15 @@ def default_base() -> str:
 
 def client(timeout: float = API_TIMEOUT) -> docker.DockerClient:
     """A client for the engine at DOCKER_HOST (or the default socket), checked to answer."""
-    try:
-        engine = docker.from_env(timeout=int(timeout))
-        engine.ping()
-    except docker.errors.DockerException as exc:
+    # The standard library's ping first: it closes its socket when nothing listens.
+    if not engine_setup.ping():
         raise ImageBuildError(
-            f"no Docker engine answers ({exc}): run `make system-deps` (root or sudo)"
-        ) from exc
-    return engine
+            "no Docker engine answers: run `make system-deps` (root or sudo) to start one"
+        )
+    try:
+        return docker.from_env(timeout=int(timeout))
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"cannot use the Docker engine: {exc}") from exc
 
 
 def has_image(engine: docker.DockerClient, name: str) -> bool:
@@ -226,11 +229,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         engine = client()
-        base = args.python_image or choose_base(engine, log, rebuild_base=args.rebuild_base)
-        image_id = build(engine, base, args.tag, log)
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        base = args.python_image or choose_base(engine, log, rebuild_base=args.rebuild_base)
+        image_id = build(engine, base, args.tag, log)
+    except (ImageBuildError, docker.errors.DockerException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
     log(f"built {args.tag} ({image_id[:19]}) on {base}")
     return 0
 
