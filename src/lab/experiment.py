@@ -34,6 +34,7 @@ from lab.k6 import K6, find_k6
 from lab.manifest import Container, Manifests, load
 from lab.pods import Kubelet
 from lab.procs import Registry
+from lab.runtime import Runtime
 from lab.waits import stop_task
 
 # The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
@@ -98,6 +99,10 @@ def prepare(config: LabConfig) -> Prepared:
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
+    if config.runtime == "docker":
+        from lab.docker_runtime import check_docker
+
+        check_docker(manifests, update)
     return Prepared(config, manifests, images, uses_influx, find_k6(), notes, update)
 
 
@@ -166,6 +171,7 @@ class Lab:
         self.influx_start: asyncio.Future[None] | None = None
         self.haproxy: HAProxy | None = None
         self.kubelet: Kubelet | None = None
+        self.runtime: Runtime | None = None
         self.controller: DeploymentController | None = None
         self.endpoints: EndpointsController | None = None
         self.k6: K6 | None = None
@@ -177,9 +183,19 @@ class Lab:
         base_env = dict(os.environ)
         self.events.phase("start", f"{config.manifests} scenario {config.scenario}")
         rewrite = None
+        influx_host = "127.0.0.1"
+        if config.runtime == "docker":
+            from lab.docker_runtime import docker_runtime
+
+            # The run's Docker network first: InfluxDB listens on its gateway address.
+            self.runtime = await docker_runtime(self.p.manifests, self.p.update, self.out / "pods")
+            influx_host = self.runtime.gateway
+            self.events.phase(
+                "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
+            )
         if self.p.uses_influx:
             self.influx = InfluxServer(
-                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log"
+                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host
             )
             shutil.rmtree(self.influx.data_dir, ignore_errors=True)
             # A thread cannot be cancelled: keep the start's future, so that clean-up
@@ -204,8 +220,16 @@ class Lab:
         )
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
+        if self.runtime is not None:
+            self.runtime.rewrite = rewrite
         self.kubelet = Kubelet(
-            self.events, self.registry, self.out / "pods", base_env, rewrite, self.rng
+            self.events,
+            self.registry,
+            self.out / "pods",
+            base_env,
+            rewrite,
+            self.rng,
+            runtime=self.runtime,
         )
         controller = DeploymentController(
             deployment, self.kubelet, self.p.images, self.events, config.replicas
@@ -427,6 +451,8 @@ class Lab:
         await self._stop_controllers()
         if self.kubelet is not None:
             await self.kubelet.shutdown()
+        if self.runtime is not None:
+            await self.runtime.close()
         if self.haproxy is not None:
             await self.haproxy.stop()
         if self.influx_start is not None and not self.influx_start.done():

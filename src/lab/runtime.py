@@ -77,6 +77,8 @@ class Runtime(abc.ABC):
 
     name: str
     addresses: Addresses
+    # Edits the manifest's env values (the in-cluster influxdb:8086 -> the lab's InfluxDB).
+    rewrite: Callable[[str], str] | None = None
 
     @abc.abstractmethod
     def prepare(self, pod: Pod) -> Launch:
