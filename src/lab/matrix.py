@@ -62,6 +62,7 @@ class MatrixConfig:
     # requests, as cloud HTTP load balancers pool them: a pod that closes a connection
     # HAProxy is about to reuse then shows up as a 502.
     http_reuse: str = "always"
+    runtime: str = "process"  # the kubelet's container runtime (lab.runtime)
 
     @property
     def sizes(self) -> Sizes:
@@ -91,6 +92,8 @@ class MatrixConfig:
             f"rollout-restart with {s.replicas} replicas; scale-up {s.scale_low} -> "
             f"{s.scale_high}; scale-down {s.scale_high} -> {s.scale_low}",
         ]
+        if self.runtime != "process":
+            lines.append(f"--runtime {self.runtime}: pods as containers of the built image")
         if self.no_prestop:
             lines.append("--no-prestop: every preStop hook removed from the manifests")
         if any(lb != "tcp" for lb in self.lbs):
@@ -179,6 +182,7 @@ def experiment_config(
         out=out,
         progress=config.progress,
         http_reuse=config.http_reuse,
+        runtime=config.runtime,
     )
 
 
