@@ -17,6 +17,7 @@ import docker
 import pytest
 import yaml
 
+from lab.config import ConfigError, LabConfig, parse_fault
 from lab.container_config import ContainerConfig, cpu_cores, from_pod_spec, memory_bytes
 from lab.docker_runtime import LABEL, DockerContainer, DockerRuntime, docker_runtime
 from lab.events import Event, EventLog
@@ -339,3 +340,15 @@ def test_container_config_from_a_pod_spec() -> None:
         from_pod_spec({"containers": [{"volumeMounts": [{"name": "x", "mountPath": "/x"}]}]}, "v")
     with pytest.raises(ManifestError, match=r"limits\.memory: not a memory quantity"):
         from_pod_spec({"containers": [{"resources": {"limits": {"memory": "lots"}}}]}, "v")
+
+
+def test_runtime_option_is_checked_before_anything_starts() -> None:
+    """Scenario: 1. an unknown --runtime, and pod faults with the docker runtime (they
+    signal process groups); 2. each fails validation naming the option; 3. the docker
+    runtime with an InfluxDB fault is accepted."""
+    manifests = Path("deploy/k8s/v10")
+    with pytest.raises(ConfigError, match="--runtime: must be one of process, docker"):
+        LabConfig(manifests, runtime="podman").validate()
+    with pytest.raises(ConfigError, match="pod faults need --runtime process"):
+        LabConfig(manifests, runtime="docker", faults=(parse_fault("pod-kill@1"),)).validate()
+    LabConfig(manifests, runtime="docker", faults=(parse_fault("influx-down@1:2"),)).validate()
