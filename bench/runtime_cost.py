@@ -4,7 +4,8 @@ For each runtime (process, docker) and round: the kubelet creates --pods pods of
 version's manifests at once (default v3: exec-form calc, no preStop), and the script
 times each from `create_pod` to its first 200 on GET /health at the pod IP; then it reads
 the resident memory of every process of each pod (the process group on loopback; the app
-and sandbox containers' processes on Docker, from the engine's `top`), deletes the pods
+and sandbox containers' processes on Docker, from the engine's `top`, and apart from it
+the engine's containerd-shim of each container), deletes the pods
 and waits until they are gone. Medians over pods and rounds.
 
     .venv/bin/python bench/runtime_cost.py [--version v3] [--pods 5] [--rounds 2]
@@ -59,6 +60,18 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def shim_pids(pod: Pod, runtime: Any) -> list[int]:
+    """The engine's per-container processes (containerd-shim) of a pod, if any."""
+    if not isinstance(runtime, DockerRuntime):
+        return []
+    return sorted({parent(pid) for pid in pod_pids(pod, runtime) if parent(pid) > 1})
+
+
 def pod_pids(pod: Pod, runtime: Any) -> list[int]:
     if isinstance(runtime, DockerRuntime):
         assert runtime.engine is not None
@@ -103,6 +116,7 @@ async def one_round(runtime_name: str, version: str, pods: int, tmp: Path) -> di
         starts = await asyncio.gather(*(until_answers(p, start) for p in made))
         await asyncio.sleep(2)  # settled: imports done, first requests served
         rss = [sum(rss_kib(pid) for pid in pod_pids(p, kubelet.runtime)) / 1024 for p in made]
+        shims = [sum(rss_kib(pid) for pid in shim_pids(p, kubelet.runtime)) / 1024 for p in made]
         if isinstance(runtime, DockerRuntime):
             assert all(isinstance(p.running, DockerContainer) for p in made)
         for pod in made:
@@ -110,7 +124,7 @@ async def one_round(runtime_name: str, version: str, pods: int, tmp: Path) -> di
         gone_start = time.monotonic()
         await kubelet.wait_all_gone(60)
         gone = time.monotonic() - gone_start
-        return {"start_s": starts, "rss_mib": rss, "all_gone_s": gone}
+        return {"start_s": starts, "rss_mib": rss, "shim_mib": shims, "all_gone_s": gone}
     finally:
         await kubelet.shutdown()
         if runtime is not None:
@@ -135,14 +149,19 @@ def main() -> int:
                     asyncio.run(one_round(name, args.version, args.pods, out))
                 )
     print(f"{args.version}, {args.pods} pods started at once, {args.rounds} rounds (medians)")
-    print(f"{'runtime':10} {'start -> /health 200':>22} {'slowest':>9} {'RSS/pod':>9} {'gone':>7}")
+    print(
+        f"{'runtime':10} {'start -> /health 200':>22} {'slowest':>9} {'RSS/pod':>9} "
+        f"{'+shims':>9} {'gone':>7}"
+    )
     for name, rounds in results.items():
         starts = [s for r in rounds for s in r["start_s"]]
         rss = [m for r in rounds for m in r["rss_mib"]]
+        shim = [m for r in rounds for m in r["shim_mib"]]
         gone = [r["all_gone_s"] for r in rounds]
         print(
             f"{name:10} {statistics.median(starts):>20.2f} s {max(starts):>7.2f} s "
-            f"{statistics.median(rss):>5.1f} MiB {statistics.median(gone):>5.1f} s"
+            f"{statistics.median(rss):>5.1f} MiB {statistics.median(shim):>5.1f} MiB "
+            f"{statistics.median(gone):>5.1f} s"
         )
     print(json.dumps(results))
     return 0
