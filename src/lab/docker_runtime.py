@@ -207,21 +207,30 @@ class DockerRuntime(Runtime):
             for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
                 with contextlib.suppress(ValueError, KeyError):
                     taken.append(ipaddress.IPv4Network(pool["Subnet"], strict=False))
-        self.subnet = pick_subnet(taken, self.rng)
-        self.addresses = SubnetAddresses(self.subnet)
-        self.gateway = self.addresses.gateway
-        ipam = docker.types.IPAMConfig(
-            pool_configs=[docker.types.IPAMPool(subnet=str(self.subnet), gateway=self.gateway)]
-        )
-        # internal: no route out (no NAT), only pods, and the host at the gateway address.
-        self.network = await self.call(
-            self.engine.networks.create,
-            self.network_name,
-            driver="bridge",
-            ipam=ipam,
-            internal=True,
-            labels={LABEL: self.run_id},
-        )
+        # Another run may take the same /24 between our look and our create: try others.
+        for attempt in range(5):
+            subnet = pick_subnet(taken, self.rng)
+            addresses = SubnetAddresses(subnet)
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=addresses.gateway)]
+            )
+            try:
+                # internal: no route out (no NAT); pods, and the host at the gateway address.
+                self.network = await self.call(
+                    self.engine.networks.create,
+                    self.network_name,
+                    driver="bridge",
+                    ipam=ipam,
+                    internal=True,
+                    labels={LABEL: self.run_id},
+                )
+            except docker.errors.APIError as exc:
+                if attempt == 4 or "overlap" not in str(exc).lower():
+                    raise StartError(f"cannot make the run's Docker network: {exc}") from exc
+                taken.append(subnet)
+                continue
+            break
+        self.subnet, self.addresses, self.gateway = subnet, addresses, addresses.gateway
 
     def local_image(self, reference: str) -> str:
         """The manifest's image reference as a tag the engine holds: `calc:latest`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.types
 import pytest
 import yaml
 
@@ -352,3 +354,44 @@ def test_runtime_option_is_checked_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="pod faults need --runtime process"):
         LabConfig(manifests, runtime="docker", faults=(parse_fault("pod-kill@1"),)).validate()
     LabConfig(manifests, runtime="docker", faults=(parse_fault("influx-down@1:2"),)).validate()
+
+
+def test_network_taken_between_look_and_create_is_retried(
+    tmp_path: Path, engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: 1. another network holds a /24 that the runtime's pick returns first (as
+    when two runs pick at once); 2. the engine refuses the overlap; 3. the runtime picks
+    again and makes its network on another /24; 4. close() removes only its own."""
+    import ipaddress
+    import random
+
+    from lab import docker_runtime as module
+
+    rng = random.Random(1)
+    occupied = module.pick_subnet([], rng)
+    other = engine.networks.create(
+        f"lab-test-occupied-{os.getpid()}",
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(occupied))]),
+    )
+    picks = [occupied]
+    real_pick = module.pick_subnet
+
+    def pick(taken: list[ipaddress.IPv4Network], rng: random.Random) -> ipaddress.IPv4Network:
+        return picks.pop(0) if picks else real_pick(taken, rng)
+
+    monkeypatch.setattr(module, "pick_subnet", pick)
+
+    async def scenario() -> None:
+        runtime = DockerRuntime(tmp_path / "pods", lambda c: ContainerConfig())
+        try:
+            await runtime.open()
+            assert runtime.subnet is not None and not runtime.subnet.overlaps(occupied)
+        finally:
+            await runtime.close()
+        assert engine.networks.list(names=[runtime.network_name]) == []
+
+    try:
+        run(scenario(), 30)
+    finally:
+        other.remove()
