@@ -107,23 +107,23 @@ def _systemd_runs() -> bool:
     return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
-def start_dockerd() -> None:
+def start_dockerd() -> subprocess.Popen[bytes] | None:
     """Start the engine once: systemd's unit where systemd runs, else dockerd detached
-    (its own session, so it outlives make) with its log in /var/log/dockerd.log."""
+    (its own session, so it outlives make) with its log in DOCKERD_LOG. Returns the
+    detached process, so a dockerd that dies at once can be reported."""
     if _systemd_runs():
         print("starting docker with systemctl", flush=True)
         subprocess.run(_as_root(["systemctl", "start", "docker"]), check=True)
-        return
+        return None
     dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
     print(f"starting {dockerd} (log: {DOCKERD_LOG})", flush=True)
     argv = _as_root([dockerd])
     if argv[0] == "sudo":
         # sudo cannot open a root-owned log for us: let a root shell redirect it.
         argv = ["sudo", "sh", "-c", f"exec {dockerd} >>{DOCKERD_LOG} 2>&1"]
-        subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
-        return
+        return subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
     with DOCKERD_LOG.open("ab") as log:
-        subprocess.Popen(
+        return subprocess.Popen(
             argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
 
@@ -147,12 +147,13 @@ def ensure(timeout: float) -> int:
     missing = missing_packages()
     if missing:
         install(missing)
-    if not ping():
-        start_dockerd()
+    started = None if ping() else start_dockerd()
     if not wait_for_engine(timeout):
+        exited = started.poll() if started is not None else None
+        why = f"dockerd exited with code {exited}" if exited is not None else "dockerd started"
         print(
-            f"error: dockerd started but no engine answers on {socket_path()} after "
-            f"{timeout:.0f} s (see {DOCKERD_LOG})",
+            f"error: {why} but no engine answers on {socket_path()} after {timeout:g} s "
+            f"(see {DOCKERD_LOG})",
             file=sys.stderr,
         )
         return 1

@@ -3,6 +3,7 @@ running engine without installing anything."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,3 +70,27 @@ def test_default_base_is_the_dockerfiles_arg() -> None:
     """Scenario: 1. read the default base from deploy/Dockerfile; 2. it is the slim
     Python 3.11 image the Dockerfile names, written down once."""
     assert image_build.default_base() == "python:3.11-slim-bookworm"
+
+
+def test_dockerd_that_dies_at_once_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: 1. no engine answers on DOCKER_HOST's socket; `dockerd` on PATH is a
+    script that fails at once (as a dockerd with a broken config does); debootstrap is
+    there, so nothing is installed; 2. ensure() starts it, waits 1 s for the engine and
+    fails, saying dockerd exited with its code and where its log is."""
+    if engine_setup._systemd_runs() or shutil.which("debootstrap") is None:
+        pytest.skip("needs a machine without systemd and with debootstrap installed")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    dockerd = fake / "dockerd"
+    dockerd.write_text("#!/bin/sh\necho 'failed to start daemon: bad config' >&2\nexit 3\n")
+    dockerd.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    monkeypatch.setattr(engine_setup, "DOCKERD_LOG", tmp_path / "dockerd.log")
+    assert engine_setup.ensure(timeout=1) == 1
+    err = capsys.readouterr().err
+    assert "dockerd exited with code 3" in err
+    assert str(tmp_path / "dockerd.log") in err
+    assert "bad config" in (tmp_path / "dockerd.log").read_text()
