@@ -7,7 +7,11 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from lab.procs import Registry
 from lab.runtime import StartError
 from tests.docker_support import engine_or_skip, ensure_image
 from tests.lab.labkit import run
+from tests.support import REPO, wait_until
 
 READY: dict[str, Any] = {"httpGet": {"path": "/ready", "port": 4000}, "periodSeconds": 1}
 
@@ -395,3 +400,50 @@ def test_network_taken_between_look_and_create_is_retried(
         run(scenario(), 30)
     finally:
         other.remove()
+
+
+def test_lab_run_on_docker_interrupted_twice_leaves_nothing(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. `lab run --runtime docker` of calc v10 (InfluxDB on the run's network
+    gateway), 2 replicas, steady load for a long time; 2. once its sandbox and app
+    containers run, SIGINT, and SIGINT again during the clean-up (an impatient Ctrl-C);
+    3. it exits 130 within 60 s; 4. no container and no network of the run is left, and
+    no process it logged runs."""
+    out = tmp_path / "out"
+    argv = [
+        str(Path(sys.executable).parent / "lab"), "run", "--runtime", "docker",
+        "--manifests", "deploy/k8s/v10", "--replicas", "2", "--scenario", "steady",
+        "--duration", "300", "--vus", "2", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+    before = {n.name for n in engine.networks.list()}
+    with (tmp_path / "lab.log").open("wb") as log:
+        lab = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        events = out / "events.jsonl"
+
+        def started() -> int:
+            return events.read_text().count('"kind": "started"') if events.exists() else 0
+
+        wait_until(lambda: started() >= 2, 90, interval=0.2, what="two pods' containers started")
+        match = re.search(r"docker network (lab-[0-9a-f]+)", events.read_text())
+        assert match, events.read_text()
+        network = match.group(1)
+        lab.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the second Ctrl-C lands in the clean-up, not before it
+        lab.send_signal(signal.SIGINT)
+        assert lab.wait(60) == 130, (tmp_path / "lab.log").read_text()
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait(10)
+    assert "interrupted by SIGINT" in (tmp_path / "lab.log").read_text()
+    run_id = network.removeprefix("lab-")
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL}={run_id}"}) == []
+    assert engine.networks.list(names=[network]) == []
+    assert {n.name for n in engine.networks.list()} == before
+    for line in (out / "pids.txt").read_text().splitlines():
+        pid = int(line.split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 0)
+            raise AssertionError(f"{line} still runs")
