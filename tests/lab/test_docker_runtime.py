@@ -23,11 +23,13 @@ import docker.types
 import pytest
 import yaml
 
+from lab.accounting import classify, read_requests
 from lab.config import ConfigError, LabConfig, parse_fault
 from lab.container_config import ContainerConfig, cpu_cores, from_pod_spec, memory_bytes
 from lab.docker_runtime import LABEL, DockerContainer, DockerRuntime, docker_runtime
 from lab.events import Event, EventLog
 from lab.images import Image
+from lab.k6 import find_k6
 from lab.manifest import ManifestError, PodTemplate, load
 from lab.pods import Kubelet, Pod
 from lab.procs import Registry
@@ -146,14 +148,35 @@ def _connect_error(ip: str, port: int, timeout: float) -> OSError | None:
     return None
 
 
+K6_ONE_GET = """
+import http from 'k6/http';
+export const options = { vus: 1, iterations: 1 };
+export default function () { http.get(`http://${__ENV.TARGET}/health`, { timeout: '8s' }); }
+"""
+
+
+def _k6_kinds(tmp_path: Path, ip: str) -> list[str]:
+    """One k6 GET to ip:4000, classified from k6's CSV as the lab's report does."""
+    script = tmp_path / "one-get.js"
+    script.write_text(K6_ONE_GET)
+    csv_path = tmp_path / "one-get.csv"
+    subprocess.run(
+        [find_k6(), "run", "--no-usage-report", "-q", "-e", f"TARGET={ip}:4000",
+         "--out", f"csv={csv_path}", str(script)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return [r.kind for r in read_requests(csv_path)]
+
+
 def test_pod_lifecycle_and_its_ip_goes_with_the_sandbox(
     tmp_path: Path, engine: docker.DockerClient
 ) -> None:
     """Scenario: 1. a calc v3 pod with an httpGet readiness probe on the run's network;
-    2. it becomes ready at its own IP in the run's subnet, and answers there; 3. delete:
-    SIGTERM to PID 1, exit code 0, pod gone; 4. its sandbox is removed, so a new
-    connection to its IP is not refused (no live host sends RST): it times out or finds
-    the host unreachable, as in a cluster."""
+        2. it becomes ready at its own IP in the run's subnet, and answers there; 3. delete:
+        SIGTERM to PID 1, exit code 0, pod gone; 4. its sandbox is removed, so a new
+        connection to its IP is not refused (no live host sends RST): it times out or finds
+        the host unreachable, as in a cluster; 5. a k6 request there is accounted as
+    `unreachable` (or `timeout`), not as refused."""
     manifest = calc_manifest(tmp_path / "m.yml")
 
     async def scenario() -> None:
@@ -173,6 +196,9 @@ def test_pod_lifecycle_and_its_ip_goes_with_the_sandbox(
             assert error is not None and not isinstance(error, ConnectionRefusedError), error
             if not isinstance(error, TimeoutError):
                 assert error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH), error
+            # What a k6 client sees there, through the lab's own accounting.
+            kinds = await asyncio.to_thread(_k6_kinds, tmp_path, pod.ip)
+            assert kinds in (["unreachable"], ["timeout"]), kinds
 
     run(scenario(), 80)
 
@@ -447,3 +473,15 @@ def test_lab_run_on_docker_interrupted_twice_leaves_nothing(
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 0)
             raise AssertionError(f"{line} still runs")
+
+
+def test_classify_unreachable_from_k6s_dial_error() -> None:
+    """Scenario: 1. k6's record of a dial to an address with no host (code 1213, errno
+    113 or 101); 2. it is `unreachable`; 3. code 1213 with another errno stays
+    `error_1213`, and a refused dial stays `refused`."""
+    no_route = "dial: unknown errno 113 error with msg `no route to host`"
+    assert classify(0, "1213", no_route) == "unreachable"
+    no_net = "dial: unknown errno 101 error with msg `network is unreachable`"
+    assert classify(0, "1213", no_net) == "unreachable"
+    assert classify(0, "1213", "dial: unknown errno 5 error with msg `i/o error`") == "error_1213"
+    assert classify(0, "1212", "connection refused") == "refused"
