@@ -40,6 +40,7 @@ from lab.manifest import Container, ManifestError, Manifests, Service, Supportin
 from lab.pods import Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
+from lab.runtime import Runtime
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
@@ -170,6 +171,10 @@ def prepare(config: LabConfig) -> Prepared:
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
+    if config.runtime == "docker":
+        from lab.docker_runtime import check_docker
+
+        check_docker(manifests, update)
     return Prepared(
         config,
         manifests,
@@ -306,6 +311,7 @@ class Lab:
         self.influx_start: asyncio.Future[None] | None = None
         self.haproxy: HAProxy | None = None
         self.kubelet: Kubelet | None = None
+        self.runtime: Runtime | None = None
         self.controller: DeploymentController | None = None
         self.endpoints: EndpointsController | None = None
         self.k6: K6 | None = None
@@ -322,9 +328,19 @@ class Lab:
         for note in self.p.notes:  # on the progress lines before anything starts, too
             self.events.add("", "note", note)
         influx_address: str | None = None
+        influx_host = "127.0.0.1"
+        if config.runtime == "docker":
+            from lab.docker_runtime import docker_runtime
+
+            # The run's Docker network first: InfluxDB listens on its gateway address.
+            self.runtime = await docker_runtime(self.p.manifests, self.p.update, self.out / "pods")
+            influx_host = self.runtime.gateway
+            self.events.phase(
+                "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
+            )
         if self.p.uses_influx:
             self.influx = InfluxServer(
-                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log"
+                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host
             )
             shutil.rmtree(self.influx.data_dir, ignore_errors=True)
             # A thread cannot be cancelled: keep the start's future, so that clean-up
@@ -365,8 +381,16 @@ class Lab:
         )
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
+        if self.runtime is not None:
+            self.runtime.rewrite = rewrite
         self.kubelet = Kubelet(
-            self.events, self.registry, self.out / "pods", base_env, rewrite, self.rng
+            self.events,
+            self.registry,
+            self.out / "pods",
+            base_env,
+            rewrite,
+            self.rng,
+            runtime=self.runtime,
         )
         controller = DeploymentController(
             deployment, self.kubelet, self.p.images, self.events, config.replicas
@@ -693,6 +717,8 @@ class Lab:
         await self._stop_controllers()
         if self.kubelet is not None:
             await self.kubelet.shutdown()
+        if self.runtime is not None:
+            await self.runtime.close()
         if self.haproxy is not None:
             await self.haproxy.stop()
         if self.influx_start is not None and not self.influx_start.done():
