@@ -28,7 +28,7 @@ $(BIN)/calc: pyproject.toml
 setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
 	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
 
-system-deps: ## Install haproxy, influxdb and openssl (lab TLS) from Debian where missing (needs root or sudo)
+system-deps: ## Install haproxy, influxdb, openssl (lab TLS) from Debian where missing; a Docker Engine (docker.io, started) where none answers (root or sudo)
 	@missing=""; \
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \

@@ -1,6 +1,6 @@
 """The calc API as a typical user writes it for any ASGI server: FastAPI, a pydantic body.
 
-The same API as `bench/plain_app.py` (the lead's uvicorn baseline), self-contained so a
+The same API as `bench/plain_app.py` (the project's uvicorn baseline), self-contained so a
 server started in this directory finds it as `app:app`, the way a container image with
 `WORKDIR /app` would: `uvicorn app:app`, `hypercorn app:app`, `granian --interface asgi
 app:app`, `gunicorn -k uvicorn.workers.UvicornWorker app:app`.

@@ -1,9 +1,11 @@
 """`bench/peers/run`: the calc API on uvicorn, hypercorn, granian and gunicorn defaults,
-against calc v10, in one session: (1) throughput, (2) rollouts in the lab, (3) shutdown.
+and on uvicorn, hypercorn and gunicorn with graceful, against calc v10, in one session:
+(1) throughput, (2) rollouts in the lab, (3) shutdown.
 
     bench/peers/run [--quick] [--parts throughput,rollouts,shutdown] [--targets ...]
                     [--rounds 3] [--duration 15] [--vus 50 200] [--reuse both]
-                    [--lbs tcp,http] [--out out/peers]
+                    [--lbs tcp,http] [--endpoint-lags 1,3] [--prestop both]
+                    [--out out/peers]
 
 Prints one Markdown table per part (and per load for throughput); writes every sample,
 median and lab report summary to OUT/peers.json, the lab runs' own output under
@@ -38,6 +40,8 @@ class PeersConfig:
     reuse: tuple[bool, ...]
     lbs: tuple[str, ...]
     rollout: rollouts.RolloutOptions
+    lags: tuple[str, ...]
+    prestops: tuple[bool, ...]
     inflight: int
     shutdown_limit: float
     out: Path
@@ -52,6 +56,20 @@ def _csv(choices: tuple[str, ...]) -> Any:
         return items
 
     return parse
+
+
+def _lags(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    for item in items:
+        try:
+            ok = float(item) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(f"lags are seconds >= 0; got {item!r}")
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one lag")
+    return items
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,6 +109,18 @@ def parser() -> argparse.ArgumentParser:
         help="rollout load balancers (default tcp,http; quick tcp)",
     )
     p.add_argument("--rollout-vus", type=int, default=50, help="rollout k6 VUs (default 50)")
+    p.add_argument(
+        "--endpoint-lags",
+        type=_lags,
+        default=("1",),
+        help="rollout endpoint lags in seconds, comma-separated (default 1), e.g. 1,3",
+    )
+    p.add_argument(
+        "--prestop",
+        choices=("both", "yes", "no"),
+        default="both",
+        help="rollouts with the preStop sleep, without it, or both (default)",
+    )
     p.add_argument("--replicas", type=int, help="rollout replicas (default: the manifests' 5)")
     p.add_argument(
         "--warmup", type=float, help="rollout seconds of load before/after (default 5; quick 3)"
@@ -133,6 +163,8 @@ def config_from(args: argparse.Namespace) -> PeersConfig:
         rollout=rollouts.RolloutOptions(
             vus=args.rollout_vus, warmup=warmup, cooldown=warmup, replicas=args.replicas
         ),
+        lags=args.endpoint_lags,
+        prestops={"both": (True, False), "yes": (True,), "no": (False,)}[args.prestop],
         inflight=args.inflight,
         shutdown_limit=args.shutdown_limit,
         out=args.out,
@@ -159,7 +191,14 @@ def run(config: PeersConfig) -> dict[str, Any]:
             print(throughput.render(load) + "\n", flush=True)
         _write(config.out, result)
     if "rollouts" in config.parts:
-        rows = rollouts.run(targets, config.lbs, config.out / "rollouts", config.rollout)
+        rows = rollouts.run(
+            targets,
+            config.lbs,
+            config.out / "rollouts",
+            config.rollout,
+            config.lags,
+            config.prestops,
+        )
         result["rollouts"] = rows
         print(rollouts.render(rows, config.rollout) + "\n", flush=True)
         _write(config.out, result)

@@ -9,6 +9,7 @@ handler stops every process it started) and its group SIGKILL after a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -93,7 +94,8 @@ def run_lab(command: Sequence[str], log: Path, timeout: float) -> int:
 def measure(peer: Peer, lb: str, prestop: bool, out: Path, opts: RolloutOptions) -> dict[str, Any]:
     # Absolute: the lab names HAProxy's stats socket by a path under its out dir, and
     # HAProxy reads a path without a leading / as host:port.
-    run_dir = (out / f"{peer.name}-{lb}-{'prestop' if prestop else 'nostop'}").resolve()
+    stop = "prestop" if prestop else "nostop"
+    run_dir = (out / f"{peer.name}-{lb}-{stop}-lag{opts.endpoint_lag}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "lab.log"
     code = run_lab(lab_command(peer, lb, prestop, run_dir, opts), log, opts.timeout)
@@ -101,6 +103,7 @@ def measure(peer: Peer, lb: str, prestop: bool, out: Path, opts: RolloutOptions)
         "target": peer.name,
         "lb": lb,
         "prestop": prestop,
+        "endpoint_lag": opts.endpoint_lag,
         "lab_exit": code,
         "out": str(run_dir),
     }
@@ -117,34 +120,44 @@ def measure(peer: Peer, lb: str, prestop: bool, out: Path, opts: RolloutOptions)
 
 
 def run(
-    peers: Sequence[Peer], lbs: Sequence[str], out: Path, opts: RolloutOptions
+    peers: Sequence[Peer],
+    lbs: Sequence[str],
+    out: Path,
+    opts: RolloutOptions,
+    lags: Sequence[str] = (),
+    prestops: Sequence[bool] = (True, False),
 ) -> list[dict[str, Any]]:
+    """Every combination; `lags` (endpoint lags) defaults to `opts.endpoint_lag`."""
     rows = []
-    for prestop in (True, False):
-        for lb in lbs:
-            for peer in peers:
-                print(
-                    f"rollouts: {peer.name}, lb {lb}, {'preStop sleep 5' if prestop else 'no preStop'}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                rows.append(measure(peer, lb, prestop, out, opts))
+    for lag in lags or (opts.endpoint_lag,):
+        lag_opts = dataclasses.replace(opts, endpoint_lag=lag)
+        for prestop in prestops:
+            for lb in lbs:
+                for peer in peers:
+                    print(
+                        f"rollouts: {peer.name}, lb {lb}, lag {lag} s, "
+                        f"{'preStop sleep 5' if prestop else 'no preStop'}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    rows.append(measure(peer, lb, prestop, out, lag_opts))
     return rows
 
 
 def render(rows: Sequence[dict[str, Any]], opts: RolloutOptions) -> str:
     lines = [
         f"rollouts: lab rollout-restart, {opts.replicas or 5} replicas, {opts.vus} VUs, new "
-        f"connection per request, endpoint lag {opts.endpoint_lag} s, HAProxy retries 0",
+        f"connection per request, HAProxy retries 0",
         "",
-        "| target | preStop | lb | requests | failed | failed by kind | rollout s (until old pods are gone) |",
-        "|---|---|---|--:|--:|---|--:|",
+        "| target | preStop | lb | lag s | requests | failed | failed by kind | rollout s (until old pods are gone) |",
+        "|---|---|---|--:|--:|--:|---|--:|",
     ]
     for r in rows:
         prestop = "sleep 5" if r["prestop"] else "none"
         if "error" in r:
             lines.append(
-                f"| {r['target']} | {prestop} | {r['lb']} | - | - | lab failed: {r['error']} | - |"
+                f"| {r['target']} | {prestop} | {r['lb']} | {r['endpoint_lag']} | - | - "
+                f"| lab failed: {r['error']} | - |"
             )
             continue
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(r["failed"].items())) or "-"
@@ -153,7 +166,7 @@ def render(rows: Sequence[dict[str, Any]], opts: RolloutOptions) -> str:
             action += " (not completed)"
         pct = 100 * r["failed_total"] / r["requests"] if r["requests"] else 0.0
         lines.append(
-            f"| {r['target']} | {prestop} | {r['lb']} | {r['requests']} "
+            f"| {r['target']} | {prestop} | {r['lb']} | {r['endpoint_lag']} | {r['requests']} "
             f"| {r['failed_total']} ({pct:.2f} %) | {kinds} | {action} |"
         )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The targets (four peer servers and calc v10), how to start one on loopback, and the
+"""The targets (four peer servers, three of them also with graceful, and calc v10), how to start one on loopback, and the
 accounting of its whole process tree.
 
 A target's command comes from the same two files the lab runs it from: the Deployment
@@ -44,6 +44,10 @@ PEERS: tuple[Peer, ...] = (
     Peer("hypercorn", "hypercorn", "hypercorn app:app"),
     Peer("granian", "granian", "granian --interface asgi app:app"),
     Peer("gunicorn", "gunicorn", "gunicorn -k uvicorn.workers.UvicornWorker app:app"),
+    # The same app on the same servers with graceful's phased shutdown.
+    Peer("uvicorn+graceful", "uvicorn-graceful", "graceful-serve app:app"),
+    Peer("hypercorn+graceful", "hypercorn-graceful", "graceful-hypercorn app:app"),
+    Peer("gunicorn+graceful", "gunicorn-graceful", "gunicorn -k graceful.gunicorn.Worker app:app"),
 )
 PEER_BY_NAME = {p.name: p for p in PEERS}
 BASELINE = "calc-v10"

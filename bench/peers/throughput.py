@@ -110,4 +110,36 @@ def render(result: dict[str, Any]) -> str:
             f"| {m['p99_ms']:.1f} | {m['cpu_s_per_10k']:.2f} | {m['peak_rss_mib']:.1f} "
             f"| {int(m['failed'])} | {result['spread'][name]:.0%} | {ratio_rps} | {ratio_cpu} |"
         )
+    cost = graceful_cost(summary)
+    if cost:
+        lines += [
+            "",
+            "graceful's cost: each server with graceful / the same server without it",
+            "",
+            "| server | rps with / without | CPU per request with / without |",
+            "|---|--:|--:|",
+            *(f"| {server} | {rps:.2f}x | {cpu:.2f}x |" for server, rps, cpu in cost),
+        ]
     return "\n".join(lines)
+
+
+GRACEFUL = "+graceful"
+
+
+def graceful_cost(summary: dict[str, dict[str, float]]) -> list[tuple[str, float, float]]:
+    """(server, rps ratio, CPU-per-request ratio) of "X+graceful" against "X", for each X
+    measured both ways."""
+    rows = []
+    for name, with_graceful in summary.items():
+        plain = summary.get(name.removesuffix(GRACEFUL))
+        if not name.endswith(GRACEFUL) or plain is None:
+            continue
+        if plain["rps"] and plain["cpu_s_per_10k"]:
+            rows.append(
+                (
+                    name.removesuffix(GRACEFUL),
+                    with_graceful["rps"] / plain["rps"],
+                    with_graceful["cpu_s_per_10k"] / plain["cpu_s_per_10k"],
+                )
+            )
+    return rows

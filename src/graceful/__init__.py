@@ -13,6 +13,8 @@ dropping a request or losing a write.
 - `guarded_protocol(...)`: request-head size and time limits for uvicorn's httptools.
 - `Spool`: a write-ahead spool so accepted lines survive a killed process.
 - `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.
+- `current_lifecycle()`: the lifecycle of the server command running this process
+  (`graceful-serve`, the gunicorn worker, the hypercorn runner).
 """
 
 from graceful.batcher import (
@@ -25,6 +27,7 @@ from graceful.batcher import (
     RetryPolicy,
 )
 from graceful.config import ShutdownConfig, budget_problems
+from graceful.current import NoLifecycle, current_lifecycle
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.protocol import GuardedHttpToolsProtocol, guarded_protocol
@@ -42,6 +45,7 @@ __all__ = [
     "HoldWriteError",
     "Journal",
     "Lifecycle",
+    "NoLifecycle",
     "NotAccepted",
     "PermanentWriteError",
     "Phase",
@@ -52,6 +56,7 @@ __all__ = [
     "TaskRegistry",
     "budget_problems",
     "build_server",
+    "current_lifecycle",
     "guarded_protocol",
     "serve",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from graceful.lifecycle import Lifecycle, Phase
+from graceful.phases import run_delay
 
 logger = logging.getLogger("graceful.server")
 
@@ -56,6 +57,7 @@ class GracefulServer(uvicorn.Server):
         # "hurry" or "exit". The handler appends; the watcher task logs.
         self.signals: list[tuple[int, str]] = []
         self.hurry = False  # a second SIGINT came: no more waiting for requests
+        self.hurry_reason = "second SIGINT"  # how logs name what set `hurry`
         self._signals_logged = 1  # the first is logged by "Shutdown started"
         self._watcher: asyncio.Task[None] | None = None
 
@@ -120,23 +122,7 @@ class GracefulServer(uvicorn.Server):
         logger.info("Shutdown finished in %.2f s", total)
 
     async def _delay(self) -> None:
-        config = self.lifecycle.config
-        started = time.monotonic()
-        if config.pre_close_delay > 0:
-            await self._wait(lambda: False, config.pre_close_delay, "pre-close delay")
-        if config.quiet_period > 0 and not self.hurry:
-            limit = max(0.0, config.quiet_max - (time.monotonic() - started))
-
-            # Quiet is counted from SIGTERM at the earliest: a pod idle at that moment
-            # may still be in a load balancer's list for a while.
-            since = self.lifecycle.shutdown_requested_at or time.monotonic()
-
-            def quiet() -> bool:
-                last = max(self.lifecycle.last_activity, since)
-                return time.monotonic() - last >= config.quiet_period
-
-            if not await self._wait(quiet, limit, "quiet period") and not self.hurry:
-                logger.warning("Still receiving requests after %.2f s; closing anyway", limit)
+        await run_delay(self.lifecycle, self._wait, lambda: self.hurry)
 
     def _busy(self) -> bool:
         """A connection is open or a request handler still runs (its client may be gone)."""
@@ -158,7 +144,7 @@ class GracefulServer(uvicorn.Server):
             lambda: not self._busy(), self.lifecycle.config.drain_timeout, "in-flight requests"
         )
         if not drained:
-            await self._abort_all("second SIGINT" if self.hurry else "drain time is up")
+            await self._abort_all(self.hurry_reason if self.hurry else "drain time is up")
         for server in self.servers:
             # Python 3.12+ also waits here for connections; aborted ones may lag a little.
             with contextlib.suppress(TimeoutError):
@@ -220,7 +206,7 @@ class GracefulServer(uvicorn.Server):
         counter = 0
         while not done():
             if self.hurry:
-                logger.warning("Second SIGINT: stopped waiting for %s", what)
+                logger.warning("%s: stopped waiting for %s", _capital(self.hurry_reason), what)
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -316,6 +302,10 @@ def _flush_log_handlers() -> None:
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _signal_name(signum: int | None) -> str:

@@ -2,7 +2,9 @@
 
 A request is classified from its `http_reqs` row: `ok` (200), `http_<status>` for any
 other status, or by k6's error code when no response came: `refused` (1212), `reset`
-(1220), `timeout` (1050), `eof` (1000, the generic code: EOF and anything else).
+(1220), `timeout` (1050), `unreachable` (1213 with "no route to host" or "network is
+unreachable": the address of a removed pod sandbox), `eof` (1000, the generic code: EOF and
+anything else).
 Operations are the service's InfluxDB points, matched to requests by id: a *lost*
 operation is a request answered 200 without a point; an *orphan* is a point whose
 request the client saw fail. A k6 script that sends no request ids (a user's own) cannot
@@ -33,14 +35,22 @@ class Request:
 
     @property
     def kind(self) -> str:
-        return classify(self.status, self.error_code)
+        return classify(self.status, self.error_code, self.error)
 
 
-def classify(status: int, error_code: str) -> str:
+# k6 files a dial error with an errno it has no code for under 1213 ("dial: unknown errno
+# 113 error with msg `no route to host`", checked with k6 1.1); these two mean the address
+# has no host behind it any more.
+UNREACHABLE = ("no route to host", "network is unreachable")
+
+
+def classify(status: int, error_code: str, error: str = "") -> str:
     if status == 200:
         return "ok"
     if status:
         return f"http_{status}"
+    if error_code == "1213" and any(text in error for text in UNREACHABLE):
+        return "unreachable"
     return ERROR_KINDS.get(error_code, "eof" if not error_code else f"error_{error_code}")
 
 

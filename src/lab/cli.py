@@ -15,6 +15,7 @@ from lab import matrix_cli
 from lab.config import (
     HTTP_REUSE,
     LB_MODES,
+    RUNTIMES,
     SCENARIOS,
     ConfigError,
     LabConfig,
@@ -100,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
         "for the first pod event of that kind after it (created, ready, lb-added, deleted, "
         "prestop-started, sigterm, lb-removed)",
     )
+    run.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="pods as process groups on loopback (default), or as Docker containers of the "
+        "locally built image (make image) on a Docker network of the run's own",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -130,6 +138,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         progress=not args.quiet,
         faults=tuple(parse_fault(text) for text in args.fault),
         deployment=args.deployment,
+        runtime=args.runtime,
     )
 
 

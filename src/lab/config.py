@@ -103,6 +103,10 @@ def parse_fault(text: str) -> Fault:
     return Fault(kind, at, seconds, on)
 
 
+# The kubelet's container runtimes (lab.runtime): process groups, or Docker containers.
+RUNTIMES = ("process", "docker")
+
+
 @dataclass(frozen=True)
 class LabConfig:
     manifests: Path
@@ -129,6 +133,7 @@ class LabConfig:
     progress: bool = True
     faults: tuple[Fault, ...] = ()  # `--fault KIND@WHEN[:SECONDS]`, see faults.py
     deployment: str | None = None  # the Deployment under test, when there are several
+    runtime: str = "process"  # the kubelet's container runtime: process or docker
 
     @property
     def image_map_path(self) -> Path:
@@ -179,5 +184,12 @@ class LabConfig:
             raise ConfigError(f"--image-map: {self.image_map_path} does not exist")
         for fault in self.faults:
             parse_fault(str(fault))  # the same checks as the option's
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
+            )
+        pod_faults = [f for f in self.faults if f.kind.startswith("pod-")]
+        if self.runtime == "docker" and pod_faults:
+            raise ConfigError(f"--fault {pod_faults[0]}: pod faults need --runtime process")
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")

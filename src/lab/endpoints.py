@@ -82,6 +82,7 @@ class EndpointsController:
         self.last_due: dict[str, float] = {}
         self.seen: dict[str, Conditions] = {}  # the EndpointSlice as the proxy knows it
         self.fallback = False  # the proxy uses serving-terminating endpoints
+        self.failing: dict[str, str] = {}  # server -> its last HAProxy error, logged once
         self.in_lb: set[str] = set()  # what HAProxy sends new connections to
         self.to_delete: dict[str, float] = {}  # drained servers -> give up deleting at
         self.known: dict[str, Pod] = {}
@@ -124,14 +125,15 @@ class EndpointsController:
                 self.seen.pop(change.pod.name, None)
             else:
                 self.seen[change.pod.name] = change.conditions
-        if due:
-            self._sync(now)
+        self._sync(now)
         for name, give_up in list(self.to_delete.items()):
             try:
                 deleted = self.haproxy.delete_server(name)
             except HAProxyError as exc:
                 self.events.add(name, "lb-delete-failed", str(exc))
                 deleted = True
+            except OSError:  # HAProxy away: try again until giving up
+                deleted = False
             if deleted or now > give_up:
                 # A server we gave up on stays drained (MAINT): it gets no new traffic.
                 del self.to_delete[name]
@@ -143,22 +145,42 @@ class EndpointsController:
         if fallback != self.fallback:
             self.fallback = fallback
             detail = f"{len(wanted)} serving-terminating" if fallback else "ready endpoints again"
+            if not fallback and not wanted:
+                detail = "no serving endpoints left"
             self.events.add("", "lb-fallback" if fallback else "lb-fallback-ended", detail)
         for name in sorted(wanted - self.in_lb):
             pod = self.known[name]
+            try:
+                if name in self.haproxy.servers():
+                    self.haproxy.command(f"enable server pods/{name}")
+                else:
+                    self.haproxy.add_server(name, pod.ip, self.port)
+            except (HAProxyError, OSError) as exc:
+                self._failed(name, "add", exc)
+                continue
+            self.failing.pop(name, None)
             self.to_delete.pop(name, None)
-            if name in self.haproxy.servers():
-                self.haproxy.command(f"enable server pods/{name}")
-            else:
-                self.haproxy.add_server(name, pod.ip, self.port)
             self.in_lb.add(name)
             note = " (serving, terminating: no ready endpoints)" if fallback else ""
             self.events.add(name, "lb-added", f"{pod.ip}:{self.port}{note}")
         for name in sorted(self.in_lb - wanted):
-            self.haproxy.drain_server(name)
+            try:
+                self.haproxy.drain_server(name)
+            except (HAProxyError, OSError) as exc:
+                self._failed(name, "drain", exc)
+                continue
+            self.failing.pop(name, None)
             self.in_lb.discard(name)
             self.to_delete[name] = now + DELETE_RETRY_FOR
             self.events.add(name, "lb-removed")
+
+    def _failed(self, name: str, action: str, exc: Exception) -> None:
+        # HAProxy away (restarting, dead) or refusing: the change is tried again on the
+        # next loop, so nothing is dropped; each new error is logged once, not per loop.
+        message = f"{action}: {exc!r}"
+        if self.failing.get(name) != message:
+            self.failing[name] = message
+            self.events.add(name, "lb-error", message)
 
     async def run(self) -> None:
         while self.running:

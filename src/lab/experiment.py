@@ -33,13 +33,14 @@ from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.faults import Faults
 from lab.haproxy import HAProxy
-from lab.images import ImageMap, resolve, unresolved
+from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
+from lab.runtime import Runtime
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
@@ -77,6 +78,49 @@ def _uses_influx(container: Container) -> bool:
     )
 
 
+def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -> list[str]:
+    """Every container's image is in the image map, and every command it would run (its
+    own, exec probes and hooks) is on this machine: else one error listing them all.
+    Returns notes on values that look like unmapped files inside the image."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for container, what in containers:
+        try:
+            image = images.image(container.image)
+        except ManifestError as exc:
+            raise ManifestError(f"{what}: {exc}") from None
+        # Resolve the command and env once with stand-in pod values (and volumes in a
+        # scratch dir), so that a container the image map cannot run fails here, before
+        # anything starts.
+        with tempfile.TemporaryDirectory(prefix="lab-check-") as scratch:
+            launch = resolve(
+                container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
+            )
+            found = unresolved(container, image, launch, images.source)
+            notes += [f"{what}: {n}" for n in image_paths(container, image, launch)]
+        problems += [f"{what}: {p}" for p in found]
+    if problems:
+        raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
+    return notes
+
+
+def _influx_db(config: LabConfig, replaced: list[Supporting]) -> str:
+    """The database the pods write to: the one a replaced InfluxDB Deployment names in
+    INFLUXDB_DB (the official image creates it at first start), else `calc`."""
+    names = {
+        v.value
+        for s in replaced
+        for v in s.deployment.template.container.env
+        if v.name == "INFLUXDB_DB" and v.value
+    }
+    if len(names) > 1:
+        raise ManifestError(
+            f"{config.manifests}: the InfluxDB Deployments name different databases "
+            f"(INFLUXDB_DB {', '.join(sorted(names))}); the lab runs one"
+        )
+    return names.pop() if names else INFLUX_DB
+
+
 def prepare(config: LabConfig) -> Prepared:
     config.validate()
     manifests = load(config.manifests, config.deployment)
@@ -92,33 +136,20 @@ def prepare(config: LabConfig) -> Prepared:
             )
     supporting = [s for s in manifests.supporting if s.replaced_by is None]
     replaced = [s for s in manifests.supporting if s.replaced_by is not None]
-    notes = list(manifests.notes)
-    problems: list[str] = []
-    for container, what in [
-        *((c, f"{config.manifests}") for c in containers),
-        *(
-            (s.deployment.template.container, f"{s.source} (Deployment {s.deployment.name})")
-            for s in supporting
-        ),
-    ]:
-        try:
-            image = images.image(container.image)
-        except ManifestError as exc:
-            raise ManifestError(f"{what}: {exc}") from None
-        # Resolve the command and env once with stand-in pod values (and volumes in a
-        # scratch dir), so that a container the image map cannot run fails here, before
-        # anything starts.
-        with tempfile.TemporaryDirectory(prefix="lab-check-") as scratch:
-            launch = resolve(
-                container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
-            )
-            found = unresolved(container, image, launch, images.source)
-        problems += [f"{what}: {p}" for p in found]
-    if problems:
-        raise ManifestError("\n  ".join(["commands the image map cannot resolve:", *problems]))
+    path_notes = _check_runnable(
+        images,
+        [
+            *((c, f"{config.manifests}") for c in containers),
+            *(
+                (s.deployment.template.container, f"{s.source} (Deployment {s.deployment.name})")
+                for s in supporting
+            ),
+        ],
+    )
+    notes = [*manifests.notes, *path_notes]
     for s in supporting:
         notes.append(
-            f"Deployment {s.deployment.name} ({s.source}) ran beside "
+            f"Deployment {s.deployment.name} ({s.source}) runs beside "
             f"{manifests.deployment.name} as one pod, without load through it"
         )
     for s in replaced:
@@ -127,20 +158,9 @@ def prepare(config: LabConfig) -> Prepared:
             f"{s.deployment.template.container.image}) replaced by the lab's own InfluxDB"
         )
     influx_services = [svc for s in replaced for svc in s.services]
-    # The official image creates the database INFLUXDB_DB names at first start.
-    influx_dbs = {
-        v.value
-        for s in replaced
-        for v in s.deployment.template.container.env
-        if v.name == "INFLUXDB_DB" and v.value
-    }
-    if len(influx_dbs) > 1:
-        raise ManifestError(
-            f"{config.manifests}: the InfluxDB Deployments name different databases "
-            f"(INFLUXDB_DB {', '.join(sorted(influx_dbs))}); the lab runs one"
-        )
-    influx_db = influx_dbs.pop() if influx_dbs else INFLUX_DB
-    uses_influx = bool(replaced) or any(_uses_influx(c) for c in containers)
+    influx_db = _influx_db(config, replaced)
+    writers = [*containers, *(s.deployment.template.container for s in supporting)]
+    uses_influx = bool(replaced) or any(_uses_influx(c) for c in writers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
     if uses_influx and shutil.which("influxd") is None:
@@ -151,6 +171,10 @@ def prepare(config: LabConfig) -> Prepared:
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
+    if config.runtime == "docker":
+        from lab.docker_runtime import check_docker
+
+        check_docker(manifests, update)
     return Prepared(
         config,
         manifests,
@@ -287,6 +311,7 @@ class Lab:
         self.influx_start: asyncio.Future[None] | None = None
         self.haproxy: HAProxy | None = None
         self.kubelet: Kubelet | None = None
+        self.runtime: Runtime | None = None
         self.controller: DeploymentController | None = None
         self.endpoints: EndpointsController | None = None
         self.k6: K6 | None = None
@@ -300,10 +325,22 @@ class Lab:
         deployment = manifests.deployment
         base_env = dict(os.environ)
         self.events.phase("start", f"{config.manifests} scenario {config.scenario}")
+        for note in self.p.notes:  # on the progress lines before anything starts, too
+            self.events.add("", "note", note)
         influx_address: str | None = None
+        influx_host = "127.0.0.1"
+        if config.runtime == "docker":
+            from lab.docker_runtime import docker_runtime
+
+            # The run's Docker network first: InfluxDB listens on its gateway address.
+            self.runtime = await docker_runtime(self.p.manifests, self.p.update, self.out / "pods")
+            influx_host = self.runtime.gateway
+            self.events.phase(
+                "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
+            )
         if self.p.uses_influx:
             self.influx = InfluxServer(
-                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log"
+                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host
             )
             shutil.rmtree(self.influx.data_dir, ignore_errors=True)
             # A thread cannot be cancelled: keep the start's future, so that clean-up
@@ -344,8 +381,16 @@ class Lab:
         )
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
+        if self.runtime is not None:
+            self.runtime.rewrite = rewrite
         self.kubelet = Kubelet(
-            self.events, self.registry, self.out / "pods", base_env, rewrite, self.rng
+            self.events,
+            self.registry,
+            self.out / "pods",
+            base_env,
+            rewrite,
+            self.rng,
+            runtime=self.runtime,
         )
         controller = DeploymentController(
             deployment, self.kubelet, self.p.images, self.events, config.replicas
@@ -478,6 +523,11 @@ class Lab:
             failed_checks=failed_checks,
             http_reuse=config.http_reuse if config.lb != "tcp" else None,
             pod_bounds=(controller.peak_pods, controller.fewest_available),
+            supporting=frozenset(
+                e.pod
+                for e in self.events.events
+                if e.kind == "created" and e.pod and not self._under_test(e.pod)
+            ),
         )
         the_report.write_json(self.out / "report.json")
         await asyncio.to_thread(
@@ -548,6 +598,14 @@ class Lab:
                 results.append(f"{failures[-1].kind}: {failures[-1].detail}")
             lines.append(f"{pod.name} ({state}): {'; '.join(results) or 'no probe result yet'}")
         return "\n  ".join(lines)
+
+    def _under_test(self, pod_name: str) -> bool:
+        assert self.kubelet is not None
+        selector = self.p.manifests.deployment.selector
+        return any(
+            p.name == pod_name and all(p.template.labels.get(k) == v for k, v in selector.items())
+            for p in self.kubelet.pods
+        )
 
     def _k6_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -659,6 +717,8 @@ class Lab:
         await self._stop_controllers()
         if self.kubelet is not None:
             await self.kubelet.shutdown()
+        if self.runtime is not None:
+            await self.runtime.close()
         if self.haproxy is not None:
             await self.haproxy.stop()
         if self.influx_start is not None and not self.influx_start.done():

@@ -317,3 +317,39 @@ def unresolved(
             f"{where}.{key}: {program!r} from image {image.name!r} is not on this machine; {how}"
         )
     return problems
+
+
+def image_paths(container: Container, image: Image, launch: Launch) -> list[str]:
+    """Arguments and env values of the manifest that look like files inside the image
+    (an absolute path of two or more parts) and exist neither here nor through the image
+    map or a mount. Not refused, since a URL path looks the same, but named before start
+    with how to map one."""
+    where = "spec.template.spec.containers[0]"
+    # Which manifest field each argv element came from (the image map's own: none).
+    fields: list[str | None]
+    if container.command is not None:
+        fields = [f"command[{i}]" for i in range(len(container.command))]
+        fields += [f"args[{i}]" for i in range(len(container.args or ()))]
+    elif container.args is not None:
+        fields = [None] * len(image.entrypoint) + [f"args[{i}]" for i in range(len(container.args))]
+    else:
+        fields = []
+    values = [
+        (key, a)
+        for i, (key, a) in enumerate(zip(fields, launch.argv, strict=False))
+        if i > 0 and key
+    ]
+    mine = {var.name for var in container.env}
+    values += [(f"env {k}", v) for k, v in launch.env.items() if k in mine]
+    notes = []
+    for key, value in values:
+        parts = Path(value).parts
+        if not value.startswith("/") or len(parts) < 3 or Path(value).exists():
+            continue
+        if any(value == str(p) or value.startswith(str(p) + "/") for p in image.paths.values()):
+            continue
+        notes.append(
+            f"{where}.{key}: {value!r} is not on this machine; if it is a file inside image "
+            f"{image.name!r}, map it under images.{image.name}.paths"
+        )
+    return notes

@@ -617,7 +617,9 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Cont
     image = f.text("image", required=True)
     assert image is not None
     env: list[EnvVar] = []
-    # envFrom first, then env: a name in env wins (the kubelet's order).
+    # envFrom first, then env: a name in env wins (the kubelet's order,
+    # pkg/kubelet/kubelet_pods.go makeEnvironmentVariables;
+    # https://kubernetes.io/docs/tasks/inject-data-application/define-environment-variable-container/).
     for item in f.items("envFrom"):
         env.extend(_env_from(item, sources))
     for item in f.items("env"):
@@ -782,7 +784,8 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
     tspec.only(_POD_MODELLED, _POD_INERT, _POD_REFUSED)
     restart = tspec.text("restartPolicy", "Always")
     if restart != "Always":
-        # A Deployment's pods must restart always (apps/v1 validation).
+        # A Deployment's pods must restart always (pkg/apis/apps/validation:
+        # ValidatePodTemplateSpecForReplicaSet allows only Always).
         tspec.fail(tspec.at("restartPolicy"), f"a Deployment needs Always, got {restart!r}")
     labels = tmeta.str_map("labels")
     for key, value in match.items():
@@ -925,6 +928,16 @@ def _documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
             source = f"{file} (document {index + 1})" if len(loaded) > 1 else str(file)
             if not isinstance(doc, dict):
                 raise ManifestError(f"{source}: must be a mapping, got {type(doc).__name__}")
+            if doc.get("kind") == "List":
+                # `kubectl get -o yaml` output: the objects are its items.
+                items = doc.get("items") or []
+                if not isinstance(items, list):
+                    raise ManifestError(f"{source}: items: must be a list")
+                for i, item in enumerate(items):
+                    if not isinstance(item, dict):
+                        raise ManifestError(f"{source}: items[{i}]: must be a mapping")
+                    documents.append((f"{source} items[{i}]", item))
+                continue
             documents.append((source, doc))
     return documents
 
@@ -970,6 +983,11 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
     (`deployment`, see `_pick`); the others run beside it (`Manifests.supporting`)."""
     files = _files(path)
     notes: list[str] = []
+    # A kustomization file is kustomize's input, not a manifest (and often has no kind):
+    # the lab reads the plain files beside it, unpatched, and says so.
+    for file in [f for f in files if f.name in ("kustomization.yaml", "kustomization.yml")]:
+        files.remove(file)
+        notes.append(f"{file}: kustomize is not applied; the plain YAML files are read as they are")
     sources = _Sources()
     by_kind: dict[str, list[_Fields]] = {}
     for source, doc in _documents(files):
@@ -986,7 +1004,14 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
                 meta.fail(meta.at("name"), f"{kind} {name!r} is also in {table[name].source}")
             table[name] = _Data(kind, f.source, _data(f, kind))
     deployments = [(_deployment(f, sources), f.source) for f in by_kind.pop("Deployment", [])]
-    services = [_service(f) for f in by_kind.pop("Service", [])]
+    services = []
+    for f in by_kind.pop("Service", []):
+        spec = f.data.get("spec")
+        if isinstance(spec, dict) and spec.get("type") == "ExternalName":
+            # A DNS alias to something outside the cluster: nothing for the lab to run.
+            notes.append(f"{f.source}: ExternalName Service not modelled; values naming it stay")
+            continue
+        services.append(_service(f))
     for kind, fs in sorted(by_kind.items()):
         notes += [f"{f.source}: ignoring kind {kind}" for f in fs]
     seen: dict[str, str] = {}

@@ -64,6 +64,7 @@ class MatrixConfig:
     # requests, as cloud HTTP load balancers pool them: a pod that closes a connection
     # HAProxy is about to reuse then shows up as a 502.
     http_reuse: str = "always"
+    runtime: str = "process"  # the kubelet's container runtime (lab.runtime)
 
     @property
     def sizes(self) -> Sizes:
@@ -93,6 +94,8 @@ class MatrixConfig:
             f"rollout-restart with {s.replicas} replicas; scale-up {s.scale_low} -> "
             f"{s.scale_high}; scale-down {s.scale_high} -> {s.scale_low}",
         ]
+        if self.runtime != "process":
+            lines.append(f"--runtime {self.runtime}: pods as containers of the built image")
         if self.no_prestop:
             lines.append("--no-prestop: every preStop hook removed from the manifests")
         if any(lb != "tcp" for lb in self.lbs):
@@ -182,6 +185,7 @@ def experiment_config(
         progress=config.progress,
         http_reuse=config.http_reuse,
         image_map=config.image_map,
+        runtime=config.runtime,
     )
 
 

@@ -8,7 +8,7 @@ import functools
 import sys
 from pathlib import Path
 
-from lab.config import LB_MODES, ConfigError, parse_lag
+from lab.config import LB_MODES, RUNTIMES, ConfigError, parse_lag
 from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
 from lab.stopping import Signals
 
@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     matrix.add_argument("--image-map", type=Path, help="image map (default deploy/lab-images.yml)")
     matrix.add_argument("--out", type=Path, default=Path("out/matrix"), help="default out/matrix")
+    matrix.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="pods as process groups (default) or Docker containers of the built image",
+    )
     matrix.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -72,6 +78,7 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
         cooldown=args.cooldown,
         out=args.out,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
     if args.manifests_dir is not None:
         config = dataclasses.replace(config, manifests_dir=args.manifests_dir)

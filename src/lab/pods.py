@@ -1,6 +1,7 @@
-"""Pods as process groups, and the kubelet that runs them.
+"""Pods, and the kubelet that runs them on a container runtime (lab.runtime): process
+groups on loopback addresses by default, or Docker containers.
 
-Per pod: its own loopback address (the pod IP), the container command from the manifest
+Per pod: its own address (the pod IP), the container command from the manifest
 and the image map, probes with the Kubernetes defaults, a restart with back-off when the
 container exits or fails its liveness probe, and the termination sequence: marked
 terminating, preStop, SIGTERM to the main process only, SIGKILL to the whole group when
@@ -12,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import random
-import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.events import EventLog
-from lab.images import Image, Launch, map_command, resolve
+from lab.images import Image, Launch
 from lab.manifest import Container, Handler, PodTemplate, Probe
-from lab.probes import READ_LIMIT, ProbeResult, describe, exec_result, http_probe, tcp_probe
+from lab.probes import ProbeResult, describe, exec_result, http_probe, tcp_probe
 from lab.procs import Registry
+from lab.runtime import ProcessRuntime, Runtime, RuntimeContainer, StartError
 from lab.waits import stop_task, wait_event
 
 # After SIGTERM with the grace period spent in preStop, the kubelet grants this much more
@@ -67,7 +67,8 @@ class Pod:
     terminating: bool = False
     gone: bool = False
     restarts: int = 0
-    process: asyncio.subprocess.Process | None = None
+    process: asyncio.subprocess.Process | None = None  # the process runtime's main process
+    running: RuntimeContainer | None = None  # the container the runtime started last
     delete_requested: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
     # Each probe's last result ("readiness", "liveness", "startup"), for explanations.
@@ -101,6 +102,7 @@ class Kubelet:
         rewrite: Callable[[str], str] | None = None,
         rng: random.Random | None = None,
         on_change: Callable[[], None] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.events = events
         self.registry = registry
@@ -108,7 +110,9 @@ class Kubelet:
         self.base_env = dict(base_env)
         self.rewrite = rewrite
         # Not from the seeded rng: two seeded runs at once must not share a subnet.
-        self.addresses = AddressPool()
+        self.runtime = runtime or ProcessRuntime(
+            registry, log_dir, base_env, rewrite, AddressPool()
+        )
         self.rng = rng or random.Random()
         self.on_change = on_change or (lambda: None)
         self.pods: list[Pod] = []
@@ -118,11 +122,13 @@ class Kubelet:
     # -- pod life ------------------------------------------------------------------------
 
     def create_pod(self, name: str, template: PodTemplate, image: Image, revision: int) -> Pod:
-        ip = self.addresses.take()
-        pod_dir = self.log_dir / name
-        pod_dir.mkdir(parents=True, exist_ok=True)
-        launch = resolve(template.container, image, name, ip, self.base_env, self.rewrite, pod_dir)
-        pod = Pod(name, ip, revision, template, image, launch, created=self.events.now())
+        ip = self.runtime.addresses.take()
+        pod = Pod(name, ip, revision, template, image, Launch((), {}, None), self.events.now())
+        try:
+            pod.launch = self.runtime.prepare(pod)
+        except BaseException:
+            self.runtime.addresses.give_back(ip)
+            raise
         self.pods.append(pod)
         self.events.add(name, "created", f"{ip} revision {revision}")
         task = asyncio.create_task(self._run(pod), name=f"pod {name}")
@@ -155,13 +161,17 @@ class Kubelet:
         except Exception as exc:  # a pod's failure must not take the experiment down
             self.events.add(pod.name, "error", repr(exc))
         finally:
-            if pod.process is not None and pod.process.returncode is None:
-                Registry.kill_group(pod.process.pid)
+            if pod.running is not None and pod.running.returncode is None:
+                pod.running.kill()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pod.process.wait(), 5)
+                    await asyncio.wait_for(pod.running.wait(), 5)
             self._set_ready(pod, False)
+            try:
+                await self.runtime.pod_gone(pod)
+            except Exception as exc:
+                self.events.add(pod.name, "error", f"removing the sandbox: {exc!r}")
             pod.gone = True
-            self.addresses.give_back(pod.ip)
+            self.runtime.addresses.give_back(pod.ip)
             self.events.add(pod.name, "gone")
             self.on_change()
 
@@ -171,11 +181,11 @@ class Kubelet:
             while not pod.delete_requested.is_set():
                 try:
                     await self._start_container(pod)
-                except OSError as exc:  # e.g. no such executable: the kubelet's StartError
+                except StartError as exc:  # e.g. no such executable
                     self.events.add(pod.name, "start-failed", str(exc))
                     await self._back_off(pod)
                     continue
-                assert pod.process is not None
+                assert pod.running is not None
                 liveness_failed = asyncio.Event()
                 pod.kill_reason = ""
                 # The readiness worker, once started by _probes, outlives the other probes
@@ -183,7 +193,7 @@ class Kubelet:
                 readiness: list[asyncio.Task[None]] = []
                 try:
                     probes = asyncio.create_task(self._probes(pod, liveness_failed, readiness))
-                    exited = asyncio.ensure_future(pod.process.wait())
+                    exited = asyncio.ensure_future(pod.running.wait())
                     live = asyncio.ensure_future(liveness_failed.wait())
                     try:
                         await asyncio.wait(
@@ -322,36 +332,25 @@ class Kubelet:
         await wait_event(pod.delete_requested, delay)
 
     async def _start_container(self, pod: Pod) -> None:
-        launch = pod.launch
-        pod.process = await self.registry.start(
-            launch.argv,
-            f"pod {pod.name}",
-            env=launch.env,
-            cwd=launch.cwd,
-            log=self.log_dir / f"{pod.name}.log",
-            pid1=True,
-        )
+        pod.running = await self.runtime.start(pod)
         pod.exit_code = None
-        self.events.add(pod.name, "started", f"pid {pod.process.pid}: {' '.join(launch.argv)}")
+        self.events.add(pod.name, "started", f"{pod.running.main}: {' '.join(pod.launch.argv)}")
 
     def _container_exited(self, pod: Pod, killed: bool = False) -> None:
-        assert pod.process is not None
+        assert pod.running is not None
         # The main process is PID 1 of its container: when it exits, everything else in
         # the container goes with it.
-        Registry.kill_group(pod.process.pid)
-        code = pod.process.returncode
-        pod.exit_code = code
+        pod.running.kill()
+        pod.exit_code = pod.running.returncode
         if killed:
             self.events.add(pod.name, "sigkilled", "at the end of the grace period")
-        elif code is not None and code < 0:
-            self.events.add(pod.name, "exited", f"by signal {signal.Signals(-code).name}")
         else:
-            self.events.add(pod.name, "exited", f"code {code}")
+            self.events.add(pod.name, "exited", pod.running.exit_detail())
 
     async def _terminate(self, pod: Pod, grace: float) -> None:
         """preStop, SIGTERM, then SIGKILL once `grace` seconds (from now) have passed."""
-        assert pod.process is not None
-        process = pod.process
+        assert pod.running is not None
+        process = pod.running
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         handler = pod.container.pre_stop
@@ -366,14 +365,13 @@ class Kubelet:
             except Exception as exc:  # a failing hook does not stop the termination
                 self.events.add(pod.name, "prestop-failed", repr(exc))
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)  # the main process only
-            self.events.add(pod.name, "sigterm", f"pid {process.pid}")
+            process.terminate()  # the main process only
+            self.events.add(pod.name, "sigterm", process.main)
         killed = False
         try:
             await asyncio.wait_for(process.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            Registry.kill_group(process.pid)
+            process.kill()
             killed = True
             await asyncio.wait_for(process.wait(), 10)
         self._container_exited(pod, killed=killed)
@@ -392,40 +390,10 @@ class Kubelet:
     async def _exec_result(
         self, pod: Pod, command: tuple[str, ...], name: str, timeout: float | None
     ) -> ProbeResult:
-        """Run a command "in the container": its env and working dir, its own group. The
-        result keeps its exit code and an excerpt of its output; the output also goes to
-        the pod's log. A command that cannot start (not found, not executable) raises
-        OSError, as the runtime's exec fails."""
-        argv = map_command(command, pod.image, pod.launch.mounts)
-        process = await self.registry.start(
-            argv, name, env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
-        )
-        assert process.stdout is not None
-        chunks: list[bytes] = []
-
-        async def collect() -> int:
-            assert process.stdout is not None
-            size = 0
-            while chunk := await process.stdout.read(4096):
-                if size < READ_LIMIT:
-                    chunks.append(chunk)
-                size += len(chunk)
-            return await process.wait()
-
-        try:
-            code = await asyncio.wait_for(collect(), timeout)
-        finally:
-            if process.returncode is None:
-                Registry.kill_group(process.pid)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 5)
-            output = b"".join(chunks)
-            if output:
-                with (
-                    contextlib.suppress(OSError),
-                    (self.log_dir / f"{pod.name}.log").open("ab") as log,
-                ):
-                    log.write(output)
+        """Run a command in the pod's container (exec probes and hooks). The result
+        keeps its exit code and an excerpt of its output. A command that cannot start
+        (not found, not executable) raises OSError, as the runtime's exec fails."""
+        code, output = await self.runtime.exec(pod, command, timeout)
         return exec_result(code, output)
 
     # -- probes --------------------------------------------------------------------------
@@ -503,8 +471,8 @@ class Kubelet:
         for pod in self.pods:
             pod.terminating = True
             pod.delete_requested.set()
-            if pod.process is not None and pod.process.returncode is None:
-                Registry.kill_group(pod.process.pid)
+            if pod.running is not None and pod.running.returncode is None:
+                pod.running.kill()
         tasks = list(self.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)

@@ -61,43 +61,72 @@ def exec_result(code: int, output: bytes) -> ProbeResult:
 
 
 async def http_probe(host: str, port: int, path: str, timeout: float | None) -> ProbeResult:
-    """GET as the kubelet's prober does; 200-399 succeeds (`pkg/probe/http/http.go`)."""
-
-    async def get() -> ProbeResult:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/lab\r\n"
-                "Accept: */*\r\nConnection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            line = await reader.readline()
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-                return ProbeResult(False, f"not an HTTP response: {excerpt(line)}")
-            status = int(parts[1])
-            if 200 <= status < 400:
-                return ProbeResult(True, f"HTTP {status}")
-            body = b""
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
-                # Headers, then the body up to the limit (or the close).
-                head = await reader.readuntil(b"\r\n\r\n")
-                del head
-                body = await reader.read(READ_LIMIT)
-            return ProbeResult(False, f"HTTP {status}" + (f": {excerpt(body)}" if body else ""))
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
+    """GET as the kubelet's prober does; 200-399 succeeds (`pkg/probe/http/http.go`).
+    A failing status keeps an excerpt of the body, read until the server closes, its
+    Content-Length or the limit, within what is left of the timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout is not None else None
     try:
-        return await asyncio.wait_for(get(), timeout)
+        async with asyncio.timeout_at(deadline):
+            reader, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
-        return ProbeResult(False, f"timeout: no answer within {timeout or 0:g} s")
+        return ProbeResult(False, f"timeout: no connection within {timeout or 0:g} s")
     except OSError as exc:
         return ProbeResult(False, f"connect {host}:{port}: {_reason(exc)}")
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "User-Agent: kube-probe/lab\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+                )
+                await writer.drain()
+                line = await reader.readline()
+                parts = line.split()
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                    return ProbeResult(False, f"not an HTTP response: {excerpt(line)}")
+                status = int(parts[1])
+                if 200 <= status < 400:
+                    return ProbeResult(True, f"HTTP {status}")
+                head = b""
+                while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    head += header
+        except TimeoutError:
+            return ProbeResult(False, f"timeout: no answer within {timeout or 0:g} s")
+        body = await _body(reader, _content_length(head), deadline)
+        return ProbeResult(False, f"HTTP {status}" + (f": {excerpt(body)}" if body else ""))
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        return ProbeResult(False, f"connection lost: {exc}")
     except ValueError as exc:
         return ProbeResult(False, f"bad HTTP response: {exc}")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+async def _body(reader: asyncio.StreamReader, length: int | None, deadline: float | None) -> bytes:
+    """Up to READ_LIMIT bytes of the body; whatever came before the deadline or an error."""
+    wanted = min(length, READ_LIMIT) if length is not None else READ_LIMIT
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout_at(deadline):
+            while size < wanted:
+                chunk = await reader.read(wanted - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    return b"".join(chunks)
 
 
 async def tcp_probe(host: str, port: int, timeout: float) -> ProbeResult:

@@ -49,7 +49,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # Why pods failed: each distinct probe, hook or start failure with its last output.
     explanations: list[str] = field(default_factory=list)
-    interrupted: str | None = None  # the signal that stopped the run early, if one did
     # How operations were accounted: "by id", or "by count" when k6 sent no request ids
     # (then lost_operations is 200s minus points, give or take lost_margin).
     ops_method: str | None = None
@@ -107,8 +106,6 @@ class Report:
             ratio = self.steady_ratio or 0.0
             rate = f"{self.achieved_rps:.0f} / {self.ideal_rps:.0f} rps ({ratio:.0%})"
         rows.append(("steady rps achieved/ideal", rate))
-        if self.interrupted:
-            rows.append(("INTERRUPTED", f"by {self.interrupted}: the numbers cover a partial run"))
         rows += [
             ("pod failures" if i == 0 else "", text) for i, text in enumerate(self.explanations)
         ]
@@ -221,7 +218,7 @@ def build(
     failed_checks: dict[str, int] | None = None,
     http_reuse: str | None = None,
     pod_bounds: tuple[int, int | None] | None = None,
-    interrupted: str | None = None,
+    supporting: frozenset[str] = frozenset(),
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     lost = accounting.lost
@@ -246,7 +243,8 @@ def build(
         steady_window_s=window,
         action_completed=action_completed,
         action_s=None if action_s is None else round(action_s, 3),
-        pods_created=sum(1 for e in events if e.kind == "created"),
+        # The Deployment under test's pods; supporting ones are in the notes.
+        pods_created=sum(1 for e in events if e.kind == "created" and e.pod not in supporting),
         lost_ids=(lost or [])[:ID_SAMPLE],
         orphan_ids=(orphans or [])[:ID_SAMPLE],
         unmatched_points=len(accounting.unmatched_points),
@@ -259,7 +257,6 @@ def build(
         fewest_available=pod_bounds[1] if pod_bounds else None,
         notes=notes,
         explanations=explain(events),
-        interrupted=interrupted,
         ops_method=accounting.ops_method,
         lost_margin=accounting.in_flight_at_stop,
         events=[e.as_dict() for e in events],

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from calc import points
-from calc.points import PointFormatter
+from calc.points import NanoClock, PointFormatter
 from calc.sinks import InfluxSink
 from lab.influx import InfluxServer
 from tests.calc_support import CalcProcess, StartCalc
@@ -47,24 +46,12 @@ def send_many(calc: CalcProcess, prefix: str, n: int, concurrency: int = 50) -> 
     assert statuses == [200] * n, {s: statuses.count(s) for s in set(statuses)}
 
 
-class SteppingClock:
-    """Stands in for the `time` module in calc.points: time_ns() returns set readings."""
-
-    def __init__(self, readings: list[int]) -> None:
-        self.readings = iter(readings)
-
-    def time_ns(self) -> int:
-        return next(self.readings)
-
-
-def test_timestamps_increase_even_when_the_wall_clock_repeats_or_steps_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_timestamps_increase_even_when_the_wall_clock_repeats_or_steps_back() -> None:
     """1. A wall clock that repeats a value and then steps back, as clock_gettime does
     after an NTP step. 2. Five points. 3. Their timestamps strictly increase, one
     nanosecond past the last while the clock does not advance."""
-    monkeypatch.setattr(points, "time", SteppingClock([1_000, 1_000, 400, 999, 5_000]))
-    formatter = PointFormatter("pod-a")
+    readings = iter([1_000, 1_000, 400, 999, 5_000])
+    formatter = PointFormatter("pod-a", clock=NanoClock(source=lambda: next(readings)))
     stamps = [_timestamp(formatter.sum_point(f"r{i}", 1, 1.0)) for i in range(5)]
     assert stamps == [1_000, 1_001, 1_002, 1_003, 5_000]
 
@@ -191,7 +178,11 @@ def test_v8_and_v9_write_batches_of_500(
     )
     send_many(calc, profile, 1200)
     sink = InfluxSink(influx_server.url, influx_db)
-    wait_until(lambda: sink.count() == 1000, 15, what="two batches of 500")
+    try:
+        wait_until(lambda: sink.count() == 1000, 15, what="two batches of 500")
+    except AssertionError as exc:
+        writes = [line for line in calc.log.splitlines() if "Calculating" not in line]
+        raise AssertionError(f"{exc}; stored {sink.count()}; log: {writes[-20:]}") from None
     assert calc.log.count("Logging 500 operations") == 2
     assert "Logging 200 operations" not in calc.log
     assert calc.metric("calc_operations_pending") == 200

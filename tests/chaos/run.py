@@ -34,7 +34,16 @@ POD = "chaos-pod"
 EXIT_MARGIN = 2.0  # interpreter exit and a loaded machine, beyond the grace period
 _ID = re.compile(r'id="((?:[^"\\]|\\.)*)"')
 _APP_STOPPED = re.compile(r"App stopped: .*?(\d+) lost")
-_LOST_SO_FAR = re.compile(r"(\d+) lost so far")
+# A third signal's exit, with what it leaves unwritten (and whether that is in the spool).
+_FORCED_EXIT = re.compile(
+    r"Exiting at once .*?left unwritten: (\d+) operations( \(left in the spool)?"
+)
+# A running total of what a process has lost, as its loss log lines end.
+_LOST_SO_FAR = re.compile(r"(\d+) lost in all")
+
+
+class Interrupted(Exception):
+    """The run was asked to stop (its `interrupt` event was set)."""
 
 
 @dataclass
@@ -98,8 +107,17 @@ class Outcome:
 
 
 class ChaosRun:
-    def __init__(self, plan: Plan, workdir: Path, processes: Processes) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        processes: Processes,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        """`interrupt`, once set (e.g. by a signal handler), ends the run at its next
+        wait with `Interrupted`; the caller then cleans up `processes`."""
         self.plan = plan
+        self.interrupt = interrupt or threading.Event()
         self.workdir = workdir
         self.processes = processes
         self.port = free_port()
@@ -163,10 +181,15 @@ class ChaosRun:
         life = Life(process, time.monotonic())
         self.outcome.lives.append(life)
         wait_until(
-            lambda: process.poll() is not None or http_ok(f"{self.url}/health"),
+            lambda: (
+                self.interrupt.is_set()
+                or process.poll() is not None
+                or http_ok(f"{self.url}/health")
+            ),
             timeout=20,
             what="calc to answer /health",
         )
+        self._check_interrupt()
         if process.poll() is not None:
             raise RuntimeError(f"calc exited at start:\n{self.processes.output(process)}")
         with self._lock:
@@ -182,8 +205,7 @@ class ChaosRun:
             now = time.monotonic()
             life.signals.append((now, step.signal))
             if step.signal == "SIGKILL":
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(life.process.pid, signal.SIGKILL)
+                self._kill(life)
                 life.process.wait(10)
                 life.exited_at = time.monotonic()
                 self._pause(step.restart_after)
@@ -205,8 +227,7 @@ class ChaosRun:
             if not self._wait_exit(life, budget_end):
                 # What a kubelet does at the end of the grace period.
                 life.killed_by_harness = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(life.process.pid, signal.SIGKILL)
+                self._kill(life)
         life.process.wait(10)
         if life.exited_at is None:
             life.exited_at = time.monotonic()
@@ -216,17 +237,22 @@ class ChaosRun:
         while time.monotonic() < until:
             if life.process.poll() is not None:
                 break
-            time.sleep(0.01)
+            self.interrupt.wait(0.01)
+            self._check_interrupt()
         if life.process.poll() is not None:
             if life.exited_at is None:
                 life.exited_at = time.monotonic()
             return True
         return False
 
-    @staticmethod
-    def _pause(seconds: float) -> None:
+    def _pause(self, seconds: float) -> None:
         # Part of the plan (the time a restart takes), not a wait for state.
-        time.sleep(seconds)
+        self.interrupt.wait(seconds)
+        self._check_interrupt()
+
+    def _check_interrupt(self) -> None:
+        if self.interrupt.is_set():
+            raise Interrupted(f"seed {self.plan.seed} interrupted")
 
     def _current(self) -> Life:
         with self._lock:
@@ -275,16 +301,28 @@ class ChaosRun:
     def _scrape(self) -> None:
         with httpx.Client(timeout=1) as http:
             while not self._stop_load.wait(0.25):
-                life = self._current()
-                try:
-                    text = http.get(f"{self.url}/metrics").text
-                except httpx.HTTPError:
-                    continue
-                for line in text.splitlines():
-                    name, _, value = line.partition(" ")
-                    if name.startswith("calc_operations_"):
-                        with contextlib.suppress(ValueError):
-                            life.metrics[name] = float(value)
+                self._scrape_once(http, self._current())
+
+    def _scrape_once(self, http: httpx.Client, life: Life) -> None:
+        """The operation counters of /metrics, kept as the last values seen for `life`."""
+        try:
+            text = http.get(f"{self.url}/metrics").text
+        except httpx.HTTPError:
+            return
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("calc_operations_"):
+                with contextlib.suppress(ValueError):
+                    life.metrics[name] = float(value)
+
+    def _kill(self, life: Life) -> None:
+        """SIGKILL the process's group, its counters scraped just before: what the
+        metric counted up to the kill counts as counted (a log line may still have been
+        waiting for its once-a-second turn)."""
+        with httpx.Client(timeout=1) as http:
+            self._scrape_once(http, life)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(life.process.pid, signal.SIGKILL)
 
 
 def peak_per_second(times: list[float]) -> int:
@@ -328,13 +366,20 @@ def check(outcome: Outcome) -> list[str]:
                     f" but the final log line says {final} lost"
                 )
         else:
-            # Killed: what it counted is what was last scraped or last logged as a total.
+            # Killed, or exited at once on a third signal: what it had counted lost is
+            # its last scrape or its last logged total; a forced exit also logs what it
+            # leaves unwritten, lost unless that is in the spool (checked by id).
             logged = [int(n) for n in _LOST_SO_FAR.findall(life.log)]
             scraped = int(life.metrics.get("calc_operations_lost_total", 0))
             reported_lost += max([scraped, *logged])
-            if not life.sigkilled:
+            forced = _FORCED_EXIT.findall(life.log)
+            if forced:
+                unwritten, in_spool = forced[-1]
+                reported_lost += 0 if in_spool else int(unwritten)
+            elif not life.sigkilled:
                 problems.append(
-                    f"{name}: exited ({life.process.returncode}) without its final 'App stopped' accounting line"
+                    f"{name}: exited ({life.process.returncode}) without a final accounting line"
+                    " ('App stopped', or 'Exiting at once' with what it leaves unwritten)"
                 )
         stop_at = life.first_stop_signal
         if life.killed_by_harness:

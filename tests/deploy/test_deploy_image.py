@@ -1,5 +1,7 @@
-"""The image: the Dockerfile passes hadolint, and (no Docker engine here) its build,
-install and start steps work when run as the same commands in a fresh venv."""
+"""The image: the Dockerfile passes hadolint; its build, install and start steps work as
+the same commands in a fresh venv; and the image the Docker Engine built (`make image`)
+runs as the manifests run it: exec-form PID 1, the v1 wrapper, v10's securityContext and
+a memory limit."""
 
 from __future__ import annotations
 
@@ -16,13 +18,18 @@ import venv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import docker
+import docker.errors
 import httpx
 import pytest
+import requests.exceptions
 import yaml
 
 from lab.influx import free_port
 from tests.deploy.deploy_helpers import K8S, alive, by_kind, children, load_docs
+from tests.docker_support import Containers, containers, engine_or_skip, ensure_image, state
 from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -267,3 +274,146 @@ def test_lab_image_map_matches_the_dockerfile() -> None:
     assert calc.get("entrypoint", []) == []
     assert not [rest for word, rest in steps if word == "ENTRYPOINT"]
     assert (REPO / "deploy" / calc["paths"]["/app/start.sh"]).resolve() == START_SH
+
+
+# -- the image the engine built ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> docker.DockerClient:
+    return engine_or_skip()
+
+
+@pytest.fixture(scope="module")
+def image(engine: docker.DockerClient) -> str:
+    return ensure_image(engine)
+
+
+@pytest.fixture
+def made(engine: docker.DockerClient) -> Iterator[Containers]:
+    with containers(engine, "calc-image-test") as made:
+        yield made
+
+
+def _serving(made: Containers, image: str, **kwargs: object) -> tuple[Any, str]:
+    """Run the image on a network of the test's own; wait until calc answers /health."""
+    network = made.network()
+    container = made.run(image, network, **kwargs)
+    base = f"http://{made.ip(container, network)}:4000"
+
+    def healthy() -> bool:
+        assert state(container)["Running"], container.logs().decode(errors="replace")
+        return http_ok(f"{base}/health")
+
+    wait_until(healthy, 30, interval=0.1, what="calc in the container answering /health")
+    return container, base
+
+
+def _exits_within(container: Any, timeout: float) -> int | None:
+    """The container's exit code if it stops within `timeout` seconds, else None."""
+    try:
+        result = container.wait(timeout=timeout)
+    except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+        return None
+    code: int = result["StatusCode"]
+    return code
+
+
+def test_image_cmd_is_pid_1_and_exits_0_on_sigterm(made: Containers, image: str) -> None:
+    """Scenario (v3 and later): 1. run the image as built (its exec-form CMD); 2. PID 1 of
+    the container is `calc serve` itself; 3. POST /sum answers 10 over the container's IP;
+    4. SIGTERM to the container (what the kubelet sends PID 1); 5. it exits 0 within a
+    few seconds, well inside any grace period."""
+    container, base = _serving(made, image, environment={"CALC_PROFILE": "v3"})
+    code, cmdline = container.exec_run(["cat", "/proc/1/cmdline"])
+    assert code == 0
+    # A console script runs as `<python> <script> serve`: the interpreter, not a shell.
+    *interpreter, script, command, _ = cmdline.decode().split("\0")
+    assert (Path(script).name, command) == ("calc", "serve"), cmdline
+    assert [Path(word).name for word in interpreter] == ["python3"], cmdline
+    response = httpx.post(f"{base}/sum", json=SUM, timeout=5)
+    assert response.json() == {"result": 10}
+    container.kill(signal="SIGTERM")
+    assert _exits_within(container, 15) == 0, container.logs().decode(errors="replace")
+    assert state(container)["OOMKilled"] is False
+
+
+def test_start_sh_wrapper_lives_until_sigkill(made: Containers, image: str) -> None:
+    """Scenario (v1/v2): 1. run /app/start.sh as the container's command; 2. PID 1 is the
+    shell, calc its child; 3. SIGTERM to the container; 4. calc still answers and the
+    container does not stop within 3 s (the shell is PID 1 and never passes SIGTERM on);
+    5. SIGKILL, as at the grace period's end; 6. exit code 137, and calc never logged an
+    exit of its own."""
+    container, base = _serving(
+        made, image, command=["/app/start.sh"], environment={"CALC_PROFILE": "v1"}
+    )
+    _, cmdline = container.exec_run(["cat", "/proc/1/cmdline"])
+    assert b"/app/start.sh" in cmdline, cmdline
+    container.kill(signal="SIGTERM")
+    response = httpx.post(f"{base}/sum", json=SUM, timeout=5)
+    assert response.json() == {"result": 10}
+    assert _exits_within(container, 3) is None
+    assert state(container)["Running"]
+    container.kill(signal="SIGKILL")
+    assert _exits_within(container, 15) == 137
+    assert b"calc exited" not in container.logs()
+
+
+def test_v10_security_context_read_only_root_with_tmp(made: Containers, image: str) -> None:
+    """Scenario (v10's securityContext): 1. run as 10001:10001 with a read-only root, a
+    tmpfs at /tmp, every capability dropped and no privilege escalation; 2. calc answers
+    POST /sum; 3. the process runs as uid 10001; 4. / and /app are not writable, /tmp is;
+    5. SIGTERM: exit 0 (the operation log in /tmp was written and closed without error)."""
+    container, base = _serving(
+        made,
+        image,
+        environment={"CALC_PROFILE": "v10"},
+        user="10001:10001",
+        read_only=True,
+        tmpfs={"/tmp": "rw,mode=1777"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+    )
+    assert httpx.post(f"{base}/sum", json=SUM, timeout=5).json() == {"result": 10}
+    code, uid = container.exec_run(["id", "-u"])
+    assert (code, uid.strip()) == (0, b"10001")
+    for path in ("/app/probe", "/probe"):
+        code, out = container.exec_run(["touch", path])
+        assert code != 0 and b"Read-only file system" in out, (path, out)
+    code, out = container.exec_run(["touch", "/tmp/probe"])
+    assert code == 0, out
+    container.kill(signal="SIGTERM")
+    assert _exits_within(container, 30) == 0, container.logs().decode(errors="replace")
+    assert b"Traceback" not in container.logs()
+
+
+def test_memory_limit_is_applied_and_oom_reported(made: Containers, image: str) -> None:
+    """Scenario: 1. run calc with a 96 MiB memory limit; 2. the container's cgroup holds
+    that limit and calc serves under it; 3. a second container with the same limit
+    allocates 256 MiB; 4. the engine reports it OOM-killed (exit 137, OOMKilled true)."""
+    limit = 96 * 1024 * 1024
+    container, base = _serving(
+        made, image, environment={"CALC_PROFILE": "v3"}, mem_limit=limit, memswap_limit=limit
+    )
+    assert container.attrs["HostConfig"]["Memory"] == limit
+    code, out = container.exec_run(
+        [
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null"
+            " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ]
+    )
+    assert (code, int(out.strip())) == (0, limit)
+    assert httpx.post(f"{base}/sum", json=SUM, timeout=5).json() == {"result": 10}
+
+    network = made.networks[0]
+    hog = made.run(
+        image,
+        network,
+        command=["python3", "-c", "x = bytearray(256 * 1024 * 1024); print(len(x))"],
+        mem_limit=limit,
+        memswap_limit=limit,
+    )
+    assert _exits_within(hog, 30) == 137, hog.logs().decode(errors="replace")
+    assert state(hog)["OOMKilled"] is True

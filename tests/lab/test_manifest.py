@@ -538,3 +538,36 @@ def test_secret_volume_files_are_decoded_and_mount_paths_mapped(tmp_path: Path) 
     assert launch.argv[-3:] == ("--token-file", str(creds / "token"), "/etc/credsx")
     assert launch.env["CREDS"] == str(creds)
     assert launch.mounts == {"/etc/creds": creds}
+
+
+def test_kustomization_file_is_noted_not_read(tmp_path: Path) -> None:
+    """1. A directory with the app and a kustomization.yaml (no kind, as kustomize allows).
+    2. It loads; the note says kustomize is not applied."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    (tmp_path / "kustomization.yaml").write_text("resources: [app.yml]\nnamePrefix: x-\n")
+    manifests = load(tmp_path)
+    assert manifests.deployment.name == "tiny"
+    assert any("kustomization.yaml: kustomize is not applied" in n for n in manifests.notes)
+
+
+def test_external_name_service_is_noted_not_refused(tmp_path: Path) -> None:
+    """1. A directory with the app and an ExternalName Service for a managed database.
+    2. It loads; the note names the Service's file."""
+    tiny_manifest(tmp_path / "app.yml", port=8123)
+    external = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+                "spec": {"type": "ExternalName", "externalName": "db.example.com"}}  # fmt: skip
+    (tmp_path / "db.yml").write_text(yaml.safe_dump(external))
+    manifests = load(tmp_path)
+    assert manifests.service is not None and manifests.service.name == "tiny"
+    assert any("db.yml: ExternalName Service not modelled" in n for n in manifests.notes)
+
+
+def test_kubectl_list_output_is_read_item_by_item(tmp_path: Path) -> None:
+    """1. The app's Deployment and Service as one `kind: List` (kubectl get -o yaml).
+    2. It loads as if they were separate documents."""
+    docs = list(yaml.safe_load_all(tiny_manifest(tmp_path / "app.yml", port=8123).read_text()))
+    (tmp_path / "app.yml").write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs}, sort_keys=False)
+    )
+    manifests = load(tmp_path)
+    assert manifests.deployment.name == "tiny" and manifests.service is not None

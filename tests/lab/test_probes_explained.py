@@ -46,7 +46,7 @@ def test_startup_probe_holds_liveness_and_readiness_until_it_succeeds(tmp_path: 
         async with cluster(tmp_path, manifest) as c:
             await c.until(lambda: c.pods() and c.pods()[0].ready, 15, "a ready pod")
             pod = c.pods()[0]
-            await c.until(lambda: marks.exists(), 5, "a liveness run")
+            await c.until(lambda: marks.exists() and marks.read_text().split(), 5, "a liveness run")
             started_up = _one(c, pod, "started-up")
             assert _one(c, pod, "ready").t >= started_up.t
             first_liveness = min(float(line) for line in marks.read_text().split())

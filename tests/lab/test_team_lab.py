@@ -82,6 +82,7 @@ def test_directory_with_two_deployments_a_configmap_and_services(tmp_path: Path)
     (backend,) = backend_pods
     in_lb = {e["pod"] for e in events if e["kind"] == "lb-added"}
     assert backend not in in_lb and len(in_lb) == 4  # the app's 2 pods, twice
+    assert report["pods_created"] == 4
     writes = (out / "pods" / f"{backend}.log").read_text().count("request ")
     assert writes >= report["ok"] * 0.9, (writes, report["ok"])
     # Torn down after the app's pods: the app's last writes still reached it.
@@ -251,3 +252,51 @@ def test_influxdb_deployment_is_replaced_under_its_own_service_and_database(
         ("xmetrics-db:80", "xmetrics-db:80"),
     ]:
         assert _service_urls(value, services) == expected, value
+
+
+def test_supporting_deployment_not_ready_is_named_before_any_load(tmp_path: Path) -> None:
+    """The app plus a `backend` Deployment whose readiness probe answers 500.
+    1. `lab run --ready-timeout 3` on the directory.
+    2. It fails (exit 1) naming the backend Deployment, its pod and the probe's last
+       result; the app's pods were never created; every process is gone."""
+    directory = tmp_path / "k8s"
+    directory.mkdir()
+    tiny_manifest(directory / "app.yml", port=free_port(), readiness=READY_PROBE)
+    _backend(directory, free_port())
+    _set(directory / "backend.yml", lambda c: c.update(args=[*c["args"], "--ready-status", "500"]))
+    out = tmp_path / "out"
+    try:
+        result = subprocess.run(
+            _lab(out, directory, "--ready-timeout", "3"),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        _assert_all_gone(out)
+    finally:
+        _kill_leftovers(out)
+    assert result.returncode == 1, result.stderr[-2000:]
+    failed = result.stderr[result.stderr.index("lab: failed:") :]
+    assert "the Deployment backend was not ready within 3 s" in failed
+    assert "backend-r1-" in failed
+    assert "readiness probe httpGet :http/ready: HTTP 500: 'database unreachable'" in failed
+    assert "tiny-r1-" not in result.stderr
+
+
+def test_args_that_look_like_unmapped_image_files_are_noted(tmp_path: Path) -> None:
+    """1. Prepare a run whose args name /app/config/prod.exs (a file inside the image,
+    not mapped), /health (a URL path) and this test's own directory (exists here).
+    2. Only the first is named in the notes, with the image map entry that would map it;
+    the run is not refused."""
+    manifest = _set(
+        tiny_manifest(tmp_path / "m.yml", port=8123),
+        lambda c: c.update(
+            args=[*c["args"], "--config", "/app/config/prod.exs", "/health", str(tmp_path)]
+        ),
+    )
+    prepared = prepare(LabConfig(manifests=manifest, image_map=TINY_IMAGES))
+    named = [n for n in prepared.notes if "is not on this machine" in n]
+    assert len(named) == 1, named
+    assert "containers[0].args[3]: '/app/config/prod.exs'" in named[0]
+    assert "map it under images.tinyapp.paths" in named[0]

@@ -1,0 +1,302 @@
+"""`graceful-serve module:app`: uvicorn's command with the phased shutdown.
+
+A Dockerfile's `CMD ["uvicorn", "app:app"]` becomes `CMD ["graceful-serve", "app:app"]`:
+uvicorn's common options keep their names and their `UVICORN_*` variables; the shutdown
+options read `GRACEFUL_*` variables. The command only parses into a `ServeConfig` and
+calls `run`, which needs no command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graceful.asgi import ASGIApp
+from graceful.current import install
+from graceful.lifecycle import Lifecycle
+from graceful.options import (
+    SHUTDOWN_OPTIONS,
+    OptionError,
+    ServeShutdown,
+    resolve_shutdown,
+)
+from graceful.readiness import ReadinessMiddleware
+
+logger = logging.getLogger("graceful.cli")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+UNSUPPORTED = {
+    "--workers": "run one process per container and scale with replicas, or run "
+    "gunicorn -k graceful.gunicorn.Worker for several workers in one",
+    "--reload": "it restarts the server without the shutdown phases; use uvicorn to develop",
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    app: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    factory: bool = False
+    root_path: str = ""
+    proxy_headers: bool = True
+    forwarded_allow_ips: str | None = None
+    log_level: str = "info"
+    app_dir: str = "."
+    access_log: bool = True
+    timeout_keep_alive: int = 5
+    shutdown: ServeShutdown = field(default_factory=ServeShutdown)
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    flags: tuple[str, ...]
+    kind: str  # str, int, bool, level
+    help: str
+
+
+# uvicorn's own names, help texts and defaults (uvicorn/main.py); env UVICORN_<NAME>.
+UVICORN_OPTIONS = (
+    _Option("host", ("--host",), "str", "bind socket to this host (default 127.0.0.1)"),
+    _Option("port", ("--port",), "int", "bind socket to this port (default 8000)"),
+    _Option(
+        "factory",
+        ("--factory",),
+        "bool",
+        "treat APP as an application factory, a () -> ASGI app callable",
+    ),
+    _Option("root_path", ("--root-path",), "str", "the ASGI root_path, behind a path prefix"),
+    _Option(
+        "proxy_headers",
+        ("--proxy-headers", "--no-proxy-headers"),
+        "bool",
+        "take the client address and scheme from X-Forwarded-For/-Proto (default on)",
+    ),
+    _Option(
+        "forwarded_allow_ips",
+        ("--forwarded-allow-ips",),
+        "str",
+        "comma-separated IPs or networks to trust with proxy headers, '*' for all "
+        "(default: env FORWARDED_ALLOW_IPS, else 127.0.0.1)",
+    ),
+    _Option(
+        "log_level", ("--log-level",), "level", f"one of {', '.join(LOG_LEVELS)} (default info)"
+    ),
+    _Option(
+        "app_dir",
+        ("--app-dir",),
+        "str",
+        "look for APP in this directory, added to the module path (default .)",
+    ),
+    _Option(
+        "access_log",
+        ("--access-log", "--no-access-log"),
+        "bool",
+        "log each request (default on)",
+    ),
+    _Option(
+        "timeout_keep_alive",
+        ("--timeout-keep-alive",),
+        "int",
+        "close keep-alive connections idle this many seconds (default 5)",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graceful-serve",
+        description="Serve an ASGI 3 app with uvicorn and a shutdown that drops nothing: "
+        "at SIGTERM, readiness answers 503, the server keeps serving until the load "
+        "balancer has stopped sending (quiet period), answers Connection: close, then "
+        "stops listening, drains running requests and runs the app's lifespan shutdown, "
+        "all within the grace period. Options win over environment variables.",
+        epilog="Not supported: "
+        + "; ".join(f"{flag} ({why})" for flag, why in UNSUPPORTED.items())
+        + ". A repeated SIGTERM is ignored; a second SIGINT stops waiting for requests; "
+        "a third signal exits at once.",
+    )
+    parser.add_argument("app", nargs="?", metavar="APP", help="module:attribute (env UVICORN_APP)")
+    server = parser.add_argument_group(
+        "uvicorn's options (same names and meaning; env UVICORN_<NAME>, e.g. UVICORN_PORT)"
+    )
+    for option in UVICORN_OPTIONS:
+        env = "UVICORN_" + option.name.upper()
+        if option.kind == "bool" and len(option.flags) == 2:
+            server.add_argument(
+                option.flags[0],
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{option.help} (env {env})",
+            )
+        elif option.kind == "bool":
+            server.add_argument(
+                *option.flags,
+                dest=option.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{option.help} (env {env})",
+            )
+        else:
+            server.add_argument(
+                *option.flags,
+                dest=option.name,
+                metavar=option.name.upper(),
+                help=f"{option.help} (env {env})",
+            )
+    shutdown = parser.add_argument_group("shutdown (env GRACEFUL_<NAME>)")
+    for shutdown_option in SHUTDOWN_OPTIONS:
+        shutdown.add_argument(
+            shutdown_option.flag,
+            dest=shutdown_option.name,
+            metavar="PATH" if shutdown_option.name == "readiness_path" else "SECONDS",
+            help=f"{shutdown_option.help} (env {shutdown_option.env}; "
+            f"default {shutdown_option.default})",
+        )
+    return parser
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    """The config from parsed options, then UVICORN_*/GRACEFUL_* variables, then defaults.
+    Raises OptionError naming the option or variable at fault."""
+    given = vars(args)
+    values: dict[str, Any] = {}
+    app = given.get("app") or environ.get("UVICORN_APP")
+    if not app:
+        raise OptionError("APP is required: graceful-serve module:attribute")
+    if ":" not in app:
+        raise OptionError(f'APP must be "<module>:<attribute>", got {app!r}')
+    for option in UVICORN_OPTIONS:
+        value = given.get(option.name)
+        env = "UVICORN_" + option.name.upper()
+        if value is None and env in environ:
+            value = _from_env(option, environ[env], env)
+        elif value is not None and option.kind != "bool":
+            value = _typed(option, value, option.flags[0])
+        if value is not None:
+            values[option.name] = value
+    shutdown_given = {o.name: given.get(o.name) for o in SHUTDOWN_OPTIONS}
+    return ServeConfig(app=app, shutdown=resolve_shutdown(shutdown_given, environ), **values)
+
+
+def _from_env(option: _Option, raw: str, env: str) -> Any:
+    if option.kind == "bool":
+        if raw.lower() in TRUE:
+            return True
+        if raw.lower() in FALSE:
+            return False
+        raise OptionError(f"{env}: expected one of {'/'.join(TRUE + FALSE)}, got {raw!r}")
+    return _typed(option, raw, env)
+
+
+def _typed(option: _Option, raw: str, where: str) -> Any:
+    if option.kind == "int":
+        try:
+            value = int(raw)
+        except ValueError:
+            raise OptionError(f"{where}: expected a whole number, got {raw!r}") from None
+        if option.name == "port" and not 0 <= value <= 65535:
+            raise OptionError(f"{where}: a port is 0-65535, got {value}")
+        if value < 0:
+            raise OptionError(f"{where}: expected a number >= 0, got {value}")
+        return value
+    if option.kind == "level":
+        if raw.lower() not in LOG_LEVELS:
+            raise OptionError(f"{where}: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+        return raw.lower()
+    return raw
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's default logging, plus graceful's own loggers on the same handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["graceful"] = {
+        "handlers": ["default"],
+        "level": "DEBUG" if level == "trace" else level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
+def load_app(config: ServeConfig) -> ASGIApp:
+    """Import APP (after adding --app-dir to the module path) and call it if a factory."""
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    sys.path.insert(0, os.path.abspath(config.app_dir))
+    try:
+        app: Any = import_from_string(config.app)
+    except ImportFromStringError as exc:
+        raise OptionError(f"cannot load APP: {exc}") from None
+    if config.factory:
+        if not callable(app):
+            raise OptionError(f"APP {config.app!r} is not callable, so not a factory")
+        app = app()
+    if not callable(app):
+        raise OptionError(f"APP {config.app!r} is not an ASGI app (not callable)")
+    return app  # type: ignore[no-any-return]
+
+
+def run(config: ServeConfig) -> int:
+    """Serve until shut down; 0 after a clean shutdown, 1 if the server did not start."""
+    from graceful.run import build_server
+
+    logging.config.dictConfig(log_config(config.log_level))
+    lifecycle = Lifecycle(config.shutdown.shutdown_config(config.root_path))
+    install(lifecycle)  # before the import: the app may ask for it at import time
+    for problem in config.shutdown.problems():
+        logger.warning("Shutdown budget: %s", problem)
+    try:
+        app = load_app(config)
+    except OptionError as exc:
+        logger.error("%s", exc)
+        return 1
+    path = config.shutdown.readiness_path
+    served = ReadinessMiddleware(app, lifecycle, path) if path else app
+    server = build_server(
+        served,
+        lifecycle,
+        host=config.host,
+        port=config.port,
+        root_path=config.root_path,
+        proxy_headers=config.proxy_headers,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        log_level=config.log_level,
+        access_log=config.access_log,
+        timeout_keep_alive=config.timeout_keep_alive,
+        log_config=log_config(config.log_level),
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    for arg in args_list:
+        flag = arg.split("=", 1)[0]
+        if flag in UNSUPPORTED:
+            parser.error(f"{flag} is not supported: {UNSUPPORTED[flag]}")
+    args = parser.parse_args(args_list)
+    try:
+        config = resolve(args, os.environ)
+    except OptionError as exc:
+        parser.error(str(exc))
+    return run(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

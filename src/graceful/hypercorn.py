@@ -1,0 +1,283 @@
+"""The phased shutdown on hypercorn, through its public API only:
+`hypercorn.asyncio.serve(app, config, shutdown_trigger=...)` and `config.graceful_timeout`.
+
+    SIGTERM -> delay (the trigger keeps hypercorn serving) -> the trigger returns:
+    hypercorn closes the listener and waits `graceful_timeout` for running requests
+    (set here to the drain timeout cut to the budget), then cancels them -> the app's
+    lifespan shutdown.
+
+Compared with `GracefulServer` on uvicorn: hypercorn's own drain is the forced path
+(it cancels what is still running at `graceful_timeout`), so a second SIGINT ends the
+delay but not a drain under way; a third signal, or an app shutdown past the budget,
+still exits at once with what is left unwritten logged.
+
+`graceful-hypercorn module:app --bind HOST:PORT` runs it from a command line (shutdown
+options from the GRACEFUL_* variables, as for `graceful-serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from graceful.asgi import ASGIApp, Message, Receive, Scope, Send
+from graceful.current import install
+from graceful.lifecycle import Lifecycle, Phase
+from graceful.middleware import GracefulMiddleware
+from graceful.options import OptionError, resolve_shutdown
+from graceful.phases import run_delay
+from graceful.readiness import ReadinessMiddleware
+
+logger = logging.getLogger("graceful.hypercorn")
+
+POLL = 0.05
+NO_LIMIT = 365 * 24 * 3600.0  # hypercorn's graceful_timeout is a number of seconds
+
+
+class _LifespanPhase:
+    """Marks the app's shutdown phase when hypercorn sends `lifespan.shutdown`."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def observed() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                self.lifecycle.phase = Phase.APP_SHUTDOWN
+            return message
+
+        await self.app(scope, observed, send)
+
+
+class HypercornRunner:
+    """Runs an ASGI app on hypercorn with graceful's phases; one per process."""
+
+    def __init__(self, lifecycle: Lifecycle, config: Config) -> None:
+        self.lifecycle = lifecycle
+        self.config = config
+        self.signals: list[tuple[int, str]] = []
+        self.hurry = False
+        self.phase_durations: dict[str, float] = {}
+        self._signalled: asyncio.Event | None = None
+        self._logged = 1  # the first signal is logged as "Shutdown started"
+
+    # The forced path, as a hook for embedding.
+    hard_exit: Callable[[int], Any] = staticmethod(os._exit)
+
+    def handle_signal(self, sig: int) -> None:
+        """Record only (called by the event loop's signal handling)."""
+        self.lifecycle.record_shutdown_request(sig)
+        if self._signalled is None or not self._signalled.is_set():
+            effect = "start"
+        elif self.hurry:
+            effect = "exit"
+        elif sig == signal.SIGINT:
+            effect, self.hurry = "hurry", True
+        else:
+            effect = "ignore"
+        self.signals.append((sig, effect))
+        if self._signalled is not None:
+            self._signalled.set()
+
+    async def serve(self, app: ASGIApp) -> None:
+        loop = asyncio.get_running_loop()
+        self._signalled = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_signal, sig)
+        watcher = loop.create_task(self._watch(), name="graceful-signal-watcher")
+        wrapped = GracefulMiddleware(_LifespanPhase(app, self.lifecycle), self.lifecycle)
+        try:
+            await hypercorn_serve(
+                wrapped,  # type: ignore[arg-type]  # any ASGI 3 callable
+                self.config,
+                shutdown_trigger=self._trigger,
+                mode="asgi",
+            )
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        self.lifecycle.phase = Phase.STOPPED
+        if self.lifecycle.requests_cancelled:
+            logger.warning(
+                "%d request(s) cancelled by hypercorn at its graceful_timeout",
+                self.lifecycle.requests_cancelled,
+            )
+        requested = self.lifecycle.shutdown_requested_at
+        if requested is not None:
+            logger.info("Shutdown finished in %.2f s", time.monotonic() - requested)
+
+    async def _trigger(self) -> None:
+        """hypercorn serves until this returns."""
+        assert self._signalled is not None
+        self.lifecycle.phase = Phase.SERVING
+        await self._signalled.wait()
+        logger.info("Shutdown started (signal %s)", _name(self.lifecycle.shutdown_signal))
+        with self._phase(Phase.DELAY):
+            await run_delay(self.lifecycle, self._wait, lambda: self.hurry)
+        drain = self.lifecycle.config.drain_timeout if self.lifecycle.config.drain else 0.0
+        limit = self.lifecycle.remaining(drain)
+        self.config.graceful_timeout = NO_LIMIT if limit is None else limit
+        self.lifecycle.phase = Phase.DRAINING
+        # From here a cancelled request is hypercorn's drain cutting it: the middleware
+        # counts it (hypercorn answers 500 if the answer had not started).
+        self.lifecycle.aborting_requests = True
+        logger.info("Closing the listener; running requests get %s s", _seconds(limit))
+
+    async def _wait(self, done: Callable[[], bool], limit: float | None, what: str) -> bool:
+        limit = self.lifecycle.remaining(limit)
+        deadline = None if limit is None else time.monotonic() + limit
+        while not done():
+            if self.hurry:
+                logger.warning("Second SIGINT: stopped waiting for %s", what)
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL)
+        return True
+
+    async def _watch(self) -> None:
+        """Logs later signals, exits at once on a third, and ends an app shutdown that
+        outlives the budget (hypercorn itself would wait for it without limit)."""
+        while True:
+            while self._logged < len(self.signals):
+                sig, effect = self.signals[self._logged]
+                self._logged += 1
+                if effect == "exit":
+                    self._exit_at_once(f"third signal, {_name(sig)}", 128 + sig)
+                elif effect == "ignore":
+                    logger.warning("%s again during shutdown: ignored", _name(sig))
+                else:
+                    logger.warning("SIGINT again: no more waiting for requests")
+            deadline = self.lifecycle.deadline()
+            if (
+                self.lifecycle.phase == Phase.APP_SHUTDOWN
+                and deadline is not None
+                and time.monotonic() > deadline + self.lifecycle.config.safety_margin / 2
+            ):
+                self._exit_at_once("the app's shutdown overran the budget", 1)
+            await asyncio.sleep(POLL)
+
+    def _exit_at_once(self, why: str, code: int) -> None:
+        unwritten = self.lifecycle.unwritten()
+        listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
+        logger.error(
+            "Exiting at once (%s) in phase %s: left unwritten: %s; %d request(s) still running",
+            why,
+            self.lifecycle.phase.value,
+            listed,
+            self.lifecycle.in_flight,
+        )
+        for handler in logging.getLogger().handlers + logger.handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        self.hard_exit(code)
+
+    @contextlib.contextmanager
+    def _phase(self, phase: Phase) -> Iterator[None]:
+        self.lifecycle.phase = phase
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - started
+            self.phase_durations[phase.value] = took
+            logger.info("Shutdown phase %s took %.3f s", phase.value, took)
+
+
+def _name(sig: int | None) -> str:
+    if sig is None:
+        return "none"
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _seconds(value: float | None) -> str:
+    return "unlimited" if value is None else f"{value:.2f}"
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graceful-hypercorn",
+        description="Serve an ASGI 3 app with hypercorn and graceful's shutdown phases "
+        "(readiness 503 from SIGTERM on, quiet period, drain within the grace period). "
+        "Shutdown options come from GRACEFUL_* variables, as for graceful-serve "
+        "(graceful-serve --help lists them).",
+    )
+    parser.add_argument("app", metavar="APP", help="module:attribute")
+    parser.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        help="HOST:PORT to listen on, repeatable (default 127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a hypercorn TOML config file (its graceful_timeout is replaced by the drain timeout)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = resolve_shutdown({}, os.environ)
+    except OptionError as exc:
+        parser.error(str(exc))
+    config = Config.from_toml(args.config) if args.config else Config()
+    if args.bind:
+        config.bind = args.bind
+    if args.access_log:
+        config.accesslog = "-"
+    # graceful's own loggers (and an app's under "graceful."), apart from hypercorn's.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    graceful_logger = logging.getLogger("graceful")
+    graceful_logger.addHandler(handler)
+    graceful_logger.setLevel(logging.INFO)
+    graceful_logger.propagate = False
+    for problem in settings.problems():
+        logger.warning("Shutdown budget: %s", problem)
+    lifecycle = Lifecycle(settings.shutdown_config())
+    install(lifecycle)  # before the import: the app may ask for it at import time
+    from graceful.cli import ServeConfig, load_app
+
+    try:
+        app = load_app(ServeConfig(app=args.app))
+    except OptionError as exc:
+        logger.error("%s", exc)
+        return 1
+    if settings.readiness_path:
+        app = ReadinessMiddleware(app, lifecycle, settings.readiness_path)
+    asyncio.run(HypercornRunner(lifecycle, config).serve(app))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

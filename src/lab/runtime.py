@@ -1,0 +1,217 @@
+"""The kubelet's container runtime: one small interface, two implementations.
+
+The kubelet (lab.pods) owns the rules: probes, preStop, the grace period, restarts with
+back-off. A runtime only does what a container runtime does: give a pod its sandbox (an
+IP), start its container, signal it, run a command in it, report how it exited, and
+remove the sandbox when the pod is gone.
+
+- ProcessRuntime (here): a pod is a process group on a loopback address; the image map
+  says what to run for an image (lab.images).
+- DockerRuntime (lab.docker_runtime): a pod is a sandbox container holding the network
+  namespace and IP on a Docker network of the run, plus the app container joining it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from lab.images import Launch, map_command, resolve
+from lab.probes import READ_LIMIT
+from lab.procs import Registry
+
+if TYPE_CHECKING:
+    from lab.pods import Pod
+
+
+class StartError(Exception):
+    """The container could not be started (the kubelet's StartError): it is retried."""
+
+
+class Addresses(Protocol):
+    def take(self) -> str: ...
+
+    def give_back(self, address: str) -> None: ...
+
+
+class RuntimeContainer(abc.ABC):
+    """One started container of a pod, as the kubelet sees it."""
+
+    @property
+    @abc.abstractmethod
+    def main(self) -> str:
+        """Its main process, for the event log (e.g. `pid 1234`)."""
+
+    @property
+    @abc.abstractmethod
+    def returncode(self) -> int | None:
+        """The exit code once it has exited (negative: killed by that signal), else None."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait until it has exited; returns the exit code."""
+
+    @abc.abstractmethod
+    def terminate(self) -> None:
+        """SIGTERM to the main process only (PID 1 of the container)."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL to every process of the container."""
+
+    def exit_detail(self) -> str:
+        """How it exited, for the event log: `code N`, `by signal X`, `OOMKilled`."""
+        code = self.returncode
+        if code is not None and code < 0:
+            return f"by signal {signal.Signals(-code).name}"
+        return f"code {code}"
+
+
+class Runtime(abc.ABC):
+    """What the kubelet needs from a container runtime."""
+
+    name: str
+    addresses: Addresses
+    # Edits the manifest's env values (the in-cluster influxdb:8086 -> the lab's InfluxDB).
+    rewrite: Callable[[str], str] | None = None
+
+    @abc.abstractmethod
+    def prepare(self, pod: Pod) -> Launch:
+        """What the pod's container runs (command, env, working dir), from its template,
+        image and IP; fails with ManifestError on what the runtime cannot run."""
+
+    @abc.abstractmethod
+    async def start(self, pod: Pod) -> RuntimeContainer:
+        """Start (or restart) the pod's container; raises StartError when it cannot."""
+
+    @abc.abstractmethod
+    async def exec(
+        self, pod: Pod, command: Sequence[str], timeout: float | None
+    ) -> tuple[int, bytes]:
+        """Run an exec probe's or hook's command in the container: its exit code and
+        output (at most READ_LIMIT bytes of it kept). Raises OSError when the command
+        cannot start, TimeoutError after `timeout`."""
+
+    async def pod_gone(self, pod: Pod) -> None:  # noqa: B027 (optional hook)
+        """The pod's containers are stopped: remove its sandbox (and with it its IP)."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """The forced path at the end of a run: remove whatever the runtime made."""
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class ProcessContainer(RuntimeContainer):
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @property
+    def main(self) -> str:
+        return f"pid {self.process.pid}"
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        # The main process stands for PID 1: its group is the container.
+        Registry.kill_group(self.process.pid)
+
+
+class ProcessRuntime(Runtime):
+    """Pods as process groups on loopback addresses; images from the image map."""
+
+    name = "process"
+
+    def __init__(
+        self,
+        registry: Registry,
+        log_dir: Path,
+        base_env: Mapping[str, str],
+        rewrite: Callable[[str], str] | None,
+        addresses: Addresses,
+    ) -> None:
+        self.registry = registry
+        self.log_dir = log_dir
+        self.base_env = dict(base_env)
+        self.rewrite = rewrite
+        self.addresses = addresses
+
+    def prepare(self, pod: Pod) -> Launch:
+        pod_dir = self.log_dir / pod.name
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        return resolve(
+            pod.template.container,
+            pod.image,
+            pod.name,
+            pod.ip,
+            self.base_env,
+            self.rewrite,
+            pod_dir,
+        )
+
+    async def start(self, pod: Pod) -> RuntimeContainer:
+        launch = pod.launch
+        try:
+            process = await self.registry.start(
+                launch.argv,
+                f"pod {pod.name}",
+                env=launch.env,
+                cwd=launch.cwd,
+                log=self.log_dir / f"{pod.name}.log",
+                pid1=True,
+            )
+        except OSError as exc:  # e.g. no such executable
+            raise StartError(str(exc)) from exc
+        pod.process = process  # the fault injector signals process groups
+        return ProcessContainer(process)
+
+    async def exec(
+        self, pod: Pod, command: Sequence[str], timeout: float | None
+    ) -> tuple[int, bytes]:
+        """Run a command "in the container": its env and working dir, its own group. Its
+        output (up to READ_LIMIT bytes kept) also goes to the pod's log."""
+        argv = map_command(command, pod.image, pod.launch.mounts)
+        process = await self.registry.start(
+            argv, f"exec {pod.name}", env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
+        )
+        chunks: list[bytes] = []
+
+        async def collect() -> int:
+            assert process.stdout is not None
+            size = 0
+            while chunk := await process.stdout.read(4096):
+                if size < READ_LIMIT:
+                    chunks.append(chunk)
+                size += len(chunk)
+            return await process.wait()
+
+        try:
+            code = await asyncio.wait_for(collect(), timeout)
+        finally:
+            if process.returncode is None:
+                Registry.kill_group(process.pid)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 5)
+            output = b"".join(chunks)
+            if output:
+                with (
+                    contextlib.suppress(OSError),
+                    (self.log_dir / f"{pod.name}.log").open("ab") as log,
+                ):
+                    log.write(output)
+        return code, output
