@@ -309,6 +309,8 @@ class ChaosRun:
             text = http.get(f"{self.url}/metrics").text
         except httpx.HTTPError:
             return
+        if life is not self._current() or life.process.poll() is not None:
+            return  # the answer may come from the process restarted on the same port
         for line in text.splitlines():
             name, _, value = line.partition(" ")
             if name.startswith("calc_operations_"):
@@ -354,6 +356,7 @@ def check(outcome: Outcome) -> list[str]:
     """The invariant, as a list of what broke it (empty: the run is clean)."""
     problems: list[str] = []
     reported_lost = 0
+    killed: list[str] = []  # how the lost count of each killed process was taken
     for index, life in enumerate(outcome.lives):
         name = f"process {index + 1} (pid {life.process.pid})"
         stopped = _APP_STOPPED.findall(life.log)
@@ -372,6 +375,11 @@ def check(outcome: Outcome) -> list[str]:
             logged = [int(n) for n in _LOST_SO_FAR.findall(life.log)]
             scraped = int(life.metrics.get("calc_operations_lost_total", 0))
             reported_lost += max([scraped, *logged])
+            if life.sigkilled:
+                killed.append(
+                    f"process {index + 1} SIGKILLed: {logged[-1] if logged else 0} lost by its"
+                    f" last loss log line, {scraped} by its metric just before the kill"
+                )
             forced = _FORCED_EXIT.findall(life.log)
             if forced:
                 unwritten, in_spool = forced[-1]
@@ -399,6 +407,7 @@ def check(outcome: Outcome) -> list[str]:
         problems.append(
             f"{len(missing)} ids answered 200 are neither in the sink nor in the spool, and only "
             f"{reported_lost} were counted lost (e.g. {sample})"
+            + "".join(f"; {note}" for note in killed)
         )
     if reported_lost and not any(
         re.search(r" (WARNING|ERROR) .*(lost|[Dd]ropp|rejected)", life.log)
