@@ -89,7 +89,7 @@ class Worker(BaseWorker):  # type: ignore[misc]
         # Before gunicorn imports the app (in super().init_process): the app may ask for
         # the lifecycle at import time.
         try:
-            settings = resolve_shutdown({"grace_period": self._grace_period()}, os.environ)
+            settings = resolve_shutdown(self._given(), os.environ)
         except OptionError as exc:
             self.log.error("graceful: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -107,8 +107,12 @@ class Worker(BaseWorker):  # type: ignore[misc]
         install(self.lifecycle)
         super().init_process()
 
-    def _grace_period(self) -> str:
-        return os.environ.get("GRACEFUL_GRACE_PERIOD") or str(self.cfg.graceful_timeout)
+    def _given(self) -> dict[str, str | None]:
+        """The master's graceful timeout is the grace period, unless the environment
+        names one (then an error names the variable)."""
+        if "GRACEFUL_GRACE_PERIOD" in os.environ:
+            return {}
+        return {"grace_period": str(self.cfg.graceful_timeout)}
 
     def init_signals(self) -> None:
         # The server installs its own SIGTERM/SIGINT handlers while it serves; the rest

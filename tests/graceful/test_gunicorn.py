@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.support import REPO, VENV_BIN, Processes, wait_until
 
@@ -137,14 +138,15 @@ def test_sigint_to_the_master_is_a_quick_shutdown_without_waiting(
     assert "Worker exiting" in log and "Traceback" not in log, log  # not killed
 
 
-def test_a_bad_shutdown_variable_stops_gunicorn_at_boot(processes: Processes, port: int) -> None:
-    """1. gunicorn with a graceful worker and GRACEFUL_QUIET_PERIOD=soon. 2. The worker
-    refuses to boot, naming the variable; the master halts with gunicorn's worker boot
-    error (exit 3) and serves nothing."""
-    process = gunicorn(
-        processes, port, workers=1, env={"GRACEFUL_QUIET_PERIOD": "soon"}, wait=False
-    )
+@pytest.mark.parametrize("variable", ["GRACEFUL_QUIET_PERIOD", "GRACEFUL_GRACE_PERIOD"])
+def test_a_bad_shutdown_variable_stops_gunicorn_at_boot(
+    processes: Processes, port: int, variable: str
+) -> None:
+    """1. gunicorn with a graceful worker and a shutdown variable set to "soon". 2. The
+    worker refuses to boot, naming the variable; the master halts with gunicorn's worker
+    boot error (exit 3) and serves nothing."""
+    process = gunicorn(processes, port, workers=1, env={variable: "soon"}, wait=False)
     assert process.wait(20) == 3
     log = processes.output(process)
-    assert "GRACEFUL_QUIET_PERIOD: expected seconds (a number), got 'soon'" in log, log
+    assert f"{variable}: expected seconds (a number), got 'soon'" in log, log
     assert "Application startup complete" not in log
