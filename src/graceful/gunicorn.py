@@ -28,7 +28,6 @@ max requests, forwarded_allow_ips) keep their meaning.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -142,15 +141,14 @@ class Worker(BaseWorker):  # type: ignore[misc]
         server = WorkerServer(
             uvicorn.Config(GracefulMiddleware(app, lifecycle), **options), lifecycle
         )
-        asyncio.run(self._serve(server))
+        # uvicorn's capture_signals covers SIGINT and SIGTERM while it serves; SIGQUIT
+        # comes from the master's quick shutdown. A handler that only records, as those.
+        signal.signal(signal.SIGQUIT, server.handle_exit)
+        # Server.run, not asyncio.run: it runs the loop uvicorn's config picks (uvloop
+        # when installed), as uvicorn's own worker does.
+        server.run(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-
-    async def _serve(self, server: WorkerServer) -> None:
-        # uvicorn's capture_signals covers SIGINT and SIGTERM; SIGQUIT comes from the
-        # master's quick shutdown. A handler that only records, as the others.
-        signal.signal(signal.SIGQUIT, server.handle_exit)
-        await server.serve(sockets=self.sockets)
 
     async def callback_notify(self) -> None:
         self.notify()

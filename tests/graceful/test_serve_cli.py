@@ -138,6 +138,7 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains_and_exits_0(
     assert (head.status_code, head.content) == (200, b"")
     assert httpx.post(f"{base}/ready", timeout=5).status_code == 404  # GET and HEAD only
     assert httpx.get(f"{base}/phase", timeout=5).text == "serving"
+    assert httpx.get(f"{base}/loop", timeout=5).text.startswith("uvloop")  # as uvicorn's
 
     slow: list[httpx.Response] = []
     thread = threading.Thread(
