@@ -28,7 +28,6 @@ max requests, forwarded_allow_ips) keep their meaning.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -89,7 +88,7 @@ class Worker(BaseWorker):  # type: ignore[misc]
         # Before gunicorn imports the app (in super().init_process): the app may ask for
         # the lifecycle at import time.
         try:
-            settings = resolve_shutdown({"grace_period": self._grace_period()}, os.environ)
+            settings = resolve_shutdown(self._given(), os.environ)
         except OptionError as exc:
             self.log.error("graceful: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -107,8 +106,12 @@ class Worker(BaseWorker):  # type: ignore[misc]
         install(self.lifecycle)
         super().init_process()
 
-    def _grace_period(self) -> str:
-        return os.environ.get("GRACEFUL_GRACE_PERIOD") or str(self.cfg.graceful_timeout)
+    def _given(self) -> dict[str, str | None]:
+        """The master's graceful timeout is the grace period, unless the environment
+        names one (then an error names the variable)."""
+        if "GRACEFUL_GRACE_PERIOD" in os.environ:
+            return {}
+        return {"grace_period": str(self.cfg.graceful_timeout)}
 
     def init_signals(self) -> None:
         # The server installs its own SIGTERM/SIGINT handlers while it serves; the rest
@@ -138,15 +141,14 @@ class Worker(BaseWorker):  # type: ignore[misc]
         server = WorkerServer(
             uvicorn.Config(GracefulMiddleware(app, lifecycle), **options), lifecycle
         )
-        asyncio.run(self._serve(server))
+        # uvicorn's capture_signals covers SIGINT and SIGTERM while it serves; SIGQUIT
+        # comes from the master's quick shutdown. A handler that only records, as those.
+        signal.signal(signal.SIGQUIT, server.handle_exit)
+        # Server.run, not asyncio.run: it runs the loop uvicorn's config picks (uvloop
+        # when installed), as uvicorn's own worker does.
+        server.run(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-
-    async def _serve(self, server: WorkerServer) -> None:
-        # uvicorn's capture_signals covers SIGINT and SIGTERM; SIGQUIT comes from the
-        # master's quick shutdown. A handler that only records, as the others.
-        signal.signal(signal.SIGQUIT, server.handle_exit)
-        await server.serve(sockets=self.sockets)
 
     async def callback_notify(self) -> None:
         self.notify()

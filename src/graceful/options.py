@@ -88,7 +88,9 @@ class ServeShutdown:
     def shutdown_config(self, root_path: str = "") -> ShutdownConfig:
         exempt = set(DEFAULT_QUIET_EXEMPT)
         if self.readiness_path:
-            exempt |= {self.readiness_path, root_path + self.readiness_path}
+            exempt.add(self.readiness_path)
+        # uvicorn puts --root-path in front of the path the middleware sees.
+        exempt |= {root_path + path for path in exempt}
         return ShutdownConfig(
             drain=True,
             drain_timeout=self.drain_timeout,

@@ -27,7 +27,7 @@ class ReadinessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["path"] != self.path
+            or _route_path(scope) != self.path
             or scope.get("method") not in ("GET", "HEAD")
         ):
             await self.app(scope, receive, send)
@@ -49,6 +49,13 @@ class ReadinessMiddleware:
         await self.app(scope, receive, send_unless_404)
         if not app_has_route:
             await _answer(send, 200, b"ready\n", scope["method"])
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the app routes it: uvicorn puts --root-path in front of the path."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _answer(send: Send, status: int, body: bytes, method: str) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.support import REPO, VENV_BIN, Processes, wait_until
 
@@ -51,7 +52,7 @@ def request_in_thread(url: str, into: list[httpx.Response | Exception]) -> threa
 
 def test_sigterm_to_the_master_runs_every_workers_phases(processes: Processes, port: int) -> None:
     """1. gunicorn with 2 graceful workers, --graceful-timeout 10, quiet period 1 s.
-    2. /ready answers 200; a 1.5 s request starts. 3. SIGTERM to the master, as the
+    2. /ready answers 200; the app runs on uvloop; a 1.5 s request starts. 3. SIGTERM to the master, as the
     kubelet sends it. 4. The master passes SIGTERM on; every worker keeps serving (the
     master closed only its own copy of the listener): /ready answers 503, other requests
     200 with `Connection: close`. 5. The slow request ends 200. 6. Both workers log their
@@ -59,6 +60,8 @@ def test_sigterm_to_the_master_runs_every_workers_phases(processes: Processes, p
     process = gunicorn(processes, port, "--graceful-timeout", "10")
     base = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{base}/ready", timeout=5).status_code == 200
+    # The loop uvicorn's config picks, as in uvicorn's own worker: uvloop here.
+    assert httpx.get(f"{base}/loop", timeout=5).text.startswith("uvloop")
     slow: list[httpx.Response | Exception] = []
     thread = request_in_thread(f"{base}/work?seconds=1.5", slow)
     try:
@@ -137,14 +140,15 @@ def test_sigint_to_the_master_is_a_quick_shutdown_without_waiting(
     assert "Worker exiting" in log and "Traceback" not in log, log  # not killed
 
 
-def test_a_bad_shutdown_variable_stops_gunicorn_at_boot(processes: Processes, port: int) -> None:
-    """1. gunicorn with a graceful worker and GRACEFUL_QUIET_PERIOD=soon. 2. The worker
-    refuses to boot, naming the variable; the master halts with gunicorn's worker boot
-    error (exit 3) and serves nothing."""
-    process = gunicorn(
-        processes, port, workers=1, env={"GRACEFUL_QUIET_PERIOD": "soon"}, wait=False
-    )
+@pytest.mark.parametrize("variable", ["GRACEFUL_QUIET_PERIOD", "GRACEFUL_GRACE_PERIOD"])
+def test_a_bad_shutdown_variable_stops_gunicorn_at_boot(
+    processes: Processes, port: int, variable: str
+) -> None:
+    """1. gunicorn with a graceful worker and a shutdown variable set to "soon". 2. The
+    worker refuses to boot, naming the variable; the master halts with gunicorn's worker
+    boot error (exit 3) and serves nothing."""
+    process = gunicorn(processes, port, workers=1, env={variable: "soon"}, wait=False)
     assert process.wait(20) == 3
     log = processes.output(process)
-    assert "GRACEFUL_QUIET_PERIOD: expected seconds (a number), got 'soon'" in log, log
+    assert f"{variable}: expected seconds (a number), got 'soon'" in log, log
     assert "Application startup complete" not in log

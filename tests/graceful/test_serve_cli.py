@@ -16,6 +16,7 @@ import pytest
 from tests.support import REPO, VENV_BIN, Processes, wait_until
 
 COMMAND = str(VENV_BIN / "graceful-serve")
+APP_PLAIN = "tests.graceful.apps.served:app"
 SUPPORTED = {
     "-h",
     "--help",
@@ -137,6 +138,7 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains_and_exits_0(
     assert (head.status_code, head.content) == (200, b"")
     assert httpx.post(f"{base}/ready", timeout=5).status_code == 404  # GET and HEAD only
     assert httpx.get(f"{base}/phase", timeout=5).text == "serving"
+    assert httpx.get(f"{base}/loop", timeout=5).text.startswith("uvloop")  # as uvicorn's
 
     slow: list[httpx.Response] = []
     thread = threading.Thread(
@@ -193,6 +195,22 @@ def test_environment_variables_set_every_option_and_the_apps_own_readiness_stand
     assert (flipped.status_code, flipped.text) == (503, "not ready\n")
     assert process.wait(10) == 0
     assert time.monotonic() - sigterm < 2.5
+
+
+def test_readiness_under_a_root_path(processes: Processes, port: int) -> None:
+    """1. graceful-serve --root-path /api (behind a proxy that strips /api). 2. GET
+    /ready is graceful's 200, the app's routes answer as before. 3. SIGTERM: /ready
+    503; exit 0."""
+    process = serve(
+        processes, APP_PLAIN, "--port", str(port), "--root-path", "/api", "--quiet-period", "0.5"
+    )
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/ready", timeout=5).text == "ready\n"
+    assert httpx.get(f"{base}/phase", timeout=5).text == "serving"
+    os.kill(process.pid, signal.SIGTERM)
+    wait_until(lambda: "Shutdown started" in processes.output(process), 5, what="shutdown")
+    assert httpx.get(f"{base}/ready", timeout=5).status_code == 503
+    assert process.wait(10) == 0
 
 
 def test_factory_app_dir_and_readiness_off(processes: Processes, port: int) -> None:

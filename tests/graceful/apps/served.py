@@ -1,7 +1,7 @@
 """Apps for `graceful-serve`, written as their authors would for plain uvicorn.
 
 - `app`: no readiness route; `/work?seconds=S` sleeps S s; `/phase` says what
-  `current_lifecycle()` sees.
+  `current_lifecycle()` sees; `/loop` names the event loop's module.
 - `app_with_ready`: its own `/ready` that answers 503 "database down" until
   `/db-up` is called.
 - `make_app`: a factory for `app`.
@@ -36,6 +36,10 @@ async def phase(request: Request) -> PlainTextResponse:
     return PlainTextResponse(current_lifecycle().phase.value)
 
 
+async def loop(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(type(asyncio.get_running_loop()).__module__)
+
+
 async def ready(request: Request) -> PlainTextResponse:
     if state["db_up"]:
         return PlainTextResponse("app ready")
@@ -47,7 +51,7 @@ async def db_up(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-ROUTES = [Route("/work", work), Route("/phase", phase)]
+ROUTES = [Route("/work", work), Route("/phase", phase), Route("/loop", loop)]
 app = Starlette(routes=ROUTES)
 app_with_ready = Starlette(routes=[*ROUTES, Route("/ready", ready), Route("/db-up", db_up)])
 
