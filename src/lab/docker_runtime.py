@@ -25,7 +25,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import os
 import random
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -452,25 +454,47 @@ class DockerRuntime(Runtime):
         self.running.pop(ident, None)
 
     async def exec(self, pod: Pod, command: Sequence[str], timeout: float | None) -> int:
+        """Run the command in the app container; at `timeout` its process is killed (as
+        the CRI's ExecSync does), so a hanging probe never holds an API thread for long."""
         state = self.pods[pod.name]
         if state.app is None:
             return 126
-        future = self.call(self._exec, pod.name, state.app, list(command))
+        assert self.engine is not None
+        api = self.engine.api
         try:
-            return await asyncio.wait_for(future, timeout)
+            created = await self.call(
+                api.exec_create, state.app, list(command), stdout=True, stderr=True
+            )
+            exec_id: str = created["Id"]
+            running = asyncio.ensure_future(self.call(self._exec_run, pod.name, exec_id))
+            try:
+                return await asyncio.wait_for(asyncio.shield(running), timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                await self.call(self._exec_kill, exec_id)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(running, 5)
+                raise
         except docker.errors.DockerException:
             return 126  # not running: the kubelet sees the command fail
 
-    def _exec(self, pod_name: str, ident: str, command: list[str]) -> int:
+    def _exec_run(self, pod_name: str, exec_id: str) -> int:
         assert self.engine is not None
         api = self.engine.api
-        created = api.exec_create(ident, command, stdout=True, stderr=True)
-        output = api.exec_start(created["Id"])
+        output = api.exec_start(exec_id)
         if output:
             with (self.log_dir / f"{pod_name}.log").open("ab") as log:
                 log.write(output if isinstance(output, bytes) else b"")
-        code = api.exec_inspect(created["Id"]).get("ExitCode")
+        code = api.exec_inspect(exec_id).get("ExitCode")
         return int(code) if code is not None else 126
+
+    def _exec_kill(self, exec_id: str) -> None:
+        """SIGKILL an exec's process from the host (the engine has no call for it)."""
+        assert self.engine is not None
+        with contextlib.suppress(docker.errors.DockerException):
+            pid = self.engine.api.exec_inspect(exec_id).get("Pid")
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
 
     async def pod_gone(self, pod: Pod) -> None:
         """Remove the app container(s) and the sandbox: the pod's IP goes with it."""

@@ -485,3 +485,43 @@ def test_classify_unreachable_from_k6s_dial_error() -> None:
     assert classify(0, "1213", no_net) == "unreachable"
     assert classify(0, "1213", "dial: unknown errno 5 error with msg `i/o error`") == "error_1213"
     assert classify(0, "1212", "connection refused") == "refused"
+
+
+def test_hanging_exec_probe_is_killed_at_its_timeout(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. an exec readiness probe that notes its attempt in a file, then hangs
+    (`exec sleep 300`), timeoutSeconds 1, every second; 2. after three attempts the pod
+    is still not ready; 3. at most one
+    probe process runs in the container: each was killed at its timeout, so hanging
+    probes pile up neither in the container nor on the runtime's API threads."""
+    manifest = calc_manifest(
+        tmp_path / "m.yml",
+        readiness={
+            "exec": {"command": ["sh", "-c", "echo x >> /tmp/attempts; exec sleep 300"]},
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+        },
+    )
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create()
+            await n.until(lambda: isinstance(pod.running, DockerContainer), 30, "a container")
+            assert isinstance(pod.running, DockerContainer)
+            ident = pod.running.id
+
+            def attempts() -> int:
+                container = engine.containers.get(ident)
+                _, out = container.exec_run(["sh", "-c", "cat /tmp/attempts || true"])
+                assert isinstance(out, bytes)
+                return out.count(b"x")
+
+            await n.until(lambda: attempts() >= 3, 30, "three probe attempts")
+            assert not pod.ready
+            top = engine.api.top(ident)
+            column = top["Titles"].index("CMD")
+            sleeps = [row for row in top["Processes"] if "sleep 300" in row[column]]
+            assert len(sleeps) <= 1, top["Processes"]
+
+    run(scenario(), 60)
