@@ -132,9 +132,17 @@ class DockerContainer(RuntimeContainer):
         while True:
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(self.exited), WAIT_POLL)
+            # No event within WAIT_POLL: ask the engine (its event stream may have broken).
             state = await self.runtime.call(self.runtime.state, self.id)
             if state is not None and not state.get("Running"):
-                self.runtime.died(self.id, int(state.get("ExitCode", -1)), state.get("OOMKilled"))
+                self.exit(int(state.get("ExitCode", -1)), bool(state.get("OOMKilled")))
+
+    def exit(self, code: int, oom: bool) -> None:
+        """Record how it exited (from the event stream or an inspect), once."""
+        if oom:
+            self.oom_killed = True
+        if not self.exited.done():
+            self.exited.set_result(code)
 
     def terminate(self) -> None:
         self.runtime.signal(self.id, "SIGTERM")
@@ -278,11 +286,8 @@ class DockerRuntime(Runtime):
 
     def died(self, ident: str, code: int, oom: bool | None) -> None:
         container = self.running.get(ident)
-        if container is None or container.exited.done():
-            return
-        if oom:
-            container.oom_killed = True
-        container.exited.set_result(code)
+        if container is not None:
+            container.exit(code, bool(oom))
 
     def state(self, ident: str) -> dict[str, Any] | None:
         assert self.engine is not None
@@ -336,6 +341,7 @@ class DockerRuntime(Runtime):
                 state.sandbox = await self.call(self._create_sandbox, pod, state)
             if state.app is not None:  # a restart: the old container goes, logs kept
                 await self.call(self._remove, pod.name, state.app)
+                self.running.pop(state.app, None)
                 state.app = None
             ident = await self.call(self._create_app, pod, state)
         except docker.errors.DockerException as exc:
@@ -451,7 +457,6 @@ class DockerRuntime(Runtime):
                 log.write(output)
         with contextlib.suppress(docker.errors.NotFound):
             self.engine.api.remove_container(ident, force=True)
-        self.running.pop(ident, None)
 
     async def exec(self, pod: Pod, command: Sequence[str], timeout: float | None) -> int:
         """Run the command in the app container; at `timeout` its process is killed (as
@@ -504,6 +509,7 @@ class DockerRuntime(Runtime):
         for ident in (state.app, state.sandbox):
             if ident is not None:
                 await self.call(self._remove, pod.name, ident)
+                self.running.pop(ident, None)
 
     async def close(self) -> None:
         """Remove every container and the network of this run; stop the event thread."""

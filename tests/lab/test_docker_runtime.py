@@ -525,3 +525,28 @@ def test_hanging_exec_probe_is_killed_at_its_timeout(
             assert len(sleeps) <= 1, top["Processes"]
 
     run(scenario(), 60)
+
+
+def test_exit_is_seen_when_the_event_stream_is_gone(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. a running pod; 2. the runtime's event stream from the engine ends
+    (as when dockerd restarts its API); 3. the app container is killed; 4. the kubelet
+    still learns of the exit (the wait asks the engine every 2 s) and restarts it."""
+    manifest = calc_manifest(tmp_path / "m.yml", readiness=None)
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create()
+            await n.until(lambda: isinstance(pod.running, DockerContainer), 30, "a container")
+            first = pod.running
+            assert isinstance(first, DockerContainer)
+            n.runtime.events_stream.close()
+            assert n.runtime.events_thread is not None
+            await asyncio.to_thread(n.runtime.events_thread.join, 10)
+            assert not n.runtime.events_thread.is_alive()
+            engine.api.kill(first.id, signal="SIGKILL")
+            await n.until(lambda: pod.restarts == 1, 15, "the exit seen and a restart")
+            assert n.event(pod, "exited").detail == "code 137"
+
+    run(scenario(), 60)
