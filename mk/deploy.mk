@@ -105,10 +105,12 @@ set-calc-url: ## Set CALC_URL (in .calc-url) for k8s-test, load-test and do-load
 	echo '$(url)' > .calc-url
 
 # -- Docker ------------------------------------------------------------------------------
+# The image is built through the Engine API (lab.image_build, as `make image`): a docker
+# CLI may not match the engine or lack buildx. The CLI only runs and pushes.
 
 docker-local-server: ## Docker: build the image and run it on PORT (InfluxDB at the host's INFLUX_PORT)
 	$(require_docker)
-	$(DOCKER) build -f deploy/Dockerfile -t calc:latest .
+	$(BIN)/python -m lab.image_build --tag calc:latest
 	$(DOCKER) run --rm --name calc $$([ -t 0 ] && echo --interactive --tty) \
 	  -p $(PORT):4000 --add-host=host.docker.internal:host-gateway \
 	  -e INFLUXDB_BASE_URL=http://host.docker.internal:$(INFLUX_PORT) \
@@ -118,7 +120,7 @@ docker-push-image: ## Docker: build the image and push it as IMAGE:v (IMAGE defa
 	$(require_tag)
 	$(if $(REGISTRY),,$(error No registry: set REGISTRY=host/namespace or run make do-create-registry name=NAME))
 	$(require_docker)
-	$(DOCKER) build -f deploy/Dockerfile -t $(IMAGE):$(v) .
+	$(BIN)/python -m lab.image_build --tag $(IMAGE):$(v)
 	$(DOCKER) push $(IMAGE):$(v)
 
 # -- DigitalOcean ------------------------------------------------------------------------

@@ -25,7 +25,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import os
 import random
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -131,9 +133,17 @@ class DockerContainer(RuntimeContainer):
         while True:
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(self.exited), WAIT_POLL)
+            # No event within WAIT_POLL: ask the engine (its event stream may have broken).
             state = await self.runtime.call(self.runtime.state, self.id)
             if state is not None and not state.get("Running"):
-                self.runtime.died(self.id, int(state.get("ExitCode", -1)), state.get("OOMKilled"))
+                self.exit(int(state.get("ExitCode", -1)), bool(state.get("OOMKilled")))
+
+    def exit(self, code: int, oom: bool) -> None:
+        """Record how it exited (from the event stream or an inspect), once."""
+        if oom:
+            self.oom_killed = True
+        if not self.exited.done():
+            self.exited.set_result(code)
 
     def terminate(self) -> None:
         self.runtime.signal(self.id, "SIGTERM")
@@ -277,11 +287,8 @@ class DockerRuntime(Runtime):
 
     def died(self, ident: str, code: int, oom: bool | None) -> None:
         container = self.running.get(ident)
-        if container is None or container.exited.done():
-            return
-        if oom:
-            container.oom_killed = True
-        container.exited.set_result(code)
+        if container is not None:
+            container.exit(code, bool(oom))
 
     def state(self, ident: str) -> dict[str, Any] | None:
         assert self.engine is not None
@@ -335,6 +342,7 @@ class DockerRuntime(Runtime):
                 state.sandbox = await self.call(self._create_sandbox, pod, state)
             if state.app is not None:  # a restart: the old container goes, logs kept
                 await self.call(self._remove, pod.name, state.app)
+                self.running.pop(state.app, None)
                 state.app = None
             ident = await self.call(self._create_app, pod, state)
         except docker.errors.DockerException as exc:
@@ -450,32 +458,53 @@ class DockerRuntime(Runtime):
                 log.write(output)
         with contextlib.suppress(docker.errors.NotFound):
             self.engine.api.remove_container(ident, force=True)
-        self.running.pop(ident, None)
 
     async def exec(
         self, pod: Pod, command: Sequence[str], timeout: float | None
     ) -> tuple[int, bytes]:
+        """Run the command in the app container; at `timeout` its process is killed (as
+        the CRI's ExecSync does), so a hanging probe never holds an API thread for long."""
         state = self.pods[pod.name]
         if state.app is None:
             return 126, b"container not running"
-        future = self.call(self._exec, pod.name, state.app, list(command))
+        assert self.engine is not None
+        api = self.engine.api
         try:
-            return await asyncio.wait_for(future, timeout)
+            created = await self.call(
+                api.exec_create, state.app, list(command), stdout=True, stderr=True
+            )
+            exec_id: str = created["Id"]
+            running = asyncio.ensure_future(self.call(self._exec_run, pod.name, exec_id))
+            try:
+                return await asyncio.wait_for(asyncio.shield(running), timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                await self.call(self._exec_kill, exec_id)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(running, 5)
+                raise
         except docker.errors.DockerException as exc:
             # Not running: the kubelet sees the command fail.
             return 126, str(exc).encode()
 
-    def _exec(self, pod_name: str, ident: str, command: list[str]) -> tuple[int, bytes]:
+    def _exec_run(self, pod_name: str, exec_id: str) -> tuple[int, bytes]:
         assert self.engine is not None
         api = self.engine.api
-        created = api.exec_create(ident, command, stdout=True, stderr=True)
-        output = api.exec_start(created["Id"])
+        output = api.exec_start(exec_id)
         data = output if isinstance(output, bytes) else b""
         if data:
             with (self.log_dir / f"{pod_name}.log").open("ab") as log:
                 log.write(data)
-        code = api.exec_inspect(created["Id"]).get("ExitCode")
+        code = api.exec_inspect(exec_id).get("ExitCode")
         return (int(code) if code is not None else 126), data[:READ_LIMIT]
+
+    def _exec_kill(self, exec_id: str) -> None:
+        """SIGKILL an exec's process from the host (the engine has no call for it)."""
+        assert self.engine is not None
+        with contextlib.suppress(docker.errors.DockerException):
+            pid = self.engine.api.exec_inspect(exec_id).get("Pid")
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
 
     async def pod_gone(self, pod: Pod) -> None:
         """Remove the app container(s) and the sandbox: the pod's IP goes with it."""
@@ -485,6 +514,7 @@ class DockerRuntime(Runtime):
         for ident in (state.app, state.sandbox):
             if ident is not None:
                 await self.call(self._remove, pod.name, ident)
+                self.running.pop(ident, None)
 
     async def close(self) -> None:
         """Remove every container and the network of this run; stop the event thread."""

@@ -141,7 +141,8 @@ def ensure(timeout: float) -> int:
     if ping():
         print("docker engine answers: used as it is", flush=True)
         return 0
-    if socket_path() is None:
+    if socket_path() != DEFAULT_SOCKET:
+        # A dockerd started here would listen on the default socket, not there.
         print(f"error: no docker engine answers at DOCKER_HOST={os.environ['DOCKER_HOST']}")
         return 1
     missing = missing_packages()

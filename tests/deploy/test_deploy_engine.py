@@ -75,7 +75,7 @@ def test_default_base_is_the_dockerfiles_arg() -> None:
 def test_dockerd_that_dies_at_once_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Scenario: 1. no engine answers on DOCKER_HOST's socket; `dockerd` on PATH is a
+    """Scenario: 1. no engine answers on the default socket; `dockerd` on PATH is a
     script that fails at once (as a dockerd with a broken config does); debootstrap is
     there, so nothing is installed; 2. ensure() starts it, waits 1 s for the engine and
     fails, saying dockerd exited with its code and where its log is."""
@@ -87,10 +87,24 @@ def test_dockerd_that_dies_at_once_is_reported(
     dockerd.write_text("#!/bin/sh\necho 'failed to start daemon: bad config' >&2\nexit 3\n")
     dockerd.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    # The default socket moved into tmp_path: nothing answers there.
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(engine_setup, "DEFAULT_SOCKET", str(tmp_path / "none.sock"))
     monkeypatch.setattr(engine_setup, "DOCKERD_LOG", tmp_path / "dockerd.log")
     assert engine_setup.ensure(timeout=1) == 1
     err = capsys.readouterr().err
     assert "dockerd exited with code 3" in err
     assert str(tmp_path / "dockerd.log") in err
     assert "bad config" in (tmp_path / "dockerd.log").read_text()
+
+
+def test_unix_docker_host_elsewhere_starts_no_dockerd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario: 1. DOCKER_HOST names a unix socket other than the default, where nothing
+    answers; 2. ensure() fails naming DOCKER_HOST, without starting a dockerd (which would
+    listen on the default socket, not there)."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/elsewhere.sock")
+    monkeypatch.setattr(engine_setup, "start_dockerd", lambda: pytest.fail("started dockerd"))
+    assert engine_setup.ensure(timeout=1) == 1
+    assert f"DOCKER_HOST=unix://{tmp_path}/elsewhere.sock" in capsys.readouterr().out

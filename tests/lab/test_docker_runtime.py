@@ -485,3 +485,68 @@ def test_classify_unreachable_from_k6s_dial_error() -> None:
     assert classify(0, "1213", no_net) == "unreachable"
     assert classify(0, "1213", "dial: unknown errno 5 error with msg `i/o error`") == "error_1213"
     assert classify(0, "1212", "connection refused") == "refused"
+
+
+def test_hanging_exec_probe_is_killed_at_its_timeout(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. an exec readiness probe that notes its attempt in a file, then hangs
+    (`exec sleep 300`), timeoutSeconds 1, every second; 2. after three attempts the pod
+    is still not ready; 3. at most one
+    probe process runs in the container: each was killed at its timeout, so hanging
+    probes pile up neither in the container nor on the runtime's API threads."""
+    manifest = calc_manifest(
+        tmp_path / "m.yml",
+        readiness={
+            "exec": {"command": ["sh", "-c", "echo x >> /tmp/attempts; exec sleep 300"]},
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+        },
+    )
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create()
+            await n.until(lambda: isinstance(pod.running, DockerContainer), 30, "a container")
+            assert isinstance(pod.running, DockerContainer)
+            ident = pod.running.id
+
+            def attempts() -> int:
+                container = engine.containers.get(ident)
+                _, out = container.exec_run(["sh", "-c", "cat /tmp/attempts || true"])
+                assert isinstance(out, bytes)
+                return out.count(b"x")
+
+            await n.until(lambda: attempts() >= 3, 30, "three probe attempts")
+            assert not pod.ready
+            top = engine.api.top(ident)
+            column = top["Titles"].index("CMD")
+            sleeps = [row for row in top["Processes"] if "sleep 300" in row[column]]
+            assert len(sleeps) <= 1, top["Processes"]
+
+    run(scenario(), 60)
+
+
+def test_exit_is_seen_when_the_event_stream_is_gone(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. a running pod; 2. the runtime's event stream from the engine ends
+    (as when dockerd restarts its API); 3. the app container is killed; 4. the kubelet
+    still learns of the exit (the wait asks the engine every 2 s) and restarts it."""
+    manifest = calc_manifest(tmp_path / "m.yml", readiness=None)
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create()
+            await n.until(lambda: isinstance(pod.running, DockerContainer), 30, "a container")
+            first = pod.running
+            assert isinstance(first, DockerContainer)
+            n.runtime.events_stream.close()
+            assert n.runtime.events_thread is not None
+            await asyncio.to_thread(n.runtime.events_thread.join, 10)
+            assert not n.runtime.events_thread.is_alive()
+            engine.api.kill(first.id, signal="SIGKILL")
+            await n.until(lambda: pod.restarts == 1, 15, "the exit seen and a restart")
+            assert n.event(pod, "exited").detail == "code 137"
+
+    run(scenario(), 60)
