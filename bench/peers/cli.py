@@ -1,5 +1,5 @@
 """`bench/peers/run`: the calc API on uvicorn, hypercorn, granian and gunicorn defaults,
-and on uvicorn, hypercorn and gunicorn with graceful, against calc v10, in one session:
+and on uvicorn, hypercorn and gunicorn with graceful, against calc v10, in one go:
 (1) throughput, (2) rollouts in the lab, (3) shutdown.
 
     bench/peers/run [--quick] [--parts throughput,rollouts,shutdown] [--targets ...]

@@ -1,4 +1,5 @@
-"""graceful: building blocks that let any ASGI service on uvicorn shut down without
+"""graceful: building blocks that let any ASGI service on uvicorn (also under gunicorn,
+`graceful.gunicorn.Worker`) or hypercorn (`graceful.hypercorn`) shut down without
 dropping a request or losing a write.
 
 - `ShutdownConfig`: the switches and time limits of the shutdown phases.
@@ -13,6 +14,7 @@ dropping a request or losing a write.
 - `guarded_protocol(...)`: request-head size and time limits for uvicorn's httptools.
 - `Spool`: a write-ahead spool so accepted lines survive a killed process.
 - `serve(app, lifecycle, **uvicorn_options)`: all of the above around any ASGI app.
+- `ReadinessMiddleware`: the readiness path answered by the server.
 - `current_lifecycle()`: the lifecycle of the server command running this process
   (`graceful-serve`, the gunicorn worker, the hypercorn runner).
 """
@@ -31,6 +33,7 @@ from graceful.current import NoLifecycle, current_lifecycle
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.protocol import GuardedHttpToolsProtocol, guarded_protocol
+from graceful.readiness import ReadinessMiddleware
 from graceful.run import build_server, serve
 from graceful.server import GracefulServer
 from graceful.spool import Spool, SpoolBusy
@@ -49,6 +52,7 @@ __all__ = [
     "NotAccepted",
     "PermanentWriteError",
     "Phase",
+    "ReadinessMiddleware",
     "RetryPolicy",
     "ShutdownConfig",
     "Spool",

