@@ -410,7 +410,7 @@ def check(outcome: Outcome) -> list[str]:
             + "".join(f"; {note}" for note in killed)
         )
     if reported_lost and not any(
-        re.search(r" (WARNING|ERROR) .*(lost|[Dd]ropp|rejected)", life.log)
+        re.search(r" (WARNING|ERROR) .*(lost|[Dd]ropp|rejected|unwritten)", life.log)
         for life in outcome.lives
     ):
         problems.append(f"{reported_lost} counted lost but no warning or error line says so")
