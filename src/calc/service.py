@@ -63,6 +63,8 @@ def report_unwritten(lifecycle: Lifecycle, oplog: OperationLog, spool: bool) -> 
     if spool and oplog.mode.startswith("batch"):
         what += " (left in the spool, lost unless this pod's next container starts)"
     lifecycle.report_unwritten(what, lambda: oplog.pending)
+    # Losses counted in the last second are not logged yet: a forced exit says them.
+    lifecycle.before_forced_exit(oplog.writer.log_losses_now)
 
 
 def build_server(config: CalcConfig) -> GracefulServer:

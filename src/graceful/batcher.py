@@ -151,7 +151,7 @@ class BatchWriter(Generic[T]):
         self._inflight_n = 0
         self._inflight_cancelled = False
         self._owed_settle = 0  # items done but not yet settled in the journal
-        self.losses = LossLog(name, logger)
+        self.losses = LossLog(name, logger, at_once=frozenset({REJECTED, WRITE_FAILED}))
         self._refusals = LossLog(name, logger, verb="Refused")
         self.written = 0
         self.attempts = 0
@@ -201,6 +201,12 @@ class BatchWriter(Generic[T]):
         if len(self._buffer) >= self.max_batch and self._retry_at is None:
             self._wake.set()
         return True
+
+    def log_losses_now(self) -> None:
+        """Log every loss and refusal counted but not yet logged (the rate limit holds
+        some back for up to a second): for a process about to end without closing."""
+        self.losses.flush()
+        self._refusals.flush()
 
     def start(self) -> None:
         if self._task is None:
@@ -412,8 +418,7 @@ class BatchWriter(Generic[T]):
         self._settle_journal()
         if self.journal is not None:
             self.journal.close()
-        self.losses.flush()
-        self._refusals.flush()
+        self.log_losses_now()
         logger.info(
             "%s writer closed in %.2f s: %d written, %d lost in all, %d left in the journal",
             self.name.capitalize(),

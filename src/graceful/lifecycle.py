@@ -39,6 +39,7 @@ class Lifecycle:
         self.requests_cancelled = 0
         self.requests_finished_late = 0
         self._unwritten: list[tuple[str, Callable[[], int]]] = []
+        self._before_forced_exit: list[Callable[[], None]] = []
 
     # -- recorded by the signal handler ----------------------------------------------------
 
@@ -87,6 +88,18 @@ class Lifecycle:
         """Register how the app counts work it accepted but has not finished writing (e.g.
         buffered points). A forced exit logs each count before the process ends."""
         self._unwritten.append((what, count))
+
+    def before_forced_exit(self, action: Callable[[], None]) -> None:
+        """Register what must still happen when the process ends at once (e.g. log the
+        losses a rate limit holds back): it runs before the exit's own log line."""
+        self._before_forced_exit.append(action)
+
+    def run_before_forced_exit(self) -> None:
+        for action in self._before_forced_exit:
+            try:
+                action()
+            except Exception as exc:  # the exit goes on whatever happens here
+                logger.error("Before the forced exit, %r failed: %r", action, exc)
 
     def unwritten(self) -> dict[str, int]:
         """The registered counts now; a count that fails is logged and reported as -1."""

@@ -27,9 +27,18 @@ class LossLog:
     """Running totals by reason; `add` counts and logs (rate-limited per reason)."""
 
     def __init__(
-        self, what: str, logger: logging.Logger, every: float = 1.0, verb: str = "Lost"
+        self,
+        what: str,
+        logger: logging.Logger,
+        every: float = 1.0,
+        verb: str = "Lost",
+        at_once: frozenset[str] = frozenset(),
     ) -> None:
         self.what = what
+        # Reasons logged at every loss: those that come at most once per write attempt,
+        # which the backoff already spaces out. A process killed a moment later (SIGKILL
+        # or a forced exit) then leaves none of them unlogged.
+        self.at_once = at_once
         self.verb = verb
         self.logger = logger
         self.every = every
@@ -51,7 +60,7 @@ class LossLog:
         self._detail[reason] = detail
         last = self._logged_at.get(reason)
         now = time.monotonic()
-        if last is None or now - last >= self.every:
+        if last is None or now - last >= self.every or reason in self.at_once:
             self._emit(reason)
             return
         if reason not in self._timers:

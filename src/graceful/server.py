@@ -244,6 +244,7 @@ class GracefulServer(uvicorn.Server):
     def _exit_at_once(self, why: str, code: int) -> None:
         """Log what stays unwritten and end the process now, with no cleanup: a cancelled
         app shutdown would only add tracebacks, and whoever forces the exit wants it now."""
+        self.lifecycle.run_before_forced_exit()
         unwritten = self.lifecycle.unwritten()
         listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
         logger.error(

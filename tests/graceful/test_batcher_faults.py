@@ -17,9 +17,11 @@ from graceful import (
     BatchTooLargeError,
     BatchWriter,
     HoldWriteError,
+    Lifecycle,
     NotAccepted,
     PermanentWriteError,
     RetryPolicy,
+    ShutdownConfig,
     Spool,
 )
 from tests.graceful.test_tasks_and_batcher import eventually
@@ -395,3 +397,65 @@ def test_a_steady_loss_is_logged_about_once_a_second_not_per_item(
     assert totals == sorted(totals)
     assert totals[-1] == writer.losses.totals["buffer_full"] > 100
     assert "(closed: writer closed); 1 closed so far" in caplog.text
+
+
+def test_each_rejection_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """1. Three writes in a row each lose one item for good (rejected), well within a
+    second. 2. Each loss has its own log line with its running total at once, not one
+    summed line a second later: a process killed a moment after a rejection leaves none
+    of them unlogged (the backoff already spaces such losses out)."""
+
+    async def scenario() -> None:
+        bad = PermanentWriteError("partial write: dropped=1", rejected=1)
+        sink = ScriptedSink([bad, bad, bad])
+        writer = BatchWriter(sink.write, max_batch=1, interval=30, max_buffer=10)
+        writer.start()
+        started = time.monotonic()
+        for i in range(3):
+            writer.add(f"bad{i}")
+            lost_so_far = i + 1
+            await eventually(lambda: writer.lost == lost_so_far, 2)  # noqa: B023
+            assert f"{lost_so_far} rejected so far" in caplog.text
+        assert time.monotonic() - started < 1.0
+        await writer.close(1)
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        asyncio.run(scenario())
+
+
+def test_a_forced_exit_logs_the_losses_the_rate_limit_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. The sink is down (slow retry), the buffer (1) full. 2. Ten adds at once: the
+    first drop is logged, the other nine wait for the once-a-second line. 3. A forced
+    exit runs the Lifecycle's before-exit actions (the writer's `log_losses_now`, and one
+    that fails, which does not stop the rest): the total of 10 is logged at once."""
+
+    async def scenario() -> None:
+        writer = BatchWriter(
+            ScriptedSink(then=ConnectionError("down")).write,
+            max_batch=1,
+            interval=30,
+            max_buffer=1,
+            retry=RetryPolicy(initial=30, maximum=30),
+        )
+        writer.start()
+        writer.add("kept")
+        for i in range(10):
+            writer.add(f"p{i}")
+        assert "1 buffer_full so far" in caplog.text
+        assert "10 buffer_full so far" not in caplog.text
+        lifecycle = Lifecycle(ShutdownConfig())
+
+        def broken() -> None:
+            raise RuntimeError("broken action")
+
+        lifecycle.before_forced_exit(broken)
+        lifecycle.before_forced_exit(writer.log_losses_now)
+        lifecycle.run_before_forced_exit()
+        assert "10 buffer_full so far" in caplog.text
+        assert "broken action" in caplog.text
+        await writer.close(0)
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
