@@ -39,7 +39,7 @@ _FORCED_EXIT = re.compile(
     r"Exiting at once .*?left unwritten: (\d+) operations( \(left in the spool)?"
 )
 # A running total of what a process has lost, as its loss log lines end.
-_LOST_SO_FAR = re.compile(r"(\d+) lost in all")
+_LOST_SO_FAR = re.compile(r"(\d+) lost so far in all")
 
 
 class Interrupted(Exception):
