@@ -14,10 +14,29 @@ import pytest
 from lab.influx import InfluxServer, free_port
 from tests.calc.test_oplog import logged_ids, send_sums
 from tests.calc_support import CalcProcess
-from tests.support import VENV_BIN, Processes, http_ok, wait_until
+from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
-# Runs "$@" with / read-only and an empty, writable /tmp, as the v10 pod's container sees it.
-READ_ONLY_ROOT = 'mount -t tmpfs tmpfs /tmp && mount -o remount,bind,ro / && exec "$@"'
+# Runs "$@" with / read-only and an empty, writable /tmp, as the v10 pod's container sees
+# it. $1 names a directory under /tmp to keep visible (the checkout or its venv when they
+# live there, as a CI clone may), or is empty.
+READ_ONLY_ROOT = (
+    'keep="$1"; shift; '
+    'if [ -n "$keep" ]; then mount --rbind /tmp /mnt || exit 1; fi; '
+    "mount -t tmpfs tmpfs /tmp || exit 1; "
+    'if [ -n "$keep" ]; then mkdir -p "/tmp/$keep" && mount --rbind "/mnt/$keep" "/tmp/$keep" '
+    "|| exit 1; fi; "
+    'mount -o remount,bind,ro / && exec "$@"'
+)
+
+
+def _kept_under_tmp() -> str:
+    """The top directory under /tmp holding the checkout or the venv, if either is there:
+    the fresh /tmp must not hide the code under test."""
+    for path in (REPO, VENV_BIN):
+        resolved = path.resolve()
+        if resolved.is_relative_to("/tmp") and resolved != Path("/tmp"):
+            return resolved.relative_to("/tmp").parts[0]
+    return ""
 
 
 def _unshare() -> str:
@@ -25,7 +44,9 @@ def _unshare() -> str:
     if unshare is None:
         pytest.skip("unshare not installed (util-linux; `make test-deps`)")
     probe = subprocess.run(
-        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", "true"], capture_output=True, text=True
+        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), "true"],
+        capture_output=True,
+        text=True,
     )
     if probe.returncode != 0:
         pytest.skip(f"cannot make a mount namespace here: {probe.stderr.strip()}")
@@ -54,7 +75,7 @@ def test_v10_spools_under_tmp_with_a_read_only_root(
     port = free_port()
     serve = [str(VENV_BIN / "calc"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = processes.start(
-        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", *serve],
+        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), *serve],
         env={
             "TMPDIR": "",
             "CALC_POD": "ro-pod",
