@@ -78,10 +78,13 @@ def _uses_influx(container: Container) -> bool:
     )
 
 
-def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -> list[str]:
-    """Every container's image is in the image map, and every command it would run (its
-    own, exec probes and hooks) is on this machine: else one error listing them all.
-    Returns notes on values that look like unmapped files inside the image."""
+def _check_runnable(
+    images: ImageMap, containers: list[tuple[Container, str]], commands: bool = True
+) -> list[str]:
+    """Every container's image is in the image map, and (with `commands`: the process
+    runtime, which runs them on this machine) every command it would run (its own, exec
+    probes and hooks) is on this machine: else one error listing them all. Returns notes
+    on values that look like unmapped files inside the image."""
     problems: list[str] = []
     notes: list[str] = []
     for container, what in containers:
@@ -96,7 +99,9 @@ def _check_runnable(images: ImageMap, containers: list[tuple[Container, str]]) -
             launch = resolve(
                 container, image, "check", "127.0.0.2", dict(os.environ), pod_dir=Path(scratch)
             )
-            found = unresolved(container, image, launch, images.source)
+            # In a container the image's own files run: a command missing there fails
+            # as it would in a cluster, and the probe or start failure explains it.
+            found = unresolved(container, image, launch, images.source) if commands else []
             notes += [f"{what}: {n}" for n in image_paths(container, image, launch)]
         problems += [f"{what}: {p}" for p in found]
     if problems:
@@ -145,6 +150,7 @@ def prepare(config: LabConfig) -> Prepared:
                 for s in supporting
             ),
         ],
+        commands=config.runtime != "docker",
     )
     notes = [*manifests.notes, *path_notes]
     for s in supporting:

@@ -3,6 +3,7 @@ Services; every failure explained; unmapped commands named before anything start
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lab import cli
 from lab.config import LabConfig
 from lab.experiment import _service_urls, prepare
 from lab.influx import free_port
+from lab.manifest import ManifestError
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _assert_all_gone, _kill_leftovers, _lab, _run
 from tests.support import REPO, VENV_BIN
@@ -123,6 +125,22 @@ def test_unmapped_exec_command_is_named_before_anything_starts(
     assert "images.tinyapp.env PATH" in err
     assert "containers[0].workingDir: '/srv/app' is a directory inside image 'tinyapp'" in err
     assert not out.exists()
+
+
+def test_with_the_docker_runtime_the_image_runs_its_own_commands(tmp_path: Path) -> None:
+    """The same unmapped liveness exec `/app/bin/calc pid`. 1. Prepared for the process
+    runtime: refused before start, naming it. 2. Prepared for the docker runtime: accepted,
+    since the container runs the image's own files (a command missing there fails its
+    probe as in a cluster, and the probe's last output says why)."""
+    manifest = _set(
+        tiny_manifest(tmp_path / "m.yml", port=8123),
+        lambda c: c.update(livenessProbe={"exec": {"command": ["/app/bin/calc", "pid"]}}),
+    )
+    config = LabConfig(manifests=manifest, image_map=TINY_IMAGES)
+    with pytest.raises(ManifestError, match=r"livenessProbe\.exec\.command: '/app/bin/calc'"):
+        prepare(config)
+    prepared = prepare(dataclasses.replace(config, runtime="docker"))
+    assert prepared.manifests.deployment.template.container.liveness is not None
 
 
 def test_not_ready_names_pods_probe_and_last_status(tmp_path: Path) -> None:
