@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +34,7 @@ from calc.sinks import Sink
 from graceful import Lifecycle, NotAccepted
 
 logger = logging.getLogger("calc")
+CLIENT_CLOSED = 499  # counted when a client leaves before its body arrives (nginx's code)
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -118,6 +119,11 @@ def create_app(config: CalcConfig, lifecycle: Lifecycle, sink: Sink) -> ASGIApp:
             result, count = sum_numbers(numbers)
         except BadInput as exc:
             return json_response(exc.status, {"error": exc.error})
+        except ClientDisconnect:
+            # Gone before its body arrived: nothing was computed or recorded, and nobody
+            # is left to answer; 499 (client closed request) only counts it.
+            logger.info("Client went away before its body arrived: nothing computed")
+            return Response(status_code=CLIENT_CLOSED)
         logger.info("Calculating sum")
         if slow_math > 0:
             await asyncio.sleep(slow_math)

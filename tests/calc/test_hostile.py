@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.calc_support import StartCalc
-from tests.support import VENV_BIN
+from tests.support import VENV_BIN, wait_until
 
 
 def read_status(sock: socket.socket) -> bytes:
@@ -271,3 +271,30 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "No issues found" in result.stdout
+
+
+def test_a_client_gone_before_its_body_is_counted_without_a_traceback(
+    start_calc: StartCalc,
+) -> None:
+    """1. A client sends POST /sum's head (Content-Length 100) and 10 bytes of body, then
+    closes its socket. 2. calc logs that the client went away and computed nothing, with
+    no traceback and no 500; /metrics counts it as 499 (client closed request). 3. The
+    next client is served as usual."""
+    calc = start_calc("v10")
+    host, port = calc.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /sum HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n" + b'{"numbers"'
+        )
+    wait_until(lambda: "Client went away before its body arrived" in calc.log, 5, what="log")
+    assert "Traceback" not in calc.log
+    wait_until(lambda: 'calc_requests_total{status="499"} 1' in _metrics(calc.url), 5)
+    assert 'status="500"' not in _metrics(calc.url)
+    assert httpx.post(f"{calc.url}/sum", json={"numbers": [1, 2]}, timeout=5).json() == {
+        "result": 3
+    }
+
+
+def _metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=2).text
