@@ -13,6 +13,7 @@ from graceful import (
     Lifecycle,
     ShutdownConfig,
     SpoolBusy,
+    SpoolUnavailable,
     budget_problems,
     guarded_protocol,
 )
@@ -100,7 +101,7 @@ def run(config: CalcConfig) -> int:
     )
     try:
         server = build_server(config)
-    except SpoolBusy as exc:
+    except (SpoolBusy, SpoolUnavailable) as exc:
         logger.error("Cannot start: %s", exc)
         return 1
     server.run()

@@ -36,7 +36,7 @@ from graceful.protocol import GuardedHttpToolsProtocol, guarded_protocol
 from graceful.readiness import ReadinessMiddleware
 from graceful.run import build_server, serve
 from graceful.server import GracefulServer
-from graceful.spool import Spool, SpoolBusy
+from graceful.spool import Spool, SpoolBusy, SpoolUnavailable
 from graceful.tasks import TaskRegistry
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "ShutdownConfig",
     "Spool",
     "SpoolBusy",
+    "SpoolUnavailable",
     "TaskRegistry",
     "budget_problems",
     "build_server",

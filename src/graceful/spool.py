@@ -38,6 +38,11 @@ class SpoolBusy(RuntimeError):
     """Another live process holds this spool directory."""
 
 
+class SpoolUnavailable(RuntimeError):
+    """The spool directory cannot be made or opened (not a directory, permissions, a
+    read-only or full filesystem): the writer cannot keep its promise, so say it at start."""
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -51,9 +56,14 @@ class Spool:
             raise ValueError("segment_lines must be at least 1")
         self.directory = directory
         self.segment_lines = segment_lines
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # One process per spool: a second one would replay and delete live segments.
-        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # One process per spool: a second one would replay and delete live segments.
+            self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # not a directory, no permission, read-only, disk full
+            raise SpoolUnavailable(
+                f"cannot use spool directory {directory}: {exc.strerror or exc}"
+            ) from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

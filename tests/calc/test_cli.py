@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,18 @@ def test_port_in_use_fails_with_a_clear_error() -> None:
         result = calc("serve", "--host", "127.0.0.1", "--port", str(port))
     assert result.returncode != 0
     assert "address already in use" in result.stderr.lower()
+
+
+def test_a_spool_directory_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
+    """1. `calc serve` (v10, spool on) with --spool-dir under a plain file. 2. It exits 1
+    at once with "Cannot start: cannot use spool directory ...: Not a directory", no
+    traceback, and never listens."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = calc(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--spool-dir", str(blocker / "spool")
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"Cannot start: cannot use spool directory {blocker / 'spool'}" in result.stderr
+    assert "Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr and "Uvicorn running" not in result.stderr
