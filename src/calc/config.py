@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import socket
-import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +48,13 @@ class Secret:
         return hash(self._value)
 
 
+def default_spool_dir() -> str:
+    """$TMPDIR/calc-spool, else /tmp/calc-spool. Not tempfile.gettempdir(): it probes for
+    a writable directory and raises where there is none (a read-only root without an
+    emptyDir on /tmp); the spool's own start then names the directory and what is wrong."""
+    return str(Path(os.environ.get("TMPDIR") or "/tmp") / "calc-spool")
+
+
 @dataclass(frozen=True)
 class CalcConfig:
     host: str = "0.0.0.0"
@@ -84,9 +90,7 @@ class CalcConfig:
     influxdb_password_file: str | None = None
     oplog_file: str = "operations.lp"
     spool: bool = False
-    spool_dir: str = dataclasses.field(
-        default_factory=lambda: str(Path(tempfile.gettempdir()) / "calc-spool")
-    )
+    spool_dir: str = dataclasses.field(default_factory=lambda: default_spool_dir())
     pod: str = dataclasses.field(
         default_factory=lambda: os.environ.get("HOSTNAME") or socket.gethostname()
     )

@@ -16,16 +16,17 @@ from tests.calc.test_oplog import logged_ids, send_sums
 from tests.calc_support import CalcProcess
 from tests.support import REPO, VENV_BIN, Processes, http_ok, wait_until
 
-# Runs "$@" with / read-only and an empty, writable /tmp, as the v10 pod's container sees
-# it. $1 names a directory under /tmp to keep visible (the checkout or its venv when they
-# live there, as a CI clone may), or is empty.
+# Runs "$@" with / read-only and an empty /tmp, writable as the v10 pod's container sees
+# it ($2 rw) or read-only (ro: a pod without the emptyDir). $1 names a directory under /tmp
+# to keep visible (the checkout or its venv when they live there, as a CI clone may), or
+# is empty.
 READ_ONLY_ROOT = (
-    'keep="$1"; shift; '
+    'keep="$1"; tmp_mode="$2"; shift 2; '
     'if [ -n "$keep" ]; then mount --rbind /tmp /mnt || exit 1; fi; '
     "mount -t tmpfs tmpfs /tmp || exit 1; "
     'if [ -n "$keep" ]; then mkdir -p "/tmp/$keep" && mount --rbind "/mnt/$keep" "/tmp/$keep" '
     "|| exit 1; fi; "
-    'mount -o remount,bind,ro / && exec "$@"'
+    'mount -o remount,bind,ro / && mount -o "remount,$tmp_mode" /tmp && exec "$@"'
 )
 
 
@@ -44,7 +45,7 @@ def _unshare() -> str:
     if unshare is None:
         pytest.skip("unshare not installed (util-linux; `make test-deps`)")
     probe = subprocess.run(
-        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), "true"],
+        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), "rw", "true"],
         capture_output=True,
         text=True,
     )
@@ -75,7 +76,7 @@ def test_v10_spools_under_tmp_with_a_read_only_root(
     port = free_port()
     serve = [str(VENV_BIN / "calc"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = processes.start(
-        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), *serve],
+        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), "rw", *serve],
         env={
             "TMPDIR": "",
             "CALC_POD": "ro-pod",
@@ -102,3 +103,23 @@ def test_v10_spools_under_tmp_with_a_read_only_root(
     assert calc.wait_exit(15) == 0, calc.log
     assert sorted(logged_ids(influx_server, influx_db)) == sorted(ids)
     assert "read-only" not in calc.log.lower(), calc.log
+
+
+def test_without_a_writable_tmp_the_start_names_the_spool_directory(tmp_path: Path) -> None:
+    """1. calc v10 (no --spool-dir) where / and /tmp are both read-only: a pod without
+    the /tmp emptyDir. 2. It exits 1 at once: "Cannot start: cannot use spool directory
+    /tmp/calc-spool/...: Read-only file system", no traceback (the default directory is
+    not found by probing for a writable one, which raises)."""
+    unshare = _unshare()
+    serve = [str(VENV_BIN / "calc"), "serve", "--host", "127.0.0.1", "--port", "0"]
+    done = subprocess.run(
+        [unshare, "-rm", "sh", "-c", READ_ONLY_ROOT, "sh", _kept_under_tmp(), "ro", *serve],
+        env={"PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "CALC_POD": "ro-pod"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Cannot start: cannot use spool directory /tmp/calc-spool/ro-pod-0" in done.stderr
+    assert "Read-only file system" in done.stderr
+    assert "Traceback" not in done.stderr
