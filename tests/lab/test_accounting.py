@@ -123,3 +123,17 @@ def test_lost_and_orphan_operations_are_exact(
     assert result.ok == len(requests) - 1
     assert result.points == len(requests) - 1
     assert result.unmatched_points == [] and result.duplicate_points == 0
+
+
+def test_throughput_runs_can_leave_the_id_tag_out(processes: Processes, tmp_path: Path) -> None:
+    """1. k6 runs the project's script for 1 s against the tiny app, once as the lab runs
+    it and once with TAG_IDS=0 (as the throughput benches do). 2. The lab's run tags each
+    request with its id (rid=...); the other has no such tag, one time series in all."""
+    port = _tinyapp(processes)
+    tagged = _k6(processes, tmp_path, "tagged", port, RUN_ID="tag")
+    assert tagged.wait(60) == 0, Processes.output(tagged)
+    plain = _k6(processes, tmp_path, "plain", port, RUN_ID="tag", TAG_IDS="0")
+    assert plain.wait(60) == 0, Processes.output(plain)
+    assert "rid=tag-1-0" in (tmp_path / "tagged.csv").read_text()
+    untagged = (tmp_path / "plain.csv").read_text()
+    assert "http_reqs" in untagged and "rid=" not in untagged
