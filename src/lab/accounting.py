@@ -2,7 +2,7 @@
 
 A request is classified from its `http_reqs` row: `ok` (200), `http_<status>` for any
 other status, or by k6's error code when no response came: `refused` (1212), `reset`
-(1220), `timeout` (1050), `unreachable` (1213 with "no route to host" or "network is
+(1220), `timeout` (1050 for the request, 1211 for the connect), `unreachable` (1213 with "no route to host" or "network is
 unreachable": the address of a removed pod sandbox), `eof` (1000, the generic code: EOF and
 anything else).
 Operations are the service's InfluxDB points, matched to requests by id: a *lost*
@@ -21,7 +21,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ERROR_KINDS = {"1212": "refused", "1220": "reset", "1050": "timeout", "1000": "eof"}
+# k6's codes (lib/netext/httpext/error_codes.go): 1211 is tcpDialTimeoutErrorCode, the
+# connect to an address that drops packets (a failed node's) running out of time.
+ERROR_KINDS = {
+    "1212": "refused",
+    "1220": "reset",
+    "1050": "timeout",
+    "1211": "timeout",
+    "1000": "eof",
+}
 
 
 @dataclass(frozen=True)

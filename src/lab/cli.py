@@ -15,8 +15,10 @@ from lab import matrix_cli
 from lab.config import (
     HTTP_REUSE,
     LB_MODES,
+    NODE_MONITOR_GRACE,
     RUNTIMES,
     SCENARIOS,
+    UNREACHABLE_TOLERATION,
     ConfigError,
     LabConfig,
     parse_fault,
@@ -96,10 +98,24 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND@WHEN[:SECONDS]",
-        help="inject a fault (repeatable): influx-down@W:S, influx-stall@W:S, pod-kill@W, "
-        "pod-hang@W, lb-restart@W; W is seconds after the action starts, or EVENT[+SECONDS] "
+        help="inject a fault (repeatable): influx-down@W:S, influx-stall@W:S, "
+        "container-crash@W, node-failure@W, pod-hang@W, lb-restart@W; W is seconds after the action starts, or EVENT[+SECONDS] "
         "for the first pod event of that kind after it (created, ready, lb-added, deleted, "
         "prestop-started, sigterm, lb-removed)",
+    )
+    run.add_argument(
+        "--node-monitor-grace",
+        type=float,
+        default=NODE_MONITOR_GRACE,
+        help="node-failure: seconds until the failed node's pods are marked not ready "
+        f"(default {NODE_MONITOR_GRACE:g}, Kubernetes before 1.32; 50 since)",
+    )
+    run.add_argument(
+        "--unreachable-toleration",
+        type=float,
+        default=UNREACHABLE_TOLERATION,
+        help="node-failure: seconds after that until they are evicted and replaced "
+        f"(default {UNREACHABLE_TOLERATION:g})",
     )
     run.add_argument(
         "--runtime",
@@ -139,6 +155,8 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         faults=tuple(parse_fault(text) for text in args.fault),
         deployment=args.deployment,
         runtime=args.runtime,
+        node_monitor_grace=args.node_monitor_grace,
+        unreachable_toleration=args.unreachable_toleration,
     )
 
 

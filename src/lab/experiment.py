@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import accounting, plot, report
+from lab import accounting, blackhole, plot, report
 from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
@@ -177,6 +177,8 @@ def prepare(config: LabConfig) -> Prepared:
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
+        if fault.kind == "node-failure" and (why := blackhole.available()) is not None:
+            raise ConfigError(f"--fault {fault}: a dead node's address needs nftables: {why}")
     if config.runtime == "docker":
         from lab.docker_runtime import check_docker
 
@@ -457,6 +459,8 @@ class Lab:
                 lambda: list(controller.pods),
                 self.haproxy,
                 self.endpoints,
+                node_monitor_grace=config.node_monitor_grace,
+                unreachable_toleration=config.unreachable_toleration,
             )
             self.faults.start()
         completed = True

@@ -1,0 +1,175 @@
+"""Node failures and container crashes, as Kubernetes tells them apart; dead addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import blackhole
+from lab.blackhole import Blackhole
+from lab.config import ConfigError, parse_fault
+from tests.lab.test_faults import STEADY, _fault_events, _tiny
+from tests.lab.test_lab_run import _lab, _run
+from tests.support import REPO
+
+needs_nft = pytest.mark.skipif(blackhole.available() is not None, reason="needs nft as root")
+
+
+def _tables() -> str:
+    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+
+
+def _connect(address: str, port: int, timeout: float) -> str:
+    """How a connect to address:port ends within `timeout`: ok, refused or timeout."""
+    with socket.socket() as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+        return "ok"
+
+
+def _at(report: dict[str, Any], pod: str, kind: str) -> float:
+    """When the pod's first event of this kind happened (seconds into the run)."""
+    times = [e["t"] for e in report["events"] if e["pod"] == pod and e["kind"] == kind]
+    assert times, f"no {kind} event for {pod}"
+    return float(times[0])
+
+
+def test_pod_kill_is_refused_naming_the_two_faults() -> None:
+    """1. `pod-kill@1` is parsed; 2. it is refused, and the message names container-crash
+    and node-failure, the two faults it was split into."""
+    with pytest.raises(ConfigError, match=r"container-crash.*node-failure") as caught:
+        parse_fault("pod-kill@1")
+    assert str(caught.value).startswith("--fault")
+
+
+@needs_nft
+def test_blackhole_drops_exactly_one_address_and_is_removed() -> None:
+    """1. Two addresses listen on one port; 2. the first is made dead: a connect to it
+    times out (no RST), the second still connects; 3. close: the table is gone and the
+    first connects again; a second close does nothing."""
+    listeners: list[socket.socket] = []
+    for address in ("127.201.7.2", "127.201.7.3"):
+        sock = socket.socket()
+        sock.bind((address, 0 if not listeners else listeners[0].getsockname()[1]))
+        sock.listen()
+        listeners.append(sock)
+    port = listeners[0].getsockname()[1]
+    hole = Blackhole(f"lab_dead_test_{port}")
+    try:
+        asyncio.run(hole.drop("127.201.7.2"))
+        assert hole.table in _tables()
+        assert _connect("127.201.7.2", port, 0.5) == "timeout"
+        assert _connect("127.201.7.3", port, 0.5) == "ok"
+        assert _connect("127.201.7.4", port, 0.5) == "refused"  # loopback's usual RST
+    finally:
+        asyncio.run(hole.close())
+        for sock in listeners:
+            sock.close()
+    assert hole.table not in _tables()
+    asyncio.run(hole.close())
+
+
+def test_container_crash_restarts_the_container_in_the_same_pod(tmp_path: Path) -> None:
+    """1. Two pods under a 4 s steady load; 2. one pod's container is SIGKILLed 1 s in;
+    3. the kubelet restarts it in the same pod (same address, one restart, no new pod,
+    no preStop or SIGTERM), and it is ready again."""
+    manifest = _tiny(tmp_path, 2, pre_stop={"sleep": {"seconds": 1}}, grace=5)
+    report = _run(
+        tmp_path / "out", manifest, *STEADY, "--duration", "4", "--fault", "container-crash@1"
+    )
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["container-crash", "start"],
+        ["container-crash", "end"],
+    ]
+    victim = faults[0]["pod"]
+    events = [e for e in report["events"] if e["pod"] == victim]
+    kinds = [e["kind"] for e in events]
+    crashed = _at(report, victim, "exited")
+    assert "restarting" in kinds and "prestop-started" not in kinds[: kinds.index("exited")]
+    assert [e["kind"] for e in events if e["t"] > crashed].count("ready") == 1
+    started = [e["detail"] for e in events if e["kind"] == "started"]
+    assert len(started) == 2  # the same pod, its container started twice
+    assert report["pods_created"] == 2
+    assert report["ok"] > 50
+
+
+@needs_nft
+def test_node_failure_keeps_the_endpoint_until_the_grace_then_evicts(tmp_path: Path) -> None:
+    """1. Two pods under a 7 s steady load, 1 s requests timeout, grace 1.5 s and
+    toleration 1.5 s; 2. one pod's node fails 1 s in: its address drops packets and its
+    processes die; 3. the pod stays ready (and in HAProxy) until the node-monitor grace
+    period, when it is marked not ready and removed; 4. it is deleted only after the
+    toleration, and only then is a replacement created; 5. the failed requests are
+    timeouts, not RSTs; 6. no nftables table of the run is left."""
+    manifest = _tiny(tmp_path, 2, grace=5)
+    report = _run(
+        tmp_path / "out",
+        manifest,
+        *STEADY,
+        *("--duration", "7", "--request-timeout", "1s", "--fault", "node-failure@1"),
+        *("--node-monitor-grace", "1.5", "--unreachable-toleration", "1.5"),
+    )
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["node-failure", "start"],
+        ["node-failure", "end"],
+    ]
+    victim = faults[0]["pod"]
+    down = faults[0]["t"]
+    kinds = [e["kind"] for e in report["events"] if e["pod"] == victim and e["t"] > down]
+    not_ready = _at(report, victim, "node-not-ready")
+    assert 1.4 <= not_ready - down <= 2.5
+    # Ready and in the load balancer until then; no probe or restart on a dead node.
+    assert _at(report, victim, "not-ready") >= not_ready
+    assert _at(report, victim, "lb-removed") >= not_ready
+    assert "restarting" not in kinds and "probe-failed" not in kinds
+    deleted = _at(report, victim, "deleted")
+    assert 2.9 <= deleted - down <= 4.5
+    replacements = [e for e in report["events"] if e["kind"] == "created" and e["t"] > down]
+    assert len(replacements) == 1 and replacements[0]["t"] >= deleted
+    assert report["pods_created"] == 3
+    assert report["failed"].get("timeout", 0) >= 1, report["failed"]
+    assert not {"refused", "reset"} & set(report["failed"]), report["failed"]
+    assert "lab_dead_" not in _tables()
+
+
+@needs_nft
+def test_node_failure_table_removed_when_the_run_is_interrupted(tmp_path: Path) -> None:
+    """1. A node fails 0.5 s into a long steady run with the default 40 s grace; 2. the
+    run gets SIGINT while the pod's address is dead; 3. the run ends, and the nftables
+    table it added is gone."""
+    manifest = _tiny(tmp_path, 2, grace=2)
+    out = tmp_path / "out"
+    lab = subprocess.Popen(
+        _lab(out, manifest, *STEADY, "--duration", "60", "--fault", "node-failure@0.5"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        table = f"lab_dead_{lab.pid}"
+        deadline = time.monotonic() + 60
+        while table not in _tables():
+            assert lab.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        lab.send_signal(signal.SIGINT)
+        lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.communicate()
+    assert table not in _tables()
