@@ -491,11 +491,13 @@ class Lab:
         await self._sleep_under_load(config.cooldown)
 
         if self.faults is not None:
-            await self.faults.stop()
+            await self.faults.stop(release=False)
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
         await self._teardown_pods()
+        if self.faults is not None:
+            await self.faults.release()  # once the dead pods are gone
         await self._stop_controllers()
         await self.haproxy.stop()
 

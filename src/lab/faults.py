@@ -252,15 +252,15 @@ class Faults:
         finally:
             endpoints.start()
 
-    async def stop(self) -> None:
-        """Cancel every fault and undo what it left: nothing stays stopped or down."""
+    async def stop(self, release: bool = True) -> None:
+        """Cancel every fault and undo what it left: nothing stays stopped or down. With
+        `release` False, dead addresses stay dead (until `release`): a failed node's pod
+        must not answer RSTs to the last requests before the load stops."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        try:
-            await self.blackhole.close()
-        except Exception as exc:  # said, not hidden: a rule may be left behind
-            self.events.add("", "fault", f"removing nftables table {self.blackhole.table}: {exc!r}")
+        if release:
+            await self.release()
         for process in self.hung:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -274,3 +274,10 @@ class Faults:
         if self.influx_paused and self.influx is not None:
             self.influx.resume()
             self.influx_paused = False
+
+    async def release(self) -> None:
+        """Dead addresses answer again: the run's nftables table is deleted."""
+        try:
+            await self.blackhole.close()
+        except Exception as exc:  # said, not hidden: a rule may be left behind
+            self.events.add("", "fault", f"removing nftables table {self.blackhole.table}: {exc!r}")

@@ -147,10 +147,13 @@ def test_node_failure_keeps_the_endpoint_until_the_grace_then_evicts(tmp_path: P
 
 
 @needs_nft
-def test_node_failure_table_removed_when_the_run_is_interrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals", [1, 2])
+def test_node_failure_table_removed_when_the_run_is_interrupted(
+    tmp_path: Path, signals: int
+) -> None:
     """1. A node fails 0.5 s into a long steady run with the default 40 s grace; 2. the
-    run gets SIGINT while the pod's address is dead; 3. the run ends, and the nftables
-    table it added is gone."""
+    run gets SIGINT (graceful stop), or SIGINT twice (the forced path) while the pod's
+    address is dead; 3. the run ends, and the nftables table it added is gone."""
     manifest = _tiny(tmp_path, 2, grace=2)
     out = tmp_path / "out"
     lab = subprocess.Popen(
@@ -166,7 +169,9 @@ def test_node_failure_table_removed_when_the_run_is_interrupted(tmp_path: Path) 
         while table not in _tables():
             assert lab.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        lab.send_signal(signal.SIGINT)
+        for _ in range(signals):
+            lab.send_signal(signal.SIGINT)
+            time.sleep(0.3)
         lab.communicate(timeout=60)
     finally:
         if lab.poll() is None:
