@@ -1,11 +1,14 @@
-"""Dead addresses: packets to and from a pod address dropped, as for a node that is off.
+"""Dead addresses: packets to and from a pod address dropped, as for a sandbox or a node
+that is gone.
 
-On loopback a closed port answers a SYN with an instant RST; a real cluster's dead node
-answers nothing, so clients wait for their connect or request timeout. The lab adds one
-nftables table of its own per run (`lab_dead_<pid>`), with one rule per dead address in
-both directions (the SYN to it, and the RST a killed socket would still send from it),
-and deletes the whole table when the run ends, on the forced path as well. No other
-address and no other table is touched.
+On loopback a closed port answers a SYN with an instant RST; in a cluster a pod's IP
+goes with its sandbox right after its containers stop, and a failed node answers
+nothing, so clients wait for their connect or request timeout. The lab adds one nftables
+table of its own per run (`lab_dead_<pid>`): a set of dead addresses and two rules
+dropping every packet to or from one of them (the SYN to it, and the RST a killed socket
+would still send from it). An address leaves the set when a new pod gets it. The whole
+table is deleted when the run ends, on the forced path as well. No other address and no
+other table is touched.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class BlackholeError(RuntimeError):
 
 def available() -> str | None:
     """None if dead addresses can be made here, else why not."""
-    if shutil.which("nft") is None:
+    if shutil.which("nft") is None and not os.access("/usr/sbin/nft", os.X_OK):
         return "nft (nftables) is not installed: run `make system-deps`"
     if os.geteuid() != 0:
         return "nftables rules need root"
@@ -34,11 +37,12 @@ class Blackhole:
     def __init__(self, table: str | None = None) -> None:
         self.table = table or f"lab_dead_{os.getpid()}"
         self.created = False
-        self.dead: list[str] = []
+        self.dead: set[str] = set()
 
     async def _nft(self, *args: str) -> None:
+        nft = shutil.which("nft") or "/usr/sbin/nft"
         process = await asyncio.create_subprocess_exec(
-            "nft",
+            nft,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -55,25 +59,37 @@ class Blackhole:
             text = output.decode(errors="replace").strip()
             raise BlackholeError(f"nft {' '.join(args)}: {text}")
 
+    async def _create(self) -> None:
+        await self._nft("add", "table", "ip", self.table)
+        self.created = True  # before the rest: close() must delete a half-made table
+        await self._nft("add", "set", "ip", self.table, "dead", "{ type ipv4_addr; }")
+        await self._nft(
+            "add",
+            "chain",
+            "ip",
+            self.table,
+            "out",
+            "{ type filter hook output priority 0; policy accept; }",
+        )
+        for field in ("daddr", "saddr"):
+            await self._nft("add", "rule", "ip", self.table, "out", "ip", field, "@dead", "drop")
+
     async def drop(self, address: str) -> None:
         """From now on, packets to or from `address` vanish."""
         if not self.created:
-            await self._nft("add", "table", "ip", self.table)
-            self.created = True  # before the chain: close() must delete a half-made table
-            await self._nft(
-                "add",
-                "chain",
-                "ip",
-                self.table,
-                "out",
-                "{ type filter hook output priority 0; policy accept; }",
-            )
-        await self._nft("add", "rule", "ip", self.table, "out", "ip", "daddr", address, "drop")
-        await self._nft("add", "rule", "ip", self.table, "out", "ip", "saddr", address, "drop")
-        self.dead.append(address)
+            await self._create()
+        await self._nft("add", "element", "ip", self.table, "dead", f"{{ {address} }}")
+        self.dead.add(address)
+
+    async def revive(self, address: str) -> None:
+        """The address answers again (a new pod has it)."""
+        if address not in self.dead:
+            return
+        await self._nft("delete", "element", "ip", self.table, "dead", f"{{ {address} }}")
+        self.dead.discard(address)
 
     async def close(self) -> None:
-        """Delete the table and every rule in it; safe to call twice."""
+        """Delete the table with its set and rules; safe to call twice."""
         if not self.created:
             return
         await self._nft("delete", "table", "ip", self.table)

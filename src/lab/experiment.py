@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import accounting, blackhole, plot, report
+from lab.blackhole import Blackhole
 from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
@@ -37,10 +38,10 @@ from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
-from lab.pods import Kubelet, Pod
+from lab.pods import AddressPool, Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
-from lab.runtime import Runtime
+from lab.runtime import ProcessRuntime, Runtime
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
@@ -153,6 +154,8 @@ def prepare(config: LabConfig) -> Prepared:
         commands=config.runtime != "docker",
     )
     notes = [*manifests.notes, *path_notes]
+    if config.runtime == "process" and (why := blackhole.available()) is not None:
+        notes.append(f"a gone pod's address answers with an instant RST, not silence: {why}")
     for s in supporting:
         notes.append(
             f"Deployment {s.deployment.name} ({s.source}) runs beside "
@@ -391,6 +394,13 @@ class Lab:
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
         if self.runtime is not None:
             self.runtime.rewrite = rewrite
+        else:
+            dead = Blackhole() if blackhole.available() is None else None
+            if dead is not None:
+                self.events.phase("dead-addresses", f"nftables table {dead.table}, on demand")
+            self.runtime = ProcessRuntime(
+                self.registry, self.out / "pods", base_env, rewrite, AddressPool(), dead
+            )
         self.kubelet = Kubelet(
             self.events,
             self.registry,
@@ -491,13 +501,11 @@ class Lab:
         await self._sleep_under_load(config.cooldown)
 
         if self.faults is not None:
-            await self.faults.stop(release=False)
+            await self.faults.stop()
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
         await self._teardown_pods()
-        if self.faults is not None:
-            await self.faults.release()  # once the dead pods are gone
         await self._stop_controllers()
         await self.haproxy.stop()
 

@@ -29,7 +29,6 @@ import os
 import signal
 from collections.abc import Callable
 
-from lab.blackhole import Blackhole
 from lab.config import NODE_MONITOR_GRACE, UNREACHABLE_TOLERATION, Fault
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
@@ -54,11 +53,9 @@ class Faults:
         endpoints: EndpointsController | None = None,
         node_monitor_grace: float = NODE_MONITOR_GRACE,
         unreachable_toleration: float = UNREACHABLE_TOLERATION,
-        blackhole: Blackhole | None = None,
     ) -> None:
         self.node_monitor_grace = node_monitor_grace
         self.unreachable_toleration = unreachable_toleration
-        self.blackhole = blackhole or Blackhole()
         self.haproxy = haproxy
         self.endpoints = endpoints
         self.faults = faults
@@ -180,10 +177,15 @@ class Faults:
         if pod is None or pod.process is None:
             self._event(fault, "skipped", "no ready pod")
             return
+        dead = self.kubelet.runtime.dead
+        if dead is None:
+            self._event(fault, "skipped", "no nftables to make the node's address dead")
+            return
         process = pod.process
         # Packets first, so that not even the killed sockets' RSTs get out: a node that
-        # is off answers nothing, and clients wait for their own timeouts.
-        await self.blackhole.drop(pod.ip)
+        # is off answers nothing, and clients wait for their own timeouts. The address
+        # stays dead for the rest of the run (lab.blackhole).
+        await dead.drop(pod.ip)
         self.kubelet.lose_node(pod)
         Registry.kill_group(process.pid)
         self._event(
@@ -252,15 +254,12 @@ class Faults:
         finally:
             endpoints.start()
 
-    async def stop(self, release: bool = True) -> None:
-        """Cancel every fault and undo what it left: nothing stays stopped or down. With
-        `release` False, dead addresses stay dead (until `release`): a failed node's pod
-        must not answer RSTs to the last requests before the load stops."""
+    async def stop(self) -> None:
+        """Cancel every fault and undo what it left: nothing stays stopped or down (a
+        failed node's address stays dead until the runtime closes)."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if release:
-            await self.release()
         for process in self.hung:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -274,10 +273,3 @@ class Faults:
         if self.influx_paused and self.influx is not None:
             self.influx.resume()
             self.influx_paused = False
-
-    async def release(self) -> None:
-        """Dead addresses answer again: the run's nftables table is deleted."""
-        try:
-            await self.blackhole.close()
-        except Exception as exc:  # said, not hidden: a rule may be left behind
-            self.events.add("", "fault", f"removing nftables table {self.blackhole.table}: {exc!r}")

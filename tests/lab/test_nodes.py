@@ -15,6 +15,8 @@ import pytest
 from lab import blackhole
 from lab.blackhole import Blackhole
 from lab.config import ConfigError, parse_fault
+from lab.influx import free_port
+from tests.lab.labkit import cluster, run, tiny_manifest
 from tests.lab.test_faults import STEADY, _fault_events, _tiny
 from tests.lab.test_lab_run import _lab, _run
 from tests.support import REPO
@@ -81,6 +83,56 @@ def test_blackhole_drops_exactly_one_address_and_is_removed() -> None:
     asyncio.run(hole.close())
 
 
+@needs_nft
+def test_revived_address_answers_again() -> None:
+    """1. An address with a listener is made dead: connects time out; 2. it is revived
+    (a new pod got it): connects succeed again, and the table stays for other dead
+    addresses until closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.201.8.2", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        hole = Blackhole(f"lab_dead_test_{port}")
+
+        async def scenario() -> None:
+            try:
+                await hole.drop("127.201.8.2")
+                assert _connect("127.201.8.2", port, 0.5) == "timeout"
+                await hole.revive("127.201.8.2")
+                await hole.revive("127.201.8.2")  # not dead: nothing to do
+                assert _connect("127.201.8.2", port, 0.5) == "ok"
+                assert hole.table in _tables()
+            finally:
+                await hole.close()
+
+        asyncio.run(scenario())
+
+
+@needs_nft
+def test_gone_pods_address_drops_connections_instead_of_rst(tmp_path: Path) -> None:
+    """1. One pod of the tiny app runs and serves on its address; 2. the Deployment is
+    scaled to 0 and the pod is gone; 3. a connect to its address and port times out (in a
+    cluster the sandbox and its IP are gone), where loopback would refuse at once; 4. the
+    run's table is removed at the end."""
+    manifest = tiny_manifest(tmp_path / "m.yml", port=free_port(), readiness=None)
+    table = f"lab_dead_test_{tmp_path.name}"[:60].replace("-", "_")
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest, dead=Blackhole(table)) as c:
+            await c.until(lambda: any(p.ready for p in c.pods()), 15, "a ready pod")
+            pod = c.pods()[0]
+            port = c.manifests.target_port
+            # No readiness probe: ready at start, listening a moment later.
+            await c.until(lambda: _connect(pod.ip, port, 0.2) == "ok", 15, "the app listening")
+            c.controller.scale(0)
+            await c.until(lambda: pod.gone, 40, "the pod gone")
+            assert await asyncio.to_thread(_connect, pod.ip, port, 1.0) == "timeout"
+            assert await asyncio.to_thread(_connect, pod.ip, port + 1, 1.0) == "timeout"
+
+    run(scenario())
+    assert table not in _tables()
+
+
 def test_container_crash_restarts_the_container_in_the_same_pod(tmp_path: Path) -> None:
     """1. Two pods under a 4 s steady load; 2. one pod's container is SIGKILLed 1 s in;
     3. the kubelet restarts it in the same pod (same address, one restart, no new pod,
@@ -143,7 +195,10 @@ def test_node_failure_keeps_the_endpoint_until_the_grace_then_evicts(tmp_path: P
     assert report["pods_created"] == 3
     assert report["failed"].get("timeout", 0) >= 1, report["failed"]
     assert not {"refused", "reset"} & set(report["failed"]), report["failed"]
-    assert "lab_dead_" not in _tables()
+    phases = [e["detail"].split() for e in report["events"] if e["kind"] == "phase"]
+    tables = [words[3].rstrip(",") for words in phases if words[0] == "dead-addresses"]
+    assert len(tables) == 1 and tables[0].startswith("lab_dead_")
+    assert tables[0] not in _tables()
 
 
 @needs_nft
