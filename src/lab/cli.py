@@ -104,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         "prestop-started, sigterm, lb-removed)",
     )
     run.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes the pods spread over (default 1); with more, each node has its own "
+        "proxy with its own --endpoint-lag draws, and the load enters through an L4 "
+        "balancer spreading connections over every node",
+    )
+    run.add_argument(
         "--node-monitor-grace",
         type=float,
         default=NODE_MONITOR_GRACE,
@@ -155,6 +163,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         faults=tuple(parse_fault(text) for text in args.fault),
         deployment=args.deployment,
         runtime=args.runtime,
+        nodes=args.nodes,
         node_monitor_grace=args.node_monitor_grace,
         unreachable_toleration=args.unreachable_toleration,
     )

@@ -50,6 +50,7 @@ POD_KINDS = ("container-crash", "node-failure", "pod-hang")
 # The node controller's defaults (see faults.py for the rules and their sources).
 NODE_MONITOR_GRACE = 40.0
 UNREACHABLE_TOLERATION = 300.0
+MAX_NODES = 20  # each node is an HAProxy of its own
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class LabConfig:
     # the taint manager evicts them (after that, on top).
     node_monitor_grace: float = NODE_MONITOR_GRACE
     unreachable_toleration: float = UNREACHABLE_TOLERATION
+    # Nodes the pods spread over, each with its own proxy and its own drawn lags, behind
+    # one L4 balancer (a cloud load balancer to a NodePort).
+    nodes: int = 1
 
     @property
     def image_map_path(self) -> Path:
@@ -196,6 +200,8 @@ class LabConfig:
         ):
             if value < 0:
                 raise ConfigError(f"{name}: must be >= 0 seconds, got {value}")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise ConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
         if self.replicas is not None and not 0 <= self.replicas <= 250:
             raise ConfigError(f"--replicas: must be between 0 and 250, got {self.replicas}")
         if not self.image_map_path.exists():

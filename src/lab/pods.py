@@ -79,6 +79,7 @@ class Pod:
     # Its node failed (the node-failure fault): nothing on the node acts any more, and
     # the API keeps the pod's last status until the node controller changes it.
     node_lost: bool = False
+    node: int = 0  # the node it is bound to (`--nodes`), counted from 0
     node_down: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -107,7 +108,9 @@ class Kubelet:
         rng: random.Random | None = None,
         on_change: Callable[[], None] | None = None,
         runtime: Runtime | None = None,
+        nodes: int = 1,
     ) -> None:
+        self.nodes = nodes
         self.events = events
         self.registry = registry
         self.log_dir = log_dir
@@ -133,12 +136,25 @@ class Kubelet:
         except BaseException:
             self.runtime.addresses.give_back(ip)
             raise
+        pod.node = self._schedule()
         self.pods.append(pod)
-        self.events.add(name, "created", f"{ip} revision {revision}")
+        where = f" node{pod.node}" if self.nodes > 1 else ""
+        self.events.add(name, "created", f"{ip} revision {revision}{where}")
         task = asyncio.create_task(self._run(pod), name=f"pod {name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return pod
+
+    def _schedule(self) -> int:
+        """The node with the fewest pods that are not gone (the lowest on a tie): the
+        spreading that kube-scheduler's default topology spread constraints
+        (`maxSkew` over `kubernetes.io/hostname`, pkg/scheduler/framework/plugins/
+        podtopologyspread) give equal nodes with no other pods."""
+        counts = [0] * self.nodes
+        for other in self.pods:
+            if not other.gone:
+                counts[other.node] += 1
+        return counts.index(min(counts))
 
     def delete_pod(self, pod: Pod) -> None:
         """Mark terminating now (endpoints drop it) and start the termination sequence."""

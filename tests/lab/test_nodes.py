@@ -233,3 +233,36 @@ def test_node_failure_table_removed_when_the_run_is_interrupted(
             lab.kill()
             lab.communicate()
     assert table not in _tables()
+
+
+def test_nodes_spread_pods_each_proxy_with_its_own_lag(tmp_path: Path) -> None:
+    """1. Three nodes, three replicas, a drawn lag of 0.2-1.5 s, a rollout restart under
+    load; 2. the pods spread one per node, old and new; 3. every pod joins every node's
+    proxy, each after its own drawn lag (not all at once); 4. the load entered through
+    every node's proxy."""
+    manifest = _tiny(tmp_path, 3)
+    report = _run(
+        tmp_path / "out",
+        manifest,
+        *("--scenario", "rollout-restart", "--vus", "5", "--warmup", "1", "--cooldown", "1"),
+        *("--endpoint-lag", "0.2-1.5", "--nodes", "3"),
+    )
+    created = [e for e in report["events"] if e["kind"] == "created"]
+    assert len(created) == 6
+    for batch in (created[:3], created[3:]):
+        assert sorted(e["detail"].split()[-1] for e in batch) == ["node0", "node1", "node2"]
+    for pod in {e["pod"] for e in created}:
+        added = [e for e in report["events"] if e["pod"] == pod and e["kind"] == "lb-added"]
+        nodes = sorted(e["detail"].split(":")[0] for e in added)
+        assert nodes == ["node0", "node1", "node2"], (pod, added)
+    # Independent draws: some pod's three joins are spread over more than 0.1 s.
+    spreads = []
+    for pod in {e["pod"] for e in created}:
+        times = [e["t"] for e in report["events"] if e["pod"] == pod and e["kind"] == "lb-added"]
+        spreads.append(max(times) - min(times))
+    assert max(spreads) > 0.1, spreads
+    phases = [e["detail"] for e in report["events"] if e["kind"] == "phase"]
+    counts = next(p for p in phases if p.startswith("node-connections"))
+    per_node = [int(part.split()[-1]) for part in counts.split(" ", 1)[1].split(", ")]
+    assert len(per_node) == 3 and min(per_node) > 10, counts
+    assert report["ok"] > 50
