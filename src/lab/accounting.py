@@ -180,10 +180,15 @@ def account(
     return result
 
 
-def timeline(requests: Iterable[Request], start_ms: int) -> dict[str, dict[int, int]]:
-    """Requests per second by kind: kind -> {second since start -> count}."""
+def timeline(
+    requests: Iterable[Request], start_ms: int, bin_ms: int = 1000
+) -> dict[str, dict[int, int]]:
+    """Requests per bin by kind: kind -> {bin since start -> count}; bins of `bin_ms`
+    (a second by default)."""
+    if bin_ms <= 0:
+        raise ValueError(f"bin_ms must be > 0, got {bin_ms}")
     out: dict[str, Counter[int]] = {}
     for request in requests:
-        second = (request.t_ms - start_ms) // 1000
-        out.setdefault(request.kind, Counter())[second] += 1
+        index = (request.t_ms - start_ms) // bin_ms
+        out.setdefault(request.kind, Counter())[index] += 1
     return {kind: dict(counts) for kind, counts in out.items()}
