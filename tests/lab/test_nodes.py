@@ -237,7 +237,7 @@ def test_node_failure_table_removed_when_the_run_is_interrupted(
 
 def test_nodes_spread_pods_each_proxy_with_its_own_lag(tmp_path: Path) -> None:
     """1. Three nodes, three replicas, a drawn lag of 0.2-1.5 s, a rollout restart under
-    load; 2. the pods spread one per node, old and new; 3. every pod joins every node's
+    load; 2. the first pods spread one per node; 3. every pod joins every node's
     proxy, each after its own drawn lag (not all at once); 4. the load entered through
     every node's proxy."""
     manifest = _tiny(tmp_path, 3)
@@ -249,8 +249,11 @@ def test_nodes_spread_pods_each_proxy_with_its_own_lag(tmp_path: Path) -> None:
     )
     created = [e for e in report["events"] if e["kind"] == "created"]
     assert len(created) == 6
-    for batch in (created[:3], created[3:]):
-        assert sorted(e["detail"].split()[-1] for e in batch) == ["node0", "node1", "node2"]
+    # The first three spread one per node; the rollout's pods go where the fewest pods
+    # are not gone yet (a terminating pod still holds its node), so any node may repeat.
+    nodes = [e["detail"].split()[-1] for e in created]
+    assert sorted(nodes[:3]) == ["node0", "node1", "node2"]
+    assert set(nodes[3:]) <= {"node0", "node1", "node2"}
     for pod in {e["pod"] for e in created}:
         added = [e for e in report["events"] if e["pod"] == pod and e["kind"] == "lb-added"]
         nodes = sorted(e["detail"].split(":")[0] for e in added)
