@@ -181,17 +181,29 @@ class Faults:
         if dead is None:
             self._event(fault, "skipped", "no nftables to make the node's address dead")
             return
-        process = pod.process
-        # Packets first, so that not even the killed sockets' RSTs get out: a node that
-        # is off answers nothing, and clients wait for their own timeouts. The address
-        # stays dead for the rest of the run (lab.blackhole).
-        await dead.drop(pod.ip)
-        self.kubelet.lose_node(pod)
-        Registry.kill_group(process.pid)
+        # With --nodes every pod bound to the victim's node goes with it (supporting
+        # Deployments' too); with one node, the failed node holds the victim only.
+        lost = [pod]
+        if self.kubelet.nodes > 1:
+            lost += [
+                p
+                for p in self.kubelet.pods
+                if p is not pod and p.node == pod.node and not p.gone and not p.node_lost
+            ]
+        for victim in lost:
+            # Packets first, so that not even the killed sockets' RSTs get out: a node
+            # that is off answers nothing, and clients wait for their own timeouts. The
+            # address stays dead for the rest of the run (lab.blackhole).
+            await dead.drop(victim.ip)
+            self.kubelet.lose_node(victim)
+            if victim.process is not None and victim.process.returncode is None:
+                Registry.kill_group(victim.process.pid)
+        where = f"node{pod.node}" if self.kubelet.nodes > 1 else "node"
         self._event(
             fault,
             "start",
-            f"node down: {pod.ip} drops packets, group {process.pid} killed",
+            f"{where} down: {', '.join(v.ip for v in lost)} drop packets, "
+            f"{len(lost)} pod{'s' if len(lost) != 1 else ''} killed",
             pod.name,
         )
         grace = self.node_monitor_grace
@@ -201,7 +213,8 @@ class Faults:
         # kube-controller-manager/, pkg/controller/nodelifecycle/
         # node_lifecycle_controller.go). Until then the endpoint stays ready.
         await asyncio.sleep(grace)
-        self.kubelet.node_not_ready(pod, f"no node status for {grace:g} s")
+        for victim in lost:
+            self.kubelet.node_not_ready(victim, f"no node status for {grace:g} s")
         toleration = self.unreachable_toleration
         # The node gets the node.kubernetes.io/unreachable:NoExecute taint; every pod
         # tolerates it for 300 s by default (plugin/pkg/admission/
@@ -210,7 +223,8 @@ class Faults:
         # does not count a pod being deleted, creates a replacement.
         await asyncio.sleep(toleration)
         self._event(fault, "end", f"evicted after the {toleration:g} s toleration", pod.name)
-        self.kubelet.delete_pod(pod)
+        for victim in lost:
+            self.kubelet.delete_pod(victim)
 
     async def _pod_hang(self, fault: Fault) -> None:
         pod = self._victim()

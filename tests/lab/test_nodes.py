@@ -269,3 +269,48 @@ def test_nodes_spread_pods_each_proxy_with_its_own_lag(tmp_path: Path) -> None:
     per_node = [int(part.split()[-1]) for part in counts.split(" ", 1)[1].split(", ")]
     assert len(per_node) == 3 and min(per_node) > 10, counts
     assert report["ok"] > 50
+
+
+@needs_nft
+def test_node_failure_takes_every_pod_on_that_node(tmp_path: Path) -> None:
+    """1. Four pods on two nodes (two each) under a steady load; 2. a node fails 1 s in
+    (grace and toleration 1 s each); 3. both pods on that node drop packets, are marked
+    not ready together and evicted together; the other node's pods are untouched; 4. two
+    replacements are created, after the eviction."""
+    manifest = _tiny(tmp_path, 4, grace=5)
+    report = _run(
+        tmp_path / "out",
+        manifest,
+        *STEADY,
+        *("--duration", "6", "--request-timeout", "1s", "--fault", "node-failure@1"),
+        *("--node-monitor-grace", "1", "--unreachable-toleration", "1", "--nodes", "2"),
+    )
+    faults = _fault_events(report)
+    assert [e["detail"].split()[:2] for e in faults] == [
+        ["node-failure", "start"],
+        ["node-failure", "end"],
+    ]
+    down = faults[0]["t"]
+    node_of = {
+        e["pod"]: e["detail"].split()[-1] for e in report["events"] if e["kind"] == "created"
+    }
+    victim_node = node_of[faults[0]["pod"]]
+    assert faults[0]["detail"].startswith(f"node-failure start {victim_node} down")
+    first = [pod for pod, node in node_of.items()][:4]
+    lost = {pod for pod in first if node_of[pod] == victim_node}
+    assert len(lost) == 2
+    marked = {e["pod"] for e in report["events"] if e["kind"] == "node-not-ready"}
+    assert marked == lost
+    teardown = next(
+        e["t"]
+        for e in report["events"]
+        if e["kind"] == "phase" and e["detail"].startswith("teardown")
+    )
+    # Before the run's own teardown deletes every pod: only the lost ones were deleted.
+    evicted = {
+        e["pod"] for e in report["events"] if e["kind"] == "deleted" and down < e["t"] < teardown
+    }
+    assert evicted == lost
+    deleted_at = min(_at(report, pod, "deleted") for pod in lost)
+    replacements = [e for e in report["events"] if e["kind"] == "created" and e["t"] > down]
+    assert len(replacements) == 2 and all(e["t"] >= deleted_at for e in replacements)
