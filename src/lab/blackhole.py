@@ -4,7 +4,7 @@ that is gone.
 On loopback a closed port answers a SYN with an instant RST; in a cluster a pod's IP
 goes with its sandbox right after its containers stop, and a failed node answers
 nothing, so clients wait for their connect or request timeout. The lab adds one nftables
-table of its own per run (`lab_dead_<pid>`): a set of dead addresses and two rules
+table of its own per run (`lab_dead_<pid>_<n>`): a set of dead addresses and two rules
 dropping every packet to or from one of them (the SYN to it, and the RST a killed socket
 would still send from it). An address leaves the set when a new pod gets it. The whole
 table is deleted when the run ends, on the forced path as well. No other address and no
@@ -14,6 +14,7 @@ other table is touched.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 
@@ -33,9 +34,13 @@ def available() -> str | None:
     return None
 
 
+_made = itertools.count()
+
+
 class Blackhole:
     def __init__(self, table: str | None = None) -> None:
-        self.table = table or f"lab_dead_{os.getpid()}"
+        # Unique per run, also for two runs in one process.
+        self.table = table or f"lab_dead_{os.getpid()}_{next(_made)}"
         self.created = False
         self.dead: set[str] = set()
 

@@ -219,7 +219,7 @@ def test_node_failure_table_removed_when_the_run_is_interrupted(
         cwd=REPO,
     )
     try:
-        table = f"lab_dead_{lab.pid}"
+        table = f"lab_dead_{lab.pid}_"
         deadline = time.monotonic() + 60
         while table not in _tables():
             assert lab.poll() is None and time.monotonic() < deadline
