@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from lab import blackhole
 from lab.blackhole import Blackhole
 from lab.config import ConfigError, parse_fault
 from lab.influx import free_port
+from lab.matrix import MatrixConfig, experiment_config
 from tests.lab.labkit import cluster, run, tiny_manifest
 from tests.lab.test_faults import STEADY, _fault_events, _tiny
 from tests.lab.test_lab_run import _lab, _run
@@ -314,3 +316,17 @@ def test_node_failure_takes_every_pod_on_that_node(tmp_path: Path) -> None:
     deleted_at = min(_at(report, pod, "deleted") for pod in lost)
     replacements = [e for e in report["events"] if e["kind"] == "created" and e["t"] > down]
     assert len(replacements) == 2 and all(e["t"] >= deleted_at for e in replacements)
+
+
+def test_matrix_passes_nodes_to_every_run_and_says_so(tmp_path: Path) -> None:
+    """1. A matrix config with --nodes 3 and a drawn lag; 2. each run's LabConfig has 3
+    nodes and the lag range; 3. the table's header names the nodes; 4. `lab run` refuses
+    0 nodes before anything starts."""
+    config = MatrixConfig(out=tmp_path / "out", nodes=3, endpoint_lag=(0.5, 3.0))
+    config.validate()
+    lab = experiment_config(config, Path("deploy/k8s/v10"), "rollout-restart", "tcp", tmp_path)
+    assert lab.nodes == 3 and lab.endpoint_lag == (0.5, 3.0)
+    assert any(line.startswith("--nodes 3:") for line in config.changes())
+    assert not any("--nodes" in line for line in MatrixConfig().changes())
+    with pytest.raises(ConfigError, match="--nodes: must be between 1 and"):
+        dataclasses.replace(lab, nodes=0).validate()
