@@ -116,7 +116,8 @@ class Faults:
         """The oldest ready pod whose container runs."""
         for pod in self.pods():
             running = pod.process is not None and pod.process.returncode is None
-            if pod.ready and not pod.terminating and not pod.gone and running:
+            alive = not pod.terminating and not pod.gone and not pod.node_lost
+            if pod.ready and alive and running:
                 return pod
         return None
 
@@ -190,6 +191,8 @@ class Faults:
                 for p in self.kubelet.pods
                 if p is not pod and p.node == pod.node and not p.gone and not p.node_lost
             ]
+        for victim in lost:
+            victim.node_lost = True  # claimed before any await: no other fault takes it
         for victim in lost:
             # Packets first, so that not even the killed sockets' RSTs get out: a node
             # that is off answers nothing, and clients wait for their own timeouts. The

@@ -330,3 +330,21 @@ def test_matrix_passes_nodes_to_every_run_and_says_so(tmp_path: Path) -> None:
     assert not any("--nodes" in line for line in MatrixConfig().changes())
     with pytest.raises(ConfigError, match="--nodes: must be between 1 and"):
         dataclasses.replace(lab, nodes=0).validate()
+
+
+@needs_nft
+def test_two_node_failures_at_once_take_two_pods(tmp_path: Path) -> None:
+    """1. Three pods; 2. two node-failure faults at the same moment; 3. each takes a
+    different pod (a lost pod is no victim), both are replaced after the eviction."""
+    manifest = _tiny(tmp_path, 3, grace=5)
+    report = _run(
+        tmp_path / "out",
+        manifest,
+        *STEADY,
+        *("--duration", "4", "--request-timeout", "1s"),
+        *("--fault", "node-failure@1", "--fault", "node-failure@1"),
+        *("--node-monitor-grace", "0.5", "--unreachable-toleration", "0.5"),
+    )
+    starts = [e for e in _fault_events(report) if e["detail"].split()[1] == "start"]
+    assert len(starts) == 2 and starts[0]["pod"] != starts[1]["pod"]
+    assert report["pods_created"] == 5
