@@ -132,7 +132,7 @@ def _draw_lanes(ax: Axes, pod_lanes: list[Lane]) -> None:
             labelled.add("in proxy")
             ax.broken_barh(
                 [(start, max(end - start, 0.01)) for start, end in spans],
-                (y + 0.05 + index * height, height * 0.9),
+                (y + 0.05 + (len(nodes) - 1 - index) * height, height * 0.9),
                 facecolors=LANE_COLOURS["in proxy"],
                 edgecolors="none",
                 label=label,
@@ -142,10 +142,17 @@ def _draw_lanes(ax: Axes, pod_lanes: list[Lane]) -> None:
     ax.set_yticks([len(pod_lanes) - 1 - row + 0.5 for row in range(len(pod_lanes))])
     ax.set_yticklabels([lane.pod for lane in pod_lanes], fontsize=6)
     ax.set_ylim(0, max(len(pod_lanes), 1))
-    note = f", proxies top to bottom: {', '.join(reversed(nodes))}" if len(nodes) > 1 else ""
-    ax.set_ylabel(f"pods (x: gone{note})", fontsize=7)
+    ax.set_ylabel("pods", fontsize=7)
+    order = f"\nin proxy: {', '.join(nodes)}\ntop to bottom" if len(nodes) > 1 else ""
     # Beside the lanes, not over the first ones.
-    ax.legend(loc="upper left", bbox_to_anchor=(1.002, 1.0), fontsize=6, frameon=False)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.002, 1.0),
+        fontsize=6,
+        frameon=False,
+        title=f"x: gone{order}",
+        title_fontsize=6,
+    )
     ax.grid(True, axis="x", alpha=0.3)
 
 
