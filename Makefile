@@ -28,11 +28,12 @@ $(BIN)/calc: pyproject.toml
 setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
 	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
 
-system-deps: ## Install haproxy, influxdb, openssl (lab TLS) from Debian where missing; a Docker Engine (docker.io, started) where none answers (root or sudo)
+system-deps: ## Install haproxy, influxdb, openssl (lab TLS), nftables (lab node-failure) from Debian where missing; a Docker Engine (docker.io, started) where none answers (root or sudo)
 	@missing=""; \
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null; then sudo="sudo"; \

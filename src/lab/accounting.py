@@ -2,7 +2,7 @@
 
 A request is classified from its `http_reqs` row: `ok` (200), `http_<status>` for any
 other status, or by k6's error code when no response came: `refused` (1212), `reset`
-(1220), `timeout` (1050), `unreachable` (1213 with "no route to host" or "network is
+(1220), `timeout` (1050 for the request, 1211 for the connect), `unreachable` (1213 with "no route to host" or "network is
 unreachable": the address of a removed pod sandbox), `eof` (1000, the generic code: EOF and
 anything else).
 Operations are the service's InfluxDB points, matched to requests by id: a *lost*
@@ -21,7 +21,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ERROR_KINDS = {"1212": "refused", "1220": "reset", "1050": "timeout", "1000": "eof"}
+# k6's codes (lib/netext/httpext/error_codes.go): 1211 is tcpDialTimeoutErrorCode, the
+# connect to an address that drops packets (a failed node's) running out of time.
+ERROR_KINDS = {
+    "1212": "refused",
+    "1220": "reset",
+    "1050": "timeout",
+    "1211": "timeout",
+    "1000": "eof",
+}
 
 
 @dataclass(frozen=True)
@@ -172,10 +180,15 @@ def account(
     return result
 
 
-def timeline(requests: Iterable[Request], start_ms: int) -> dict[str, dict[int, int]]:
-    """Requests per second by kind: kind -> {second since start -> count}."""
+def timeline(
+    requests: Iterable[Request], start_ms: int, bin_ms: int = 1000
+) -> dict[str, dict[int, int]]:
+    """Requests per bin by kind: kind -> {bin since start -> count}; bins of `bin_ms`
+    (a second by default)."""
+    if bin_ms <= 0:
+        raise ValueError(f"bin_ms must be > 0, got {bin_ms}")
     out: dict[str, Counter[int]] = {}
     for request in requests:
-        second = (request.t_ms - start_ms) // 1000
-        out.setdefault(request.kind, Counter())[second] += 1
+        index = (request.t_ms - start_ms) // bin_ms
+        out.setdefault(request.kind, Counter())[index] += 1
     return {kind: dict(counts) for kind, counts in out.items()}

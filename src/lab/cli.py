@@ -15,8 +15,10 @@ from lab import matrix_cli
 from lab.config import (
     HTTP_REUSE,
     LB_MODES,
+    NODE_MONITOR_GRACE,
     RUNTIMES,
     SCENARIOS,
+    UNREACHABLE_TOLERATION,
     ConfigError,
     LabConfig,
     parse_fault,
@@ -96,10 +98,32 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND@WHEN[:SECONDS]",
-        help="inject a fault (repeatable): influx-down@W:S, influx-stall@W:S, pod-kill@W, "
-        "pod-hang@W, lb-restart@W; W is seconds after the action starts, or EVENT[+SECONDS] "
+        help="inject a fault (repeatable): influx-down@W:S, influx-stall@W:S, "
+        "container-crash@W, node-failure@W, pod-hang@W, lb-restart@W; W is seconds after the action starts, or EVENT[+SECONDS] "
         "for the first pod event of that kind after it (created, ready, lb-added, deleted, "
         "prestop-started, sigterm, lb-removed)",
+    )
+    run.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes the pods spread over (default 1); with more, each node has its own "
+        "proxy with its own --endpoint-lag draws, and the load enters through an L4 "
+        "balancer spreading connections over every node",
+    )
+    run.add_argument(
+        "--node-monitor-grace",
+        type=float,
+        default=NODE_MONITOR_GRACE,
+        help="node-failure: seconds until the failed node's pods are marked not ready "
+        f"(default {NODE_MONITOR_GRACE:g}, Kubernetes before 1.32; 50 since)",
+    )
+    run.add_argument(
+        "--unreachable-toleration",
+        type=float,
+        default=UNREACHABLE_TOLERATION,
+        help="node-failure: seconds after that until they are evicted and replaced "
+        f"(default {UNREACHABLE_TOLERATION:g})",
     )
     run.add_argument(
         "--runtime",
@@ -139,6 +163,9 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         faults=tuple(parse_fault(text) for text in args.fault),
         deployment=args.deployment,
         runtime=args.runtime,
+        nodes=args.nodes,
+        node_monitor_grace=args.node_monitor_grace,
+        unreachable_toleration=args.unreachable_toleration,
     )
 
 

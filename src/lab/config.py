@@ -43,8 +43,14 @@ def parse_lag(text: str) -> tuple[float, float]:
 
 
 TIMED_KINDS = ("influx-down", "influx-stall")
-INSTANT_KINDS = ("pod-kill", "pod-hang", "lb-restart")
+INSTANT_KINDS = ("container-crash", "node-failure", "pod-hang", "lb-restart")
 KINDS = TIMED_KINDS + INSTANT_KINDS
+# Faults that act on a pod's processes: the process runtime only.
+POD_KINDS = ("container-crash", "node-failure", "pod-hang")
+# The node controller's defaults (see faults.py for the rules and their sources).
+NODE_MONITOR_GRACE = 40.0
+UNREACHABLE_TOLERATION = 300.0
+MAX_NODES = 20  # each node is an HAProxy of its own
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,17 @@ FAULT_EVENTS = (
 
 
 def parse_fault(text: str) -> Fault:
-    """`influx-down@2:5` -> Fault("influx-down", 2.0, 5.0); `pod-kill@3` -> instant."""
+    """`influx-down@2:5` -> Fault("influx-down", 2.0, 5.0); `node-failure@3` -> instant."""
     kind, sep, when = text.partition("@")
     if not sep:
         raise ConfigError(f"--fault: expected KIND@WHEN[:SECONDS], got {text!r}")
+    if kind == "pod-kill":
+        # The old name meant two different things: refused rather than guessed.
+        raise ConfigError(
+            "--fault: pod-kill is split in two: container-crash (the container dies and "
+            "the kubelet restarts it in the same pod) or node-failure (the pod's node "
+            "stops answering; the pod is replaced only after the unreachable toleration)"
+        )
     if kind not in KINDS:
         raise ConfigError(f"--fault: KIND must be one of {', '.join(KINDS)}, got {kind!r}")
     at_text, colon, seconds_text = when.partition(":")
@@ -134,6 +147,13 @@ class LabConfig:
     faults: tuple[Fault, ...] = ()  # `--fault KIND@WHEN[:SECONDS]`, see faults.py
     deployment: str | None = None  # the Deployment under test, when there are several
     runtime: str = "process"  # the kubelet's container runtime: process or docker
+    # node-failure: when the node controller marks the node's pods not ready, and when
+    # the taint manager evicts them (after that, on top).
+    node_monitor_grace: float = NODE_MONITOR_GRACE
+    unreachable_toleration: float = UNREACHABLE_TOLERATION
+    # Nodes the pods spread over, each with its own proxy and its own drawn lags, behind
+    # one L4 balancer (a cloud load balancer to a NodePort).
+    nodes: int = 1
 
     @property
     def image_map_path(self) -> Path:
@@ -175,9 +195,13 @@ class LabConfig:
             ("--duration", self.duration),
             ("--action-timeout", self.action_timeout),
             ("--ready-timeout", self.ready_timeout),
+            ("--node-monitor-grace", self.node_monitor_grace),
+            ("--unreachable-toleration", self.unreachable_toleration),
         ):
             if value < 0:
                 raise ConfigError(f"{name}: must be >= 0 seconds, got {value}")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise ConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
         if self.replicas is not None and not 0 <= self.replicas <= 250:
             raise ConfigError(f"--replicas: must be between 0 and 250, got {self.replicas}")
         if not self.image_map_path.exists():
@@ -188,7 +212,7 @@ class LabConfig:
             raise ConfigError(
                 f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
             )
-        pod_faults = [f for f in self.faults if f.kind.startswith("pod-")]
+        pod_faults = [f for f in self.faults if f.kind in POD_KINDS]
         if self.runtime == "docker" and pod_faults:
             raise ConfigError(f"--fault {pod_faults[0]}: pod faults need --runtime process")
         if not self.k6_script_path.exists():

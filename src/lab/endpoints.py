@@ -70,7 +70,10 @@ class EndpointsController:
         events: EventLog,
         lag: tuple[float, float] = (1.0, 1.0),
         rng: random.Random | None = None,
+        node: str = "",
     ) -> None:
+        # With several nodes, each node's proxy is one controller: its events say which.
+        self.node = node
         self.haproxy = haproxy
         self.pods = pods
         self.port = port
@@ -147,7 +150,9 @@ class EndpointsController:
             detail = f"{len(wanted)} serving-terminating" if fallback else "ready endpoints again"
             if not fallback and not wanted:
                 detail = "no serving endpoints left"
-            self.events.add("", "lb-fallback" if fallback else "lb-fallback-ended", detail)
+            self.events.add(
+                "", "lb-fallback" if fallback else "lb-fallback-ended", self._on_node(detail)
+            )
         for name in sorted(wanted - self.in_lb):
             pod = self.known[name]
             try:
@@ -162,7 +167,7 @@ class EndpointsController:
             self.to_delete.pop(name, None)
             self.in_lb.add(name)
             note = " (serving, terminating: no ready endpoints)" if fallback else ""
-            self.events.add(name, "lb-added", f"{pod.ip}:{self.port}{note}")
+            self.events.add(name, "lb-added", self._on_node(f"{pod.ip}:{self.port}{note}"))
         for name in sorted(self.in_lb - wanted):
             try:
                 self.haproxy.drain_server(name)
@@ -172,7 +177,12 @@ class EndpointsController:
             self.failing.pop(name, None)
             self.in_lb.discard(name)
             self.to_delete[name] = now + DELETE_RETRY_FOR
-            self.events.add(name, "lb-removed")
+            self.events.add(name, "lb-removed", self._on_node(""))
+
+    def _on_node(self, detail: str) -> str:
+        if not self.node:
+            return detail
+        return f"{self.node}: {detail}" if detail else self.node
 
     def _failed(self, name: str, action: str, exc: Exception) -> None:
         # HAProxy away (restarting, dead) or refusing: the change is tried again on the

@@ -26,21 +26,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import accounting, plot, report
+from lab import accounting, blackhole, plot, report
+from lab.blackhole import Blackhole
 from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.faults import Faults
-from lab.haproxy import HAProxy
+from lab.haproxy import HAProxy, HAProxyError
 from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
-from lab.pods import Kubelet, Pod
+from lab.pods import AddressPool, Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
-from lab.runtime import Runtime
+from lab.runtime import ProcessRuntime, Runtime
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
@@ -153,6 +154,8 @@ def prepare(config: LabConfig) -> Prepared:
         commands=config.runtime != "docker",
     )
     notes = [*manifests.notes, *path_notes]
+    if config.runtime == "process" and (why := blackhole.available()) is not None:
+        notes.append(f"a gone pod's address answers with an instant RST, not silence: {why}")
     for s in supporting:
         notes.append(
             f"Deployment {s.deployment.name} ({s.source}) runs beside "
@@ -177,6 +180,8 @@ def prepare(config: LabConfig) -> Prepared:
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not uses_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
+        if fault.kind == "node-failure" and (why := blackhole.available()) is not None:
+            raise ConfigError(f"--fault {fault}: a dead node's address needs nftables: {why}")
     if config.runtime == "docker":
         from lab.docker_runtime import check_docker
 
@@ -320,6 +325,11 @@ class Lab:
         self.runtime: Runtime | None = None
         self.controller: DeploymentController | None = None
         self.endpoints: EndpointsController | None = None
+        # --nodes: every node's proxy and its endpoints view (the first is `haproxy` /
+        # `endpoints`), and the balancer in front of them (None with one node).
+        self.node_proxies: list[HAProxy] = []
+        self.node_endpoints: list[EndpointsController] = []
+        self.front: HAProxy | None = None
         self.k6: K6 | None = None
         self.faults: Faults | None = None
         self.support: list[DeploymentController] = []
@@ -385,10 +395,21 @@ class Lab:
             retries=config.lb_retries,
             http_reuse=config.http_reuse,
         )
+        self.node_proxies.append(self.haproxy)
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
+        load_url = self.haproxy.url
+        if config.nodes > 1:
+            load_url = await self._start_node_proxies(config)
         if self.runtime is not None:
             self.runtime.rewrite = rewrite
+        else:
+            dead = Blackhole() if blackhole.available() is None else None
+            if dead is not None:
+                self.events.phase("dead-addresses", f"nftables table {dead.table}, on demand")
+            self.runtime = ProcessRuntime(
+                self.registry, self.out / "pods", base_env, rewrite, AddressPool(), dead
+            )
         self.kubelet = Kubelet(
             self.events,
             self.registry,
@@ -397,36 +418,47 @@ class Lab:
             rewrite,
             self.rng,
             runtime=self.runtime,
+            nodes=config.nodes,
         )
         controller = DeploymentController(
             deployment, self.kubelet, self.p.images, self.events, config.replicas
         )
         self.controller = controller
         selector = deployment.selector
-        self.endpoints = EndpointsController(
-            self.haproxy,
-            # The Service's pods: those of the Deployment under test, not the supporting ones.
-            lambda: [
-                p
-                for p in (self.kubelet.pods if self.kubelet else [])
-                if all(p.template.labels.get(k) == v for k, v in selector.items())
-            ],
-            manifests.target_port,
-            self.events,
-            config.endpoint_lag,
-            self.rng,
-        )
+        for index, proxy in enumerate(self.node_proxies):
+            # Each node's kube-proxy watches the EndpointSlices and syncs on its own
+            # (pkg/proxy/config/config.go, the iptables proxier's syncPeriod and
+            # minSyncPeriod): the lag is drawn per change and per node, from its own stream.
+            rng = self.rng if index == 0 else random.Random(self.rng.random())
+            self.node_endpoints.append(
+                EndpointsController(
+                    proxy,
+                    # The Service's pods: the Deployment under test's, not the supporting ones.
+                    lambda: [
+                        p
+                        for p in (self.kubelet.pods if self.kubelet else [])
+                        if all(p.template.labels.get(k) == v for k, v in selector.items())
+                    ],
+                    manifests.target_port,
+                    self.events,
+                    config.endpoint_lag,
+                    rng,
+                    node=f"node{index}" if config.nodes > 1 else "",
+                )
+            )
+        self.endpoints = self.node_endpoints[0]
         self.kubelet.on_change = self._changed
         await self._start_supporting()
         controller.start()
-        self.endpoints.start()
+        for endpoints in self.node_endpoints:
+            endpoints.start()
         self.events.phase("deploy", f"{controller.replicas} replicas")
         if not await self._until(self._deployed, config.ready_timeout):
             raise LabError(self._not_ready(deployment.name, controller, config.ready_timeout))
 
         self.k6 = K6(
             config.k6_script_path,
-            self.haproxy.url,
+            load_url,
             config.vus,
             run_id=f"lab{int(time.time())}",
             csv_path=self.out / "k6.csv",
@@ -457,6 +489,8 @@ class Lab:
                 lambda: list(controller.pods),
                 self.haproxy,
                 self.endpoints,
+                node_monitor_grace=config.node_monitor_grace,
+                unreachable_toleration=config.unreachable_toleration,
             )
             self.faults.start()
         completed = True
@@ -491,9 +525,11 @@ class Lab:
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", f"k6 exit code {code}")
+        if self.front is not None:
+            self._log_node_connections()
         await self._teardown_pods()
         await self._stop_controllers()
-        await self.haproxy.stop()
+        await self._stop_proxies()
 
         requests, failed_checks = accounting.read_csv(self.out / "k6.csv")
         point_ids: list[object] | None = None
@@ -504,6 +540,11 @@ class Lab:
         result = accounting.account(requests, point_ids, stopped_ms=int(stopping.wall * 1000))
         self.events.phase("accounted", f"{result.requests} requests")
         notes = list(self.p.notes)
+        if config.nodes > 1:
+            notes.append(
+                f"{config.nodes} nodes, each with its own proxy and its own lag draws, "
+                "behind one L4 balancer"
+            )
         if result.unmatched_points:
             notes.append(
                 f"{len(result.unmatched_points)} points carry ids k6 never recorded "
@@ -628,12 +669,14 @@ class Lab:
     def _changed(self) -> None:
         if self.controller is not None:
             self.controller.wake.set()
-        if self.endpoints is not None:
-            self.endpoints.wake.set()
+        for endpoints in self.node_endpoints:
+            endpoints.wake.set()
 
     def _deployed(self) -> bool:
-        assert self.controller is not None and self.endpoints is not None
-        return self.controller.complete() and self.endpoints.in_lb == self.endpoints.desired()
+        assert self.controller is not None and self.node_endpoints
+        return self.controller.complete() and all(
+            e.in_lb == e.desired() for e in self.node_endpoints
+        )
 
     def _action_done(self) -> bool:
         # Done when the Deployment is, and every pod it deleted has exited: a pod's
@@ -664,7 +707,7 @@ class Lab:
 
     def _check_parts(self) -> None:
         """Fail at once when k6 or a controller died, instead of at the next deadline."""
-        for part in (self.controller, self.endpoints):
+        for part in (self.controller, *self.node_endpoints):
             task = part.task if part is not None else None
             if task is not None and task.done() and not task.cancelled():
                 error = task.exception()
@@ -703,7 +746,49 @@ class Lab:
         if self.kubelet is not None:
             await self._teardown_pods()
         await self._stop_controllers()
-        if self.haproxy is not None:
+        await self._stop_proxies()
+
+    async def _start_node_proxies(self, config: LabConfig) -> str:
+        """The other nodes' proxies, and the L4 balancer in front of every node (a cloud
+        load balancer to the Service's NodePort: each connection to one node, round
+        robin); the load's URL goes to the balancer."""
+        assert self.haproxy is not None
+        for index in range(1, config.nodes):
+            proxy = HAProxy(
+                self.out / f"haproxy-node{index}",
+                free_port(),
+                mode=config.lb,
+                retries=config.lb_retries,
+                http_reuse=config.http_reuse,
+            )
+            self.node_proxies.append(proxy)
+            await proxy.start(self.registry)
+        self.front = HAProxy(self.out / "haproxy-lb", free_port(), mode="tcp")
+        await self.front.start(self.registry)
+        for index, proxy in enumerate(self.node_proxies):
+            self.front.add_server(f"node{index}", proxy.host, proxy.port)
+        # TLS (https, h2) ends at the node proxies; the balancer passes the bytes on.
+        scheme = self.haproxy.url.partition(":")[0]
+        url = f"{scheme}://{self.front.host}:{self.front.port}"
+        self.events.phase("nodes", f"{config.nodes} node proxies behind {url}")
+        return url
+
+    def _log_node_connections(self) -> None:
+        """How many connections each node's proxy took: the balancer spread the load."""
+        counts = []
+        for index, proxy in enumerate(self.node_proxies):
+            try:
+                counts.append(f"node{index} {proxy.connections_total()}")
+            except (OSError, HAProxyError) as exc:
+                counts.append(f"node{index} unknown ({exc!r})")
+        self.events.phase("node-connections", ", ".join(counts))
+
+    async def _stop_proxies(self) -> None:
+        if self.front is not None:
+            await self.front.stop()
+        for proxy in self.node_proxies:
+            await proxy.stop()
+        if self.haproxy is not None and self.haproxy not in self.node_proxies:
             await self.haproxy.stop()
 
     async def _stop_controllers(self) -> None:
@@ -711,8 +796,8 @@ class Lab:
             await support.stop()
         if self.controller is not None:
             await self.controller.stop()
-        if self.endpoints is not None:
-            await self.endpoints.stop()
+        for endpoints in self.node_endpoints:
+            await endpoints.stop()
 
     async def cleanup(self) -> None:
         """The forced path, always run: nothing the lab started outlives it."""
@@ -725,8 +810,7 @@ class Lab:
             await self.kubelet.shutdown()
         if self.runtime is not None:
             await self.runtime.close()
-        if self.haproxy is not None:
-            await self.haproxy.stop()
+        await self._stop_proxies()
         if self.influx_start is not None and not self.influx_start.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self.influx_start), 30)

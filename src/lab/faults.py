@@ -6,8 +6,13 @@ report.json and on the timeline. Kinds:
 
 - `influx-down:S`  stop influxd, start it again on the same data dir and port after S s
 - `influx-stall:S` SIGSTOP influxd, SIGCONT after S s
-- `pod-kill`       SIGKILL a ready pod's whole group: a node failure, the pod is gone
-                   (no preStop, no SIGTERM) and the Deployment controller replaces it
+- `container-crash` SIGKILL a ready pod's container (its process group): the kubelet
+                   restarts it in the same pod (same address, same emptyDir), with the
+                   usual back-off
+- `node-failure`   a ready pod's node stops: its address drops every packet at once
+                   (lab.blackhole) and its processes die; the pod stays Ready until the
+                   node-monitor grace period, and is replaced only once the unreachable
+                   toleration has run out after that
 - `pod-hang`       SIGSTOP a ready pod's group: liveness fails and the kubelet restarts
                    the container (SIGTERM stays pending, SIGKILL at the end of the grace)
 - `lb-restart`     stop HAProxy and start it again with the same config, then add the
@@ -24,7 +29,7 @@ import os
 import signal
 from collections.abc import Callable
 
-from lab.config import Fault
+from lab.config import NODE_MONITOR_GRACE, UNREACHABLE_TOLERATION, Fault
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.haproxy import HAProxy
@@ -46,7 +51,11 @@ class Faults:
         pods: Callable[[], list[Pod]],
         haproxy: HAProxy | None = None,
         endpoints: EndpointsController | None = None,
+        node_monitor_grace: float = NODE_MONITOR_GRACE,
+        unreachable_toleration: float = UNREACHABLE_TOLERATION,
     ) -> None:
+        self.node_monitor_grace = node_monitor_grace
+        self.unreachable_toleration = unreachable_toleration
         self.haproxy = haproxy
         self.endpoints = endpoints
         self.faults = faults
@@ -80,8 +89,10 @@ class Faults:
                 await self._influx_stall(fault)
             elif fault.kind == "lb-restart":
                 await self._lb_restart(fault)
-            elif fault.kind == "pod-kill":
-                await self._pod_kill(fault)
+            elif fault.kind == "container-crash":
+                await self._container_crash(fault)
+            elif fault.kind == "node-failure":
+                await self._node_failure(fault)
             else:
                 await self._pod_hang(fault)
         except asyncio.CancelledError:
@@ -105,7 +116,8 @@ class Faults:
         """The oldest ready pod whose container runs."""
         for pod in self.pods():
             running = pod.process is not None and pod.process.returncode is None
-            if pod.ready and not pod.terminating and not pod.gone and running:
+            alive = not pod.terminating and not pod.gone and not pod.node_lost
+            if pod.ready and alive and running:
                 return pod
         return None
 
@@ -144,7 +156,7 @@ class Faults:
             self.influx_paused = False
             self._event(fault, "end", "influxd resumed (SIGCONT)")
 
-    async def _pod_kill(self, fault: Fault) -> None:
+    async def _container_crash(self, fault: Fault) -> None:
         pod = self._victim()
         if pod is None or pod.process is None:
             self._event(fault, "skipped", "no ready pod")
@@ -152,17 +164,70 @@ class Faults:
         process = pod.process
         self._event(fault, "start", f"SIGKILL to group {process.pid}", pod.name)
         Registry.kill_group(process.pid)
+        # The kubelet sees the container exit and restarts it in the same pod, with
+        # restartPolicy Always and the CrashLoopBackOff delays (pkg/kubelet/
+        # kuberuntime/kuberuntime_manager.go computePodActions); the pod keeps its IP
+        # and its emptyDir volumes, which live as long as the pod
+        # (https://kubernetes.io/docs/concepts/storage/volumes/#emptydir).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), 10)
-        # The node is gone with the pod: no preStop, no SIGTERM. Marked deleted as soon as
-        # its container is seen dead, so that the kubelet does not restart it and the
-        # controller creates a replacement (the node controller's eviction, without its
-        # minutes of delay).
-        if not pod.terminating:
-            pod.terminating = True
-            pod.delete_requested.set()
-            self.kubelet.on_change()
-        self._event(fault, "end", "pod lost with its node", pod.name)
+        self._event(fault, "end", f"container exited ({process.returncode})", pod.name)
+
+    async def _node_failure(self, fault: Fault) -> None:
+        pod = self._victim()
+        if pod is None or pod.process is None:
+            self._event(fault, "skipped", "no ready pod")
+            return
+        dead = self.kubelet.runtime.dead
+        if dead is None:
+            self._event(fault, "skipped", "no nftables to make the node's address dead")
+            return
+        # With --nodes every pod bound to the victim's node goes with it (supporting
+        # Deployments' too); with one node, the failed node holds the victim only.
+        lost = [pod]
+        if self.kubelet.nodes > 1:
+            lost += [
+                p
+                for p in self.kubelet.pods
+                if p is not pod and p.node == pod.node and not p.gone and not p.node_lost
+            ]
+        for victim in lost:
+            victim.node_lost = True  # claimed before any await: no other fault takes it
+        for victim in lost:
+            # Packets first, so that not even the killed sockets' RSTs get out: a node
+            # that is off answers nothing, and clients wait for their own timeouts. The
+            # address stays dead for the rest of the run (lab.blackhole).
+            await dead.drop(victim.ip)
+            self.kubelet.lose_node(victim)
+            if victim.process is not None and victim.process.returncode is None:
+                Registry.kill_group(victim.process.pid)
+        where = f"node{pod.node}" if self.kubelet.nodes > 1 else "node"
+        self._event(
+            fault,
+            "start",
+            f"{where} down: {', '.join(v.ip for v in lost)} drop packets, "
+            f"{len(lost)} pod{'s' if len(lost) != 1 else ''} killed",
+            pod.name,
+        )
+        grace = self.node_monitor_grace
+        # The node controller marks the node's Ready condition Unknown, and its pods not
+        # ready, once no status came for node-monitor-grace-period: 40 s, 50 s since
+        # 1.32 (https://kubernetes.io/docs/reference/command-line-tools-reference/
+        # kube-controller-manager/, pkg/controller/nodelifecycle/
+        # node_lifecycle_controller.go). Until then the endpoint stays ready.
+        await asyncio.sleep(grace)
+        for victim in lost:
+            self.kubelet.node_not_ready(victim, f"no node status for {grace:g} s")
+        toleration = self.unreachable_toleration
+        # The node gets the node.kubernetes.io/unreachable:NoExecute taint; every pod
+        # tolerates it for 300 s by default (plugin/pkg/admission/
+        # defaulttolerationseconds/admission.go), then the taint manager deletes it
+        # (pkg/controller/tainteviction/taint_eviction.go) and the ReplicaSet, which
+        # does not count a pod being deleted, creates a replacement.
+        await asyncio.sleep(toleration)
+        self._event(fault, "end", f"evicted after the {toleration:g} s toleration", pod.name)
+        for victim in lost:
+            self.kubelet.delete_pod(victim)
 
     async def _pod_hang(self, fault: Fault) -> None:
         pod = self._victim()
@@ -207,7 +272,8 @@ class Faults:
             endpoints.start()
 
     async def stop(self) -> None:
-        """Cancel every fault and undo what it left: nothing stays stopped or down."""
+        """Cancel every fault and undo what it left: nothing stays stopped or down (a
+        failed node's address stays dead until the runtime closes)."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

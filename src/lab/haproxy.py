@@ -240,6 +240,14 @@ class HAProxy:
                 out[cols[1]] = cols[17]
         return out
 
+    def connections_total(self) -> int:
+        """Client connections the frontend has accepted since it started (`stot`)."""
+        for row in self.command("show stat").splitlines():
+            cols = row.split(",")
+            if len(cols) > 7 and cols[0] == "service" and cols[1] == "FRONTEND":
+                return int(cols[7] or 0)
+        raise HAProxyError("show stat: no row for the frontend")
+
     def active_servers(self) -> set[str]:
         """Servers that take new connections."""
         return {name for name, status in self.servers().items() if status != "MAINT"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LB_MODES, REPO, ConfigError, LabConfig
+from lab.config import LB_MODES, MAX_NODES, REPO, ConfigError, LabConfig
 from lab.report import Report
 from lab.stopping import Interrupted, Signals
 
@@ -65,6 +65,7 @@ class MatrixConfig:
     # HAProxy is about to reuse then shows up as a 502.
     http_reuse: str = "always"
     runtime: str = "process"  # the kubelet's container runtime (lab.runtime)
+    nodes: int = 1  # `lab run --nodes`: each node its own proxy and lag draws
 
     @property
     def sizes(self) -> Sizes:
@@ -83,6 +84,8 @@ class MatrixConfig:
                 raise ConfigError(
                     f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}"
                 )
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise ConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
         for version in self.versions:
             if not (self.manifests_dir / version).is_dir():
                 raise ConfigError(f"--versions: no manifests at {self.manifests_dir / version}")
@@ -98,6 +101,11 @@ class MatrixConfig:
             lines.append(f"--runtime {self.runtime}: pods as containers of the built image")
         if self.no_prestop:
             lines.append("--no-prestop: every preStop hook removed from the manifests")
+        if self.nodes > 1:
+            lines.append(
+                f"--nodes {self.nodes}: pods spread over {self.nodes} nodes, each with its "
+                "own proxy and lag draws, behind one L4 balancer"
+            )
         if any(lb != "tcp" for lb in self.lbs):
             lines.append(
                 f"L7 modes (http, https, h2): HAProxy `http-reuse {self.http_reuse}`, "
@@ -186,6 +194,7 @@ def experiment_config(
         http_reuse=config.http_reuse,
         image_map=config.image_map,
         runtime=config.runtime,
+        nodes=config.nodes,
     )
 
 

@@ -62,6 +62,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="process",
         help="pods as process groups (default) or Docker containers of the built image",
     )
+    matrix.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes per run, each with its own proxy and lag draws (default 1; see lab run)",
+    )
     matrix.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -79,6 +85,7 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
         out=args.out,
         progress=not args.quiet,
         runtime=args.runtime,
+        nodes=args.nodes,
     )
     if args.manifests_dir is not None:
         config = dataclasses.replace(config, manifests_dir=args.manifests_dir)

@@ -76,6 +76,11 @@ class Pod:
     # Why the kubelet is killing the running container (a failed liveness or startup
     # probe, or postStart hook), for the event that says so.
     kill_reason: str = ""
+    # Its node failed (the node-failure fault): nothing on the node acts any more, and
+    # the API keeps the pod's last status until the node controller changes it.
+    node_lost: bool = False
+    node: int = 0  # the node it is bound to (`--nodes`), counted from 0
+    node_down: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def container(self) -> Container:
@@ -103,7 +108,9 @@ class Kubelet:
         rng: random.Random | None = None,
         on_change: Callable[[], None] | None = None,
         runtime: Runtime | None = None,
+        nodes: int = 1,
     ) -> None:
+        self.nodes = nodes
         self.events = events
         self.registry = registry
         self.log_dir = log_dir
@@ -129,12 +136,25 @@ class Kubelet:
         except BaseException:
             self.runtime.addresses.give_back(ip)
             raise
+        pod.node = self._schedule()
         self.pods.append(pod)
-        self.events.add(name, "created", f"{ip} revision {revision}")
+        where = f" node{pod.node}" if self.nodes > 1 else ""
+        self.events.add(name, "created", f"{ip} revision {revision}{where}")
         task = asyncio.create_task(self._run(pod), name=f"pod {name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return pod
+
+    def _schedule(self) -> int:
+        """The node with the fewest pods that are not gone (the lowest on a tie): the
+        spreading that kube-scheduler's default topology spread constraints
+        (`maxSkew` over `kubernetes.io/hostname`, pkg/scheduler/framework/plugins/
+        podtopologyspread) give equal nodes with no other pods."""
+        counts = [0] * self.nodes
+        for other in self.pods:
+            if not other.gone:
+                counts[other.node] += 1
+        return counts.index(min(counts))
 
     def delete_pod(self, pod: Pod) -> None:
         """Mark terminating now (endpoints drop it) and start the termination sequence."""
@@ -144,6 +164,20 @@ class Kubelet:
         self.events.add(pod.name, "deleted", f"grace {pod.template.termination_grace:g}s")
         pod.delete_requested.set()
         self.on_change()
+
+    def lose_node(self, pod: Pod) -> None:
+        """The pod's node stops: its containers die with it, and no kubelet is left to
+        probe, restart or report, so the pod stays Ready in the API until the node
+        controller notices (`node_not_ready`)."""
+        pod.node_lost = True
+        pod.node_down.set()
+
+    def node_not_ready(self, pod: Pod, detail: str) -> None:
+        """The node controller marks the pods of a node it no longer hears from not
+        ready (MarkPodsNotReady, pkg/controller/util/node/controller_utils.go, called by
+        pkg/controller/nodelifecycle/node_lifecycle_controller.go)."""
+        self.events.add(pod.name, "node-not-ready", detail)
+        self._set_ready(pod, False)
 
     def _set_ready(self, pod: Pod, ready: bool) -> None:
         if pod.ready == ready:
@@ -171,14 +205,16 @@ class Kubelet:
             except Exception as exc:
                 self.events.add(pod.name, "error", f"removing the sandbox: {exc!r}")
             pod.gone = True
-            self.runtime.addresses.give_back(pod.ip)
+            if not pod.node_lost:  # a dead node's address stays dead until the run ends
+                self.runtime.addresses.give_back(pod.ip)
             self.events.add(pod.name, "gone")
             self.on_change()
 
     async def _lifecycle(self, pod: Pod) -> None:
         deleted = asyncio.ensure_future(pod.delete_requested.wait())
+        down = asyncio.ensure_future(pod.node_down.wait())
         try:
-            while not pod.delete_requested.is_set():
+            while not pod.delete_requested.is_set() and not pod.node_lost:
                 try:
                     await self._start_container(pod)
                 except StartError as exc:  # e.g. no such executable
@@ -197,13 +233,18 @@ class Kubelet:
                     live = asyncio.ensure_future(liveness_failed.wait())
                     try:
                         await asyncio.wait(
-                            {exited, deleted, live}, return_when=asyncio.FIRST_COMPLETED
+                            {exited, deleted, live, down}, return_when=asyncio.FIRST_COMPLETED
                         )
                     finally:
                         has_exited = exited.done()
                         for task in [probes, live, exited]:
                             task.cancel()
                         await asyncio.gather(probes, live, exited, return_exceptions=True)
+                    if pod.node_lost:
+                        # No kubelet is left: no probe, no restart, no status change.
+                        for task in readiness:
+                            await stop_task(task)
+                        break
                     if pod.delete_requested.is_set() and not has_exited:
                         # The kubelet stops liveness (and startup) probes once the pod is
                         # being deleted but keeps the readiness probe running: it feeds
@@ -238,9 +279,22 @@ class Kubelet:
                 if pod.delete_requested.is_set():
                     return
                 await self._back_off(pod)
+            if pod.node_lost:
+                await self._lost(pod)
         finally:
             deleted.cancel()
-            await asyncio.gather(deleted, return_exceptions=True)
+            down.cancel()
+            await asyncio.gather(deleted, down, return_exceptions=True)
+
+    async def _lost(self, pod: Pod) -> None:
+        """A pod on a failed node: its containers are dead; it stays as the API last saw
+        it until deleted (the taint manager's eviction, or the run's end)."""
+        if pod.running is not None:
+            pod.running.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pod.running.wait(), 10)
+            pod.exit_code = pod.running.returncode
+        await pod.delete_requested.wait()
 
     async def _probes(
         self, pod: Pod, failed: asyncio.Event, readiness: list[asyncio.Task[None]]

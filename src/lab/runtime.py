@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from lab.blackhole import Blackhole
 from lab.images import Launch, map_command, resolve
 from lab.probes import READ_LIMIT
 from lab.procs import Registry
@@ -80,6 +81,9 @@ class Runtime(abc.ABC):
     addresses: Addresses
     # Edits the manifest's env values (the in-cluster influxdb:8086 -> the lab's InfluxDB).
     rewrite: Callable[[str], str] | None = None
+    # Where a gone pod's address, or a failed node's, drops packets (None: not modelled,
+    # or the runtime's own network does it).
+    dead: Blackhole | None = None
 
     @abc.abstractmethod
     def prepare(self, pod: Pod) -> Launch:
@@ -144,7 +148,9 @@ class ProcessRuntime(Runtime):
         base_env: Mapping[str, str],
         rewrite: Callable[[str], str] | None,
         addresses: Addresses,
+        dead: Blackhole | None = None,
     ) -> None:
+        self.dead = dead
         self.registry = registry
         self.log_dir = log_dir
         self.base_env = dict(base_env)
@@ -166,6 +172,8 @@ class ProcessRuntime(Runtime):
 
     async def start(self, pod: Pod) -> RuntimeContainer:
         launch = pod.launch
+        if self.dead is not None:  # an address handed out again answers again
+            await self.dead.revive(pod.ip)
         try:
             process = await self.registry.start(
                 launch.argv,
@@ -179,6 +187,18 @@ class ProcessRuntime(Runtime):
             raise StartError(str(exc)) from exc
         pod.process = process  # the fault injector signals process groups
         return ProcessContainer(process)
+
+    async def pod_gone(self, pod: Pod) -> None:
+        # The pod's sandbox, and its IP with it, goes right after its containers stop
+        # (the kubelet's killPodWithSyncResult, then StopPodSandbox and the CNI DEL in
+        # pkg/kubelet/kuberuntime/kuberuntime_manager.go): nothing answers the address
+        # any more, where loopback would send an instant RST.
+        if self.dead is not None:
+            await self.dead.drop(pod.ip)
+
+    async def close(self) -> None:
+        if self.dead is not None:
+            await self.dead.close()
 
     async def exec(
         self, pod: Pod, command: Sequence[str], timeout: float | None

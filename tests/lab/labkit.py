@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lab.blackhole import Blackhole
 from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
@@ -21,8 +22,9 @@ from lab.haproxy import HAProxy
 from lab.images import ImageMap
 from lab.influx import free_port
 from lab.manifest import Manifests, load
-from lab.pods import Kubelet, Pod
+from lab.pods import AddressPool, Kubelet, Pod
 from lab.procs import Registry
+from lab.runtime import ProcessRuntime
 
 HERE = Path(__file__).resolve().parent
 TINY_IMAGES = HERE / "images.yml"
@@ -126,16 +128,25 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    tmp_path: Path, manifest: Path, lag: tuple[float, float] = (0.0, 0.0)
+    tmp_path: Path,
+    manifest: Path,
+    lag: tuple[float, float] = (0.0, 0.0),
+    dead: Blackhole | None = None,
 ) -> AsyncIterator[Cluster]:
     """HAProxy (tcp, retries 0) + kubelet + Deployment and endpoints controllers; every
-    process is gone when the block exits, also on failure."""
+    process is gone when the block exits, also on failure. With `dead`, a gone pod's
+    address drops packets (its table is deleted at the end)."""
     manifests = load(manifest)
     images = ImageMap.load(TINY_IMAGES)
     events = EventLog(progress=None)
     registry = Registry(tmp_path / "pids.txt")
     haproxy = HAProxy(tmp_path / "haproxy", free_port())
-    kubelet = Kubelet(events, registry, tmp_path / "pods", dict(os.environ), rng=random.Random(7))
+    runtime = ProcessRuntime(
+        registry, tmp_path / "pods", dict(os.environ), None, AddressPool(), dead
+    )
+    kubelet = Kubelet(
+        events, registry, tmp_path / "pods", dict(os.environ), rng=random.Random(7), runtime=runtime
+    )
     controller = DeploymentController(manifests.deployment, kubelet, images, events)
     endpoints = EndpointsController(
         haproxy, lambda: kubelet.pods, manifests.target_port, events, lag, random.Random(7)
@@ -156,6 +167,7 @@ async def cluster(
         await endpoints.stop()
         await kubelet.shutdown()
         await haproxy.stop()
+        await runtime.close()
         await registry.kill_all()
         # Killed orphans (a wrapper's child) are reaped by init a moment later.
         for _ in range(100):  # up to 5 s

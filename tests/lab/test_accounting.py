@@ -52,7 +52,8 @@ def test_classify_by_status_and_k6_error_code() -> None:
     assert classify(0, "1220") == "reset"
     assert classify(0, "1000") == "eof"
     assert classify(0, "1050") == "timeout"
-    assert classify(0, "1211") == "error_1211"
+    assert classify(0, "1211") == "timeout"  # a dial timeout: a dead node's address
+    assert classify(0, "1210") == "error_1210"
 
 
 def test_each_failure_kind_is_classified(processes: Processes, tmp_path: Path) -> None:

@@ -383,7 +383,7 @@ def test_runtime_option_is_checked_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="--runtime: must be one of process, docker"):
         LabConfig(manifests, runtime="podman").validate()
     with pytest.raises(ConfigError, match="pod faults need --runtime process"):
-        LabConfig(manifests, runtime="docker", faults=(parse_fault("pod-kill@1"),)).validate()
+        LabConfig(manifests, runtime="docker", faults=(parse_fault("node-failure@1"),)).validate()
     LabConfig(manifests, runtime="docker", faults=(parse_fault("influx-down@1:2"),)).validate()
 
 

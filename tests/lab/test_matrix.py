@@ -84,6 +84,7 @@ def test_no_prestop_rewrite_removes_only_the_hook(tmp_path: Path) -> None:
         ({"scenarios": ("rollout",)}, "--scenarios: unknown rollout"),
         ({"lbs": ("udp",)}, "--lb: unknown udp"),
         ({"versions": ()}, "--versions: name at least one"),
+        ({"nodes": 0}, "--nodes: must be between 1 and"),
     ],
 )
 def test_bad_matrix_options_fail_before_anything_runs(
