@@ -230,10 +230,11 @@ def test_fixed_seed_holds_the_invariant(seed: int, processes: Processes, tmp_pat
 @pytest.mark.parametrize(("missing", "flagged"), [(5, False), (6, True)])
 def test_a_killed_process_is_held_to_what_it_had_counted(missing: int, flagged: bool) -> None:
     """A process SIGKILLed (no final line) whose last scrape said 2 lost and whose log
-    last said "5 lost in all": 5 ids missing are accounted for, 6 are not."""
+    last said "5 lost so far in all" (the writer's loss line): 5 ids missing are
+    accounted for, 6 are not."""
     log = (
         "2026 ERROR graceful.batcher: Lost 3 operations (buffer_full: buffer full (5)); "
-        "3 buffer_full so far, 5 lost in all\n"
+        "3 buffer_full so far, 5 lost so far in all\n"
     )
     life = finished_life(log, 2)
     life.signals = [(1.0, "SIGKILL")]
