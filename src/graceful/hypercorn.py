@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -35,7 +35,7 @@ from graceful.current import install
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.options import OptionError, resolve_shutdown
-from graceful.phases import run_delay
+from graceful.phases import run_delay, timed_phase
 from graceful.readiness import ReadinessMiddleware
 
 logger = logging.getLogger("graceful.hypercorn")
@@ -191,16 +191,8 @@ class HypercornRunner:
                 handler.flush()
         self.hard_exit(code)
 
-    @contextlib.contextmanager
-    def _phase(self, phase: Phase) -> Iterator[None]:
-        self.lifecycle.phase = phase
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            took = time.monotonic() - started
-            self.phase_durations[phase.value] = took
-            logger.info("Shutdown phase %s took %.3f s", phase.value, took)
+    def _phase(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
+        return timed_phase(self.lifecycle, self.phase_durations, phase, logger)
 
 
 def _name(sig: int | None) -> str:

@@ -1,13 +1,15 @@
-"""The delay phase, shared by every server adapter: keep serving after SIGTERM for the
-pre-close delay, then until no request came for the quiet period, within its limit."""
+"""What every server adapter shares: the delay phase (keep serving after SIGTERM for the
+pre-close delay, then until no request came for the quiet period, within its limit), and
+the timing of each phase."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
-from graceful.lifecycle import Lifecycle
+from graceful.lifecycle import Lifecycle, Phase
 
 logger = logging.getLogger("graceful.server")
 
@@ -33,3 +35,18 @@ async def run_delay(lifecycle: Lifecycle, wait: Wait, hurried: Callable[[], bool
 
         if not await wait(quiet, limit, "quiet period") and not hurried():
             logger.warning("Still receiving requests after %.2f s; closing anyway", limit)
+
+
+@contextlib.contextmanager
+def timed_phase(
+    lifecycle: Lifecycle, durations: dict[str, float], phase: Phase, log: logging.Logger
+) -> Iterator[None]:
+    """Enter `phase`; on leaving, record and log how long it took."""
+    lifecycle.phase = phase
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        took = time.monotonic() - started
+        durations[phase.value] = took
+        log.info("Shutdown phase %s took %.3f s", phase.value, took)

@@ -19,14 +19,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from graceful.lifecycle import Lifecycle, Phase
-from graceful.phases import run_delay
+from graceful.phases import run_delay, timed_phase
 
 logger = logging.getLogger("graceful.server")
 
@@ -287,16 +287,8 @@ class GracefulServer(uvicorn.Server):
             names = ", ".join(sorted(t.get_name() for t in others))
             logger.error("%d task(s) still running at exit are cancelled: %s", len(others), names)
 
-    @contextlib.contextmanager
-    def _phase(self, phase: Phase) -> Iterator[None]:
-        self.lifecycle.phase = phase
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            took = time.monotonic() - started
-            self.phase_durations[phase.value] = took
-            logger.info("Shutdown phase %s took %.3f s", phase.value, took)
+    def _phase(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
+        return timed_phase(self.lifecycle, self.phase_durations, phase, logger)
 
 
 def _flush_log_handlers() -> None:

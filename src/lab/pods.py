@@ -439,7 +439,9 @@ class Kubelet:
                 self.events.add(pod.name, "prestop-failed", result.detail)
         else:
             port = pod.container.resolve_port(handler.port)
-            await http_get(handler.host or pod.ip, port, handler.path, timeout=None)
+            result = await http_probe(handler.host or pod.ip, port, handler.path, timeout=None)
+            if not result.ok:
+                self.events.add(pod.name, "prestop-failed", result.detail)
 
     async def _exec_result(
         self, pod: Pod, command: tuple[str, ...], name: str, timeout: float | None
@@ -594,27 +596,3 @@ def _probe_kind(container: Container, probe: Probe) -> str:
         if candidate is probe:
             return kind
     return "probe"
-
-
-async def http_get(host: str, port: int, path: str, timeout: float | None) -> int:
-    """A minimal HTTP/1.1 GET as the kubelet's prober does it; returns the status code."""
-
-    async def get() -> int:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/lab\r\n"
-                "Accept: */*\r\nConnection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            line = await reader.readline()
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-                raise ValueError(f"not an HTTP response: {line!r}")
-            return int(parts[1])
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    return await asyncio.wait_for(get(), timeout)

@@ -14,7 +14,8 @@ from lab.controller import DELETION_COST, VictimFacts, deletion_cost, deletion_k
 from lab.endpoints import Conditions, usable
 from lab.influx import free_port
 from lab.manifest import ManifestError, Strategy, load
-from lab.pods import Ticker, http_get
+from lab.pods import Ticker
+from lab.probes import http_probe
 from tests.lab.labkit import READY_PROBE, cluster, run, tiny_manifest
 
 # -- RollingUpdate fenceposts (ResolveFenceposts) -----------------------------------------
@@ -370,8 +371,8 @@ def test_terminating_pod_keeps_traffic_only_when_no_pod_is_ready(tmp_path: Path)
             # Every serving-terminating endpoint: the first pod is in its preStop too.
             assert c.haproxy.active_servers() == {first.name, last.name}
             for _ in range(2):
-                status = await http_get(c.haproxy.host, c.haproxy.port, "/via-lb", timeout=5)
-                assert status == 200
+                result = await http_probe(c.haproxy.host, c.haproxy.port, "/via-lb", timeout=5)
+                assert result.detail == "HTTP 200"
             assert "get /via-lb" in c.log(last) + c.log(first)
             assert c.events.first(last.name, "lb-removed") is None
 
