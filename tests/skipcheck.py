@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "skip-allowlist.txt"
-# test id -> skip reason, for this session (one pytest session per process)
+# test id -> skip reason, for this pytest run (one run per process)
 _SKIPPED: dict[str, str] = {}
 
 

@@ -35,7 +35,7 @@ from graceful.current import install
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.options import OptionError, resolve_shutdown
-from graceful.phases import run_delay, timed_phase
+from graceful.phases import report_exit_at_once, run_delay, timed_phase
 from graceful.readiness import ReadinessMiddleware
 
 logger = logging.getLogger("graceful.hypercorn")
@@ -177,18 +177,7 @@ class HypercornRunner:
             await asyncio.sleep(POLL)
 
     def _exit_at_once(self, why: str, code: int) -> None:
-        unwritten = self.lifecycle.unwritten()
-        listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
-        logger.error(
-            "Exiting at once (%s) in phase %s: left unwritten: %s; %d request(s) still running",
-            why,
-            self.lifecycle.phase.value,
-            listed,
-            self.lifecycle.in_flight,
-        )
-        for handler in logging.getLogger().handlers + logger.handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
+        report_exit_at_once(self.lifecycle, why, logger)
         self.hard_exit(code)
 
     def _phase(self, phase: Phase) -> contextlib.AbstractContextManager[None]:

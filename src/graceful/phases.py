@@ -50,3 +50,22 @@ def timed_phase(
         took = time.monotonic() - started
         durations[phase.value] = took
         log.info("Shutdown phase %s took %.3f s", phase.value, took)
+
+
+def report_exit_at_once(lifecycle: Lifecycle, why: str, log: logging.Logger) -> None:
+    """What every adapter's forced exit says before the process ends with no cleanup: the
+    app's last words (`before_forced_exit`, e.g. losses a rate limit held back), what
+    stays unwritten, and the log handlers flushed."""
+    lifecycle.run_before_forced_exit()
+    unwritten = lifecycle.unwritten()
+    listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
+    log.error(
+        "Exiting at once (%s) in phase %s: left unwritten: %s; %d request(s) still running",
+        why,
+        lifecycle.phase.value,
+        listed,
+        lifecycle.in_flight,
+    )
+    for handler in logging.getLogger().handlers + log.handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()

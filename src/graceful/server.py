@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 
 from graceful.lifecycle import Lifecycle, Phase
-from graceful.phases import run_delay, timed_phase
+from graceful.phases import report_exit_at_once, run_delay, timed_phase
 
 logger = logging.getLogger("graceful.server")
 
@@ -244,17 +244,7 @@ class GracefulServer(uvicorn.Server):
     def _exit_at_once(self, why: str, code: int) -> None:
         """Log what stays unwritten and end the process now, with no cleanup: a cancelled
         app shutdown would only add tracebacks, and whoever forces the exit wants it now."""
-        self.lifecycle.run_before_forced_exit()
-        unwritten = self.lifecycle.unwritten()
-        listed = ", ".join(f"{n} {what}" for what, n in unwritten.items()) or "nothing counted"
-        logger.error(
-            "Exiting at once (%s) in phase %s: left unwritten: %s; %d request(s) still running",
-            why,
-            self.lifecycle.phase.value,
-            listed,
-            self.lifecycle.in_flight,
-        )
-        _flush_log_handlers()
+        report_exit_at_once(self.lifecycle, why, logger)
         self.hard_exit(code)
 
     # The forced path, as a hook for embedding (tests, or a host that must not exit).
@@ -289,12 +279,6 @@ class GracefulServer(uvicorn.Server):
 
     def _phase(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
         return timed_phase(self.lifecycle, self.phase_durations, phase, logger)
-
-
-def _flush_log_handlers() -> None:
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
 
 
 def _capital(text: str) -> str:

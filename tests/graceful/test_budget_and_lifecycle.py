@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
+import pytest
+
 from graceful import Lifecycle, Phase, ShutdownConfig, budget_problems
+from graceful.phases import report_exit_at_once
 
 
 def test_budget_fits() -> None:
@@ -49,3 +53,21 @@ def test_deadline_and_remaining_follow_the_budget() -> None:
     remaining = lifecycle.remaining(None)
     assert remaining is not None and 8.5 < remaining <= 9
     assert lifecycle.remaining(3) == 3
+
+
+def test_every_adapters_forced_exit_says_the_apps_last_words_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A Lifecycle with a before-exit action (it logs, as the writer's held-back
+    losses do) and an unwritten count of 7. 2. The forced exit's report, shared by the
+    uvicorn and hypercorn adapters, runs the action, then logs the count, in that order."""
+    lifecycle = Lifecycle(ShutdownConfig())
+    log = logging.getLogger("graceful.test")
+    lifecycle.before_forced_exit(lambda: log.error("Lost 9 operations (held back)"))
+    lifecycle.report_unwritten("operations", lambda: 7)
+    with caplog.at_level(logging.ERROR):
+        report_exit_at_once(lifecycle, "third signal, SIGINT", log)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "Lost 9 operations (held back)"
+    assert messages[1].startswith("Exiting at once (third signal, SIGINT)")
+    assert "left unwritten: 7 operations" in messages[1]
