@@ -129,15 +129,9 @@ def test_small_quick_matrix_shows_v4_cutting_requests_and_v5_dropping_none(tmp_p
     assert (config.out / "matrix.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    """`lab matrix` over three versions of the tiny app (rollout-restart, --quick).
-    1. Once the first experiment is written and the second one's k6 runs, send one
-       SIGINT (or SIGTERM).
-    2. The matrix exits 130 (143) instead of going on with the third experiment; the
-       running one tore down gracefully (its pods exited on SIGTERM, none SIGKILLed).
-    3. matrix.json and matrix.md hold the first experiment, marked interrupted, and no
-       process any experiment started is left."""
+def _start_small_matrix(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """`lab matrix` over three versions of the tiny app (rollout-restart, --quick), its
+    output in tmp_path/matrix.log."""
     manifests = tmp_path / "k8s"
     for version in ("v1", "v2", "v3"):
         (manifests / version).mkdir(parents=True)
@@ -158,6 +152,19 @@ def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code
     log = (tmp_path / "matrix.log").open("wb")
     matrix = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     log.close()
+    return matrix, out
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """`lab matrix` over three versions of the tiny app (rollout-restart, --quick).
+    1. Once the first experiment is written and the second one's k6 runs, send one
+       SIGINT (or SIGTERM).
+    2. The matrix exits 130 (143) instead of going on with the third experiment; the
+       running one tore down gracefully (its pods exited on SIGTERM, none SIGKILLed).
+    3. matrix.json and matrix.md hold the first experiment, marked interrupted, and no
+       process any experiment started is left."""
+    matrix, out = _start_small_matrix(tmp_path)
     second = out / "v2-rollout-restart-tcp"
     try:
         wait_until(
@@ -191,6 +198,45 @@ def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code
     ]
     assert "sigkilled" not in kinds and kinds.count("exited") >= 1
     assert f"interrupted by {sig.name}" in (tmp_path / "matrix.log").read_text()
+
+
+def test_a_second_sigint_skips_the_graceful_teardown_but_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    """`lab matrix` as above. 1. Once the second experiment's k6 runs, SIGINT; as soon as
+    the matrix says its graceful teardown began, SIGINT again. 2. The teardown is forced
+    (its event says so), the matrix exits 130, the first experiment is written and
+    marked interrupted, and no process any experiment started is left."""
+    matrix, out = _start_small_matrix(tmp_path)
+    second = out / "v2-rollout-restart-tcp"
+    log = tmp_path / "matrix.log"
+    try:
+        wait_until(
+            lambda: "k6" in _pids(second).values() and (out / "matrix.json").exists(),
+            60,
+            what="the first experiment done and the second one's load running",
+        )
+        matrix.send_signal(signal.SIGINT)
+        wait_until(lambda: "graceful teardown" in log.read_text(), 10, what="the graceful teardown")
+        matrix.send_signal(signal.SIGINT)
+        assert matrix.wait(30) == 130
+    finally:
+        if matrix.poll() is None:
+            matrix.kill()
+            matrix.wait(10)
+        for cell in out.glob("v*-rollout-restart-tcp"):
+            for pid in _pids(cell):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+    pids = [pid for cell in out.glob("v*-rollout-restart-tcp") for pid in _pids(cell)]
+    assert pids
+    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
+    assert not (out / "v3-rollout-restart-tcp").exists()
+    data = json.loads((out / "matrix.json").read_text())
+    assert [c["version"] for c in data["cells"]] == ["v1"]
+    assert data["interrupted"].startswith("interrupted by SIGINT after 1 of 3")
+    events = (second / "events.jsonl").read_text()
+    assert "teardown-forced SIGINT: killing every process the lab started" in events
 
 
 def _pids(out: Path) -> dict[int, str]:
