@@ -11,19 +11,17 @@
 
 MUTATION_DIR ?= out/mutation
 MUTATION_PARTS ?= graceful calc
-# The in-process tests of each part (the ones mutmut can map to functions).
-MUTATION_TESTS_graceful := tests/graceful/test_tasks_and_batcher.py \
-	tests/graceful/test_batcher_faults.py tests/graceful/test_budget_and_lifecycle.py
-MUTATION_TESTS_calc := tests/calc/test_config_precedence.py tests/calc/test_oplog_claims.py \
-	tests/calc/test_oplog.py
+# The in-process tests of each part (the ones mutmut can map to functions), one path per
+# line in tests/<part>/mutation-tests.txt ('#' starts a comment).
+mutation_tests = $(shell sed -e 's/\#.*//' tests/$(1)/mutation-tests.txt)
 MUTATION_CHILDREN ?= 2
 
 mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (~1 h here); out/mutation/<part>/score.txt, survivors.txt
 	$(BIN)/pip install --quiet 'mutmut>=3,<4'
 	@set -e; for part in $(MUTATION_PARTS); do \
 	  case $$part in \
-	    graceful) tests="$(MUTATION_TESTS_graceful)";; \
-	    calc) tests="$(MUTATION_TESTS_calc)";; \
+	    graceful) tests="$(call mutation_tests,graceful)";; \
+	    calc) tests="$(call mutation_tests,calc)";; \
 	    *) echo "error: MUTATION_PARTS: unknown part '$$part' (graceful, calc)" >&2; exit 2;; \
 	  esac; \
 	  dir=$(MUTATION_DIR)/$$part; rm -rf "$$dir"; mkdir -p "$$dir"; \
