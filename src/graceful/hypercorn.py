@@ -6,10 +6,10 @@
     (set here to the drain timeout cut to the budget), then cancels them -> the app's
     lifespan shutdown.
 
-Compared with `GracefulServer` on uvicorn: hypercorn's own drain is the forced path
-(it cancels what is still running at `graceful_timeout`), so a second SIGINT ends the
-delay but not a drain under way; a third signal, or an app shutdown past the budget,
-still exits at once with what is left unwritten logged.
+A second SIGINT ends the delay and cuts the drain, as on uvicorn: hypercorn's API has no
+call to end its `graceful_timeout` wait early, so the runner cancels the request
+handlers it tracks itself, and that wait ends with them. A third signal, or an app
+shutdown past the budget, exits at once with what is left unwritten logged.
 
 `graceful-hypercorn module:app --bind HOST:PORT` runs it from a command line (shutdown
 options from the GRACEFUL_* variables, as for `graceful-serve`).
@@ -65,6 +65,26 @@ class _LifespanPhase:
         await self.app(scope, observed, send)
 
 
+class _RequestTasks:
+    """Keeps the task of every running request handler in `running` (removed when it
+    ends), so that a second SIGINT can cancel them."""
+
+    def __init__(self, app: ASGIApp, running: set[asyncio.Task[Any]]) -> None:
+        self.app = app
+        self.running = running
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await self.app(scope, receive, send)
+            return
+        self.running.add(task)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running.discard(task)
+
+
 class HypercornRunner:
     """Runs an ASGI app on hypercorn with graceful's phases; one per process."""
 
@@ -76,6 +96,8 @@ class HypercornRunner:
         self.phase_durations: dict[str, float] = {}
         self._signalled: asyncio.Event | None = None
         self._logged = 1  # the first signal is logged as "Shutdown started"
+        self.requests: set[asyncio.Task[Any]] = set()  # running request handlers
+        self.cut_by_signal = 0
 
     # The forced path, as a hook for embedding.
     hard_exit: Callable[[int], Any] = staticmethod(os._exit)
@@ -101,7 +123,8 @@ class HypercornRunner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.handle_signal, sig)
         watcher = loop.create_task(self._watch(), name="graceful-signal-watcher")
-        wrapped = GracefulMiddleware(_LifespanPhase(app, self.lifecycle), self.lifecycle)
+        tracked = _RequestTasks(_LifespanPhase(app, self.lifecycle), self.requests)
+        wrapped = GracefulMiddleware(tracked, self.lifecycle)
         try:
             await hypercorn_serve(
                 wrapped,  # type: ignore[arg-type]  # any ASGI 3 callable
@@ -116,10 +139,10 @@ class HypercornRunner:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         self.lifecycle.phase = Phase.STOPPED
-        if self.lifecycle.requests_cancelled:
+        at_timeout = self.lifecycle.requests_cancelled - self.cut_by_signal
+        if at_timeout > 0:
             logger.warning(
-                "%d request(s) cancelled by hypercorn at its graceful_timeout",
-                self.lifecycle.requests_cancelled,
+                "%d request(s) cancelled by hypercorn at its graceful_timeout", at_timeout
             )
         requested = self.lifecycle.shutdown_requested_at
         if requested is not None:
@@ -167,6 +190,8 @@ class HypercornRunner:
                     logger.warning("%s again during shutdown: ignored", _name(sig))
                 else:
                     logger.warning("SIGINT again: no more waiting for requests")
+            if self.hurry and self.lifecycle.phase == Phase.DRAINING:
+                self._cut_requests()
             deadline = self.lifecycle.deadline()
             if (
                 self.lifecycle.phase == Phase.APP_SHUTDOWN
@@ -175,6 +200,16 @@ class HypercornRunner:
             ):
                 self._exit_at_once("the app's shutdown overran the budget", 1)
             await asyncio.sleep(POLL)
+
+    def _cut_requests(self) -> None:
+        """Cancels the running handlers not yet cancelled; the middleware counts each
+        (and hypercorn answers 500 where the answer had not started)."""
+        cut = [task for task in self.requests if not task.cancelling()]
+        for task in cut:
+            task.cancel()
+        if cut:
+            self.cut_by_signal += len(cut)
+            logger.warning("Second SIGINT: cancelled %d running request(s)", len(cut))
 
     def _exit_at_once(self, why: str, code: int) -> None:
         report_exit_at_once(self.lifecycle, why, logger)

@@ -72,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         help="L7 modes: HAProxy's sharing of idle pod connections (default safe)",
     )
     run.add_argument(
-        "--endpoint-lag", default="1", help="propagation lag in seconds, or MIN-MAX (default 1)"
+        "--endpoint-lag",
+        default="1",
+        help="propagation lag, drawn per change and proxy: SECONDS, MIN-MAX (uniform) or "
+        "lognormal:MEDIAN,P99 (default 1)",
     )
     run.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the action")
     run.add_argument("--cooldown", type=float, default=10.0, help="seconds of load after it")

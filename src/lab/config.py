@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import lag
+from lab.lag import DEFAULT_LAG, Lag
+
 SCENARIOS = ("rollout-restart", "scale", "steady", "update")
 LB_MODES = ("tcp", "http", "https", "h2")
 HTTP_REUSE = ("never", "safe", "aggressive", "always")  # HAProxy's http-reuse modes
@@ -29,17 +32,12 @@ def default_k6_script() -> Path:
     return _project_file("deploy/k6/load-test.js")
 
 
-def parse_lag(text: str) -> tuple[float, float]:
-    """`1` -> (1, 1); `0.5-3` -> (0.5, 3): each change draws a lag in the range."""
-    low_text, sep, high_text = text.partition("-")
+def parse_lag(text: str) -> Lag:
+    """`--endpoint-lag`'s forms (lab.lag): each change draws its own lag."""
     try:
-        low = float(low_text)
-        high = float(high_text) if sep else low
-    except ValueError:
-        raise ConfigError(f"--endpoint-lag: expected SECONDS or MIN-MAX, got {text!r}") from None
-    if low < 0 or high < low:
-        raise ConfigError(f"--endpoint-lag: need 0 <= MIN <= MAX, got {text!r}")
-    return low, high
+        return lag.parse_lag(text)
+    except lag.LagError as exc:
+        raise ConfigError(f"--endpoint-lag: {exc}") from None
 
 
 TIMED_KINDS = ("influx-down", "influx-stall")
@@ -130,7 +128,7 @@ class LabConfig:
     lb: str = "tcp"
     lb_retries: int = 0
     http_reuse: str = "safe"  # the L7 modes' sharing of idle server connections
-    endpoint_lag: tuple[float, float] = (1.0, 1.0)
+    endpoint_lag: Lag = DEFAULT_LAG
     warmup: float = 10.0
     cooldown: float = 10.0
     duration: float = 30.0  # the steady scenario's load time after warm-up
@@ -186,9 +184,6 @@ class LabConfig:
             )
         if not 0 <= self.lb_retries <= 10:
             raise ConfigError(f"--lb-retries: must be between 0 and 10, got {self.lb_retries}")
-        low, high = self.endpoint_lag
-        if low < 0 or high < low:
-            raise ConfigError(f"--endpoint-lag: need 0 <= MIN <= MAX, got {low}-{high}")
         for name, value in (
             ("--warmup", self.warmup),
             ("--cooldown", self.cooldown),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from lab.events import EventLog
 from lab.haproxy import HAProxy, HAProxyError
+from lab.lag import DEFAULT_LAG, Lag
 from lab.pods import Pod
 from lab.waits import stop_task, wait_event
 
@@ -68,7 +69,7 @@ class EndpointsController:
         pods: Callable[[], list[Pod]],
         port: int,
         events: EventLog,
-        lag: tuple[float, float] = (1.0, 1.0),
+        lag: Lag = DEFAULT_LAG,
         rng: random.Random | None = None,
         node: str = "",
     ) -> None:
@@ -94,8 +95,7 @@ class EndpointsController:
         self.running = False
 
     def draw_lag(self) -> float:
-        low, high = self.lag
-        return low if high <= low else self.rng.uniform(low, high)
+        return self.lag.draw(self.rng)
 
     def desired(self) -> set[str]:
         """Where new connections go once every change has reached the proxy."""

@@ -33,7 +33,7 @@ from lab.controller import DeploymentController
 from lab.endpoints import EndpointsController
 from lab.events import EventLog
 from lab.faults import Faults
-from lab.haproxy import HAProxy, HAProxyError
+from lab.haproxy import HAProxy, HAProxyError, HealthChecks
 from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import InfluxServer, free_port
 from lab.k6 import K6, find_k6
@@ -388,9 +388,13 @@ class Lab:
                 value = INFLUX_SERVICE.sub(influx_address, value)
             return _service_urls(value, self.service_addresses)
 
+        # Pod addresses, and with --nodes each node's own address for its proxy: a failed
+        # node's address then drops packets like its pods' do.
+        self.addresses = AddressPool()
         self.haproxy = HAProxy(
             self.out / "haproxy",
             free_port(),
+            host=self.addresses.take() if config.nodes > 1 else "127.0.0.1",
             mode=config.lb,
             retries=config.lb_retries,
             http_reuse=config.http_reuse,
@@ -408,7 +412,7 @@ class Lab:
             if dead is not None:
                 self.events.phase("dead-addresses", f"nftables table {dead.table}, on demand")
             self.runtime = ProcessRuntime(
-                self.registry, self.out / "pods", base_env, rewrite, AddressPool(), dead
+                self.registry, self.out / "pods", base_env, rewrite, self.addresses, dead
             )
         self.kubelet = Kubelet(
             self.events,
@@ -491,6 +495,7 @@ class Lab:
                 self.endpoints,
                 node_monitor_grace=config.node_monitor_grace,
                 unreachable_toleration=config.unreachable_toleration,
+                node_down=self._node_down if config.nodes > 1 else None,
             )
             self.faults.start()
         completed = True
@@ -757,13 +762,16 @@ class Lab:
             proxy = HAProxy(
                 self.out / f"haproxy-node{index}",
                 free_port(),
+                host=self.addresses.take(),
                 mode=config.lb,
                 retries=config.lb_retries,
                 http_reuse=config.http_reuse,
             )
             self.node_proxies.append(proxy)
             await proxy.start(self.registry)
-        self.front = HAProxy(self.out / "haproxy-lb", free_port(), mode="tcp")
+        self.front = HAProxy(
+            self.out / "haproxy-lb", free_port(), mode="tcp", health_checks=HealthChecks()
+        )
         await self.front.start(self.registry)
         for index, proxy in enumerate(self.node_proxies):
             self.front.add_server(f"node{index}", proxy.host, proxy.port)
@@ -773,14 +781,39 @@ class Lab:
         self.events.phase("nodes", f"{config.nodes} node proxies behind {url}")
         return url
 
+    async def _node_down(self, node: int) -> str:
+        """A failed node's proxy goes with it: its address drops packets, and the
+        balancer keeps sending it connections until its health checks fail."""
+        dead = self.runtime.dead if self.runtime is not None else None
+        proxy = self.node_proxies[node]
+        if dead is None:
+            return f"node{node}'s proxy stays reachable (no nftables)"
+        await dead.drop(proxy.host)
+        checks = self.front.health_checks if self.front is not None else None
+        after = (
+            f", out of the balancer after {checks.fall} failed checks every {checks.interval:g} s"
+            if checks
+            else ""
+        )
+        return f"node{node}'s proxy {proxy.host} drops packets{after}"
+
     def _log_node_connections(self) -> None:
         """How many connections each node's proxy took: the balancer spread the load."""
         counts = []
+        try:
+            in_balancer = self.front.servers() if self.front is not None else {}
+        except (OSError, HAProxyError) as exc:
+            in_balancer = {}
+            counts.append(f"balancer unknown ({exc!r})")
         for index, proxy in enumerate(self.node_proxies):
+            status = in_balancer.get(f"node{index}", "")
+            # "UP 1/2" is up with a failed check; only a node out of rotation is named.
+            down = status and not status.startswith("UP")
+            seen = f" ({status} in the balancer)" if down else ""
             try:
-                counts.append(f"node{index} {proxy.connections_total()}")
+                counts.append(f"node{index} {proxy.connections_total()}{seen}")
             except (OSError, HAProxyError) as exc:
-                counts.append(f"node{index} unknown ({exc!r})")
+                counts.append(f"node{index} unknown ({exc!r}){seen}")
         self.events.phase("node-connections", ", ".join(counts))
 
     async def _stop_proxies(self) -> None:

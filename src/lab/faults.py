@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from lab.config import NODE_MONITOR_GRACE, UNREACHABLE_TOLERATION, Fault
 from lab.endpoints import EndpointsController
@@ -53,7 +53,10 @@ class Faults:
         endpoints: EndpointsController | None = None,
         node_monitor_grace: float = NODE_MONITOR_GRACE,
         unreachable_toleration: float = UNREACHABLE_TOLERATION,
+        node_down: Callable[[int], Awaitable[str]] | None = None,
     ) -> None:
+        # With --nodes: takes a failed node's proxy down with it, says what it did.
+        self.node_down = node_down
         self.node_monitor_grace = node_monitor_grace
         self.unreachable_toleration = unreachable_toleration
         self.haproxy = haproxy
@@ -202,11 +205,12 @@ class Faults:
             if victim.process is not None and victim.process.returncode is None:
                 Registry.kill_group(victim.process.pid)
         where = f"node{pod.node}" if self.kubelet.nodes > 1 else "node"
+        proxy = f"; {await self.node_down(pod.node)}" if self.node_down is not None else ""
         self._event(
             fault,
             "start",
             f"{where} down: {', '.join(v.ip for v in lost)} drop packets, "
-            f"{len(lost)} pod{'s' if len(lost) != 1 else ''} killed",
+            f"{len(lost)} pod{'s' if len(lost) != 1 else ''} killed{proxy}",
             pod.name,
         )
         grace = self.node_monitor_grace

@@ -20,11 +20,29 @@ import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab.procs import Registry
 
 BACKEND = "pods"
+
+
+@dataclass(frozen=True)
+class HealthChecks:
+    """TCP health checks of each server, as a cloud load balancer checks the nodes behind
+    a Service of type LoadBalancer. Google Cloud's defaults: a check every 5 s, 5 s
+    timeout, unhealthy after 2 failures, healthy again after 2 successes
+    (https://cloud.google.com/load-balancing/docs/health-check-concepts)."""
+
+    interval: float = 5.0
+    fall: int = 2
+    rise: int = 2
+
+    def keywords(self) -> str:
+        ms = max(1, round(self.interval * 1000))
+        return f"check inter {ms} fall {self.fall} rise {self.rise}"
+
 
 _CONFIG = """\
 global
@@ -80,6 +98,7 @@ class HAProxy:
         retries: int = 0,
         binary: str | None = None,
         http_reuse: str = "safe",
+        health_checks: HealthChecks | None = None,
     ) -> None:
         found = binary or shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(found).exists():
@@ -91,6 +110,7 @@ class HAProxy:
         self.mode = mode
         self.retries = retries
         self.http_reuse = http_reuse
+        self.health_checks = health_checks
         # A Unix socket path must fit in 108 bytes, which a deep --out dir (pytest's tmp
         # dirs) does not: the socket lives in a short private dir of its own.
         self.socket_dir: Path | None = None  # made by start()
@@ -208,13 +228,17 @@ class HAProxy:
         return b"".join(chunks).decode(errors="replace").strip()
 
     def add_server(self, name: str, address: str, port: int) -> None:
-        """Register a server and take it out of maintenance (new servers start in maint)."""
-        answer = self.command(f"add server {BACKEND}/{name} {address}:{port}")
+        """Register a server and take it out of maintenance (new servers start in maint);
+        with health checks, start checking it (a dynamic server's checks start off)."""
+        checks = f" {self.health_checks.keywords()}" if self.health_checks else ""
+        answer = self.command(f"add server {BACKEND}/{name} {address}:{port}{checks}")
         if "New server registered" not in answer:
             raise HAProxyError(f"add server {name}: {answer}")
-        answer = self.command(f"enable server {BACKEND}/{name}")
-        if answer:
-            raise HAProxyError(f"enable server {name}: {answer}")
+        commands = ["enable server", "enable health"] if checks else ["enable server"]
+        for command in commands:
+            answer = self.command(f"{command} {BACKEND}/{name}")
+            if answer:
+                raise HAProxyError(f"{command} {name}: {answer}")
 
     def drain_server(self, name: str) -> None:
         """No new connections to it; established ones carry on (conntrack's behaviour)."""
@@ -232,7 +256,8 @@ class HAProxy:
         raise HAProxyError(f"del server {name}: {answer}")
 
     def servers(self) -> dict[str, str]:
-        """Backend servers by name -> status (`no check` when in rotation, `MAINT` drained)."""
+        """Backend servers by name -> status (`no check` when in rotation without health
+        checks, `UP`/`DOWN` with them, `MAINT` drained)."""
         out: dict[str, str] = {}
         for row in self.command("show stat").splitlines():
             cols = row.split(",")

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from lab.config import LB_MODES, MAX_NODES, REPO, ConfigError, LabConfig
+from lab.lag import DEFAULT_LAG, Lag
 from lab.report import Report
 from lab.stopping import Interrupted, Signals
 
@@ -53,7 +54,7 @@ class MatrixConfig:
     quick: bool = False
     no_prestop: bool = False  # a cluster without a preStop sleep: hooks removed
     vus: int = 50
-    endpoint_lag: tuple[float, float] = (1.0, 1.0)
+    endpoint_lag: Lag = DEFAULT_LAG
     warmup: float | None = None  # None: 10 s, or QUICK_PHASE with --quick
     cooldown: float | None = None  # None: 10 s, or QUICK_PHASE with --quick
     out: Path = Path("out/matrix")
@@ -117,10 +118,21 @@ class MatrixConfig:
                 f"and periodSeconds 5 -> {QUICK_PROBE['periodSeconds']}; "
                 f"terminationGracePeriodSeconds 30 -> {QUICK_WRAPPER_GRACE} where the container "
                 f"runs the shell wrapper {WRAPPER} (v1, v2: pods still die by SIGKILL); "
-                f"replicas as above (13 in the manifests); warm-up and cool-down "
-                f"{QUICK_PHASE:g} s (10 s)"
+                f"replicas as above (13 in the manifests)"
             )
+        warmup, cooldown = self.phases()
+        if (warmup, cooldown) != (10.0, 10.0):
+            lines.append(f"warm-up {warmup:g} s and cool-down {cooldown:g} s (10 s each)")
         return lines
+
+    def phases(self) -> tuple[float, float]:
+        """Seconds of load before and after each action: the options, or 10 s each
+        (QUICK_PHASE with --quick)."""
+        default = QUICK_PHASE if self.quick else 10.0
+        return (
+            default if self.warmup is None else self.warmup,
+            default if self.cooldown is None else self.cooldown,
+        )
 
 
 @dataclass
@@ -178,7 +190,7 @@ def experiment_config(
         lab_scenario, replicas, to = "scale", sizes.scale_low, sizes.scale_high
     else:
         lab_scenario, replicas, to = "scale", sizes.scale_high, sizes.scale_low
-    default_phase = QUICK_PHASE if config.quick else 10.0
+    warmup, cooldown = config.phases()
     return LabConfig(
         manifests=manifests,
         scenario=lab_scenario,
@@ -187,8 +199,8 @@ def experiment_config(
         vus=config.vus,
         lb=lb,
         endpoint_lag=config.endpoint_lag,
-        warmup=config.warmup if config.warmup is not None else default_phase,
-        cooldown=config.cooldown if config.cooldown is not None else default_phase,
+        warmup=warmup,
+        cooldown=cooldown,
         out=out,
         progress=config.progress,
         http_reuse=config.http_reuse,
@@ -299,7 +311,7 @@ def write_outputs(config: MatrixConfig, cells: list[Cell], interrupted: str | No
     data = {
         "changes": config.changes(),
         "vus": config.vus,
-        "endpoint_lag": list(config.endpoint_lag),
+        "endpoint_lag": config.endpoint_lag.to_json(),
         "interrupted": interrupted,
         "cells": [asdict(c) for c in cells],
     }
@@ -310,7 +322,7 @@ def write_outputs(config: MatrixConfig, cells: list[Cell], interrupted: str | No
 def markdown(config: MatrixConfig, cells: list[Cell], interrupted: str | None = None) -> str:
     lines = [
         f"k6 {config.vus} VUs, new connection per request; endpoint lag "
-        f"{'-'.join(f'{x:g}' for x in sorted(set(config.endpoint_lag)))} s.",
+        f"{config.endpoint_lag.describe()}.",
         *(f"- {c}" for c in config.changes()),
         "",
     ]

@@ -48,7 +48,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="remove every preStop hook, as on a cluster without a preStop sleep",
     )
     matrix.add_argument("--vus", type=int, default=50, help="k6 virtual users (default 50)")
-    matrix.add_argument("--endpoint-lag", default="1", help="seconds, or MIN-MAX (default 1)")
+    matrix.add_argument(
+        "--endpoint-lag",
+        default="1",
+        help="SECONDS, MIN-MAX (uniform) or lognormal:MEDIAN,P99 (default 1)",
+    )
     matrix.add_argument("--warmup", type=float, help="seconds of load before each action")
     matrix.add_argument("--cooldown", type=float, help="seconds of load after it")
     matrix.add_argument(

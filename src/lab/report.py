@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lab.accounting import Accounting, Request
 from lab.events import Event
+from lab.lag import Lag
 
 ID_SAMPLE = 50  # ids listed in the report per category; the counts are exact
 
@@ -19,7 +20,7 @@ class Report:
     scenario: str
     lb: str
     lb_retries: int
-    endpoint_lag: list[float]
+    endpoint_lag: str  # as lab.lag.Lag.describe() says it
     vus: int
     replicas: int
     requests: int
@@ -74,7 +75,7 @@ class Report:
             ("manifests", self.manifests),
             ("scenario", self.scenario),
             ("load balancer", _lb(self)),
-            ("endpoint lag", "-".join(f"{x:g}" for x in sorted(set(self.endpoint_lag))) + " s"),
+            ("endpoint lag", self.endpoint_lag),
             ("replicas / VUs", f"{self.replicas} / {self.vus}"),
             ("duration", f"{self.duration_s:.1f} s"),
             ("action", _action(self)),
@@ -204,7 +205,7 @@ def build(
     scenario: str,
     lb: str,
     lb_retries: int,
-    endpoint_lag: tuple[float, float],
+    endpoint_lag: Lag,
     vus: int,
     replicas: int,
     accounting: Accounting,
@@ -228,7 +229,7 @@ def build(
         scenario=scenario,
         lb=lb,
         lb_retries=lb_retries,
-        endpoint_lag=list(endpoint_lag),
+        endpoint_lag=endpoint_lag.describe(),
         vus=vus,
         replicas=replicas,
         requests=accounting.requests,

@@ -94,13 +94,12 @@ def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
     assert "1 request(s) cancelled by hypercorn at its graceful_timeout" in log, log
 
 
-def test_second_sigint_ends_the_delay_and_a_third_exits_at_once(
-    processes: Processes, port: int
-) -> None:
-    """1. graceful-hypercorn with a quiet period of 5 s; a 10 s request starts.
-    2. SIGINT: the delay begins. 3. SIGINT again: the delay ends at once, the listener
-    closes and hypercorn waits for the request (drain timeout 10 s). 4. SIGINT a third
-    time: the process exits at once with 130, logging what it leaves."""
+def test_second_sigint_ends_the_delay_and_cuts_the_drain(processes: Processes, port: int) -> None:
+    """1. graceful-hypercorn with a quiet period of 5 s and a drain timeout of 10 s; a
+    10 s request starts. 2. SIGINT: the delay begins. 3. SIGINT again: the delay ends at
+    once, the listener closes, and the drain is cut too: the request is cancelled
+    (answered 500, counted and logged as the second SIGINT's), and the process exits 0
+    about a second after it, not at the request's or the drain's end."""
     env = {"GRACEFUL_QUIET_PERIOD": "5", "GRACEFUL_QUIET_MAX": "5"}
     process = hypercorn(processes, port, env)
     result: list[httpx.Response | Exception] = []
@@ -109,18 +108,75 @@ def test_second_sigint_ends_the_delay_and_a_third_exits_at_once(
         wait_until(lambda: "Working 10.0 s" in processes.output(process), 5, what="request")
         os.kill(process.pid, signal.SIGINT)
         wait_until(lambda: "Shutdown started" in processes.output(process), 5, what="start")
+        second = time.monotonic()
         os.kill(process.pid, signal.SIGINT)
-        wait_until(lambda: "running requests get" in processes.output(process), 3, what="drain")
-        third = time.monotonic()
-        os.kill(process.pid, signal.SIGINT)
-        assert process.wait(5) == 130
-        assert time.monotonic() - third < 1.0
+        assert process.wait(8) == 0
+        took = time.monotonic() - second
     finally:
         thread.join(15)
+    assert took < 2.0, took
+    assert isinstance(result[0], httpx.Response) and result[0].status_code == 500, result
     log = processes.output(process)
     assert "Second SIGINT: stopped waiting for quiet period" in log, log
-    assert "Exiting at once (third signal, SIGINT) in phase draining" in log, log
-    assert "1 request(s) still running" in log
+    assert "Second SIGINT: cancelled 1 running request(s)" in log, log
+    assert "at its graceful_timeout" not in log, log
+    assert "Traceback" not in log, log
+
+
+def test_a_sigint_after_sigterm_cuts_a_drain_under_way(processes: Processes, port: int) -> None:
+    """1. graceful-hypercorn with no quiet period and a drain timeout of 20 s; a 20 s
+    request starts. 2. SIGTERM: the listener closes and hypercorn's drain waits for the
+    request. 3. Once the drain is under way, SIGINT: the running request is cancelled
+    (500, logged), hypercorn's wait ends with it and the process exits 0 within about a
+    second, where it would otherwise wait out the request."""
+    env = {"GRACEFUL_QUIET_PERIOD": "0", "GRACEFUL_DRAIN_TIMEOUT": "20"}
+    process = hypercorn(processes, port, env)
+    result: list[httpx.Response | Exception] = []
+    thread = request_in_thread(f"http://127.0.0.1:{port}/work?seconds=20", result)
+    try:
+        wait_until(lambda: "Working 20.0 s" in processes.output(process), 5, what="request")
+        os.kill(process.pid, signal.SIGTERM)
+        wait_until(lambda: "running requests get" in processes.output(process), 5, what="the drain")
+        sigint = time.monotonic()
+        os.kill(process.pid, signal.SIGINT)
+        assert process.wait(8) == 0
+        took = time.monotonic() - sigint
+    finally:
+        thread.join(25)
+    assert took < 2.0, took
+    assert isinstance(result[0], httpx.Response) and result[0].status_code == 500, result
+    log = processes.output(process)
+    assert "SIGINT again: no more waiting for requests" in log, log
+    assert "Second SIGINT: cancelled 1 running request(s)" in log, log
+    assert "Traceback" not in log, log
+
+
+def test_a_third_signal_exits_at_once_during_a_stuck_app_shutdown(
+    processes: Processes, port: int
+) -> None:
+    """1. graceful-hypercorn of an app whose lifespan shutdown never ends (7 items
+    unwritten), a 30 s grace period, quiet period 5 s. 2. SIGINT, SIGINT: the delay ends,
+    the drain has nothing to wait for and the app's shutdown hangs. 3. SIGINT a third
+    time: the process exits at once with 130, logging the 7 items."""
+    argv = [str(VENV_BIN / "graceful-hypercorn"), "tests.graceful.apps.served:stuck_app"]
+    env = {"GRACEFUL_GRACE_PERIOD": "30", "GRACEFUL_QUIET_PERIOD": "5"}
+    process = processes.start(
+        [*argv, "--bind", f"127.0.0.1:{port}"], env=env, cwd=REPO, name="stuck"
+    )
+    wait_until(lambda: "Running on" in processes.output(process), 15, what="hypercorn")
+    os.kill(process.pid, signal.SIGINT)
+    wait_until(lambda: "Shutdown started" in processes.output(process), 5, what="start")
+    os.kill(process.pid, signal.SIGINT)
+    wait_until(
+        lambda: "Lifespan shutdown began" in processes.output(process), 5, what="app shutdown"
+    )
+    third = time.monotonic()
+    os.kill(process.pid, signal.SIGINT)
+    assert process.wait(5) == 130
+    assert time.monotonic() - third < 1.0
+    log = processes.output(process)
+    assert "Exiting at once (third signal, SIGINT) in phase app-shutdown" in log, log
+    assert "left unwritten: 7 items" in log, log
 
 
 def test_an_app_shutdown_past_the_budget_exits_at_once_with_its_counts(

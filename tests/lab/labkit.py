@@ -21,6 +21,7 @@ from lab.events import EventLog
 from lab.haproxy import HAProxy
 from lab.images import ImageMap
 from lab.influx import free_port
+from lab.lag import Lag
 from lab.manifest import Manifests, load
 from lab.pods import AddressPool, Kubelet, Pod
 from lab.procs import Registry
@@ -100,6 +101,16 @@ def tiny_manifest(
 READY_PROBE: dict[str, Any] = {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}
 
 
+async def until(predicate: Any, timeout: float, what: str = "") -> None:
+    """Polls `predicate` until it is true; fails naming `what` after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
 @dataclass
 class Cluster:
     manifests: Manifests
@@ -114,12 +125,7 @@ class Cluster:
         return [p for p in self.kubelet.pods if not p.gone]
 
     async def until(self, predicate: Any, timeout: float, what: str = "") -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-            await asyncio.sleep(0.02)
+        await until(predicate, timeout, what)
 
     def log(self, pod: Pod) -> str:
         path = self.kubelet.log_dir / f"{pod.name}.log"
@@ -130,7 +136,7 @@ class Cluster:
 async def cluster(
     tmp_path: Path,
     manifest: Path,
-    lag: tuple[float, float] = (0.0, 0.0),
+    lag: float = 0.0,
     dead: Blackhole | None = None,
 ) -> AsyncIterator[Cluster]:
     """HAProxy (tcp, retries 0) + kubelet + Deployment and endpoints controllers; every
@@ -149,7 +155,12 @@ async def cluster(
     )
     controller = DeploymentController(manifests.deployment, kubelet, images, events)
     endpoints = EndpointsController(
-        haproxy, lambda: kubelet.pods, manifests.target_port, events, lag, random.Random(7)
+        haproxy,
+        lambda: kubelet.pods,
+        manifests.target_port,
+        events,
+        Lag.fixed(lag),
+        random.Random(7),
     )
 
     def changed() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from lab import report
 from lab.accounting import Request, account, read_requests
 from lab.influx import InfluxServer, free_port
+from lab.lag import Lag
 from tests.lab.labkit import TINYAPP
 from tests.support import VENV_BIN, Processes, wait_until
 
@@ -73,7 +74,7 @@ def _report(result_requests: list[Request], points: list[object], stopped_ms: in
         scenario="steady",
         lb="tcp",
         lb_retries=0,
-        endpoint_lag=(1.0, 1.0),
+        endpoint_lag=Lag.fixed(1.0),
         vus=1,
         replicas=1,
         accounting=result,

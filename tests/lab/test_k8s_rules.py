@@ -355,7 +355,7 @@ def test_terminating_pod_keeps_traffic_only_when_no_pod_is_ready(tmp_path: Path)
     )
 
     async def scenario() -> None:
-        async with cluster(tmp_path, manifest, lag=(0.2, 0.2)) as c:
+        async with cluster(tmp_path, manifest, lag=0.2) as c:
             await c.until(lambda: c.controller.complete() and len(c.endpoints.in_lb) == 2, 15)
             c.controller.scale(1)
             await c.until(lambda: any(p.terminating for p in c.pods()), 2, "a pod deleted")

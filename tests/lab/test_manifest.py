@@ -11,6 +11,7 @@ import yaml
 from lab import cli
 from lab.config import ConfigError, parse_lag
 from lab.images import Image, ImageMap, container_argv, container_env, expand, image_name
+from lab.lag import Lag
 from lab.manifest import ManifestError, Strategy, load
 from tests.lab.labkit import TINY_IMAGES, tiny_manifest
 
@@ -227,10 +228,14 @@ def test_project_image_map_loads() -> None:
 
 
 def test_endpoint_lag_option() -> None:
-    assert parse_lag("1") == (1.0, 1.0)
-    assert parse_lag("0.5-3") == (0.5, 3.0)
-    for bad in ("fast", "3-1", "-1"):
-        with pytest.raises(ConfigError, match="--endpoint-lag"):
+    assert parse_lag("1") == Lag.fixed(1.0)
+    assert parse_lag("0.5-3") == Lag("uniform", 0.5, 3.0)
+    assert parse_lag(" lognormal:1,5 ") == Lag("lognormal", 1.0, 5.0)
+    for bad in (
+        "fast", "3-1", "-1", "", "nan", "inf", "lognormal:1", "lognormal:0,5",
+        "lognormal:5,1", "lognormal:a,b", "normal:1,2",
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match="--endpoint-lag: expected SECONDS, MIN-MAX or"):
             parse_lag(bad)
 
 

@@ -67,6 +67,29 @@ def test_quick_rewrite_changes_only_what_the_header_names(tmp_path: Path) -> Non
     assert len(services) == 1
 
 
+def test_the_header_names_the_warm_up_and_cool_down_that_ran(tmp_path: Path) -> None:
+    """1. A quick matrix config with no phase options, one with --warmup 3 --cooldown 5,
+    and a full-size one with none. 2. The header's changes and each experiment's config
+    agree: 2 s each for --quick, the options where given, and nothing named (the
+    manifests' 10 s) for the full-size one."""
+    from lab.matrix import experiment_config
+
+    cases = [
+        (MatrixConfig(out=tmp_path, quick=True), (2.0, 2.0), "warm-up 2 s and cool-down 2 s"),
+        (
+            MatrixConfig(out=tmp_path, quick=True, warmup=3.0, cooldown=5.0),
+            (3.0, 5.0),
+            "warm-up 3 s and cool-down 5 s",
+        ),
+        (MatrixConfig(out=tmp_path), (10.0, 10.0), None),
+    ]
+    for config, phases, named in cases:
+        lab = experiment_config(config, K8S / "v5", "rollout-restart", "tcp", tmp_path / "x")
+        assert (lab.warmup, lab.cooldown) == phases
+        said = [line for line in config.changes() if "warm-up" in line]
+        assert said == ([f"{named} (10 s each)"] if named else []), said
+
+
 def test_no_prestop_rewrite_removes_only_the_hook(tmp_path: Path) -> None:
     """--no-prestop: v10's preStop is gone, nothing else changes (not quick)."""
     original = deployment(K8S / "v10")

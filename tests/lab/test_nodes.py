@@ -17,8 +17,9 @@ from lab import blackhole
 from lab.blackhole import Blackhole
 from lab.config import ConfigError, parse_fault
 from lab.influx import free_port
+from lab.lag import Lag
 from lab.matrix import MatrixConfig, experiment_config
-from tests.lab.labkit import cluster, run, tiny_manifest
+from tests.lab.labkit import cluster, run, tiny_manifest, until
 from tests.lab.test_faults import STEADY, _fault_events, _tiny
 from tests.lab.test_lab_run import _lab, _run
 from tests.support import REPO
@@ -108,6 +109,53 @@ def test_revived_address_answers_again() -> None:
                 await hole.close()
 
         asyncio.run(scenario())
+
+
+@needs_nft
+def test_balancer_health_checks_take_a_dead_nodes_proxy_out(tmp_path: Path) -> None:
+    """1. A balancer (real HAProxy, TCP health checks every 0.3 s, down after 2 failures)
+    in front of two listeners on their own loopback addresses, as --nodes puts each
+    node's proxy: both UP. 2. The first address is made dead (its node failed): its
+    checks time out, and within a few intervals it is DOWN, the other still UP. 3. Every
+    new connection through the balancer then reaches the live one."""
+    from lab.haproxy import HAProxy, HealthChecks
+    from lab.procs import Registry
+
+    listeners: list[socket.socket] = []
+    for address in ("127.201.9.2", "127.201.9.3"):
+        sock = socket.socket()
+        sock.bind((address, 0 if not listeners else listeners[0].getsockname()[1]))
+        sock.listen(64)
+        listeners.append(sock)
+    port = listeners[0].getsockname()[1]
+    hole = Blackhole(f"lab_dead_test_{port}")
+
+    async def scenario() -> None:
+        registry = Registry()
+        front = HAProxy(tmp_path, free_port(), health_checks=HealthChecks(0.3, 2, 2))
+        try:
+            await front.start(registry)
+            front.add_server("node0", "127.201.9.2", port)
+            front.add_server("node1", "127.201.9.3", port)
+            await until(lambda: front.servers() == {"node0": "UP", "node1": "UP"}, 5, "both UP")
+            await hole.drop("127.201.9.2")
+            await until(
+                lambda: front.servers() == {"node0": "DOWN", "node1": "UP"}, 5, "node0 DOWN"
+            )
+            for _ in range(6):
+                assert await asyncio.to_thread(_connect, "127.0.0.1", front.port, 1.0) == "ok"
+            assert front.connections_total() >= 6
+        finally:
+            await hole.close()
+            await front.stop()
+            await registry.kill_all()
+        assert registry.alive() == []
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        for sock in listeners:
+            sock.close()
 
 
 @needs_nft
@@ -322,10 +370,10 @@ def test_matrix_passes_nodes_to_every_run_and_says_so(tmp_path: Path) -> None:
     """1. A matrix config with --nodes 3 and a drawn lag; 2. each run's LabConfig has 3
     nodes and the lag range; 3. the table's header names the nodes; 4. `lab run` refuses
     0 nodes before anything starts."""
-    config = MatrixConfig(out=tmp_path / "out", nodes=3, endpoint_lag=(0.5, 3.0))
+    config = MatrixConfig(out=tmp_path / "out", nodes=3, endpoint_lag=Lag("uniform", 0.5, 3.0))
     config.validate()
     lab = experiment_config(config, Path("deploy/k8s/v10"), "rollout-restart", "tcp", tmp_path)
-    assert lab.nodes == 3 and lab.endpoint_lag == (0.5, 3.0)
+    assert lab.nodes == 3 and lab.endpoint_lag == Lag("uniform", 0.5, 3.0)
     assert any(line.startswith("--nodes 3:") for line in config.changes())
     assert not any("--nodes" in line for line in MatrixConfig().changes())
     with pytest.raises(ConfigError, match="--nodes: must be between 1 and"):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from lab.influx import free_port
+from lab.lag import Lag
 from tests.lab.labkit import READY_PROBE, Cluster, cluster, run, tiny_manifest
 
 FAST_READY: dict[str, Any] = {**READY_PROBE, "periodSeconds": 1}
@@ -111,7 +112,7 @@ def test_haproxy_follows_ready_pods_after_the_lag(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
-        async with cluster(tmp_path, manifest, lag=(lag, lag)) as c:
+        async with cluster(tmp_path, manifest, lag=lag) as c:
             await c.until(c.controller.complete, 20, "the first rollout")
             c.controller.scale(5)
             checked = 0
@@ -186,9 +187,25 @@ def test_lag_range_draws_per_change() -> None:
         list,
         1,
         EventLog(progress=None),
-        (0.5, 1.5),
+        Lag("uniform", 0.5, 1.5),
         random.Random(3),
     )
     lags = [controller.draw_lag() for _ in range(200)]
     assert all(0.5 <= lag <= 1.5 for lag in lags)
     assert max(lags) - min(lags) > 0.8
+
+
+def test_lognormal_lag_draws_match_its_median_and_p99() -> None:
+    """--endpoint-lag lognormal:1,5: 20,000 draws (seeded) have a median near 1 s and a
+    99th percentile near 5 s, every draw positive: a long tail, most changes quick."""
+    import random
+    import statistics
+
+    lag = Lag("lognormal", 1.0, 5.0)
+    rng = random.Random(11)
+    draws = sorted(lag.draw(rng) for _ in range(20_000))
+    assert min(draws) > 0
+    assert 0.95 <= statistics.median(draws) <= 1.05
+    assert 4.6 <= draws[int(0.99 * len(draws))] <= 5.4
+    assert lag.describe() == "lognormal (median 1 s, p99 5 s)"
+    assert Lag.fixed(1.0).draw(rng) == 1.0

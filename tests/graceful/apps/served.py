@@ -69,6 +69,7 @@ async def stuck_app(scope: Scope, receive: Receive, send: Send) -> None:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                logger.warning("Lifespan shutdown began; it never ends")
                 await asyncio.Event().wait()  # never set: stuck for good
     else:
         await app(scope, receive, send)
