@@ -46,6 +46,8 @@ from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
 
+K6_STOP_WHEN_INTERRUPTED = 3.0  # seconds for k6 to stop after a signal, then SIGKILL
+
 # The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
 INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
 INFLUX_DB = "calc"
@@ -747,7 +749,10 @@ class Lab:
             await self.faults.stop()
         k6 = self.k6.process if self.k6 is not None else None
         if self.k6 is not None and k6 is not None and k6.returncode is None:
-            await self.k6.stop()
+            # No report follows an interruption, so requests in flight need not finish:
+            # one hung on a failed node's address would hold the stop for k6's 60 s
+            # request timeout.
+            await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
         if self.kubelet is not None:
             await self._teardown_pods()
         await self._stop_controllers()

@@ -118,7 +118,7 @@ class K6:
                 await self._patch(client, {"paused": True})
                 await self._patch(client, {"stopped": True})
         try:
-            await asyncio.wait_for(process.wait(), 30)
+            await asyncio.wait_for(process.wait(), min(30.0, timeout))
         except TimeoutError:
             Registry.kill_group(process.pid)
             await asyncio.wait_for(process.wait(), 10)
