@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
+        if exc.report is not None:
+            print(exc.report.table())
+            print(f"partial report: {config.out / 'report.json'}")
         print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
         return exc.exit_code
     except (LabError, HAProxyError, InfluxError, K6Error) as exc:

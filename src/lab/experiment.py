@@ -214,6 +214,14 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
     return asyncio.run(_main(prepared, signals))
 
 
+async def _stop_and_report(lab: Lab, signal_name: str) -> report.Report | None:
+    """The graceful teardown, then the report of the run so far: every pod was deleted
+    gracefully, so what its operation log held is stored and the accounting is exact
+    up to the interruption."""
+    await lab.stop_gracefully()
+    return await lab.partial_report(f"{signal_name} at {lab.events.now():.1f} s")
+
+
 async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     loop = asyncio.get_running_loop()
     first, second = asyncio.Event(), asyncio.Event()
@@ -246,15 +254,20 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
             f"{signal.Signals(signum).name}: graceful teardown (a second signal kills everything)",
         )
         await stop_task(work, 10)
-        graceful = asyncio.create_task(lab.stop_gracefully(), name="graceful teardown")
+        graceful = asyncio.create_task(
+            _stop_and_report(lab, signal.Signals(signum).name), name="graceful teardown"
+        )
         await asyncio.wait({graceful, forced}, return_when=asyncio.FIRST_COMPLETED)
+        partial: report.Report | None = None
         if not graceful.done():
             name = signal.Signals(signals.received[-1]).name
             lab.events.phase("teardown-forced", f"{name}: killing every process the lab started")
             await stop_task(graceful, 5)
         elif graceful.exception() is not None:
             lab.events.phase("teardown-failed", repr(graceful.exception()))
-        raise Interrupted(signum)
+        else:
+            partial = graceful.result()
+        raise Interrupted(signum, partial)
     finally:
         for task in (stopper, forced):
             task.cancel()
@@ -333,6 +346,7 @@ class Lab:
         self.node_endpoints: list[EndpointsController] = []
         self.front: HAProxy | None = None
         self.k6: K6 | None = None
+        self.load_start: float | None = None  # when k6 started: a partial report needs it
         self.faults: Faults | None = None
         self.support: list[DeploymentController] = []
         # Service name -> (port -> pod address), for the supporting pods' Services.
@@ -479,7 +493,7 @@ class Lab:
             binary=self.p.k6_binary,
         )
         await self.k6.start(self.registry, base_env)
-        load_start = time.time()
+        load_start = self.load_start = time.time()
         self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s")
         await self._sleep_under_load(config.warmup)
 
@@ -537,16 +551,54 @@ class Lab:
         await self._teardown_pods()
         await self._stop_controllers()
         await self._stop_proxies()
+        return await self._report(
+            stopping_wall=stopping.wall,
+            steady_window=(load_start + 1, steady_end),  # k6 ramps up in the first second
+            completed=completed,
+            action_s=action_s,
+        )
 
+    async def partial_report(self, interrupted: str) -> report.Report | None:
+        """After an interruption and a graceful teardown: the report of the run so far
+        (requests k6 recorded, operations stored), or None if no load had started."""
+        csv_path = self.out / "k6.csv"
+        if self.load_start is None or not csv_path.exists():
+            return None
+        stopped = self.events.phase("partial-report", interrupted)
+        return await self._report(
+            stopping_wall=stopped.wall,
+            steady_window=(self.load_start + 1, stopped.wall),
+            completed=False,
+            action_s=None,
+            interrupted=interrupted,
+        )
+
+    async def _report(
+        self,
+        *,
+        stopping_wall: float,
+        steady_window: tuple[float, float],
+        completed: bool,
+        action_s: float | None,
+        interrupted: str | None = None,
+    ) -> report.Report:
+        """Account every request and operation; write report.json and the timeline."""
+        config, deployment = self.config, self.p.manifests.deployment
         requests, failed_checks = accounting.read_csv(self.out / "k6.csv")
         point_ids: list[object] | None = None
         if self.influx is not None:
             point_ids = await asyncio.to_thread(
                 self.influx.field_values, self.p.influx_db, "operation", "id"
             )
-        result = accounting.account(requests, point_ids, stopped_ms=int(stopping.wall * 1000))
+        result = accounting.account(requests, point_ids, stopped_ms=int(stopping_wall * 1000))
         self.events.phase("accounted", f"{result.requests} requests")
         notes = list(self.p.notes)
+        if interrupted is not None:
+            notes.insert(
+                0,
+                f"INTERRUPTED ({interrupted}): the numbers cover the run until then; "
+                "requests cut by the stop count as failed",
+            )
         if config.nodes > 1:
             notes.append(
                 f"{config.nodes} nodes, each with its own proxy and its own lag draws, "
@@ -569,14 +621,17 @@ class Lab:
             requests=requests,
             events=self.events.events,
             duration_s=self.events.now(),
-            # Skip the first second of load: k6 ramps its VUs up.
-            steady_ms=(int((load_start + 1) * 1000), int(steady_end * 1000)),
+            steady_ms=(int(steady_window[0] * 1000), int(steady_window[1] * 1000)),
             action_completed=completed,
             action_s=action_s,
             notes=notes,
             failed_checks=failed_checks,
             http_reuse=config.http_reuse if config.lb != "tcp" else None,
-            pod_bounds=(controller.peak_pods, controller.fewest_available),
+            pod_bounds=(
+                (self.controller.peak_pods, self.controller.fewest_available)
+                if self.controller is not None
+                else None
+            ),
             supporting=frozenset(
                 e.pod
                 for e in self.events.events

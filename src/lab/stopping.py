@@ -13,13 +13,17 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 
 class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; everything was cleaned up."""
+    """The run was stopped by SIGINT or SIGTERM; everything was cleaned up. `report` is
+    the run's report so far (a lab.report.Report) when the teardown was graceful and
+    the load had started."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, report: Any = None) -> None:
         self.signum = signum
+        self.report = report
         self.signal_name = signal.Signals(signum).name
         super().__init__(f"interrupted by {self.signal_name}")
 

@@ -233,25 +233,36 @@ def test_second_sigint_skips_the_graceful_teardown_and_kills_everything(tmp_path
     _assert_all_gone(out)
     assert "interrupted by SIGINT" in (tmp_path / "lab.log").read_text()
     assert any(p.startswith("teardown-forced SIGINT") for p in _phases(out)), _phases(out)
+    assert not (out / "report.json").exists()  # a forced stop writes no report
 
 
 def test_sigterm_tears_down_gracefully_and_exits_143(tmp_path: Path) -> None:
     """`lab run --scenario steady` with two pods that have a 1 s preStop sleep.
-    1. Once k6 runs, send SIGTERM once.
+    1. Once k6 has sent some requests (the app drops the point of request -1-3), send
+       SIGTERM once.
     2. The load stops, then each pod goes through preStop and SIGTERM and exits on its
-       own (no SIGKILL); the lab exits 143 and every PID it logged is gone."""
+       own (no SIGKILL); the lab exits 143 and every PID it logged is gone.
+    3. It prints and writes the report of the run so far, marked interrupted: the
+       requests k6 recorded, exactly the one lost operation, the timeline."""
     manifest = tiny_manifest(
         tmp_path / "m.yml",
         port=free_port(),
         replicas=2,
+        args=["--drop-id=-1-3"],
         readiness=READY_PROBE,
         pre_stop={"sleep": {"seconds": 1}},
         grace=10,
+        env=[{"name": "INFLUXDB_BASE_URL", "value": "http://influxdb:8086"}],
     )
     out = tmp_path / "out"
     lab = _start_steady(tmp_path, manifest, "lab.log")
+    csv = out / "k6.csv"
     try:
-        wait_until(lambda: "k6" in _pids(out).values(), 30, what="k6 started")
+        wait_until(
+            lambda: csv.exists() and csv.read_text().count("http_req_duration") > 20,
+            30,
+            what="k6 sent 20 requests",
+        )
         lab.send_signal(signal.SIGTERM)
         assert lab.wait(30) == 143
     finally:
@@ -267,7 +278,14 @@ def test_sigterm_tears_down_gracefully_and_exits_143(tmp_path: Path) -> None:
     phases = _phases(out)
     assert any(p.startswith("interrupted SIGTERM") for p in phases)
     assert not any(p.startswith("teardown-forced") for p in phases)
-    assert "interrupted by SIGTERM" in (tmp_path / "lab.log").read_text()
+    log = (tmp_path / "lab.log").read_text()
+    assert "interrupted by SIGTERM" in log
+    assert "INTERRUPTED (SIGTERM at" in log and "partial report:" in log, log[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["requests"] > 20 and report["ok"] > 20
+    assert report["lost_operations"] == 1 and report["lost_ids"][0].endswith("-1-3"), report
+    assert report["notes"][0].startswith("INTERRUPTED (SIGTERM at")
+    assert (out / "timeline.png").stat().st_size > 10_000
 
 
 def test_sigterm_while_pods_start_stops_before_the_load(tmp_path: Path) -> None:
