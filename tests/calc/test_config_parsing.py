@@ -312,11 +312,35 @@ def test_user_info_in_the_url_is_taken_out_and_unquoted() -> None:
     assert (raw_at.influxdb_username, raw_at.influxdb_password) == ("u", Secret("p@ss"))
 
 
-def test_an_at_sign_outside_the_host_part_is_no_user_info() -> None:
-    """1. A URL with '@' only in its path. 2. It is kept as given, with no credentials."""
-    config = resolve("v9", {"INFLUXDB_BASE_URL": "http://db:8086/a@b"}, {})
-    assert config.influxdb_base_url == "http://db:8086/a@b"
+@pytest.mark.parametrize(
+    "url",
+    ["http://db:8086/a@b", "http://db:8086/a@b/c", "http://db:8086/a//b@c", "http://db?q=a@b"],
+)
+def test_an_at_sign_outside_the_host_part_is_no_user_info(url: str) -> None:
+    """1. A URL with '@' only in its path or query. 2. It is kept as given, with no
+    credentials."""
+    config = resolve("v9", {"INFLUXDB_BASE_URL": url}, {})
+    assert config.influxdb_base_url == url
     assert (config.influxdb_username, config.influxdb_password) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("user@db:8086", "INFLUXDB_BASE_URL 'user@db:8086' must start with http:// or https://"),
+        ("db@x", "INFLUXDB_BASE_URL 'db@x' must start with http:// or https://"),
+        (
+            "http://u:p@[::1",
+            "INFLUXDB_BASE_URL 'http://u:p@[::1' is not a URL: Invalid IPv6 URL",
+        ),
+    ],
+)
+def test_a_malformed_url_with_an_at_sign_gets_a_clear_error(url: str, message: str) -> None:
+    """1. INFLUXDB_BASE_URL with an '@' but no scheme, or not a URL at all. 2. ConfigError
+    saying what is wrong with it (no crash while looking for credentials)."""
+    with pytest.raises(ConfigError) as error:
+        resolve("v9", {"INFLUXDB_BASE_URL": url}, {})
+    assert str(error.value) == message
 
 
 def test_an_empty_password_in_the_url_is_a_password() -> None:
@@ -343,10 +367,10 @@ def test_credential_sources_override_each_other_in_order(tmp_path: Path) -> None
     env["INFLUXDB_PASSWORD"] = "env-pw"
     assert resolve("v9", env, {}).influxdb_password == Secret("env-pw")
     secret = tmp_path / "password"
-    secret.write_text(" file pw \r\n")
+    secret.write_text(" file pwX \r\n")
     env["INFLUXDB_PASSWORD_FILE"] = str(secret)
     config = resolve("v9", env, {})
-    assert config.influxdb_password == Secret(" file pw ")
+    assert config.influxdb_password == Secret(" file pwX ")
     assert config.influxdb_base_url == "http://db:8086"
 
 
@@ -413,6 +437,7 @@ VALID = CalcConfig(pod="pod-a")
         ({"quiet_period": 2.0, "quiet_max": 2.0}, None),
         ({"quiet_period": 2.0, "quiet_max": 1.9}, "--quiet-max must be at least --quiet-period"),
         ({"quiet_period": 0.0, "quiet_max": 0.0}, None),
+        ({"quiet_period": 0.5, "quiet_max": 0.2}, "--quiet-max must be at least --quiet-period"),
         ({"influxdb_base_url": "http://db:8086"}, None),
         ({"influxdb_base_url": "https://db:8086"}, None),
         (
