@@ -75,6 +75,8 @@ def write(url: str, batch: list[str], **kw: object) -> BaseException | None:
         ('{"error":"unable to parse \'a\': bad"}', 4, 1),
         ('{"error":"bad timestamp"}', 4, 4),
         ('{"other":1}', 4, 4),
+        ('{"message":"partial write: dropped=2"}', 4, 2),
+        ('{"error":"unable to parse \'a\': bad dropped=1"}', 5, 2),
         ("[1, 2]", 4, 4),
         ("partial write: dropped=2", 4, 2),
         ("not json at all", 4, 4),

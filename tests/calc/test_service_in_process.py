@@ -149,29 +149,41 @@ def test_a_forced_exit_logs_the_losses_the_rate_limit_held_back(
                 oplog.record(rid, 1, 1.0)
             assert caplog.text.count("buffer_full so far") == 1
             lifecycle.run_before_forced_exit()
+            assert caplog.text.count("buffer_full so far") == 2
+            assert (
+                caplog.records[-1]
+                .getMessage()
+                .startswith(
+                    "Lost 1 operations (buffer_full: buffer full (1)); 2 buffer_full so far"
+                )
+            )
         await oplog.close(0)
 
     asyncio.run(scenario())
-    assert "Lost 1 operations (buffer_full: buffer full (1)); 2 buffer_full so far" in caplog.text
 
 
 class ServerThread:
     """A built server run in a thread of this process (no signal handlers there); its
-    stop is what the SIGTERM handler records."""
+    stop is what the SIGTERM handler records. The thread is a daemon and is always
+    stopped, so a server that fails never holds the test run."""
 
     def __init__(self, config: CalcConfig) -> None:
         self.server = build_server(config)
-        self.thread = threading.Thread(target=self.server.run, name="calc-server")
+        self.thread = threading.Thread(target=self.server.run, name="calc-server", daemon=True)
         self.url = f"http://{config.host}:{config.port}"
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        wait_until(
-            lambda: not self.thread.is_alive() or http_ok(f"{self.url}/health"),
-            10,
-            what="the server to answer /health",
-        )
-        assert self.thread.is_alive(), "the server thread ended at start"
+        try:
+            wait_until(
+                lambda: not self.thread.is_alive() or http_ok(f"{self.url}/health"),
+                5,
+                what="the server to answer /health",
+            )
+            assert self.thread.is_alive(), "the server thread ended at start"
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -187,30 +199,35 @@ class ServerThread:
 def test_the_built_server_serves_the_app_with_its_limits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """1. build_server for v10 on a loopback port (head limit 2 KiB, head timeout 0.3 s,
-    log level warning). 2. /health, a sum, and /ready answer over the socket; no access
-    log line is written. 3. A 4 KiB head gets 431; a head left unfinished gets 408 after
-    about 0.3 s. 4. A forced exit would report the spool. 5. SIGTERM: the server stops,
-    its point is in the file."""
+    """1. build_server for v10 on 127.0.0.2 (head limit 2 KiB, head timeout 0.3 s).
+    2. /health, a sum, and /ready answer over the socket, on uvloop; uvicorn logs at the
+    configured level through calc's handlers, with no access log line. 3. A 4 KiB head
+    gets 431; a head left unfinished gets 408 after about 0.3 s. 4. A forced exit would
+    report the buffered point as left in the spool. 5. SIGTERM: the server stops, its
+    point is in the file."""
+    port = free_port("127.0.0.2")
     config = config_for(
         "v10",
         tmp_path,
-        host="127.0.0.1",
-        port=free_port(),
+        host="127.0.0.2",
+        port=port,
         max_head_bytes=2048,
         head_timeout=0.3,
         quiet_period=0.0,
-        log_level="warning",
+        log_level="info",
     )
     with restored_logging(), caplog.at_level(logging.INFO), ServerThread(config) as served:
         url = served.url
-        assert logging.getLogger("uvicorn.error").level == logging.WARNING
+        assert logging.getLogger("uvicorn.error").level == logging.INFO
+        assert logging.getLogger("uvicorn").handlers == []
+        loop = served.server.servers[0].get_loop()
+        assert type(loop).__module__.startswith("uvloop"), type(loop)
         answer = httpx.post(f"{url}/sum", json={"numbers": [1, 2]}, headers={"x-request-id": "t"})
         assert (answer.status_code, answer.json()) == (200, {"result": 3})
         assert httpx.get(f"{url}/ready").status_code == 200
         big = httpx.get(f"{url}/health", headers={"x-filler": "x" * 4096})
         assert big.status_code == 431
-        with socket.create_connection(("127.0.0.1", config.port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.2", port), timeout=5) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()
             first = sock.recv(100)
@@ -220,6 +237,7 @@ def test_the_built_server_serves_the_app_with_its_limits(
         assert served.server.lifecycle.unwritten() == {SPOOL_NOTE: 1}  # the sum, buffered
         served.stop()
         assert served.server.started
+        assert "Uvicorn running on http://127.0.0.2:" in caplog.text
         assert not [r for r in caplog.records if r.name == "uvicorn.access"]
     assert 'id="t"' in (tmp_path / "operations.lp").read_text()
 
@@ -264,6 +282,7 @@ def test_run_serves_until_sigterm_and_returns_0(
         f"operation log batch-graceful -> file {oplog_file}"
     ) in err
     assert "INFO request_id=via-run calc: Calculating sum" in err
+    assert "INFO request_id=- uvicorn.error: Started server process" in err
     assert 'id="via-run"' in oplog_file.read_text()
 
 
