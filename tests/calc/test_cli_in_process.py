@@ -69,8 +69,10 @@ def test_help_lists_the_commands_and_every_switch(capsys: pytest.CaptureFixture[
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0
     text = flat(out)
-    assert text.startswith("usage: calc [-h] COMMAND ...")
-    assert "The calc demo service: POST /sum, with graceful shutdown profiles v1..v10." in text
+    assert text.startswith(
+        "usage: calc [-h] COMMAND ... "
+        "The calc demo service: POST /sum, with graceful shutdown profiles v1..v10. "
+    )
     assert "serve run the API server" in text
     assert "profiles print what each profile switches on" in text
     assert "ops count or clear logged operations (INFLUXDB_BASE_URL, else the local file)" in text
