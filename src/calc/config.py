@@ -274,8 +274,10 @@ def _credentials(values: dict[str, Any], environ: Mapping[str, str]) -> dict[str
     URL's user info, which is then removed from the URL so it is never logged."""
     found: dict[str, Any] = {}
     url = values.get("influxdb_base_url")
-    if url and "@" in url.split("//", 1)[-1].split("/", 1)[0]:
-        parts = urllib.parse.urlsplit(url)
+    parts = _split_url(url) if url and "@" in url else None
+    # User info lives in the network location only: an '@' in a URL with no '//' (no
+    # scheme) or in its path or query is no credential (validate names what is wrong).
+    if parts is not None and "@" in parts.netloc:
         host = parts.netloc.rsplit("@", 1)[1]
         found["influxdb_base_url"] = urllib.parse.urlunsplit(parts._replace(netloc=host))
         if parts.username and not values.get("influxdb_username"):
@@ -294,6 +296,13 @@ def _credentials(values: dict[str, Any], environ: Mapping[str, str]) -> dict[str
             ) from None
         found["influxdb_password"] = Secret(text.rstrip("\r\n"))
     return found
+
+
+def _split_url(url: str) -> urllib.parse.SplitResult:
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed '[' of an IPv6 address
+        raise ConfigError(f"INFLUXDB_BASE_URL {url!r} is not a URL: {exc}") from None
 
 
 def _pod_problems(pod: str) -> list[str]:
