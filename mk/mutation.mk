@@ -3,8 +3,14 @@
 # and each mutant runs only the tests that reached the mutated function.
 #
 # mutmut maps tests to functions in the pytest process itself, so only in-process tests
-# can kill a mutant: code that runs only inside a `calc serve` child (the server's phases,
-# the app) shows as "no tests" here, although the end-to-end tests cover it.
+# can kill a mutant: code that runs only inside a child process (a `calc serve` started
+# by a test) shows as "no tests" here, although the end-to-end tests cover it. That is
+# why graceful's server, command line and protocol also have in-process tests.
+#
+# The score (tests/mutation_report.py): killed / total, the survivors listed as
+# equivalent in tests/<part>/mutation-equivalents.txt, and the survivors that are
+# neither, by name. The run fails when that list names a mutant that no longer exists
+# or that a test now kills.
 # Included by the root Makefile (`-include mk/*.mk`).
 
 .PHONY: mutation
@@ -15,10 +21,14 @@ MUTATION_PARTS ?= graceful calc
 # line in tests/<part>/mutation-tests.txt ('#' starts a comment).
 mutation_tests = $(shell sed -e 's/\#.*//' tests/$(1)/mutation-tests.txt)
 MUTATION_CHILDREN ?= 2
+# Mutant name globs to run instead of all, e.g. MUTATION_SELECT='graceful.batcher*'.
+MUTATION_SELECT ?=
+# A test that hangs on a mutant fails (the mutant is killed) after this many seconds.
+MUTATION_TEST_TIMEOUT ?= 30
 
-mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (~1 h here); out/mutation/<part>/score.txt, survivors.txt
-	$(BIN)/pip install --quiet 'mutmut>=3,<4'
-	@set -e; for part in $(MUTATION_PARTS); do \
+mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (see README "Mutation testing"); out/mutation/<part>/score.txt
+	$(BIN)/pip install --quiet 'mutmut>=3.6,<4'
+	@set -e; status=0; for part in $(MUTATION_PARTS); do \
 	  case $$part in \
 	    graceful) tests="$(call mutation_tests,graceful)";; \
 	    calc) tests="$(call mutation_tests,calc)";; \
@@ -30,16 +40,16 @@ mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/cal
 	  { echo; echo "[tool.mutmut]"; echo "source_paths = [\"src/$$part/\"]"; \
 	    printf 'pytest_add_cli_args_test_selection = ['; \
 	    for t in $$tests; do printf '"%s", ' "$$t"; done; echo ']'; \
-	    echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]'; } >> "$$dir/pyproject.toml"; \
+	    echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "--timeout", "$(MUTATION_TEST_TIMEOUT)"]'; \
+	  } >> "$$dir/pyproject.toml"; \
 	  echo "mutation testing src/$$part against: $$tests"; \
 	  start=$$(date +%s); \
-	  (cd "$$dir" && $(abspath $(BIN))/mutmut run --max-children $(MUTATION_CHILDREN) >mutmut.log 2>&1) || \
+	  (cd "$$dir" && $(abspath $(BIN))/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTATION_SELECT) >mutmut.log 2>&1) || \
 	    { tail -c 2000 "$$dir/mutmut.log"; exit 1; }; \
 	  took=$$(( $$(date +%s) - start )); \
-	  (cd "$$dir" && $(abspath $(BIN))/mutmut export-cicd-stats >/dev/null && \
-	    $(abspath $(BIN))/mutmut results >survivors.txt); \
-	  $(BIN)/python -c 'import json,sys; s=json.load(open(sys.argv[1])); \
-	    k,v,n,t=s["killed"],s["survived"],s["no_tests"],s["total"]; \
-	    print(f"{sys.argv[2]}: {k} of {t} killed ({100*k/max(t,1):.1f} %), {v} survived, {n} with no in-process test, {t-k-v-n} other; {sys.argv[3]} s")' \
-	    "$$dir/mutants/mutmut-cicd-stats.json" "$$part" "$$took" | tee "$$dir/score.txt"; \
-	done
+	  (cd "$$dir" && $(abspath $(BIN))/mutmut results >survivors.txt); \
+	  $(BIN)/python -m tests.mutation_report --part $$part --mutants "$$dir/mutants" \
+	    --equivalents tests/$$part/mutation-equivalents.txt --seconds $$took \
+	    | tee "$$dir/score.txt"; \
+	  [ "$${PIPESTATUS[0]}" = 0 ] || status=1; \
+	done; exit $$status

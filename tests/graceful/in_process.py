@@ -1,0 +1,66 @@
+"""Helpers for running a graceful server command inside the pytest process: the server in
+the main thread (where signal handlers can be installed), the scenario in a thread."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import graceful.current
+
+T = TypeVar("T")
+GUARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def run_with_signals_guarded(serve: Callable[[], T], drive: Callable[[], None]) -> T:
+    """`serve()` in this thread while `drive` runs in another. A signal that comes when
+    no server has its handler installed (before it starts, after it ends) is recorded
+    here instead of ending pytest, and every handler is put back afterwards."""
+    stray: list[int] = []
+    previous = {sig: signal.signal(sig, lambda n, frame: stray.append(n)) for sig in GUARDED}
+    thread = threading.Thread(target=drive, name="scenario", daemon=True)
+    thread.start()
+    try:
+        return serve()
+    finally:
+        thread.join(15)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        assert not thread.is_alive(), "the scenario did not end"
+
+
+@contextmanager
+def process_state_restored(*loggers: str) -> Iterator[None]:
+    """A server command configures logging, the module path and the current lifecycle for
+    the whole process, as it should: put them back after the test."""
+    names = ("graceful", "uvicorn", "uvicorn.error", "uvicorn.access", *loggers)
+    saved = {}
+    for name in names:
+        log = logging.getLogger(name)
+        saved[name] = (list(log.handlers), log.level, log.propagate, log.disabled)
+    path = list(sys.path)
+    current = graceful.current._current
+    try:
+        yield
+    finally:
+        for name, (handlers, level, propagate, disabled) in saved.items():
+            log = logging.getLogger(name)
+            log.handlers[:] = handlers
+            log.setLevel(level)
+            log.propagate, log.disabled = propagate, disabled
+        sys.path[:] = path
+        graceful.current._current = current

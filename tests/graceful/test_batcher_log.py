@@ -1,0 +1,323 @@
+"""What BatchWriter tells its operator: the log lines of each kind of sink answer, in the
+order they come, with the counts a reader acts on; and the defaults its API documents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from graceful import (
+    BatchTooLargeError,
+    BatchWriter,
+    HoldWriteError,
+    PermanentWriteError,
+    RetryPolicy,
+    Spool,
+)
+from tests.graceful.test_batcher_faults import ScriptedSink
+from tests.graceful.test_tasks_and_batcher import eventually
+
+#: No jitter: the delays the log names are exact (0.1 s, 0.2 s, 0.4 s, ...).
+EXACT = RetryPolicy(initial=0.1, maximum=0.4, multiplier=2.0, jitter=0.0)
+
+
+def said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("graceful")]
+
+
+def test_the_close_log_tells_each_answer_of_the_sink_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. Four points buffered; exact backoff 0.1 s doubling. 2. close(5); the sink
+    answers: refused, held (wrong database), too large, then the first half written,
+    the second half with one point rejected for good. 3. The log says each in turn, with
+    the counts and the next try; the close line sums it up: 3 written, 1 lost."""
+    sink = ScriptedSink(
+        [
+            ConnectionError("refused"),
+            HoldWriteError("database not found"),
+            BatchTooLargeError("too big"),
+            None,
+            PermanentWriteError("bad point", rejected=1),
+        ]
+    )
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        writer = BatchWriter(sink.write, name="points", interval=30, retry=EXACT)
+        for point in ("a", "b", "c", "d"):
+            assert writer.add(point)
+        return writer, await writer.close(5)
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer, lost = asyncio.run(scenario())
+    assert lost == 1
+    assert sink.attempts == [list("abcd")] * 3 + [["a", "b"], ["c", "d"]]
+    assert sink.stored == ["a", "b"]
+    assert (writer.written, writer.lost, writer.attempts, writer.failed_writes) == (3, 1, 5, 2)
+    assert writer.losses.totals == {"rejected": 1}
+    lines = said(caplog)
+    assert re.fullmatch(
+        r"Points writer closed in \d\.\d\d s: 3 written, 1 lost in all, 0 left in the journal",
+        lines[-1],
+    ), lines
+    assert lines[:-1] == [
+        "Logging 4 points",
+        "Writing 4 points failed (ConnectionError('refused')); will retry in 0.1 s",
+        "Logging 4 points",
+        "Writing points refused (database not found): holding 4, next try in 0.2 s; "
+        "fix the configuration",
+        "Logging 4 points",
+        "4 points too large for one write (too big): splitting",
+        "Logging 2 points",
+        "Points logged",
+        "Logging 2 points",
+        "Lost 1 points (rejected: bad point); 1 rejected so far, 1 lost so far in all",
+    ]
+    levels = {r.getMessage(): r.levelname for r in caplog.records}
+    assert levels["Logging 4 points"] == "INFO"
+    assert levels["Points logged"] == "INFO"
+    assert levels["4 points too large for one write (too big): splitting"] == "WARNING"
+    assert levels[lines[1]] == "WARNING"
+    assert levels[lines[3]] == "ERROR"
+    assert levels[lines[-2]] == "ERROR"
+
+
+def test_a_rejection_of_none_or_of_more_than_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """1. The sink says a write was refused for good but names 0 points rejected, then a
+    write of 2 with 5 rejected. 2. The first counts all written and warns that none was
+    counted lost; the second counts the 2 of the batch lost, no more."""
+    sink = ScriptedSink(
+        [PermanentWriteError("odd answer", rejected=0), PermanentWriteError("all bad", rejected=5)]
+    )
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(sink.write, max_batch=2, max_buffer=4, interval=30)
+        for point in ("a", "b", "c", "d"):
+            writer.add(point)
+        await writer.close(2)
+        return writer
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer = asyncio.run(scenario())
+    assert (writer.written, writer.lost) == (2, 2)
+    assert "Writing 2 items: odd answer; none counted lost" in said(caplog)
+    assert writer.losses.totals == {"rejected": 2}
+
+
+def test_a_point_too_large_alone_is_lost_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """1. Three points; the sink refuses any batch as too large. 2. Halves, then single
+    points: each single one is counted lost as too large even alone."""
+    sink = ScriptedSink(then=BatchTooLargeError("413"))
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(sink.write, interval=30)
+        for point in ("a", "b", "c"):
+            writer.add(point)
+        await writer.close(2)
+        return writer
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer = asyncio.run(scenario())
+    assert [len(a) for a in sink.attempts] == [3, 1, 1, 1]
+    assert (writer.written, writer.lost) == (0, 3)
+    assert (
+        "Lost 1 items (rejected: too large even alone: 413); 1 rejected so far, 1 lost so far in all"
+        in said(caplog)
+    )
+
+
+def test_without_retry_a_failed_write_is_lost_and_logged_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The talk's v9 writer has no retry: 1. The sink refuses. 2. close: one attempt,
+    every point counted lost as write_failed, logged at once with the error."""
+    sink = ScriptedSink(then=ConnectionError("refused"))
+
+    async def scenario() -> int:
+        writer = BatchWriter(sink.write, interval=30)
+        writer.add("a")
+        writer.add("b")
+        return await writer.close(2)
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert asyncio.run(scenario()) == 2
+    assert len(sink.attempts) == 1
+    assert (
+        "Lost 2 items (write_failed: ConnectionError('refused')); 2 write_failed so far, "
+        "2 lost so far in all"
+    ) in said(caplog)
+
+
+def test_running_out_of_time_while_retrying_drops_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. The sink stays down; backoff 0.1 s doubling; close(0.25). 2. Tries at 0 and
+    0.1 s; the next pause (0.2 s) would outlast the 0.15 s left: the points are counted
+    lost at once, the log saying the time ran out while retrying."""
+    sink = ScriptedSink(then=ConnectionError("down"))
+
+    async def scenario() -> int:
+        writer = BatchWriter(sink.write, interval=30, retry=EXACT)
+        writer.add("a")
+        return await writer.close(0.25)
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert asyncio.run(scenario()) == 1
+    assert len(sink.attempts) == 2
+    assert (
+        "Lost 1 items (shutdown: shutdown time is up while retrying); 1 shutdown so far, "
+        "1 lost so far in all"
+    ) in said(caplog)
+
+
+def test_no_time_left_at_all_drops_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """1. close(0) with points buffered. 2. No write is tried; they are counted lost as
+    the shutdown's time being up."""
+    sink = ScriptedSink()
+
+    async def scenario() -> int:
+        writer = BatchWriter(sink.write, interval=30)
+        writer.add("a")
+        return await writer.close(0)
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert asyncio.run(scenario()) == 1
+    assert sink.attempts == []
+    assert any("(shutdown: shutdown time is up);" in m for m in said(caplog))
+
+
+def test_v8_drops_its_buffer_at_close_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The talk's v8: 1. flush_on_shutdown off, 2 points buffered. 2. close: nothing
+    written; both counted lost with the reason."""
+    sink = ScriptedSink()
+
+    async def scenario() -> int:
+        writer = BatchWriter(sink.write, interval=30, flush_on_shutdown=False)
+        writer.add("a")
+        writer.add("b")
+        return await writer.close(2)
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert asyncio.run(scenario()) == 2
+    assert sink.attempts == []
+    assert (
+        "Lost 2 items (shutdown: writer does not flush on shutdown); 2 shutdown so far, "
+        "2 lost so far in all"
+    ) in said(caplog)
+
+
+def test_a_spooled_writer_left_with_points_says_how_many_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A spooled writer, the sink down, close(0.15) with 2 points. 2. They stay in the
+    spool, are not counted lost, and the log and the close line say so."""
+    sink = ScriptedSink(then=ConnectionError("down"))
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(sink.write, interval=30, retry=EXACT, journal=Spool(tmp_path / "s"))
+        writer.add("a")
+        writer.add("b")
+        await writer.close(0.15)
+        return writer
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer = asyncio.run(scenario())
+    assert (writer.lost, writer.left_in_journal, writer.pending) == (0, 2, 0)
+    lines = said(caplog)
+    assert (
+        "Left 2 items in the spool, lost unless this pod's next container starts "
+        "(shutdown time is up while retrying)"
+    ) in lines
+    assert re.fullmatch(
+        r"Items writer closed in 0\.\d\d s: 0 written, 0 lost in all, 2 left in the journal",
+        lines[-1],
+    ), lines
+    successor = Spool(tmp_path / "s")
+    assert successor.recover() == ["a", "b"]
+    successor.close()
+
+
+def test_the_documented_defaults() -> None:
+    """BatchWriter's documented defaults (the talk's v8/v9): batches of 500 or every
+    30 s, at most 100,000 waiting, no retry, flush on shutdown, 10 s per write; a retry
+    policy backs off from 0.1 s doubling to 5 s with half jitter."""
+
+    async def sink(items: Sequence[str]) -> None:
+        return None
+
+    writer: BatchWriter[str] = BatchWriter(sink)
+    assert (writer.name, writer.max_batch, writer.interval, writer.max_buffer) == (
+        "items",
+        500,
+        30.0,
+        100_000,
+    )
+    assert (writer.retry, writer.flush_on_shutdown, writer.write_timeout) == (None, True, 10.0)
+    assert (writer.journal, writer.recovered, writer.pending, writer.lost) == (None, 0, 0, 0)
+    assert not writer.backing_off
+    policy = RetryPolicy()
+    assert (policy.initial, policy.maximum, policy.multiplier, policy.jitter) == (
+        0.1,
+        5.0,
+        2.0,
+        0.5,
+    )
+    exact = RetryPolicy(jitter=0.0).delays()
+    assert [next(exact) for _ in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+
+def test_an_add_after_close_is_refused_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A closed writer. 2. add returns False, nothing is buffered, and the loss is
+    counted and logged as closed."""
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(ScriptedSink().write, interval=30)
+        await writer.close(1)
+        assert writer.add("late") is False
+        return writer
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer = asyncio.run(scenario())
+    assert (writer.pending, writer.losses.totals) == (0, {"closed": 1})
+    assert "Lost 1 items (closed: writer closed); 1 closed so far, 1 lost so far in all" in said(
+        caplog
+    )
+
+
+def test_the_background_writer_backs_off_and_logs_each_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A started writer, batches of 2, exact backoff; the sink fails twice. 2. Two
+    points: a full batch, written at once; it fails, is retried after 0.1 s and 0.2 s
+    (not sooner, however many points come meanwhile), then written. 3. While backing off
+    the writer says so; afterwards it does not."""
+    sink = ScriptedSink([ConnectionError("down"), ConnectionError("down")])
+
+    async def scenario() -> tuple[BatchWriter[str], list[bool]]:
+        writer = BatchWriter(sink.write, max_batch=2, interval=30, retry=EXACT)
+        writer.start()
+        writer.add("a")
+        writer.add("b")
+        await eventually(lambda: len(sink.attempts) == 1, 2)
+        backing = [writer.backing_off]
+        for point in ("c", "d", "e", "f"):
+            writer.add(point)
+        await eventually(lambda: writer.pending == 0, 3)
+        backing.append(writer.backing_off)
+        await writer.close(1)
+        return writer, backing
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer, backing = asyncio.run(scenario())
+    assert backing == [True, False]
+    assert (writer.written, writer.failed_writes, writer.attempts) == (6, 2, 5)
+    assert len(sink.attempts) == 5  # 2 failed, then 3 full batches
+    assert sink.stored == list("abcdef")
+    lines = said(caplog)
+    assert lines.count("Writing 2 items failed (ConnectionError('down')); will retry in 0.1 s") == 1
+    assert lines.count("Writing 2 items failed (ConnectionError('down')); will retry in 0.2 s") == 1

@@ -1,0 +1,346 @@
+"""`graceful-hypercorn` inside the pytest process: its entry function on a real loopback
+port, real httpx clients and real signals to this process. The forced exit is recorded
+instead of ending pytest. The same cases run as child processes in test_hypercorn.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypercorn.config import Config
+
+from graceful import Lifecycle, Phase, ShutdownConfig, current_lifecycle
+from graceful import hypercorn as adapter
+from graceful.hypercorn import HypercornRunner, build_parser, main
+from tests.graceful.apps import echo
+from tests.graceful.in_process import process_state_restored, refused, run_with_signals_guarded
+from tests.support import wait_until
+
+ECHO = "tests.graceful.apps.echo"
+
+
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The forced exits the runner asked for, instead of ending pytest; also puts back the
+    process state graceful-hypercorn sets up (logging, module path, lifecycle)."""
+    recorded: list[int] = []
+    monkeypatch.setattr(HypercornRunner, "hard_exit", staticmethod(recorded.append))
+    for name in list(os.environ):
+        if name.startswith("GRACEFUL_"):
+            monkeypatch.delenv(name)
+    echo.release.set()
+    with process_state_restored("hypercorn.error", "hypercorn.access"):
+        yield recorded
+    echo.release.set()
+
+
+class Run:
+    """graceful-hypercorn APP --bind 127.0.0.1:PORT in this thread; the scenario in a
+    thread once the port answers."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.signalled_at = 0.0
+
+    def signal(self, sig: int) -> None:
+        if not self.signalled_at:
+            self.signalled_at = time.monotonic()
+        os.kill(os.getpid(), sig)
+
+    def __call__(self, argv: list[str], scenario: Callable[[Run], None]) -> tuple[int, float]:
+        failures: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                wait_until(lambda: not refused("127.0.0.1", self.port), 10, what="listening")
+                scenario(self)
+            except BaseException as exc:
+                failures.append(exc)
+                echo.release.set()
+                if not self.signalled_at:
+                    self.signal(signal.SIGTERM)
+
+        code = run_with_signals_guarded(lambda: main(argv), drive)
+        took = time.monotonic() - self.signalled_at
+        if failures:
+            raise failures[0]
+        return code, took
+
+    def bind(self, app: str = "app") -> list[str]:
+        return [f"{ECHO}:{app}", "--bind", f"127.0.0.1:{self.port}"]
+
+
+class Slow:
+    """A request in a thread: its response or its error."""
+
+    def __init__(self, url: str) -> None:
+        self.outcome: httpx.Response | Exception | None = None
+        self.thread = threading.Thread(target=self._get, args=(url,))
+        self.thread.start()
+
+    def _get(self, url: str) -> None:
+        try:
+            self.outcome = httpx.get(url, timeout=15)
+        except httpx.HTTPError as exc:
+            self.outcome = exc
+
+    def result(self) -> httpx.Response | Exception:
+        self.thread.join(15)
+        assert self.outcome is not None
+        return self.outcome
+
+
+def test_sigterm_flips_readiness_keeps_serving_then_drains(
+    port: int,
+    exits: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1. graceful-hypercorn with a 0.3 s quiet period and access log. 2. /ready is
+    graceful's 200; the app sees the phase as serving; a 1 s request starts. 3. SIGTERM:
+    /ready 503 at once, other requests still served in the delay phase with Connection:
+    close. 4. The listener closes after the quiet period; the slow request ends 200.
+    5. main returns 0, each phase logged, nothing forced."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0.3")
+    seen: dict[str, object] = {}
+
+    def scenario(run: Run) -> None:
+        with httpx.Client(base_url=run.url, timeout=5) as client:
+            ready = client.get("/ready")
+            assert (ready.status_code, ready.text) == (200, "ready\n")
+            assert client.get("/echo").text.endswith("phase=serving")
+            slow = Slow(f"{run.url}/work?seconds=1")
+            time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+            run.signal(signal.SIGTERM)
+            wait_until(lambda: client.get("/ready").status_code == 503, 2, what="readiness")
+            during = client.get("/echo")
+            assert during.text.endswith("phase=delay"), during.text
+            assert during.headers["connection"] == "close"
+        wait_until(lambda: refused("127.0.0.1", run.port), 3, what="listener to close")
+        seen["closed"] = time.monotonic() - run.signalled_at
+        seen["slow"] = slow.result()
+
+    code, took = Run(port)([*Run(port).bind(), "--access-log"], scenario)
+    assert code == 0
+    assert exits == []
+    slow = seen["slow"]
+    assert isinstance(slow, httpx.Response) and (slow.status_code, slow.text) == (200, "done")
+    assert 0.3 <= float(seen["closed"]) < 1.0  # type: ignore[arg-type]
+    assert took < 2.0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "INFO graceful.hypercorn: Shutdown started (signal SIGTERM)" in err
+    assert "INFO graceful.hypercorn: Shutdown phase delay took 0." in err
+    assert "Closing the listener; running requests get 10.00 s" in err
+    assert "INFO graceful.hypercorn: Shutdown finished in " in err
+    assert '"GET /echo 1.1" 200' in captured.out + err
+    assert "Shutdown budget" not in err and "Exiting at once" not in err
+
+
+def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. No quiet period, drain timeout 0.3 s; a 10 s request runs. 2. SIGTERM. 3. The
+    listener closes at once; hypercorn waits 0.3 s, then cancels the request (answered
+    500), counted and logged. 4. main returns 0 well within a second."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "0.3")
+    seen: dict[str, httpx.Response | Exception] = {}
+
+    def scenario(run: Run) -> None:
+        slow = Slow(f"{run.url}/work?seconds=10")
+        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        run.signal(signal.SIGTERM)
+        seen["slow"] = slow.result()
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0
+    assert 0.3 <= took < 1.2
+    slow = seen["slow"]
+    assert isinstance(slow, httpx.Response) and slow.status_code == 500, slow
+    err = capsys.readouterr().err
+    assert "Closing the listener; running requests get 0.30 s" in err
+    assert (
+        "WARNING graceful.hypercorn: 1 request(s) cancelled by hypercorn at its graceful_timeout"
+        in err
+    )
+
+
+def test_drain_off_gives_running_requests_no_time(
+    port: int, exits: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A runner whose shutdown config has drain off and no budget (embedded use).
+    2. SIGTERM with a request running. 3. hypercorn gets 0 s for running requests."""
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    runner = HypercornRunner(Lifecycle(ShutdownConfig(drain=False, drain_timeout=5)), config)
+    seen: dict[str, httpx.Response | Exception] = {}
+    caplog.set_level(logging.INFO, logger="graceful")
+
+    def drive() -> None:
+        wait_until(lambda: not refused("127.0.0.1", port), 10, what="listening")
+        slow = Slow(f"http://127.0.0.1:{port}/work?seconds=10")
+        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen["slow"] = slow.result()
+
+    run_with_signals_guarded(lambda: asyncio.run(runner.serve(echo.app)), drive)
+    assert runner.config.graceful_timeout == 0.0
+    assert isinstance(seen["slow"], httpx.Response) and seen["slow"].status_code == 500
+    assert runner.phase_durations["delay"] < 0.1
+    assert runner.lifecycle.requests_cancelled == 1
+    assert "Closing the listener; running requests get 0.00 s" in caplog.messages
+
+
+def test_an_unlimited_drain_is_a_long_graceful_timeout(
+    port: int, exits: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A runner with no drain timeout and no budget. 2. SIGTERM with nothing running.
+    3. hypercorn's graceful_timeout becomes a year (it takes no "unlimited"), and the log
+    says "unlimited"."""
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    runner = HypercornRunner(Lifecycle(ShutdownConfig(drain_timeout=None)), config)
+
+    def drive() -> None:
+        wait_until(lambda: not refused("127.0.0.1", port), 10, what="listening")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    caplog.set_level(logging.INFO, logger="graceful")
+    run_with_signals_guarded(lambda: asyncio.run(runner.serve(echo.app)), drive)
+    assert runner.config.graceful_timeout == 365 * 24 * 3600.0
+    assert "Closing the listener; running requests get unlimited s" in caplog.messages
+    assert list(runner.phase_durations) == ["delay"]
+    assert runner.signals == [(signal.SIGTERM, "start")]
+
+
+def test_later_signals_sigterm_ignored_sigint_hurries_a_third_exits(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. A 5 s quiet period, drain timeout 1 s; a 10 s request runs. 2. SIGTERM, then
+    SIGTERM again: logged and ignored. 3. SIGINT: the delay ends at once. 4. A third
+    signal during the drain: the forced exit with 130, logging the request still running.
+    5. (The recorded exit lets hypercorn finish: it cancels the request at 1 s.)"""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "5")
+    monkeypatch.setenv("GRACEFUL_QUIET_MAX", "5")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "1")
+
+    def scenario(run: Run) -> None:
+        slow = Slow(f"{run.url}/work?seconds=10")
+        time.sleep(0.1)  # the scenario: the signals come while it runs
+        run.signal(signal.SIGTERM)
+        lifecycle = current_lifecycle()
+        wait_until(lambda: lifecycle.phase is Phase.DELAY, 2, what="delay phase")
+        run.signal(signal.SIGTERM)
+        time.sleep(0.2)  # the scenario: the second SIGTERM is seen, then SIGINT
+        assert lifecycle.phase is Phase.DELAY
+        delayed = time.monotonic()
+        run.signal(signal.SIGINT)
+        wait_until(lambda: refused("127.0.0.1", run.port), 2, what="listener to close")
+        assert time.monotonic() - delayed < 0.5
+        run.signal(signal.SIGINT)
+        wait_until(lambda: exits, 2, what="forced exit")
+        slow.result()
+
+    code, _ = Run(port)(Run(port).bind(), scenario)
+    assert code == 0
+    assert exits == [130]
+    err = capsys.readouterr().err
+    assert "WARNING graceful.hypercorn: SIGTERM again during shutdown: ignored" in err
+    assert "WARNING graceful.hypercorn: Second SIGINT: stopped waiting for quiet period" in err
+    assert "WARNING graceful.hypercorn: SIGINT again: no more waiting for requests" in err
+    assert (
+        "Exiting at once (third signal, SIGINT) in phase draining: left unwritten: nothing "
+        "counted; 1 request(s) still running"
+    ) in err
+    assert "Still receiving requests" not in err
+
+
+def test_an_app_shutdown_past_the_budget_takes_the_forced_exit(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. An app whose lifespan shutdown does not end by itself, 7 items unwritten; grace
+    period 2 s (1 s of budget), no quiet period. 2. SIGTERM. 3. At the budget's end plus
+    half the margin (1.5 s) the forced exit with 1, logging the 7 items."""
+    monkeypatch.setenv("GRACEFUL_GRACE_PERIOD", "2")
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "0.5")
+    echo.release.clear()
+    seen: dict[str, float] = {}
+
+    def scenario(run: Run) -> None:
+        run.signal(signal.SIGTERM)
+        wait_until(lambda: exits, 3, what="forced exit")
+        seen["exit"] = time.monotonic() - run.signalled_at
+        echo.release.set()
+
+    code, _ = Run(port)(Run(port).bind("stuck_app"), scenario)
+    assert code == 0
+    assert exits == [1]
+    assert 1.4 <= seen["exit"] < 1.9, seen
+    err = capsys.readouterr().err
+    assert (
+        "Exiting at once (the app's shutdown overran the budget) in phase app-shutdown: "
+        "left unwritten: 7 items; 0 request(s) still running"
+    ) in err
+
+
+def test_options_and_errors_of_the_command(
+    port: int,
+    exits: list[int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """1. A bad GRACEFUL_* variable: exit 2 naming it. 2. A module that does not exist,
+    with limits that cannot fit the grace period: the budget warning, the reason, 1.
+    3. A hypercorn TOML config naming the bind address, and no --bind: it serves there.
+    4. --help names the options and where the shutdown options come from."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "soon")
+    with pytest.raises(SystemExit) as exited:
+        main([f"{ECHO}:app"])
+    assert exited.value.code == 2
+    assert (
+        "graceful-hypercorn: error: GRACEFUL_QUIET_PERIOD: expected seconds (a number), got 'soon'"
+    ) in capsys.readouterr().err
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    monkeypatch.setenv("GRACEFUL_GRACE_PERIOD", "5")
+    assert main(["no_such_module_here:app"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "WARNING graceful.hypercorn: Shutdown budget: shutdown phases need up to 10 s "
+        "(delay 0 + drain 10) but only 4 s remain before SIGKILL (grace period 5 s - safety "
+        "margin 1 s)"
+    ) in err
+    assert "ERROR graceful.hypercorn: cannot load APP: " in err
+    monkeypatch.delenv("GRACEFUL_GRACE_PERIOD")
+    toml = tmp_path / "hypercorn.toml"
+    toml.write_text(f'bind = ["127.0.0.1:{port}"]\ngraceful_timeout = 99\n')
+
+    def scenario(run: Run) -> None:
+        with httpx.Client(base_url=run.url, timeout=5) as client:
+            assert client.get("/echo").status_code == 200
+        run.signal(signal.SIGTERM)
+
+    code, took = Run(port)([f"{ECHO}:app", "--config", str(toml)], scenario)
+    assert code == 0 and took < 1.5
+    captured = capsys.readouterr()
+    assert '"GET /echo 1.1"' not in captured.out + captured.err  # no --access-log
+    help_text = " ".join(build_parser().format_help().split())
+    assert "--bind ADDRESS HOST:PORT to listen on, repeatable (default 127.0.0.1:8000)" in help_text
+    assert (
+        "--config FILE a hypercorn TOML config file (its graceful_timeout is replaced by the "
+        "drain timeout)"
+    ) in help_text
+    assert "--access-log log each request to stderr" in help_text
+    assert "Shutdown options come from GRACEFUL_* variables, as for graceful-serve" in help_text
+    assert adapter._name(None) == "none" and adapter._name(99) == "99"

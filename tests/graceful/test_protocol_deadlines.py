@@ -1,0 +1,155 @@
+"""The guarded protocol's deadlines and answers, byte for byte: a head that stalls, the
+next request's own deadline on a kept-alive connection, the body deadline's default,
+and a body that stalls after the app began its answer. Same harness as
+test_protocol.py: uvicorn's real parser and request cycle, a transport written by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from graceful.protocol import guarded_protocol
+from tests.graceful.test_protocol import (
+    LIMIT,
+    OK,
+    App,
+    Connection,
+    head_of,
+    run,
+    wait_for,
+)
+
+
+def reply(status: str, text: str) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(text)}\r\nconnection: close\r\n\r\n{text}"
+    ).encode()
+
+
+def test_a_head_that_stalls_gets_408_with_its_reason() -> None:
+    """1. Head timeout 0.2 s. 2. Half a head, then nothing. 3. After about 0.2 s exactly
+    this answer: 408, plain text, `connection: close`, "request head not received in
+    time"; the connection closed, the app never called."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(LIMIT, 0.2))
+        started = time.monotonic()
+        await connection.send(head_of(200)[:50])
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        assert 0.18 <= time.monotonic() - started < 1.0
+        assert bytes(connection.transport.written) == reply(
+            "408 Request Timeout", "request head not received in time"
+        )
+        assert app.requests == []
+
+    run(scenario())
+
+
+def test_a_head_too_large_gets_exactly_this_answer() -> None:
+    """1. A limit of 100 bytes. 2. A 101-byte head. 3. Exactly: 431, plain text,
+    `connection: close`, "request head too large"."""
+
+    async def scenario() -> None:
+        connection = Connection(App(), guarded_protocol(100, 10))
+        await connection.send(head_of(101))
+        assert bytes(connection.transport.written) == reply(
+            "431 Request Header Fields Too Large", "request head too large"
+        )
+        assert connection.transport.closed
+
+    run(scenario())
+
+
+def test_the_next_request_on_a_kept_alive_connection_gets_its_own_head_deadline() -> None:
+    """1. Head timeout 0.3 s. 2. A request answered at once; 0.2 s later the first bytes
+    of a second head, then nothing. 3. The second head gets 408 about 0.3 s after its
+    first byte (its own deadline, not the first request's, and not none)."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(LIMIT, 0.3))
+        await connection.send(head_of(100, "/one"))
+        await connection.settle()
+        assert connection.statuses() == [OK]
+        await asyncio.sleep(0.2)  # the scenario: the client's next request comes later
+        started = time.monotonic()
+        await connection.send(head_of(100, "/two")[:30])
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        assert 0.25 <= time.monotonic() - started < 1.0
+        assert connection.statuses() == [OK, b"HTTP/1.1 408 Request Timeout"]
+        assert app.requests == [("/one", 0)]
+
+    run(scenario())
+
+
+def test_the_body_deadline_defaults_to_the_head_deadline() -> None:
+    """1. guarded_protocol(head_timeout=0.2) with no body timeout. 2. A head with
+    Content-Length 100 and 10 bytes of body, then nothing. 3. 408 about 0.2 s later."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(LIMIT, 0.2))
+        started = time.monotonic()
+        await connection.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nbbbb")
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        assert 0.18 <= time.monotonic() - started < 1.0
+        await connection.settle()
+        assert bytes(connection.transport.written) == reply(
+            "408 Request Timeout", "request body not received in time"
+        )
+
+    run(scenario())
+
+
+class Streaming:
+    """Starts its answer at once, then reads the body, then ends the answer."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            message = await receive()
+            self.received.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.body", "body": b"late"})
+
+
+def test_a_body_that_stalls_after_the_answer_began_cuts_the_connection() -> None:
+    """1. An app that starts its answer before reading the body; body timeout 0.2 s.
+    2. Part of the body, then nothing. 3. Too late for a 408: the connection is cut, the
+    app's receive() says the client is gone, and nothing more is written."""
+
+    async def scenario() -> None:
+        app = Streaming()
+        connection = Connection(app, guarded_protocol(LIMIT, 10, body_timeout=0.2))  # type: ignore[arg-type]
+        await connection.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nbb")
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        await connection.settle()
+        written = bytes(connection.transport.written)
+        assert written.startswith(b"HTTP/1.1 200 OK")
+        assert b"408" not in written and b"late" not in written
+        assert app.received[-1] == "http.disconnect"
+
+    run(scenario())
+
+
+def test_a_connection_lost_cancels_its_deadlines() -> None:
+    """1. Head timeout 0.2 s; half a head; the client goes away. 2. No 408 is written
+    to the gone connection when the deadline passes."""
+
+    async def scenario() -> None:
+        connection = Connection(App(), guarded_protocol(LIMIT, 0.2))
+        await connection.send(head_of(100)[:20])
+        connection.protocol.connection_lost(None)
+        await asyncio.sleep(0.3)  # the scenario: the deadline passes
+        assert bytes(connection.transport.written) == b""
+
+    run(scenario())

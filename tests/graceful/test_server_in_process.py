@@ -1,0 +1,695 @@
+"""GracefulServer inside the pytest process: a real uvicorn server on a loopback port,
+real httpx clients and real signals (os.kill of this very process).
+
+The server runs in the main thread, as in a real process, so uvicorn installs its signal
+handlers; each scenario runs in a second thread as the clients and the one who sends the
+signals. The forced exit (`hard_exit`) is recorded instead of ending pytest. The same
+cases run through real `graceful-serve` and `calc serve` processes elsewhere; here they
+also run where a mutation tool can see which code each test reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from graceful import Lifecycle, Phase, ReadinessMiddleware, ShutdownConfig, build_server
+from graceful.asgi import ASGIApp, Receive, Scope, Send
+from graceful.server import GracefulServer
+from tests.support import wait_until
+
+
+class App:
+    """A bare ASGI app that records what the server does to it.
+
+    - `/work?seconds=S`: sleeps S s, answers "done"; records "cancelled" when cut. With
+      `stubborn`, it goes on `stubborn` s after its cancellation.
+    - `/ready`: answers `ready_status` with "app says <status>" (404: no such route).
+    - `/keep`: answers with the app's own `Connection: keep-alive` header.
+    - `/orphan`: starts a task named "orphan" (kept referenced) that sleeps an hour.
+    - anything else: 200 "ok".
+    - lifespan: the shutdown waits until `release` is set.
+    """
+
+    def __init__(self, ready_status: int = 404, stubborn: float = 0.0) -> None:
+        self.ready_status = ready_status
+        self.stubborn = stubborn
+        self.events: list[str] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.kept: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        path = scope["path"]
+        status, headers, body = 200, [(b"content-type", b"text/plain")], b"ok"
+        if path == "/work":
+            seconds = float(scope["query_string"].decode().partition("=")[2] or 0)
+            self.events.append("working")
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                self.events.append("cancelled")
+                if not self.stubborn:
+                    raise
+                await asyncio.sleep(self.stubborn)
+                self.events.append("went on")
+            self.events.append("finished")
+            body = b"done"
+        elif path.endswith("/ready"):  # under a root path too
+            status, body = self.ready_status, f"app says {self.ready_status}".encode()
+        elif path == "/keep":
+            headers.append((b"Connection", b"keep-alive"))
+        elif path == "/orphan":
+            task = asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="orphan")
+            self.kept.add(task)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.events.append("startup")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.events.append("app shutdown")
+                while not self.release.is_set():  # noqa: ASYNC110 (set by a thread, not the loop)
+                    await asyncio.sleep(0.01)
+                self.events.append("app shutdown done")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class Served:
+    """A GracefulServer for `app` on 127.0.0.1:`port`, run in this (main) thread."""
+
+    def __init__(
+        self,
+        app: App,
+        config: ShutdownConfig,
+        port: int,
+        readiness: str | None = "/ready",
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.lifecycle = Lifecycle(config)
+        served: ASGIApp = app
+        if readiness:
+            served = ReadinessMiddleware(app, self.lifecycle, readiness)
+        self.server: GracefulServer = build_server(
+            served,
+            self.lifecycle,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="on",
+            **options,
+        )
+        self.exits: list[int] = []
+        self.server.hard_exit = self.exits.append
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.signalled_at = 0.0
+
+    def run(self, scenario: Callable[[Served], None]) -> float:
+        """Serve until shut down while `scenario` runs in a thread; re-raise what it
+        raised. A failed scenario hurries the server to its end. Returns the seconds from
+        the first signal to the end of the shutdown."""
+        failures: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                wait_until(lambda: self.server.started, 10, what="server to start")
+                scenario(self)
+            except BaseException as exc:
+                failures.append(exc)
+                self.server.hurry = True
+                self.server.should_exit = True
+                self.app.release.set()
+
+        # A signal that comes when the server's handlers are not installed (before it
+        # starts, after it ends) is recorded here instead of ending pytest.
+        stray: list[int] = []
+        previous = {
+            sig: signal.signal(sig, lambda number, frame: stray.append(number))
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        thread = threading.Thread(target=drive, name="scenario", daemon=True)
+        thread.start()
+        try:
+            self.server.run()
+        finally:
+            self.app.release.set()
+            thread.join(15)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        ended = time.monotonic()
+        if failures:
+            raise failures[0]
+        assert not thread.is_alive(), "the scenario did not end"
+        return ended - self.signalled_at
+
+    def signal(self, sig: int) -> None:
+        if not self.signalled_at:
+            self.signalled_at = time.monotonic()
+        os.kill(os.getpid(), sig)
+
+    def listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except ConnectionRefusedError:
+            return False
+        return True
+
+    def in_background(self, method: str, path: str) -> Background:
+        return Background(self.url, method, path)
+
+
+class Background:
+    """One request on its own connection, in a thread: its response, or its error."""
+
+    def __init__(self, url: str, method: str, path: str) -> None:
+        self.response: httpx.Response | None = None
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._send, args=(url, method, path))
+        self._thread.start()
+
+    def _send(self, url: str, method: str, path: str) -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=10) as client:
+                self.response = client.request(method, path)
+        except Exception as exc:
+            self.error = exc
+
+    def result(self) -> httpx.Response | Exception:
+        self._thread.join(15)
+        assert not self._thread.is_alive()
+        outcome = self.response if self.response is not None else self.error
+        assert outcome is not None
+        return outcome
+
+
+def config(**changes: Any) -> ShutdownConfig:
+    settings: dict[str, Any] = {
+        "drain": True,
+        "drain_timeout": 2.0,
+        "readiness_flip": True,
+        "connection_close": True,
+        "quiet_period": 0.0,
+        "quiet_max": 0.0,
+        "grace_period": 30.0,
+        "enforce_budget": True,
+    }
+    settings.update(changes)
+    return ShutdownConfig(**settings)
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def messages(caplog: pytest.LogCaptureFixture, logger: str = "graceful") -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith(logger)]
+
+
+def test_sigterm_runs_every_phase_in_order_and_drains_a_running_request(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. Serve with readiness flip, Connection: close and a 0.3 s quiet period.
+    2. Before SIGTERM: readiness 200 (the app has no such route), no Connection: close.
+    3. A 1 s request starts; SIGTERM. 4. Readiness answers 503 at once (GET and HEAD),
+    without asking the app; requests are still served, with Connection: close (the
+    app's own keep-alive header replaced). 5. The listener closes after the quiet
+    period; the running request is drained and answered 200. 6. The app's shutdown runs
+    last; each phase is timed and logged; the process would exit 0."""
+    app = App()
+    served = Served(app, config(quiet_period=0.3, quiet_max=5.0), port)
+    lifecycle = served.lifecycle
+    seen: dict[str, Any] = {}
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            ready = client.get("/ready")
+            assert (ready.status_code, ready.text) == (200, "ready\n")
+            assert ready.headers["cache-control"] == "no-store"
+            assert ready.headers["content-type"] == "text/plain; charset=utf-8"
+            assert ready.headers["content-length"] == "6"
+            head = client.head("/ready")
+            assert (head.status_code, head.content) == (200, b"")
+            assert head.headers["content-length"] == "6"
+            assert "connection" not in client.get("/").headers
+            assert lifecycle.phase is Phase.SERVING and lifecycle.ready
+            slow = s.in_background("GET", "/work?seconds=1")
+            wait_until(lambda: lifecycle.in_flight == 1, 5, what="slow request running")
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: lifecycle.phase is Phase.DELAY, 2, what="delay phase")
+            assert not lifecycle.ready
+            not_ready = client.get("/ready")
+            assert (not_ready.status_code, not_ready.text) == (503, "not ready\n")
+            assert not_ready.headers["cache-control"] == "no-store"
+            head = client.head("/ready")
+            assert (head.status_code, head.content) == (503, b"")
+            assert head.headers["content-length"] == "10"
+            kept = client.get("/keep")
+            assert kept.status_code == 200
+            assert kept.headers.get_list("connection") == ["close"]
+        wait_until(lambda: not s.listening(), 3, what="listener to close")
+        seen["closed after"] = time.monotonic() - s.signalled_at
+        outcome = slow.result()
+        assert isinstance(outcome, httpx.Response), outcome
+        assert (outcome.status_code, outcome.text) == (200, "done")
+        assert outcome.headers["connection"] == "close"
+
+    took = served.run(scenario)
+    assert seen["closed after"] >= 0.3
+    assert took < 3
+    assert served.exits == []
+    assert app.events == [
+        "startup",
+        "working",
+        "finished",
+        "app shutdown",
+        "app shutdown done",
+    ]
+    assert list(served.server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
+    assert 0.3 <= served.server.phase_durations["delay"] < 1.0
+    assert served.server.phase_durations["draining"] > 0.2  # it waited for the request
+    assert lifecycle.phase is Phase.STOPPED
+    assert (lifecycle.in_flight, lifecycle.requests_cancelled) == (0, 0)
+    assert lifecycle.shutdown_signal == signal.SIGTERM
+    assert served.server.signals == [(signal.SIGTERM, "start")]
+    said = messages(logs)
+    assert said[0] == "Shutdown started (signal SIGTERM)"
+    # One connection is the request's; a probe of the port may not have closed yet.
+    assert any(
+        re.fullmatch(r"Draining 1 request handler\(s\) on [12] open connection\(s\)", m)
+        for m in said
+    ), said
+    for phase in ("delay", "closing", "draining", "app-shutdown"):
+        assert any(m.startswith(f"Shutdown phase {phase} took ") for m in said), said
+    assert said[-1].startswith("Shutdown finished in ")
+    assert not [r for r in logs.records if r.levelno >= logging.WARNING], logs.text
+
+
+def test_quiet_counts_from_sigterm_and_each_request_restarts_it(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. Serve with a 0.2 s pre-close delay and a 0.4 s quiet period; the pod has been
+    idle 0.5 s when SIGTERM comes. 2. A request 0.3 s after SIGTERM restarts the quiet
+    period; probes of /ready and /metrics do not. 3. The listener closes no sooner than
+    0.4 s after the last request, well within quiet_max."""
+    served = Served(App(), config(pre_close_delay=0.2, quiet_period=0.4, quiet_max=5.0), port)
+    marks: dict[str, float] = {}
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            client.get("/")
+            time.sleep(0.5)  # the scenario: the pod idles before SIGTERM
+            s.signal(signal.SIGTERM)
+            time.sleep(0.3)  # the scenario: one more request comes 0.3 s later
+            assert s.listening()
+            assert client.get("/").headers["connection"] == "close"
+            marks["request"] = time.monotonic()
+            while time.monotonic() - marks["request"] < 0.3:  # probes, paced by the scenario
+                assert client.get("/metrics").status_code == 200
+                assert client.get("/ready").status_code == 503
+                time.sleep(0.05)
+        wait_until(lambda: not s.listening(), 3, what="listener to close")
+        marks["closed"] = time.monotonic()
+
+    served.run(scenario)
+    assert 0.4 <= marks["closed"] - marks["request"] < 0.65
+    assert marks["closed"] - served.signalled_at < 1.5
+    # From when the serving loop noticed SIGTERM (within 0.1 s) to the close.
+    assert 0.55 <= served.server.phase_durations["delay"] < 1.2
+    assert not [r for r in logs.records if r.levelno >= logging.WARNING], logs.text
+
+
+def test_quiet_max_ends_the_delay_and_says_so(port: int, logs: pytest.LogCaptureFixture) -> None:
+    """1. A 0.2 s pre-close delay, a quiet period of 5 s but quiet_max 0.5 s (the limit
+    for both). 2. SIGTERM. 3. The delay phase ends 0.5 s after SIGTERM with a warning
+    that names how long the quiet period waited (the quiet_max left after the pre-close
+    delay, about 0.3 s)."""
+    served = Served(App(), config(pre_close_delay=0.2, quiet_period=5.0, quiet_max=0.5), port)
+
+    def scenario(s: Served) -> None:
+        s.signal(signal.SIGTERM)
+        wait_until(lambda: not s.listening(), 3, what="listener to close")
+
+    served.run(scenario)
+    assert 0.45 <= served.server.phase_durations["delay"] < 0.8
+    (warning,) = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
+    # 0.5 s less the pre-close delay as polled (0.2 s, give or take a 0.05 s poll)
+    assert re.fullmatch(r"Still receiving requests after 0\.[23]\d s; closing anyway", warning)
+
+
+def test_the_budget_cuts_the_delay_short(port: int) -> None:
+    """1. A pre-close delay of 5 s, but a grace period of 1.6 s with a 1 s safety margin.
+    2. SIGTERM. 3. The delay ends 0.6 s after SIGTERM (the budget), and so does the
+    whole shutdown, less than 1 s after SIGTERM."""
+    served = Served(App(), config(pre_close_delay=5.0, grace_period=1.6, safety_margin=1.0), port)
+
+    def scenario(s: Served) -> None:
+        s.signal(signal.SIGTERM)
+
+    took = served.run(scenario)
+    assert 0.55 <= served.server.phase_durations["delay"] < 0.9
+    assert took < 1.2
+    assert served.exits == []
+
+
+def test_the_drain_timeout_aborts_a_request_that_outlives_it(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. Drain timeout 0.3 s, no quiet period. 2. A 30 s request runs; SIGTERM. 3. The
+    drain waits 0.3 s, then aborts the connection and cancels the handler, counted and
+    logged. 4. The app's shutdown still runs; nothing is reported as still running."""
+    app = App()
+    served = Served(app, config(drain_timeout=0.3), port)
+    seen: dict[str, Any] = {}
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        seen["outcome"] = slow.result()
+
+    took = served.run(scenario)
+    assert isinstance(seen["outcome"], httpx.HTTPError), seen
+    assert 0.3 <= served.server.phase_durations["draining"] < 1.0
+    assert took < 1.5
+    assert app.events == ["startup", "working", "cancelled", "app shutdown", "app shutdown done"]
+    assert served.lifecycle.requests_cancelled == 1
+    assert served.lifecycle.requests_finished_late == 0
+    errors = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert errors == ["Aborted 1 connection(s) and 1 request(s): drain time is up"], errors
+
+
+def test_drain_off_aborts_at_once(port: int, logs: pytest.LogCaptureFixture) -> None:
+    """The talk's v4: 1. drain off, drain timeout 5 s. 2. A 30 s request runs; SIGTERM.
+    3. It is aborted at once (the drain timeout is not waited for) and counted."""
+    app = App()
+    served = Served(app, config(drain=False, drain_timeout=5.0), port)
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        assert isinstance(slow.result(), httpx.HTTPError)
+
+    took = served.run(scenario)
+    assert took < 0.8
+    assert served.lifecycle.requests_cancelled == 1
+    assert "cancelled" in app.events
+    warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert warnings == ["Aborted 1 connection(s) and 1 request(s): drain is off"]
+
+
+def test_drain_waits_for_a_handler_whose_client_has_gone(port: int) -> None:
+    """1. A 0.6 s request starts and its client goes away at once. 2. SIGTERM.
+    3. The drain still waits for the handler (uvicorn only marks it disconnected), so
+    it finishes before the app's shutdown starts; nothing is cancelled."""
+    app = App()
+    served = Served(app, config(drain_timeout=5.0), port)
+
+    def scenario(s: Served) -> None:
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.sendall(b"GET /work?seconds=0.6 HTTP/1.1\r\nhost: x\r\n\r\n")
+            wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        wait_until(lambda: not s.server.server_state.connections, 5, what="client gone")
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+    assert app.events == ["startup", "working", "finished", "app shutdown", "app shutdown done"]
+    assert served.lifecycle.requests_cancelled == 0
+
+
+def test_no_connection_close_without_the_switch(port: int) -> None:
+    """1. connection_close off, readiness flip off, a 0.5 s quiet period. 2. SIGTERM.
+    3. During the delay, responses keep the app's own headers (no Connection: close)
+    and readiness still asks the app."""
+    served = Served(
+        App(ready_status=200),
+        config(connection_close=False, readiness_flip=False, quiet_period=0.5, quiet_max=1.0),
+        port,
+    )
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: s.lifecycle.phase is Phase.DELAY, 2, what="delay phase")
+            assert "connection" not in client.get("/").headers
+            assert client.get("/keep").headers["connection"] == "keep-alive"
+            ready = client.get("/ready")
+            assert (ready.status_code, ready.text) == (200, "app says 200")
+
+    served.run(scenario)
+
+
+def test_the_apps_own_readiness_answer_stands_and_other_methods_reach_it(port: int) -> None:
+    """1. An app whose /ready answers 503 (its database is down). 2. GET /ready: the
+    app's 503 stands (not turned into 200); POST /ready goes to the app as it is;
+    other paths are untouched."""
+    served = Served(App(ready_status=503), config(), port)
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            ready = client.get("/ready")
+            assert (ready.status_code, ready.text) == (503, "app says 503")
+            assert "cache-control" not in ready.headers
+            s.app.ready_status = 404
+            posted = client.post("/ready")
+            assert (posted.status_code, posted.text) == (404, "app says 404")
+            assert client.get("/ready/").text == "ok"
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+
+
+def test_readiness_under_a_root_path(port: int) -> None:
+    """1. uvicorn with --root-path /api, behind a proxy that strips /api (uvicorn puts
+    the root path back in front of the path the app sees). 2. /ready is still the
+    readiness route: 200, then 503 after SIGTERM."""
+    served = Served(App(), config(quiet_period=0.5, quiet_max=1.0), port, root_path="/api")
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            assert client.get("/ready").text == "ready\n"
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: s.lifecycle.shutting_down, 2, what="shutdown")
+            assert client.get("/ready").status_code == 503
+
+    served.run(scenario)
+
+
+def test_readiness_path_must_start_with_a_slash() -> None:
+    """A readiness path without its leading '/' is refused at once, with the path."""
+    with pytest.raises(ValueError, match=r"readiness path must start with '/': 'ready'"):
+        ReadinessMiddleware(App(), Lifecycle(ShutdownConfig()), "ready")
+
+
+def test_later_signals_sigterm_ignored_sigint_hurries_a_third_exits(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. A 10 s quiet period; a 30 s request runs; the app reports 3 points unwritten
+    and has last words to log; its shutdown waits until released. 2. SIGTERM: the
+    shutdown starts. 3. SIGTERM again: logged and ignored (still in the delay). 4. SIGINT:
+    the waits end at once, the request is aborted ("second SIGINT"), the app's shutdown
+    starts. 5. A third signal during the app's shutdown: the forced exit with 130,
+    logging the app's last words and its unwritten count first."""
+    app = App()
+    app.release.clear()
+    served = Served(app, config(quiet_period=10.0, quiet_max=20.0, drain_timeout=20.0), port)
+    lifecycle = served.lifecycle
+    lifecycle.report_unwritten("points", lambda: 3)
+    last_words: list[str] = []
+    lifecycle.before_forced_exit(lambda: last_words.append("said"))
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        wait_until(lambda: lifecycle.phase is Phase.DELAY, 2, what="delay phase")
+        s.signal(signal.SIGTERM)
+        wait_until(
+            lambda: (
+                "SIGTERM again during shutdown: ignored, the shutdown goes on" in messages(logs)
+            ),
+            2,
+            what="second SIGTERM logged",
+        )
+        assert lifecycle.phase is Phase.DELAY
+        s.signal(signal.SIGINT)
+        wait_until(lambda: lifecycle.phase is Phase.APP_SHUTDOWN, 2, what="app shutdown")
+        assert isinstance(slow.result(), httpx.HTTPError)
+        s.signal(signal.SIGINT)
+        wait_until(lambda: s.exits, 2, what="forced exit")
+        s.app.release.set()
+
+    took = served.run(scenario)
+    assert served.exits == [128 + signal.SIGINT]
+    assert last_words == ["said"]
+    assert served.server.signals == [
+        (signal.SIGTERM, "start"),
+        (signal.SIGTERM, "ignore"),
+        (signal.SIGINT, "hurry"),
+        (signal.SIGINT, "exit"),
+    ]
+    assert took < 3
+    assert lifecycle.requests_cancelled == 1
+    said = messages(logs)
+    hurried = (
+        "SIGINT again: no more waiting for requests; accepted work is still written "
+        "(one more signal exits at once)"
+    )
+    order = [
+        "Shutdown started (signal SIGTERM)",
+        "SIGTERM again during shutdown: ignored, the shutdown goes on",
+        "Second SIGINT: stopped waiting for quiet period",
+        "Second SIGINT: stopped waiting for in-flight requests",
+        "Aborted 1 connection(s) and 1 request(s): second SIGINT",
+        "Exiting at once (third signal, SIGINT) in phase app-shutdown: left unwritten: "
+        "3 points; 0 request(s) still running",
+    ]
+    assert [m for m in said if m in order] == order, said
+    # The watcher logs the SIGINT on its own poll: after the SIGTERM, before the exit.
+    assert order[1] in said[: said.index(hurried)] and order[-1] in said[said.index(hurried) :]
+    assert "Still receiving requests" not in logs.text
+
+
+def test_a_second_sigint_during_the_drain_aborts_what_runs(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. No quiet period, drain timeout 20 s; a 30 s request runs. 2. SIGINT (Ctrl-C):
+    the drain waits for the request. 3. SIGINT again: the drain stops waiting and aborts
+    the request ("second SIGINT"); the app's shutdown runs; the shutdown ends well
+    before the drain timeout, with no forced exit."""
+    app = App()
+    served = Served(app, config(drain_timeout=20.0), port)
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGINT)
+        wait_until(lambda: s.lifecycle.phase is Phase.DRAINING, 2, what="drain")
+        s.signal(signal.SIGINT)
+        assert isinstance(slow.result(), httpx.HTTPError)
+
+    took = served.run(scenario)
+    assert took < 2
+    assert served.exits == []
+    assert app.events[-2:] == ["app shutdown", "app shutdown done"]
+    said = messages(logs)
+    assert said[0] == "Shutdown started (signal SIGINT)"
+    assert "Second SIGINT: stopped waiting for in-flight requests" in said
+    assert "Aborted 1 connection(s) and 1 request(s): second SIGINT" in said
+
+
+def test_an_app_shutdown_past_the_budget_takes_the_forced_exit(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. Grace period 2 s with a 1 s margin: 1 s of budget; the app's shutdown never
+    ends by itself; 7 items unwritten, and one count that fails. 2. SIGTERM. 3. The
+    app's shutdown gets the budget plus half the margin (1.5 s after SIGTERM), then the
+    forced exit with code 1, logging the 7 items and the failed count (-1)."""
+    app = App()
+    app.release.clear()
+    served = Served(app, config(grace_period=2.0, safety_margin=1.0), port)
+    served.lifecycle.report_unwritten("items", lambda: 7)
+    served.lifecycle.report_unwritten("broken", lambda: 1 // 0)
+    seen: dict[str, float] = {}
+
+    def scenario(s: Served) -> None:
+        s.signal(signal.SIGTERM)
+        wait_until(lambda: s.exits, 3, what="forced exit")
+        seen["exit"] = time.monotonic() - s.signalled_at
+        s.app.release.set()
+
+    served.run(scenario)
+    assert served.exits == [1]
+    assert 1.4 <= seen["exit"] < 1.9, seen
+    said = messages(logs)
+    assert (
+        "Exiting at once (the app's shutdown overran the budget) in phase app-shutdown: "
+        "left unwritten: 7 items, -1 broken; 0 request(s) still running"
+    ) in said
+    assert (
+        "Cannot count unwritten broken: ZeroDivisionError('integer division or modulo by zero')"
+        in said
+    )
+
+
+def test_a_stubborn_handler_and_a_left_task_are_named_before_the_end(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. A handler that goes on 2 s after its cancellation; a request that leaves a task
+    named "orphan" running; drain timeout 0.2 s. 2. SIGTERM. 3. The drain aborts the
+    handler, gives it 1 s, logs that it still runs, runs the app's shutdown, and before
+    "Shutdown finished" names the handler and the orphan task that the loop's end will
+    cancel; the handler's late end is logged too."""
+    app = App(stubborn=2.0)
+    served = Served(app, config(drain_timeout=0.2), port)
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            assert client.get("/orphan").status_code == 200
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        assert isinstance(slow.result(), httpx.HTTPError)
+
+    took = served.run(scenario)
+    assert 1.2 <= took < 2.5
+    said = messages(logs)
+    end = said.index(next(m for m in said if m.startswith("Shutdown finished")))
+    before_end = said[:end]
+    assert (
+        "1 request handler(s) still running 1.0 s after being cancelled; "
+        "the app's shutdown starts anyway"
+    ) in before_end
+    assert "1 request handler(s) still running at exit are cancelled" in before_end
+    assert "1 task(s) still running at exit are cancelled: orphan" in before_end
+    assert "A GET /work handler ended after the app's shutdown began" in said
+    assert served.lifecycle.requests_finished_late == 1
+    assert "cancelled" in app.events and "went on" not in app.events
+
+
+def test_a_shutdown_no_signal_asked_for_still_counts_from_its_start(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. uvicorn's request limit of 2 (--limit-max-requests). 2. Two requests. 3. The
+    server shuts itself down with no signal: the shutdown is dated from then, named as
+    SIGTERM's, and runs every phase with the budget."""
+    served = Served(App(), config(), port, limit_max_requests=2)
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            client.get("/")
+            before = time.monotonic()
+            client.get("/")
+        wait_until(lambda: s.lifecycle.shutting_down, 3, what="shutdown")
+        requested = s.lifecycle.shutdown_requested_at
+        assert requested is not None and requested >= before
+
+    served.run(scenario)
+    assert served.lifecycle.shutdown_signal == signal.SIGTERM
+    assert served.server.signals == []
+    assert messages(logs)[0] == "Shutdown started (signal SIGTERM)"
+    assert served.lifecycle.phase is Phase.STOPPED
