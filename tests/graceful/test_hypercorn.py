@@ -94,49 +94,20 @@ def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
     assert "1 request(s) cancelled by hypercorn at its graceful_timeout" in log, log
 
 
-def test_second_sigint_ends_the_delay_and_cuts_the_drain(processes: Processes, port: int) -> None:
-    """1. graceful-hypercorn with a quiet period of 5 s and a drain timeout of 10 s; a
-    10 s request starts. 2. SIGINT: the delay begins. 3. SIGINT again: the delay ends at
-    once, the listener closes, and the drain is cut too: the request is cancelled
-    (answered 500, counted and logged as the second SIGINT's), and the process exits 0
-    about a second after it, not at the request's or the drain's end."""
-    env = {"GRACEFUL_QUIET_PERIOD": "5", "GRACEFUL_QUIET_MAX": "5"}
-    process = hypercorn(processes, port, env)
-    result: list[httpx.Response | Exception] = []
-    thread = request_in_thread(f"http://127.0.0.1:{port}/work?seconds=10", result)
-    try:
-        wait_until(lambda: "Working 10.0 s" in processes.output(process), 5, what="request")
-        os.kill(process.pid, signal.SIGINT)
-        wait_until(lambda: "Shutdown started" in processes.output(process), 5, what="start")
-        second = time.monotonic()
-        os.kill(process.pid, signal.SIGINT)
-        assert process.wait(8) == 0
-        took = time.monotonic() - second
-    finally:
-        thread.join(15)
-    assert took < 2.0, took
-    assert isinstance(result[0], httpx.Response) and result[0].status_code == 500, result
-    log = processes.output(process)
-    assert "Second SIGINT: stopped waiting for quiet period" in log, log
-    assert "Second SIGINT: cancelled 1 running request(s)" in log, log
-    assert "at its graceful_timeout" not in log, log
-    assert "Traceback" not in log, log
-
-
-def test_a_sigint_after_sigterm_cuts_a_drain_under_way(processes: Processes, port: int) -> None:
-    """1. graceful-hypercorn with no quiet period and a drain timeout of 20 s; a 20 s
-    request starts. 2. SIGTERM: the listener closes and hypercorn's drain waits for the
-    request. 3. Once the drain is under way, SIGINT: the running request is cancelled
-    (500, logged), hypercorn's wait ends with it and the process exits 0 within about a
-    second, where it would otherwise wait out the request."""
-    env = {"GRACEFUL_QUIET_PERIOD": "0", "GRACEFUL_DRAIN_TIMEOUT": "20"}
+def _second_sigint_cuts(
+    processes: Processes, port: int, env: dict[str, str], first: signal.Signals, after: str
+) -> str:
+    """Start graceful-hypercorn with `env` and a 20 s request; send `first`, wait for
+    `after` in its log, then SIGINT. The running request must be cut (500), and the
+    process exit 0 within 2 s of the SIGINT, not at the request's or the drain's end.
+    Returns the log."""
     process = hypercorn(processes, port, env)
     result: list[httpx.Response | Exception] = []
     thread = request_in_thread(f"http://127.0.0.1:{port}/work?seconds=20", result)
     try:
         wait_until(lambda: "Working 20.0 s" in processes.output(process), 5, what="request")
-        os.kill(process.pid, signal.SIGTERM)
-        wait_until(lambda: "running requests get" in processes.output(process), 5, what="the drain")
+        os.kill(process.pid, first)
+        wait_until(lambda: after in processes.output(process), 5, what=after)
         sigint = time.monotonic()
         os.kill(process.pid, signal.SIGINT)
         assert process.wait(8) == 0
@@ -146,9 +117,32 @@ def test_a_sigint_after_sigterm_cuts_a_drain_under_way(processes: Processes, por
     assert took < 2.0, took
     assert isinstance(result[0], httpx.Response) and result[0].status_code == 500, result
     log = processes.output(process)
-    assert "SIGINT again: no more waiting for requests" in log, log
     assert "Second SIGINT: cancelled 1 running request(s)" in log, log
+    assert "at its graceful_timeout" not in log, log
     assert "Traceback" not in log, log
+    return log
+
+
+def test_second_sigint_ends_the_delay_and_cuts_the_drain(processes: Processes, port: int) -> None:
+    """1. graceful-hypercorn with a quiet period of 5 s and a drain timeout of 10 s; a
+    20 s request starts. 2. SIGINT: the delay begins. 3. SIGINT again: the delay ends at
+    once, the listener closes, and the drain is cut too: the request is cancelled
+    (answered 500, counted and logged as the second SIGINT's), and the process exits 0
+    within 2 s, not at the request's or the drain's end."""
+    env = {"GRACEFUL_QUIET_PERIOD": "5", "GRACEFUL_QUIET_MAX": "5"}
+    log = _second_sigint_cuts(processes, port, env, signal.SIGINT, "Shutdown started")
+    assert "Second SIGINT: stopped waiting for quiet period" in log, log
+
+
+def test_a_sigint_after_sigterm_cuts_a_drain_under_way(processes: Processes, port: int) -> None:
+    """1. graceful-hypercorn with no quiet period and a drain timeout of 20 s; a 20 s
+    request starts. 2. SIGTERM: the listener closes and hypercorn's drain waits for the
+    request. 3. Once the drain is under way, SIGINT: the running request is cancelled
+    (500, logged), hypercorn's wait ends with it and the process exits 0 within 2 s,
+    where it would otherwise wait out the request."""
+    env = {"GRACEFUL_QUIET_PERIOD": "0", "GRACEFUL_DRAIN_TIMEOUT": "20"}
+    log = _second_sigint_cuts(processes, port, env, signal.SIGTERM, "running requests get")
+    assert "SIGINT again: no more waiting for requests" in log, log
 
 
 def test_a_third_signal_exits_at_once_during_a_stuck_app_shutdown(
