@@ -40,6 +40,8 @@ import docker
 import docker.errors
 import docker.types
 
+from lab import blackhole
+from lab.blackhole import Blackhole
 from lab.container_config import Configs, ContainerConfig, from_sources
 from lab.images import Launch, expand, image_name
 from lab.manifest import Container, ManifestError, Manifests
@@ -126,6 +128,10 @@ class DockerContainer(RuntimeContainer):
         return f"container {self.id[:12]} PID 1"
 
     @property
+    def group(self) -> str:
+        return f"container {self.id[:12]}"
+
+    @property
     def returncode(self) -> int | None:
         return self.exited.result() if self.exited.done() else None
 
@@ -150,6 +156,12 @@ class DockerContainer(RuntimeContainer):
 
     def kill(self) -> None:
         self.runtime.signal(self.id, "SIGKILL")
+
+    async def freeze(self) -> None:
+        await self.runtime.call(self.runtime.signal_every_process, self.id, signal.SIGSTOP)
+
+    async def thaw(self) -> None:
+        await self.runtime.call(self.runtime.signal_every_process, self.id, signal.SIGCONT)
 
     def exit_detail(self) -> str:
         code = self.returncode
@@ -305,6 +317,33 @@ class DockerRuntime(Runtime):
         assert self.engine is not None
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             self.engine.api.kill(ident, signal=sig)
+
+    def signal_every_process(self, ident: str, sig: int) -> int:
+        """Send `sig` to every process of the container from the host (root): the
+        engine's kill reaches PID 1 only, and its pause is the cgroup freezer, under which
+        the kubelet's SIGTERM would not stay pending (the engine thaws a paused container
+        it signals) nor would SIGKILL act (cgroup v1). Frozen meanwhile, so that no
+        process forks or exits between the listing and the signals; returns how many
+        processes got it (0 when the container is not running)."""
+        assert self.engine is not None
+        if os.geteuid() != 0:
+            raise PermissionError("signalling a container's processes from the host needs root")
+        api = self.engine.api
+        try:
+            api.pause(ident)
+        except docker.errors.APIError:  # not running (any more): nothing to signal
+            return 0
+        try:
+            pids = container_pids(self.state(ident))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        finally:
+            # A kill from the kubelet meanwhile may have thawed it already (the engine
+            # does when it signals a paused container).
+            with contextlib.suppress(docker.errors.APIError):
+                api.unpause(ident)
+        return len(pids)
 
     # -- pods --------------------------------------------------------------------------
 
@@ -517,7 +556,15 @@ class DockerRuntime(Runtime):
                 self.running.pop(ident, None)
 
     async def close(self) -> None:
-        """Remove every container and the network of this run; stop the event thread."""
+        """Remove every container and the network of this run, and the run's table of
+        dead addresses; stop the event thread."""
+        try:
+            await self._close()
+        finally:
+            if self.dead is not None:
+                await self.dead.close()
+
+    async def _close(self) -> None:
         if self.engine is not None:
             with contextlib.suppress(docker.errors.DockerException):
                 leftovers = await self.call(
@@ -539,6 +586,25 @@ class DockerRuntime(Runtime):
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
+
+
+def container_pids(state: Mapping[str, Any] | None) -> list[int]:
+    """Host PIDs of every process in a container: those in the PID namespace of its PID 1
+    (`State.Pid` from an inspect), exec'd probes and hooks included."""
+    pid1 = int((state or {}).get("Pid") or 0)
+    if pid1 <= 0:
+        return []
+    try:
+        namespace = os.readlink(f"/proc/{pid1}/ns/pid")
+    except OSError:  # it exited meanwhile
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == namespace:
+                    pids.append(int(entry.name))
+    return pids
 
 
 def _env(
@@ -575,6 +641,10 @@ async def docker_runtime(
 ) -> DockerRuntime:
     """The run's Docker runtime, its network made and its images checked."""
     runtime = DockerRuntime(log_dir, _configs(manifests, update).of)
+    if blackhole.available() is None:
+        # A failed node's pod IPs drop packets (node-failure); made on first use. A gone
+        # pod's IP needs none: it goes with its sandbox.
+        runtime.dead = Blackhole()
     try:
         await runtime.open()
         images = [manifests.deployment.template.container.image]

@@ -354,6 +354,10 @@ class Lab:
             self.events.phase(
                 "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
             )
+            if self.runtime.dead is not None:
+                self.events.phase(
+                    "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"
+                )
         if self.p.uses_influx:
             self.influx = InfluxServer(
                 data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host
