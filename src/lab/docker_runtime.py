@@ -28,6 +28,7 @@ import ipaddress
 import os
 import random
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ import docker
 import docker.errors
 import docker.types
 
-from lab import blackhole
+from lab import blackhole, run_cgroup
 from lab.blackhole import Blackhole
 from lab.container_config import Configs, ContainerConfig, from_sources
 from lab.images import Launch, expand, image_name
@@ -199,6 +200,9 @@ class DockerRuntime(Runtime):
         self.network: Any = None
         self.gateway = ""
         self.subnet: ipaddress.IPv4Network | None = None
+        # The run's own parent cgroup (lab.run_cgroup), or why the engine's default is used.
+        self.cgroup: run_cgroup.RunCgroup | None = None
+        self.cgroup_note = ""
 
     # -- run ---------------------------------------------------------------------------
 
@@ -217,6 +221,16 @@ class DockerRuntime(Runtime):
                 raise StartError(
                     f"no Docker engine answers ({exc}): run `make system-deps` and `make image`"
                 ) from exc
+        info = await self.call(self.engine.info)
+        why = run_cgroup.unavailable(str(info.get("CgroupDriver", "")))
+        if why is None:
+            cgroup = run_cgroup.RunCgroup(f"lab-{self.run_id}")
+            try:
+                await self.call(cgroup.make)
+                self.cgroup = cgroup
+            except OSError as exc:
+                why = f"cannot make {cgroup.cpu_dir}: {exc}"
+        self.cgroup_note = why or ""
         self.events_stream = await self.call(
             self.engine.events, decode=True, filters={"type": "container", "label": LABEL}
         )
@@ -386,6 +400,8 @@ class DockerRuntime(Runtime):
             ident = await self.call(self._create_app, pod, state)
         except docker.errors.DockerException as exc:
             raise StartError(f"{type(exc).__name__}: {exc}") from exc
+        if self.cgroup is not None:  # the pods not gone, this one included
+            self.cgroup.weigh(len(self.pods))
         assert self.loop is not None
         container = DockerContainer(self, ident, self.loop.create_future())
         self.running[ident] = container
@@ -412,6 +428,7 @@ class DockerRuntime(Runtime):
             network_mode=self.network_name,
             extra_hosts={"influxdb": self.gateway},
             read_only=True,
+            cgroup_parent=self.cgroup.parent if self.cgroup is not None else None,
         )
         created = api.create_container(
             state.image,
@@ -462,6 +479,7 @@ class DockerRuntime(Runtime):
             cpu_period=100_000 if limit is not None else None,
             cpu_quota=max(1000, int(limit * 100_000)) if limit is not None else None,
             cpu_shares=max(2, int(request * 1024)) if request is not None else None,
+            cgroup_parent=self.cgroup.parent if self.cgroup is not None else None,
         )
         count = len(state.containers)
         created = api.create_container(
@@ -550,6 +568,8 @@ class DockerRuntime(Runtime):
         state = self.pods.pop(pod.name, None)
         if state is None:
             return
+        if self.cgroup is not None:
+            self.cgroup.weigh(len(self.pods))
         for ident in (state.app, state.sandbox):
             if ident is not None:
                 await self.call(self._remove, pod.name, ident)
@@ -561,6 +581,10 @@ class DockerRuntime(Runtime):
         try:
             await self._close()
         finally:
+            if self.cgroup is not None:
+                left = await asyncio.to_thread(self.cgroup.remove)
+                if left:  # said, not raised: the rest of the clean-up must run
+                    print(f"lab: cgroup directories left: {left}", file=sys.stderr)
             if self.dead is not None:
                 await self.dead.close()
 

@@ -354,6 +354,13 @@ class Lab:
             self.events.phase(
                 "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
             )
+            cgroup = self.runtime.cgroup
+            self.events.phase(
+                "cgroup",
+                f"{cgroup.parent}, one process's CPU weight per pod"
+                if cgroup is not None
+                else f"the engine's default parent: {self.runtime.cgroup_note}",
+            )
             if self.runtime.dead is not None:
                 self.events.phase(
                     "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"

@@ -36,6 +36,7 @@ from lab.manifest import PodTemplate, load
 from lab.matrix import rewrite_manifests
 from lab.pods import Kubelet, Pod
 from lab.procs import Registry
+from lab.run_cgroup import RunCgroup
 from tests.docker_support import IMAGE, engine_or_skip, ensure_image
 from tests.lab.labkit import READY_PROBE, TINYAPP, run, tiny_manifest
 from tests.lab.test_lab_run import _run
@@ -177,6 +178,7 @@ async def node(
         assert engine.networks.list(names=[runtime.network_name]) == []
         if table is not None:
             assert table not in _tables()
+        assert RunCgroup(f"lab-{runtime.run_id}").directories() == []
 
 
 def _tables() -> str:
@@ -197,6 +199,17 @@ def _states(engine: docker.DockerClient, container: DockerContainer) -> dict[int
             assert match, status
             states[pid] = match.group(1)
     return states
+
+
+def _cpu_weight(runtime: DockerRuntime) -> int:
+    """The run's parent cgroup's CPU weight (cpu.shares on cgroup v1)."""
+    assert runtime.cgroup is not None, runtime.cgroup_note
+    return int((runtime.cgroup.cpu_dir / "cpu.shares").read_text())
+
+
+def _cpu_cgroup(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line.split(":", 2)[2] for line in lines if line.split(":")[1] == "cpu")
 
 
 def _connect(address: str, timeout: float) -> str:
@@ -222,7 +235,8 @@ def test_container_crash_restarts_in_the_same_sandbox(
     3. the container exits 137, and the kubelet restarts it at once (CrashLoopBackOff
     starts at 0) in the same sandbox: same IP, same sandbox container, a new app
     container; 4. it is ready again and the emptyDir still holds the file; 5. the
-    ReplicaSet's ranking never took it for a pending pod (no container started)."""
+    ReplicaSet's ranking never took it for a pending pod (no container started); its
+    container is in the run's own parent cgroup, weighted as one process."""
     manifest = tiny(tmp_path / "m.yml", empty_dir=True, readiness=READY_PROBE)
 
     async def scenario() -> None:
@@ -234,6 +248,9 @@ def test_container_crash_restarts_in_the_same_sandbox(
             assert code == 0
             first = pod.running
             assert isinstance(first, DockerContainer)
+            pid = int(engine.api.inspect_container(first.id)["State"]["Pid"])
+            assert _cpu_cgroup(pid).startswith(f"/lab-{n.runtime.run_id}/")
+            assert _cpu_weight(n.runtime) == 1024
             sandbox = n.runtime.pods[pod.name].sandbox
             faults = n.faults("container-crash@0")
             faults.start()
@@ -353,6 +370,7 @@ def test_node_failure_drops_every_packet_of_the_nodes_pods(
             a, b, c = (n.create(f"tiny-{x}") for x in "abc")
             assert (a.node, b.node, c.node) == (0, 1, 0)
             await n.until(lambda: a.ready and b.ready and c.ready, 40, "three ready pods")
+            assert _cpu_weight(n.runtime) == 3 * 1024  # one process's per pod
             idle = socket.create_connection((a.ip, TINY_PORT), timeout=5)
             faults = n.faults("node-failure@0", grace=1.0, toleration=1.0)
             faults.start()
@@ -388,6 +406,7 @@ def test_node_failure_drops_every_packet_of_the_nodes_pods(
                 left = engine.containers.list(all=True, filters={"label": f"lab.pod={pod.name}"})
                 assert left == []
             assert b.ready and not b.gone
+            assert _cpu_weight(n.runtime) == 1024
 
     run(scenario(), 90)
 
