@@ -4,9 +4,10 @@ Under the engine's default parent (`/docker`) every container of every run share
 CPU weight, that of a single host process: against k6's and HAProxy's threads, InfluxDB
 and whatever else runs on the machine, all pods together got what one process gets, and
 under load they waited on the run queue far longer than the same pods as processes (lab
-README, "Pods as containers"). On a node the kubelet gives its pods a
-parent of their own (`kubepods`) weighted by the node's allocatable CPU, and the load
-generator and the balancer run elsewhere. Here the load shares the machine, so the lab
+README, "Pods as containers"). On a node the kubelet gives its pods a parent of their own
+(`kubepods`, weighted by the node's allocatable CPU: --enforce-node-allocatable=pods,
+https://kubernetes.io/docs/tasks/administer-cluster/reserve-compute-resources/), and the
+load generator and the balancer run elsewhere. Here the load shares the machine, so the lab
 gives the run's containers a parent of their own (`lab-<run id>`, a child of the root on
 each controller) whose weight is one process's per pod, as on the process runtime. Inside
 it, each container keeps the weight its CPU request gives it (lab.container_config).
