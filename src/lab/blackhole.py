@@ -4,11 +4,14 @@ that is gone.
 On loopback a closed port answers a SYN with an instant RST; in a cluster a pod's IP
 goes with its sandbox right after its containers stop, and a failed node answers
 nothing, so clients wait for their connect or request timeout. The lab adds one nftables
-table of its own per run (`lab_dead_<pid>_<n>`): a set of dead addresses and two rules
+table of its own per run (`lab_dead_<pid>_<n>`): a set of dead addresses and rules
 dropping every packet to or from one of them (the SYN to it, and the RST a killed socket
-would still send from it). An address leaves the set when a new pod gets it. The whole
-table is deleted when the run ends, on the forced path as well. No other address and no
-other table is touched.
+would still send from it), at three hooks: output (what this host sends, loopback
+included), input (what a container sends to the host through the run's bridge) and
+forward (what crosses the bridge between containers, where br_netfilter passes bridged
+packets to it, as the Docker engine sets up). An address leaves the set when a new pod
+gets it. The whole table is deleted when the run ends, on the forced path as well. No
+other address and no other table is touched.
 """
 
 from __future__ import annotations
@@ -68,16 +71,23 @@ class Blackhole:
         await self._nft("add", "table", "ip", self.table)
         self.created = True  # before the rest: close() must delete a half-made table
         await self._nft("add", "set", "ip", self.table, "dead", "{ type ipv4_addr; }")
-        await self._nft(
-            "add",
-            "chain",
-            "ip",
-            self.table,
-            "out",
-            "{ type filter hook output priority 0; policy accept; }",
-        )
-        for field in ("daddr", "saddr"):
-            await self._nft("add", "rule", "ip", self.table, "out", "ip", field, "@dead", "drop")
+        for chain, hook, fields in (
+            ("out", "output", ("daddr", "saddr")),
+            ("in", "input", ("saddr",)),
+            ("through", "forward", ("daddr", "saddr")),
+        ):
+            await self._nft(
+                "add",
+                "chain",
+                "ip",
+                self.table,
+                chain,
+                f"{{ type filter hook {hook} priority 0; policy accept; }}",
+            )
+            for field in fields:
+                await self._nft(
+                    "add", "rule", "ip", self.table, chain, "ip", field, "@dead", "drop"
+                )
 
     async def drop(self, address: str) -> None:
         """From now on, packets to or from `address` vanish."""

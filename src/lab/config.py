@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,6 @@ def parse_lag(text: str) -> Lag:
 TIMED_KINDS = ("influx-down", "influx-stall")
 INSTANT_KINDS = ("container-crash", "node-failure", "pod-hang", "lb-restart")
 KINDS = TIMED_KINDS + INSTANT_KINDS
-# Faults that act on a pod's processes: the process runtime only.
-POD_KINDS = ("container-crash", "node-failure", "pod-hang")
 # The node controller's defaults (see faults.py for the rules and their sources).
 NODE_MONITOR_GRACE = 40.0
 UNREACHABLE_TOLERATION = 300.0
@@ -207,8 +206,13 @@ class LabConfig:
             raise ConfigError(
                 f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
             )
-        pod_faults = [f for f in self.faults if f.kind in POD_KINDS]
-        if self.runtime == "docker" and pod_faults:
-            raise ConfigError(f"--fault {pod_faults[0]}: pod faults need --runtime process")
+        hangs = [f for f in self.faults if f.kind == "pod-hang"]
+        if self.runtime == "docker" and hangs and os.geteuid() != 0:
+            # The engine's pause (the cgroup freezer) is no hang: the engine thaws a
+            # paused container it signals, so the kubelet's SIGTERM would be handled.
+            raise ConfigError(
+                f"--fault {hangs[0]}: on --runtime docker a hang is SIGSTOP to every "
+                "process of the container from the host, which needs root"
+            )
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")

@@ -43,7 +43,7 @@ class VictimFacts:
     def of(pod: Pod) -> VictimFacts:
         return VictimFacts(
             uid=pod.name,  # random per pod, as a UID is
-            pending=pod.process is None,
+            pending=pod.running is None,
             ready=pod.ready,
             ready_since=pod.ready_since,
             deletion_cost=deletion_cost(pod.template.annotations),

@@ -28,6 +28,7 @@ import ipaddress
 import os
 import random
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ import docker
 import docker.errors
 import docker.types
 
+from lab import blackhole, run_cgroup
+from lab.blackhole import Blackhole
 from lab.container_config import Configs, ContainerConfig, from_sources
 from lab.images import Launch, expand, image_name
 from lab.manifest import Container, ManifestError, Manifests
@@ -126,6 +129,10 @@ class DockerContainer(RuntimeContainer):
         return f"container {self.id[:12]} PID 1"
 
     @property
+    def group(self) -> str:
+        return f"container {self.id[:12]}"
+
+    @property
     def returncode(self) -> int | None:
         return self.exited.result() if self.exited.done() else None
 
@@ -150,6 +157,12 @@ class DockerContainer(RuntimeContainer):
 
     def kill(self) -> None:
         self.runtime.signal(self.id, "SIGKILL")
+
+    async def freeze(self) -> None:
+        await self.runtime.call(self.runtime.signal_every_process, self.id, signal.SIGSTOP)
+
+    async def thaw(self) -> None:
+        await self.runtime.call(self.runtime.signal_every_process, self.id, signal.SIGCONT)
 
     def exit_detail(self) -> str:
         code = self.returncode
@@ -187,6 +200,9 @@ class DockerRuntime(Runtime):
         self.network: Any = None
         self.gateway = ""
         self.subnet: ipaddress.IPv4Network | None = None
+        # The run's own parent cgroup (lab.run_cgroup), or why the engine's default is used.
+        self.cgroup: run_cgroup.RunCgroup | None = None
+        self.cgroup_note = ""
 
     # -- run ---------------------------------------------------------------------------
 
@@ -205,6 +221,16 @@ class DockerRuntime(Runtime):
                 raise StartError(
                     f"no Docker engine answers ({exc}): run `make system-deps` and `make image`"
                 ) from exc
+        info = await self.call(self.engine.info)
+        why = run_cgroup.unavailable(str(info.get("CgroupDriver", "")))
+        if why is None:
+            cgroup = run_cgroup.RunCgroup(f"lab-{self.run_id}")
+            try:
+                await self.call(cgroup.make)
+                self.cgroup = cgroup
+            except OSError as exc:
+                why = f"cannot make {cgroup.cpu_dir}: {exc}"
+        self.cgroup_note = why or ""
         self.events_stream = await self.call(
             self.engine.events, decode=True, filters={"type": "container", "label": LABEL}
         )
@@ -306,6 +332,33 @@ class DockerRuntime(Runtime):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             self.engine.api.kill(ident, signal=sig)
 
+    def signal_every_process(self, ident: str, sig: int) -> int:
+        """Send `sig` to every process of the container from the host (root): the
+        engine's kill reaches PID 1 only, and its pause is the cgroup freezer, under which
+        the kubelet's SIGTERM would not stay pending (the engine thaws a paused container
+        it signals) nor would SIGKILL act (cgroup v1). Frozen meanwhile, so that no
+        process forks or exits between the listing and the signals; returns how many
+        processes got it (0 when the container is not running)."""
+        assert self.engine is not None
+        if os.geteuid() != 0:
+            raise PermissionError("signalling a container's processes from the host needs root")
+        api = self.engine.api
+        try:
+            api.pause(ident)
+        except docker.errors.APIError:  # not running (any more): nothing to signal
+            return 0
+        try:
+            pids = container_pids(self.state(ident))
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        finally:
+            # A kill from the kubelet meanwhile may have thawed it already (the engine
+            # does when it signals a paused container).
+            with contextlib.suppress(docker.errors.APIError):
+                api.unpause(ident)
+        return len(pids)
+
     # -- pods --------------------------------------------------------------------------
 
     def prepare(self, pod: Pod) -> Launch:
@@ -347,6 +400,8 @@ class DockerRuntime(Runtime):
             ident = await self.call(self._create_app, pod, state)
         except docker.errors.DockerException as exc:
             raise StartError(f"{type(exc).__name__}: {exc}") from exc
+        if self.cgroup is not None:  # the pods not gone, this one included
+            self.cgroup.weigh(len(self.pods))
         assert self.loop is not None
         container = DockerContainer(self, ident, self.loop.create_future())
         self.running[ident] = container
@@ -373,6 +428,7 @@ class DockerRuntime(Runtime):
             network_mode=self.network_name,
             extra_hosts={"influxdb": self.gateway},
             read_only=True,
+            cgroup_parent=self.cgroup.parent if self.cgroup is not None else None,
         )
         created = api.create_container(
             state.image,
@@ -423,6 +479,7 @@ class DockerRuntime(Runtime):
             cpu_period=100_000 if limit is not None else None,
             cpu_quota=max(1000, int(limit * 100_000)) if limit is not None else None,
             cpu_shares=max(2, int(request * 1024)) if request is not None else None,
+            cgroup_parent=self.cgroup.parent if self.cgroup is not None else None,
         )
         count = len(state.containers)
         created = api.create_container(
@@ -511,13 +568,27 @@ class DockerRuntime(Runtime):
         state = self.pods.pop(pod.name, None)
         if state is None:
             return
+        if self.cgroup is not None:
+            self.cgroup.weigh(len(self.pods))
         for ident in (state.app, state.sandbox):
             if ident is not None:
                 await self.call(self._remove, pod.name, ident)
                 self.running.pop(ident, None)
 
     async def close(self) -> None:
-        """Remove every container and the network of this run; stop the event thread."""
+        """Remove every container and the network of this run, and the run's table of
+        dead addresses; stop the event thread."""
+        try:
+            await self._close()
+        finally:
+            if self.cgroup is not None:
+                left = await asyncio.to_thread(self.cgroup.remove)
+                if left:  # said, not raised: the rest of the clean-up must run
+                    print(f"lab: cgroup directories left: {left}", file=sys.stderr)
+            if self.dead is not None:
+                await self.dead.close()
+
+    async def _close(self) -> None:
         if self.engine is not None:
             with contextlib.suppress(docker.errors.DockerException):
                 leftovers = await self.call(
@@ -539,6 +610,25 @@ class DockerRuntime(Runtime):
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
+
+
+def container_pids(state: Mapping[str, Any] | None) -> list[int]:
+    """Host PIDs of every process in a container: those in the PID namespace of its PID 1
+    (`State.Pid` from an inspect), exec'd probes and hooks included."""
+    pid1 = int((state or {}).get("Pid") or 0)
+    if pid1 <= 0:
+        return []
+    try:
+        namespace = os.readlink(f"/proc/{pid1}/ns/pid")
+    except OSError:  # it exited meanwhile
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == namespace:
+                    pids.append(int(entry.name))
+    return pids
 
 
 def _env(
@@ -575,6 +665,10 @@ async def docker_runtime(
 ) -> DockerRuntime:
     """The run's Docker runtime, its network made and its images checked."""
     runtime = DockerRuntime(log_dir, _configs(manifests, update).of)
+    if blackhole.available() is None:
+        # A failed node's pod IPs drop packets (node-failure); made on first use. A gone
+        # pod's IP needs none: it goes with its sandbox.
+        runtime.dead = Blackhole()
     try:
         await runtime.open()
         images = [manifests.deployment.template.container.image]

@@ -370,6 +370,17 @@ class Lab:
             self.events.phase(
                 "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
             )
+            cgroup = self.runtime.cgroup
+            self.events.phase(
+                "cgroup",
+                f"{cgroup.parent}, one process's CPU weight per pod"
+                if cgroup is not None
+                else f"the engine's default parent: {self.runtime.cgroup_note}",
+            )
+            if self.runtime.dead is not None:
+                self.events.phase(
+                    "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"
+                )
         if self.p.uses_influx:
             self.influx = InfluxServer(
                 data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host

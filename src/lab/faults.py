@@ -2,19 +2,21 @@
 
 WHEN counts from the start of the action (the scenario's rollout, scale, update or steady
 time). Every fault's start and end is a `fault` event in the event log, so it shows in
-report.json and on the timeline. Kinds:
+report.json and on the timeline. Pod faults act through the container runtime's interface
+(lab.runtime), so each exists once for process groups and Docker containers. Kinds:
 
 - `influx-down:S`  stop influxd, start it again on the same data dir and port after S s
 - `influx-stall:S` SIGSTOP influxd, SIGCONT after S s
-- `container-crash` SIGKILL a ready pod's container (its process group): the kubelet
+- `container-crash` SIGKILL a ready pod's container (every process of it): the kubelet
                    restarts it in the same pod (same address, same emptyDir), with the
                    usual back-off
 - `node-failure`   a ready pod's node stops: its address drops every packet at once
-                   (lab.blackhole) and its processes die; the pod stays Ready until the
+                   (lab.blackhole) and its containers die; the pod stays Ready until the
                    node-monitor grace period, and is replaced only once the unreachable
                    toleration has run out after that
-- `pod-hang`       SIGSTOP a ready pod's group: liveness fails and the kubelet restarts
-                   the container (SIGTERM stays pending, SIGKILL at the end of the grace)
+- `pod-hang`       SIGSTOP every process of a ready pod's container: liveness fails and
+                   the kubelet restarts the container (SIGTERM stays pending, SIGKILL at
+                   the end of the grace)
 - `lb-restart`     stop HAProxy and start it again with the same config, then add the
                    servers that were in rotation back through the runtime API (the
                    endpoints controller waits meanwhile); not a seamless reload, see README
@@ -25,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import signal
 from collections.abc import Awaitable, Callable
 
 from lab.config import NODE_MONITOR_GRACE, UNREACHABLE_TOLERATION, Fault
@@ -36,6 +36,9 @@ from lab.haproxy import HAProxy
 from lab.influx import InfluxServer
 from lab.pods import Kubelet, Pod
 from lab.procs import Registry
+from lab.runtime import RuntimeContainer
+
+UNDO_TIMEOUT = 30.0  # for each step of stop()'s undo
 
 
 class Faults:
@@ -68,7 +71,7 @@ class Faults:
         self.influx = influx
         self.pods = pods  # the Deployment's current pods
         self.tasks: list[asyncio.Task[None]] = []
-        self.hung: list[asyncio.subprocess.Process] = []
+        self.hung: list[tuple[RuntimeContainer, asyncio.Future[None]]] = []
         self.influx_paused = False
         self.influx_restart: asyncio.Future[None] | None = None
         self.lb_restart: asyncio.Future[None] | None = None
@@ -118,7 +121,7 @@ class Faults:
     def _victim(self) -> Pod | None:
         """The oldest ready pod whose container runs."""
         for pod in self.pods():
-            running = pod.process is not None and pod.process.returncode is None
+            running = pod.running is not None and pod.running.returncode is None
             alive = not pod.terminating and not pod.gone and not pod.node_lost
             if pod.ready and alive and running:
                 return pod
@@ -161,28 +164,28 @@ class Faults:
 
     async def _container_crash(self, fault: Fault) -> None:
         pod = self._victim()
-        if pod is None or pod.process is None:
+        if pod is None or pod.running is None:
             self._event(fault, "skipped", "no ready pod")
             return
-        process = pod.process
-        self._event(fault, "start", f"SIGKILL to group {process.pid}", pod.name)
-        Registry.kill_group(process.pid)
+        container = pod.running
+        self._event(fault, "start", f"SIGKILL to {container.group}", pod.name)
+        container.kill()
         # The kubelet sees the container exit and restarts it in the same pod, with
         # restartPolicy Always and the CrashLoopBackOff delays (pkg/kubelet/
         # kuberuntime/kuberuntime_manager.go computePodActions); the pod keeps its IP
         # and its emptyDir volumes, which live as long as the pod
         # (https://kubernetes.io/docs/concepts/storage/volumes/#emptydir).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 10)
-        self._event(fault, "end", f"container exited ({process.returncode})", pod.name)
+            await asyncio.wait_for(container.wait(), 10)
+        self._event(fault, "end", f"container exited ({container.returncode})", pod.name)
 
     async def _node_failure(self, fault: Fault) -> None:
         pod = self._victim()
-        if pod is None or pod.process is None:
+        if pod is None or pod.running is None:
             self._event(fault, "skipped", "no ready pod")
             return
-        dead = self.kubelet.runtime.dead
-        if dead is None:
+        runtime = self.kubelet.runtime
+        if runtime.dead is None:
             self._event(fault, "skipped", "no nftables to make the node's address dead")
             return
         # With --nodes every pod bound to the victim's node goes with it (supporting
@@ -200,10 +203,10 @@ class Faults:
             # Packets first, so that not even the killed sockets' RSTs get out: a node
             # that is off answers nothing, and clients wait for their own timeouts. The
             # address stays dead for the rest of the run (lab.blackhole).
-            await dead.drop(victim.ip)
+            await runtime.drop_address(victim)
             self.kubelet.lose_node(victim)
-            if victim.process is not None and victim.process.returncode is None:
-                Registry.kill_group(victim.process.pid)
+            if victim.running is not None and victim.running.returncode is None:
+                victim.running.kill()
         where = f"node{pod.node}" if self.kubelet.nodes > 1 else "node"
         proxy = f"; {await self.node_down(pod.node)}" if self.node_down is not None else ""
         self._event(
@@ -235,16 +238,19 @@ class Faults:
 
     async def _pod_hang(self, fault: Fault) -> None:
         pod = self._victim()
-        if pod is None or pod.process is None:
+        if pod is None or pod.running is None:
             self._event(fault, "skipped", "no ready pod")
             return
-        process = pod.process
-        Registry.kill_group(process.pid, signal.SIGSTOP)
-        self.hung.append(process)
-        self._event(fault, "start", f"SIGSTOP to group {process.pid}", pod.name)
+        container = pod.running
+        # Kept before the first await, with the freeze itself: stop() waits for a freeze
+        # still under way (a thread on docker) before it thaws the container.
+        freezing = asyncio.ensure_future(container.freeze())
+        self.hung.append((container, freezing))
+        await asyncio.shield(freezing)
+        self._event(fault, "start", f"SIGSTOP to {container.group}", pod.name)
         # Ends when the kubelet has killed the hung container (liveness) or the pod went.
-        await process.wait()
-        self._event(fault, "end", f"hung container gone ({process.returncode})", pod.name)
+        await container.wait()
+        self._event(fault, "end", f"hung container gone ({container.returncode})", pod.name)
 
     async def _lb_restart(self, fault: Fault) -> None:
         if self.haproxy is None or self.endpoints is None:
@@ -281,16 +287,20 @@ class Faults:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for process in self.hung:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGCONT)
+        for container, freezing in self.hung:
+            with contextlib.suppress(Exception):  # the undo must not stop the others
+                await asyncio.wait_for(asyncio.shield(freezing), UNDO_TIMEOUT)
+            if container.returncode is None:
+                try:
+                    await asyncio.wait_for(container.thaw(), UNDO_TIMEOUT)
+                except Exception as exc:  # said, and the teardown's SIGKILL still ends it
+                    self.events.add("", "fault", f"pod-hang undo failed: {exc!r}")
         if self.lb_restart is not None and not self.lb_restart.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.lb_restart), 30)
+                await asyncio.wait_for(asyncio.shield(self.lb_restart), UNDO_TIMEOUT)
         if self.influx_restart is not None and not self.influx_restart.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.influx_restart), 30)
+                await asyncio.wait_for(asyncio.shield(self.influx_restart), UNDO_TIMEOUT)
         if self.influx_paused and self.influx is not None:
             self.influx.resume()
             self.influx_paused = False

@@ -3,7 +3,8 @@
 The kubelet (lab.pods) owns the rules: probes, preStop, the grace period, restarts with
 back-off. A runtime only does what a container runtime does: give a pod its sandbox (an
 IP), start its container, signal it, run a command in it, report how it exited, and
-remove the sandbox when the pod is gone.
+remove the sandbox when the pod is gone. The fault injector (lab.faults) acts through the
+same interface: kill a container, freeze and thaw it, make a pod's address dead.
 
 - ProcessRuntime (here): a pod is a process group on a loopback address; the image map
   says what to run for an image (lab.images).
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from lab.blackhole import Blackhole
+from lab.blackhole import Blackhole, BlackholeError
 from lab.images import Launch, map_command, resolve
 from lab.probes import READ_LIMIT
 from lab.procs import Registry
@@ -62,9 +63,24 @@ class RuntimeContainer(abc.ABC):
     def terminate(self) -> None:
         """SIGTERM to the main process only (PID 1 of the container)."""
 
+    @property
+    @abc.abstractmethod
+    def group(self) -> str:
+        """Every process of it, for the event log (e.g. `group 1234`)."""
+
     @abc.abstractmethod
     def kill(self) -> None:
         """SIGKILL to every process of the container."""
+
+    @abc.abstractmethod
+    async def freeze(self) -> None:
+        """SIGSTOP to every process of the container (a hung container): nothing in it
+        runs or handles a signal, a SIGTERM stays pending, SIGKILL still ends it, and the
+        kernel still accepts connections to its listening sockets."""
+
+    @abc.abstractmethod
+    async def thaw(self) -> None:
+        """SIGCONT to every process of the container: undoes freeze()."""
 
     def exit_detail(self) -> str:
         """How it exited, for the event log: `code N`, `by signal X`, `OOMKilled`."""
@@ -105,6 +121,13 @@ class Runtime(abc.ABC):
     async def pod_gone(self, pod: Pod) -> None:  # noqa: B027 (optional hook)
         """The pod's containers are stopped: remove its sandbox (and with it its IP)."""
 
+    async def drop_address(self, pod: Pod) -> None:
+        """From now on packets to and from the pod's IP vanish, its sandbox still there:
+        the pod's node is off. Raises BlackholeError where that cannot be done."""
+        if self.dead is None:
+            raise BlackholeError(f"no nftables table for dead addresses on the {self.name} runtime")
+        await self.dead.drop(pod.ip)
+
     async def close(self) -> None:  # noqa: B027 (optional hook)
         """The forced path at the end of a run: remove whatever the runtime made."""
 
@@ -121,6 +144,10 @@ class ProcessContainer(RuntimeContainer):
         return f"pid {self.process.pid}"
 
     @property
+    def group(self) -> str:
+        return f"group {self.process.pid}"
+
+    @property
     def returncode(self) -> int | None:
         return self.process.returncode
 
@@ -134,6 +161,13 @@ class ProcessContainer(RuntimeContainer):
     def kill(self) -> None:
         # The main process stands for PID 1: its group is the container.
         Registry.kill_group(self.process.pid)
+
+    async def freeze(self) -> None:
+        Registry.kill_group(self.process.pid, signal.SIGSTOP)
+
+    async def thaw(self) -> None:
+        if self.process.returncode is None:
+            Registry.kill_group(self.process.pid, signal.SIGCONT)
 
 
 class ProcessRuntime(Runtime):
@@ -185,7 +219,7 @@ class ProcessRuntime(Runtime):
             )
         except OSError as exc:  # e.g. no such executable
             raise StartError(str(exc)) from exc
-        pod.process = process  # the fault injector signals process groups
+        pod.process = process  # its group, for tests that look at it
         return ProcessContainer(process)
 
     async def pod_gone(self, pod: Pod) -> None:

@@ -142,9 +142,16 @@ def test_balancer_health_checks_take_a_dead_nodes_proxy_out(tmp_path: Path) -> N
             await until(
                 lambda: front.servers() == {"node0": "DOWN", "node1": "UP"}, 5, "node0 DOWN"
             )
+            before = _server_sessions(front)
             for _ in range(6):
                 assert await asyncio.to_thread(_connect, "127.0.0.1", front.port, 1.0) == "ok"
-            assert front.connections_total() >= 6
+
+            def sent() -> dict[str, int]:
+                now = _server_sessions(front)
+                return {name: now[name] - before[name] for name in now}
+
+            await until(lambda: sent()["node1"] >= 6, 5, "six connections to node1")
+            assert sent()["node0"] == 0, sent()
         finally:
             await hole.close()
             await front.stop()
@@ -156,6 +163,16 @@ def test_balancer_health_checks_take_a_dead_nodes_proxy_out(tmp_path: Path) -> N
     finally:
         for sock in listeners:
             sock.close()
+
+
+def _server_sessions(haproxy: Any) -> dict[str, int]:
+    """Connections HAProxy has sent to each backend server so far (`stot`)."""
+    out = {}
+    for row in haproxy.command("show stat").splitlines():
+        cols = row.split(",")
+        if len(cols) > 7 and cols[0] == "pods" and cols[1] not in ("BACKEND", "FRONTEND"):
+            out[cols[1]] = int(cols[7] or 0)
+    return out
 
 
 @needs_nft
