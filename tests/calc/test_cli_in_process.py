@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from calc.cli import main, profiles_table
+from calc.cli import build_parser, main, profiles_table
 from calc.config import SWITCHES
 from calc.points import PointFormatter
 from lab.influx import InfluxServer
@@ -110,7 +110,6 @@ def test_help_lists_the_commands_and_every_switch(capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
-        ([], "calc: error: the following arguments are required: COMMAND"),
         (
             ["serve", "--port", "abc"],
             "calc serve: error: argument --port: "
@@ -133,12 +132,22 @@ def test_help_lists_the_commands_and_every_switch(capsys: pytest.CaptureFixture[
 def test_bad_arguments_exit_2_naming_the_problem(
     capsys: pytest.CaptureFixture[str], argv: list[str], error: str
 ) -> None:
-    """1. `calc` with a missing command, a bad value, a value a rule refuses, an unknown
-    profile or action. 2. Exit 2, the usage and one error line naming it; nothing runs."""
+    """1. `calc` with a bad value, a value a rule refuses, an unknown profile or action. 2. Exit 2, the usage and one error line naming it; nothing runs."""
     code, out, err = run_main(argv, capsys)
     assert (code, out) == (2, "")
     assert err.startswith("usage: calc")
     assert error in err
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    """1. `calc` with no command (parsed only: were it taken, it would serve). 2. Exit 2
+    with the usage, naming COMMAND as required."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: calc [-h] COMMAND ...")
+    assert "calc: error: the following arguments are required: COMMAND" in err
 
 
 def test_a_bad_variable_exits_2_naming_it(
