@@ -228,7 +228,7 @@ def test_the_built_server_serves_the_app_with_its_limits(
         assert httpx.get(f"{url}/ready").status_code == 200
         big = httpx.get(f"{url}/health", headers={"x-filler": "x" * 4096})
         assert big.status_code == 431
-        with socket.create_connection(("127.0.0.2", port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.2", port), timeout=3) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()
             first = sock.recv(100)
