@@ -228,7 +228,8 @@ def test_each_profile_from_start_to_stop(
     assert messages[-2:] == ["App stopping", f"App stopped: {stopped}"]
     assert "Calculating sum" in messages
     if profile == "v10":
-        assert f"Spooling unwritten operations in {spool}" in caplog.text
+        spooling = [r.getMessage() for r in caplog.records if r.name == "calc.oplog"]
+        assert spooling[0] == f"Spooling unwritten operations in {spool}"
 
 
 METRICS_V9 = """\

@@ -32,13 +32,17 @@ v10      on     8.0            on              on                1.0           1
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No CALC_* or INFLUXDB_* variable of the machine leaks into a test; help text is
-    not wrapped (argparse wraps at $COLUMNS)."""
+    not wrapped (argparse wraps at $COLUMNS). The spool directory cannot be made, so a
+    command that went on to serve by mistake returns 1 at once instead of serving."""
     for name in list(os.environ):
         if name.startswith(("CALC_", "INFLUXDB_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "2000")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("CALC_SPOOL_DIR", str(blocker / "spool"))
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
