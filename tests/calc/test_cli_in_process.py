@@ -15,7 +15,7 @@ from calc.cli import build_parser, main, profiles_table
 from calc.config import SWITCHES
 from calc.points import PointFormatter
 from lab.influx import InfluxServer
-from tests.calc.logging_support import restored_logging
+from tests.calc.logging_support import restored_logging, taken_port
 
 PROFILES_TABLE = """\
 profile  drain  drain_timeout  readiness_flip  connection_close  quiet_period  quiet_max  budget_check  oplog           flush_retries  spool  what it shows
@@ -267,10 +267,13 @@ def test_serve_whose_spool_cannot_be_made_returns_1_before_listening(
     blocker = tmp_path / "file"
     blocker.write_text("")
     spool = blocker / "spool"
-    argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--pod", "p", "--spool-dir", str(spool)]
-    with restored_logging():
-        code, out, err = run_main(argv, capsys)
+    with taken_port() as port:  # were the spool skipped, serving would fail at once too
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--pod", "p"]
+        with restored_logging():
+            code, out, err = run_main([*argv, "--spool-dir", str(spool)], capsys)
     assert (code, out) == (1, "")
-    assert "calc v10 on 127.0.0.1:0, operation log batch-graceful -> file operations.lp" in err
+    assert (
+        f"calc v10 on 127.0.0.1:{port}, operation log batch-graceful -> file operations.lp" in err
+    )
     assert f"ERROR request_id=- calc: Cannot start: cannot use spool directory {spool}" in err
     assert "Uvicorn running" not in err

@@ -33,7 +33,7 @@ from calc.service import (
 from graceful import GracefulMiddleware, GracefulServer, Lifecycle, ShutdownConfig
 from lab.influx import free_port
 from tests.calc.app_support import config_for
-from tests.calc.logging_support import restored_logging
+from tests.calc.logging_support import restored_logging, taken_port
 from tests.support import http_ok, wait_until
 
 SPOOL_NOTE = "operations (left in the spool, lost unless this pod's next container starts)"
@@ -307,29 +307,37 @@ def test_run_warns_when_the_phases_cannot_fit_the_grace_period(
     each phase; the start line names the log; run returns 1 without listening."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    config = config_for(
-        "v10", tmp_path, grace_period=10.0, spool_dir=str(blocker / "spool"), port=0
-    )
-    with restored_logging():
-        assert run(config) == 1
-    err = capsys.readouterr().err
-    assert (
-        "WARNING request_id=- calc: Shutdown budget: shutdown phases need up to 23 s "
-        "(delay 10 + drain 8 + flush 5) but only 9 s remain before SIGKILL "
-        "(grace period 10 s - safety margin 1 s)"
-    ) in err
-    assert "calc v10 on 0.0.0.0:0, operation log batch-graceful -> file " in err
-    assert "Cannot start: cannot use spool directory" in err
+    with taken_port() as port:  # were the spool skipped, serving would fail at once too
+        config = config_for(
+            "v10",
+            tmp_path,
+            grace_period=10.0,
+            spool_dir=str(blocker / "spool"),
+            host="127.0.0.1",
+            port=port,
+        )
+        with restored_logging():
+            assert run(config) == 1
+        err = capsys.readouterr().err
+        assert (
+            "WARNING request_id=- calc: Shutdown budget: shutdown phases need up to 23 s "
+            "(delay 10 + drain 8 + flush 5) but only 9 s remain before SIGKILL "
+            "(grace period 10 s - safety margin 1 s)"
+        ) in err
+        assert f"calc v10 on 127.0.0.1:{port}, operation log batch-graceful -> file " in err
+        assert "ERROR request_id=- calc: Cannot start: cannot use spool directory" in err
 
-    unchecked = dataclasses.replace(config, budget_check=False)
-    with restored_logging():
-        assert run(unchecked) == 1
-    assert "Shutdown budget" not in capsys.readouterr().err
+        unchecked = dataclasses.replace(config, budget_check=False)
+        with restored_logging():
+            assert run(unchecked) == 1
+        assert "Shutdown budget" not in capsys.readouterr().err
 
-    influx = dataclasses.replace(config, influxdb_base_url="http://127.0.0.1:9", budget_check=False)
-    with restored_logging():
-        assert run(influx) == 1
-    assert "operation log batch-graceful -> http://127.0.0.1:9\n" in capsys.readouterr().err
+        influx = dataclasses.replace(
+            config, influxdb_base_url="http://127.0.0.1:9", budget_check=False
+        )
+        with restored_logging():
+            assert run(influx) == 1
+        assert "operation log batch-graceful -> http://127.0.0.1:9\n" in capsys.readouterr().err
 
 
 def test_run_with_the_log_off_names_no_sink(
@@ -337,10 +345,7 @@ def test_run_with_the_log_off_names_no_sink(
 ) -> None:
     """1. run(config) for v3 on a port already taken. 2. The start line says the log is
     off ("-"); uvicorn cannot bind and the process exits non-zero."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         config = config_for("v3", tmp_path, host="127.0.0.1", port=port)
         with restored_logging(), pytest.raises(SystemExit) as exited:
             run(config)
