@@ -228,7 +228,8 @@ def test_each_profile_from_start_to_stop(
     assert messages[-2:] == ["App stopping", f"App stopped: {stopped}"]
     assert "Calculating sum" in messages
     if profile == "v10":
-        assert f"Spooling unwritten operations in {spool}" in caplog.text
+        spooling = [r.getMessage() for r in caplog.records if r.name == "calc.oplog"]
+        assert spooling[0] == f"Spooling unwritten operations in {spool}"
 
 
 METRICS_V9 = """\
@@ -342,6 +343,21 @@ def test_v6_task_writes_after_its_delay_while_serving(
         run(scenario())
     messages = [r.getMessage() for r in caplog.records if r.name == "calc.oplog"]
     assert sorted(messages) == ["Logging 1 operations"] * 2 + ["Operations logged"] * 2
+
+
+def test_a_waiting_task_is_named_after_its_request(tmp_path: Path) -> None:
+    """1. v6 with a 5 s task delay. 2. A sum with id rid-7: while its point waits, the
+    running tasks include one named oplog-rid-7 (so a dump of tasks says whose it is).
+    3. At the end of the lifespan it is cancelled."""
+    calc = InProcessCalc(config_for("v6", tmp_path, task_delay=5.0))
+
+    async def scenario() -> None:
+        async with calc.running() as client:
+            await client.post("/sum", content=SUM, headers={"x-request-id": "rid-7"})
+            assert "oplog-rid-7" in {task.get_name() for task in asyncio.all_tasks()}
+
+    run(scenario())
+    assert calc.oplog.lost_by_reason == {"task_cancelled": 1, "write_failed": 0}
 
 
 def test_v7_waits_for_tasks_at_most_its_task_timeout(

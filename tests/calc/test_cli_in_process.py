@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from calc.cli import main, profiles_table
+from calc.cli import build_parser, main, profiles_table
 from calc.config import SWITCHES
 from calc.points import PointFormatter
 from lab.influx import InfluxServer
-from tests.calc.logging_support import restored_logging
+from tests.calc.logging_support import restored_logging, taken_port
 
 PROFILES_TABLE = """\
 profile  drain  drain_timeout  readiness_flip  connection_close  quiet_period  quiet_max  budget_check  oplog           flush_retries  spool  what it shows
@@ -32,13 +32,17 @@ v10      on     8.0            on              on                1.0           1
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No CALC_* or INFLUXDB_* variable of the machine leaks into a test; help text is
-    not wrapped (argparse wraps at $COLUMNS)."""
+    not wrapped (argparse wraps at $COLUMNS). The spool directory cannot be made, so a
+    command that went on to serve by mistake returns 1 at once instead of serving."""
     for name in list(os.environ):
         if name.startswith(("CALC_", "INFLUXDB_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "2000")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("CALC_SPOOL_DIR", str(blocker / "spool"))
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -110,7 +114,6 @@ def test_help_lists_the_commands_and_every_switch(capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
-        ([], "calc: error: the following arguments are required: COMMAND"),
         (
             ["serve", "--port", "abc"],
             "calc serve: error: argument --port: "
@@ -133,12 +136,22 @@ def test_help_lists_the_commands_and_every_switch(capsys: pytest.CaptureFixture[
 def test_bad_arguments_exit_2_naming_the_problem(
     capsys: pytest.CaptureFixture[str], argv: list[str], error: str
 ) -> None:
-    """1. `calc` with a missing command, a bad value, a value a rule refuses, an unknown
-    profile or action. 2. Exit 2, the usage and one error line naming it; nothing runs."""
+    """1. `calc` with a bad value, a value a rule refuses, an unknown profile or action. 2. Exit 2, the usage and one error line naming it; nothing runs."""
     code, out, err = run_main(argv, capsys)
     assert (code, out) == (2, "")
     assert err.startswith("usage: calc")
     assert error in err
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    """1. `calc` with no command (parsed only: were it taken, it would serve). 2. Exit 2
+    with the usage, naming COMMAND as required."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: calc [-h] COMMAND ...")
+    assert "calc: error: the following arguments are required: COMMAND" in err
 
 
 def test_a_bad_variable_exits_2_naming_it(
@@ -254,10 +267,13 @@ def test_serve_whose_spool_cannot_be_made_returns_1_before_listening(
     blocker = tmp_path / "file"
     blocker.write_text("")
     spool = blocker / "spool"
-    argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--pod", "p", "--spool-dir", str(spool)]
-    with restored_logging():
-        code, out, err = run_main(argv, capsys)
+    with taken_port() as port:  # were the spool skipped, serving would fail at once too
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--pod", "p"]
+        with restored_logging():
+            code, out, err = run_main([*argv, "--spool-dir", str(spool)], capsys)
     assert (code, out) == (1, "")
-    assert "calc v10 on 127.0.0.1:0, operation log batch-graceful -> file operations.lp" in err
+    assert (
+        f"calc v10 on 127.0.0.1:{port}, operation log batch-graceful -> file operations.lp" in err
+    )
     assert f"ERROR request_id=- calc: Cannot start: cannot use spool directory {spool}" in err
     assert "Uvicorn running" not in err

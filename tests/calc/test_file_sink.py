@@ -13,7 +13,7 @@ import resource
 import signal
 import stat
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -152,6 +152,25 @@ def read_fifo(path: Path, into: list[bytes]) -> threading.Thread:
     return thread
 
 
+@contextlib.asynccontextmanager
+async def blocked_write(sink: FileSink, lines: list[str]) -> AsyncIterator[asyncio.Task[None]]:
+    """A write to the FIFO, handed over once its thread is blocked opening it. On the way
+    out a write still pending is cancelled twice, so the loop can always end."""
+    task = asyncio.get_running_loop().create_task(sink.write(lines))
+    try:
+        await asyncio.to_thread(wait_until, blocked_write_thread, 5, 0.01, "a blocked write")
+        yield task
+    finally:
+        for _ in range(2):
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+
+
+def no_write_thread() -> bool:
+    return not any(t.name == "file-sink-write" for t in threading.enumerate())
+
+
 def test_a_write_cancelled_after_its_thread_began_finishes_and_counts(fifo: Path) -> None:
     """1. A write to a FIFO nobody reads: its thread blocks. 2. The write is cancelled
     once: it keeps waiting, since the thread cannot be stopped. 3. A reader comes: the
@@ -160,18 +179,17 @@ def test_a_write_cancelled_after_its_thread_began_finishes_and_counts(fifo: Path
     received: list[bytes] = []
 
     async def scenario() -> bool:
-        sink = FileSink(fifo)
-        task = asyncio.get_running_loop().create_task(sink.write(["one", "two"]))
-        await asyncio.to_thread(wait_until, blocked_write_thread, 5, 0.01, "a blocked write")
-        thread = blocked_write_thread()
-        assert thread is not None and thread.daemon
-        task.cancel()
-        await asyncio.sleep(0.05)
-        assert not task.done()
-        reader = read_fifo(fifo, received)
-        await asyncio.wait_for(task, 5)
-        await asyncio.to_thread(reader.join, 5)
-        return task.cancelled()
+        async with blocked_write(FileSink(fifo), ["one", "two"]) as task:
+            thread = blocked_write_thread()
+            assert thread is not None and thread.daemon
+            task.cancel()
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            reader = read_fifo(fifo, received)
+            await asyncio.wait({task}, timeout=3)
+            await asyncio.to_thread(reader.join, 5)
+            assert task.done()
+            return task.cancelled()
 
     assert asyncio.run(scenario()) is False
     assert received == [b"one\ntwo\n"]
@@ -185,23 +203,15 @@ def test_a_second_cancel_lets_the_caller_go(fifo: Path, caplog: pytest.LogCaptur
     received: list[bytes] = []
 
     async def scenario() -> bool:
-        sink = FileSink(fifo)
-        task = asyncio.get_running_loop().create_task(sink.write(["gone"]))
-        await asyncio.to_thread(wait_until, blocked_write_thread, 5, 0.01, "a blocked write")
-        task.cancel()
-        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.wait({task}, timeout=3)
-        cancelled = task.cancelled()
+        async with blocked_write(FileSink(fifo), ["gone"]) as task:
+            task.cancel()
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.wait({task}, timeout=3)
+            cancelled = task.cancelled()
         reader = read_fifo(fifo, received)
         await asyncio.to_thread(reader.join, 5)
-        await asyncio.to_thread(
-            wait_until,
-            lambda: not any(t.name == "file-sink-write" for t in threading.enumerate()),
-            5,
-            0.01,
-            "the write thread to end",
-        )
+        await asyncio.to_thread(wait_until, no_write_thread, 5, 0.01, "the write thread to end")
         for _ in range(5):  # the thread's outcome reaches the loop a few turns later
             await asyncio.sleep(0.01)
         return cancelled
@@ -210,6 +220,30 @@ def test_a_second_cancel_lets_the_caller_go(fifo: Path, caplog: pytest.LogCaptur
         assert asyncio.run(scenario()) is True
     assert received == [b"gone\n"]
     assert [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == []
+
+
+def test_a_write_thread_that_outlives_its_loop_ends_quietly(
+    fifo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A write blocked on a FIFO nobody reads is given up (cancelled twice) and its
+    event loop ends. 2. A reader comes: the thread writes, finds no loop to report to,
+    and ends without an error."""
+    failures: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    received: list[bytes] = []
+
+    async def scenario() -> None:
+        async with blocked_write(FileSink(fifo), ["late"]) as task:
+            for _ in range(2):
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+            assert task.cancelled()
+
+    asyncio.run(scenario())
+    read_fifo(fifo, received).join(5)
+    wait_until(no_write_thread, 5, what="the write thread to end")
+    assert received == [b"late\n"]
+    assert failures == []
 
 
 def test_a_write_refused_midway_is_cut_back_to_the_last_whole_line(tmp_path: Path) -> None:
@@ -223,10 +257,10 @@ def test_a_write_refused_midway_is_cut_back_to_the_last_whole_line(tmp_path: Pat
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     async def scenario() -> BaseException | None:
-        await sink.write(["first"])
+        await bounded(sink.write(["first"]))
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
         try:
-            await sink.write(["x" * 60, "y" * 60])
+            await bounded(sink.write(["x" * 60, "y" * 60]))
         except OSError as exc:
             return exc
         finally:
@@ -240,5 +274,5 @@ def test_a_write_refused_midway_is_cut_back_to_the_last_whole_line(tmp_path: Pat
         signal.signal(signal.SIGXFSZ, old_handler)
     assert isinstance(raised, OSError) and raised.errno == errno.EFBIG
     assert path.read_text() == "first\n"
-    asyncio.run(sink.write(["last"]))
+    asyncio.run(bounded(sink.write(["last"])))
     assert path.read_text() == "first\nlast\n"

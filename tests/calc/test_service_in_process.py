@@ -5,7 +5,9 @@ thread) and `run(config)` itself, stopped by a real SIGTERM to this process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -28,10 +30,10 @@ from calc.service import (
     run,
     shutdown_config,
 )
-from graceful import GracefulMiddleware, Lifecycle, ShutdownConfig
+from graceful import GracefulMiddleware, GracefulServer, Lifecycle, ShutdownConfig
 from lab.influx import free_port
 from tests.calc.app_support import config_for
-from tests.calc.logging_support import restored_logging
+from tests.calc.logging_support import restored_logging, taken_port
 from tests.support import http_ok, wait_until
 
 SPOOL_NOTE = "operations (left in the spool, lost unless this pod's next container starts)"
@@ -189,8 +191,8 @@ class ServerThread:
     def stop(self) -> None:
         if self.thread.is_alive():
             self.server.handle_exit(signal.SIGTERM, None)
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "the server did not stop within 15 s"
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the server did not stop within 10 s"
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -227,7 +229,7 @@ def test_the_built_server_serves_the_app_with_its_limits(
         assert httpx.get(f"{url}/ready").status_code == 200
         big = httpx.get(f"{url}/health", headers={"x-filler": "x" * 4096})
         assert big.status_code == 431
-        with socket.create_connection(("127.0.0.2", port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.2", port), timeout=3) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()
             first = sock.recv(100)
@@ -246,25 +248,36 @@ def test_run_serves_until_sigterm_and_returns_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """1. run(config) for v9 in this process's main thread, logging to stderr. 2. Once
-    /health answers, a sum, then a real SIGTERM to this process. 3. run returns 0; the
-    log has the start line, the request's id on its line, and the point was written."""
+    it listens, a sum, then a real SIGTERM to this process. 3. run returns 0; the log
+    has the start line and uvicorn's lines in calc's format, the request's id on its
+    line, and the point was written."""
     port = free_port()
     config = config_for("v9", tmp_path, host="127.0.0.1", port=port)
     url = f"http://127.0.0.1:{port}"
     outcome: list[str] = []
 
     def client() -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if http_ok(f"{url}/health"):
-                answer = httpx.post(
-                    f"{url}/sum", json={"numbers": [2, 2]}, headers={"x-request-id": "via-run"}
-                )
-                outcome.append(f"{answer.status_code} {answer.text}")
-                os.kill(os.getpid(), signal.SIGTERM)  # the server's handler records it
-                return
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break  # it listens, so run() is serving and its signal handlers are set
             time.sleep(0.02)
-        outcome.append("no answer")
+        else:
+            outcome.append("never listened")
+            # The forced path: stop whatever server run() started, as its SIGTERM
+            # handler would (a real signal is only safe once it listens).
+            for server in [o for o in gc.get_objects() if isinstance(o, GracefulServer)]:
+                server.handle_exit(signal.SIGTERM, None)
+            return
+        try:
+            answer = httpx.post(
+                f"{url}/sum", json={"numbers": [2, 2]}, headers={"x-request-id": "via-run"}
+            )
+            outcome.append(f"{answer.status_code} {answer.text}")
+        except httpx.HTTPError as exc:
+            outcome.append(repr(exc))
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # the server's handler records it
 
     helper = threading.Thread(target=client, name="run-client")
     helper.start()
@@ -294,29 +307,37 @@ def test_run_warns_when_the_phases_cannot_fit_the_grace_period(
     each phase; the start line names the log; run returns 1 without listening."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    config = config_for(
-        "v10", tmp_path, grace_period=10.0, spool_dir=str(blocker / "spool"), port=0
-    )
-    with restored_logging():
-        assert run(config) == 1
-    err = capsys.readouterr().err
-    assert (
-        "WARNING request_id=- calc: Shutdown budget: shutdown phases need up to 23 s "
-        "(delay 10 + drain 8 + flush 5) but only 9 s remain before SIGKILL "
-        "(grace period 10 s - safety margin 1 s)"
-    ) in err
-    assert "calc v10 on 0.0.0.0:0, operation log batch-graceful -> file " in err
-    assert "Cannot start: cannot use spool directory" in err
+    with taken_port() as port:  # were the spool skipped, serving would fail at once too
+        config = config_for(
+            "v10",
+            tmp_path,
+            grace_period=10.0,
+            spool_dir=str(blocker / "spool"),
+            host="127.0.0.1",
+            port=port,
+        )
+        with restored_logging():
+            assert run(config) == 1
+        err = capsys.readouterr().err
+        assert (
+            "WARNING request_id=- calc: Shutdown budget: shutdown phases need up to 23 s "
+            "(delay 10 + drain 8 + flush 5) but only 9 s remain before SIGKILL "
+            "(grace period 10 s - safety margin 1 s)"
+        ) in err
+        assert f"calc v10 on 127.0.0.1:{port}, operation log batch-graceful -> file " in err
+        assert "ERROR request_id=- calc: Cannot start: cannot use spool directory" in err
 
-    unchecked = dataclasses.replace(config, budget_check=False)
-    with restored_logging():
-        assert run(unchecked) == 1
-    assert "Shutdown budget" not in capsys.readouterr().err
+        unchecked = dataclasses.replace(config, budget_check=False)
+        with restored_logging():
+            assert run(unchecked) == 1
+        assert "Shutdown budget" not in capsys.readouterr().err
 
-    influx = dataclasses.replace(config, influxdb_base_url="http://127.0.0.1:9", budget_check=False)
-    with restored_logging():
-        assert run(influx) == 1
-    assert "operation log batch-graceful -> http://127.0.0.1:9\n" in capsys.readouterr().err
+        influx = dataclasses.replace(
+            config, influxdb_base_url="http://127.0.0.1:9", budget_check=False
+        )
+        with restored_logging():
+            assert run(influx) == 1
+        assert "operation log batch-graceful -> http://127.0.0.1:9\n" in capsys.readouterr().err
 
 
 def test_run_with_the_log_off_names_no_sink(
@@ -324,10 +345,7 @@ def test_run_with_the_log_off_names_no_sink(
 ) -> None:
     """1. run(config) for v3 on a port already taken. 2. The start line says the log is
     off ("-"); uvicorn cannot bind and the process exits non-zero."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         config = config_for("v3", tmp_path, host="127.0.0.1", port=port)
         with restored_logging(), pytest.raises(SystemExit) as exited:
             run(config)
