@@ -20,7 +20,12 @@ from graceful import ShutdownConfig
 from graceful.cli import ServeConfig, build_parser, load_app, log_config, main, resolve
 from graceful.config import DEFAULT_QUIET_EXEMPT
 from graceful.options import OptionError, ServeShutdown, resolve_shutdown
-from tests.graceful.in_process import process_state_restored, refused, run_with_signals_guarded
+from tests.graceful.in_process import (
+    listening_or_ended,
+    process_state_restored,
+    refused,
+    run_with_signals_guarded,
+)
 from tests.support import wait_until
 
 ECHO = "tests.graceful.apps.echo"
@@ -49,7 +54,7 @@ def serve_main(
 
     def drive() -> None:
         try:
-            wait_until(lambda: not refused(host, port), 10, what="graceful-serve to listen")
+            listening_or_ended(host, port)
             scenario(f"http://{host}:{port}", stop)
         except BaseException as exc:
             failures.append(exc)

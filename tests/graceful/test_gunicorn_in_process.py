@@ -78,10 +78,12 @@ def boot(
     sockets = gunicorn_sock.create_sockets(cfg, log)
     worker = Worker(1, os.getpid(), sockets, application, cfg.timeout, cfg, log)
     failures: list[BaseException] = []
+    ended = threading.Event()
 
     def drive() -> None:
         try:
-            wait_until(lambda: not refused("127.0.0.1", port), 10, what="worker to listen")
+            wait_until(lambda: not refused("127.0.0.1", port) or ended.is_set(), 10, what="listen")
+            assert not ended.is_set(), "the worker ended before it listened"
         except AssertionError as exc:
             failures.append(exc)  # no server to signal: its handlers may not be there
             return
@@ -101,6 +103,7 @@ def boot(
     try:
         worker.init_process()
     finally:
+        ended.set()
         if scenario is not None:
             thread.join(15)
         if observed is not None:

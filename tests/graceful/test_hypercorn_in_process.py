@@ -21,7 +21,12 @@ from graceful import Lifecycle, Phase, ShutdownConfig, current_lifecycle
 from graceful import hypercorn as adapter
 from graceful.hypercorn import HypercornRunner, build_parser, main
 from tests.graceful.apps import echo
-from tests.graceful.in_process import process_state_restored, refused, run_with_signals_guarded
+from tests.graceful.in_process import (
+    listening_or_ended,
+    process_state_restored,
+    refused,
+    run_with_signals_guarded,
+)
 from tests.support import wait_until
 
 ECHO = "tests.graceful.apps.echo"
@@ -61,7 +66,7 @@ class Run:
 
         def drive() -> None:
             try:
-                wait_until(lambda: not refused("127.0.0.1", self.port), 10, what="listening")
+                listening_or_ended("127.0.0.1", self.port)
                 scenario(self)
             except BaseException as exc:
                 failures.append(exc)

@@ -9,12 +9,16 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from graceful.protocol import guarded_protocol
+from tests.graceful import test_protocol
 from tests.graceful.test_protocol import (
     LIMIT,
     OK,
     App,
     Connection,
+    Transport,
     head_of,
     run,
     wait_for,
@@ -151,5 +155,40 @@ def test_a_connection_lost_cancels_its_deadlines() -> None:
         connection.protocol.connection_lost(None)
         await asyncio.sleep(0.3)  # the scenario: the deadline passes
         assert bytes(connection.transport.written) == b""
+
+    run(scenario())
+
+
+class RecordingTransport(Transport):
+    """Records writes after close instead of failing on them (a real transport that is
+    closing still sends what is written before the connection is lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_close = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            self.after_close += data
+        else:
+            super().write(data)
+
+
+def test_a_connection_the_server_is_closing_gets_no_408(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. Head timeout 0.2 s; a client connects and sends nothing. 2. The server shuts
+    down: the idle connection is closed. 3. When the head deadline passes before the
+    connection is gone, nothing (no 408) is written to it."""
+    monkeypatch.setattr(test_protocol, "Transport", RecordingTransport)
+
+    async def scenario() -> None:
+        connection = Connection(App(), guarded_protocol(LIMIT, 0.2))
+        transport = connection.transport
+        assert isinstance(transport, RecordingTransport)
+        connection.protocol.shutdown()
+        assert transport.closed
+        await asyncio.sleep(0.3)  # the scenario: the deadline passes
+        assert bytes(transport.written) == b"" and bytes(transport.after_close) == b""
 
     run(scenario())

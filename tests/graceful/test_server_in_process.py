@@ -131,10 +131,12 @@ class Served:
         raised. A failed scenario hurries the server to its end. Returns the seconds from
         the first signal to the end of the shutdown."""
         failures: list[BaseException] = []
+        stopped = threading.Event()
 
         def drive() -> None:
             try:
-                wait_until(lambda: self.server.started, 10, what="server to start")
+                wait_until(lambda: self.server.started or stopped.is_set(), 10, what="start")
+                assert not stopped.is_set(), "the server ended before it started"
                 scenario(self)
             except BaseException as exc:
                 failures.append(exc)
@@ -154,6 +156,7 @@ class Served:
         try:
             self.server.run()
         finally:
+            stopped.set()
             self.app.release.set()
             thread.join(15)
             for sig, handler in previous.items():
