@@ -4,6 +4,7 @@ order they come, with the counts a reader acts on; and the defaults its API docu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 from collections.abc import Sequence
@@ -321,3 +322,45 @@ def test_the_background_writer_backs_off_and_logs_each_try(
     lines = said(caplog)
     assert lines.count("Writing 2 items failed (ConnectionError('down')); will retry in 0.1 s") == 1
     assert lines.count("Writing 2 items failed (ConnectionError('down')); will retry in 0.2 s") == 1
+
+
+def test_a_write_still_running_at_the_deadline_is_given_up_and_its_end_observed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A sink whose write, once begun, ignores its cancellation for 0.3 s and then
+    fails. 2. write_timeout 0.1 s, close(0.25). 3. The write is cancelled once, still runs:
+    the point is counted lost with the reason that its write's outcome is unknown.
+    4. When that write ends with an error, the error is retrieved (asyncio reports no
+    "exception was never retrieved"), and nothing else is written."""
+    attempts: list[list[str]] = []
+
+    async def stubborn(items: Sequence[str]) -> None:
+        attempts.append(list(items))
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)
+            raise ConnectionError("late failure") from None
+
+    async def scenario() -> int:
+        writer = BatchWriter(stubborn, interval=30, write_timeout=0.1, retry=EXACT)
+        writer.add("a")
+        lost = await writer.close(0.25)
+        await asyncio.sleep(0.5)  # the scenario: the abandoned write ends meanwhile
+        gc.collect()
+        return lost
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(scenario()) == 1
+    gc.collect()
+    assert attempts == [["a"]]
+    lines = said(caplog)
+    assert (
+        "Lost 1 items (shutdown: shutdown time is up while retrying; a write of them was "
+        "still under way, its outcome unknown); 1 shutdown so far, 1 lost so far in all"
+    ) in lines, lines
+    assert (
+        "Writing 1 items failed (TimeoutError('a write of 1 is still running after being "
+        "cancelled; its answer is awaited before any other write')); will retry in 0.1 s"
+    ) in lines
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
