@@ -192,3 +192,31 @@ def test_a_connection_the_server_is_closing_gets_no_408(
         assert bytes(transport.written) == b"" and bytes(transport.after_close) == b""
 
     run(scenario())
+
+
+def test_a_pipelined_head_at_the_limit_is_counted_exactly() -> None:
+    """Limit 1,000 bytes. 1. One read holds a complete GET, a second complete GET, an
+    empty line (allowed between requests) and the first 600 bytes of a third head of
+    exactly 1,000 bytes; the next read holds the rest of it. 2. All three are served:
+    the third head is counted from its own first byte (not from the first empty line
+    of the read, nor with the blank line before it), and 1,000 is within the limit.
+    3. The same with a third head of 1,001 bytes: 431, and the third never reaches the
+    app."""
+
+    async def scenario() -> None:
+        for size, last in ((1000, OK), (1001, b"HTTP/1.1 431 Request Header Fields Too Large")):
+            app = App()
+            connection = Connection(app, guarded_protocol(1000, 10))
+            third = head_of(size, "/third")
+            first_read = head_of(100, "/one") + head_of(500, "/two") + b"\r\n" + third[:600]
+            await connection.send(first_read, third[600:])
+            await connection.settle()
+            statuses = connection.statuses()
+            if last == OK:
+                assert statuses == [OK, OK, OK], size
+                assert [path for path, _ in app.requests] == ["/one", "/two", "/third"]
+            else:  # refused: what was still queued behind it is dropped with the connection
+                assert statuses[-1] == last and OK in statuses, statuses
+                assert ("/third", 0) not in app.requests
+
+    run(scenario())
