@@ -220,3 +220,23 @@ def test_a_pipelined_head_at_the_limit_is_counted_exactly() -> None:
                 assert ("/third", 0) not in app.requests
 
     run(scenario())
+
+
+def test_empty_lines_before_the_next_head_do_not_end_it_early() -> None:
+    """Limit 1,000 bytes, on a kept-alive connection. 1. A request answered. 2. The next
+    read begins with two empty lines (which llhttp skips) and holds the first 800 bytes
+    of a 1,200-byte head; the read after it holds the rest. 3. 431: the empty lines are
+    not taken for the end of that head, so its bytes in both reads are counted."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(head_of(100, "/one"))
+        await connection.settle()
+        head = head_of(1200, "/two")
+        await connection.send(b"\r\n\r\n" + head[:800], head[800:])
+        await connection.settle()
+        assert connection.statuses() == [OK, b"HTTP/1.1 431 Request Header Fields Too Large"]
+        assert app.requests == [("/one", 0)]
+
+    run(scenario())

@@ -107,3 +107,28 @@ def test_bad_settings_and_lines_are_refused(tmp_path: Path) -> None:
     assert spool.pending == 1
     spool.settle(1)
     spool.close()
+
+
+def test_a_failed_append_reports_the_write_error_even_if_cleaning_up_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. The first append of a segment fails (disk full) and removing the empty segment
+    fails too (an I/O error). 2. The append raises the disk-full error, the one that
+    says why the line was refused; the spool takes the next line once the disk has
+    room."""
+    import graceful.spool
+
+    def io_error(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    spool = Spool(tmp_path)
+    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(graceful.spool, "_remove", io_error)
+    with pytest.raises(OSError) as raised:
+        spool.append("refused")
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    spool.append("kept")
+    assert spool.pending == 1
+    spool.settle(1)
+    spool.close()
