@@ -240,3 +240,20 @@ def test_empty_lines_before_the_next_head_do_not_end_it_early() -> None:
         assert app.requests == [("/one", 0)]
 
     run(scenario())
+
+
+def test_a_head_after_a_body_in_the_same_read_is_counted_from_its_start() -> None:
+    """Limit 1,000 bytes. 1. One read holds a POST with a 500-byte body and then a
+    complete head of exactly 1,000 bytes. 2. Both are served: the second head is
+    counted from where the body ended, not from where the POST's head ended."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        post = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + b"b" * 500
+        await connection.send(post + head_of(1000, "/next"))
+        await connection.settle()
+        assert connection.statuses() == [OK, OK]
+        assert app.requests == [("/up", 500), ("/next", 0)]
+
+    run(scenario())
