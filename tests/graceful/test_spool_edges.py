@@ -132,3 +132,22 @@ def test_a_failed_append_reports_the_write_error_even_if_cleaning_up_fails(
     assert spool.pending == 1
     spool.settle(1)
     spool.close()
+
+
+def test_lines_after_the_open_segment_was_settled_go_to_a_new_file(tmp_path: Path) -> None:
+    """1. Two lines in the open segment, both settled: its file is deleted. 2. The next
+    line goes to a new file (not to the deleted one, where it would be lost), and is
+    recovered by the next process. 3. settle(0) is allowed and changes nothing."""
+    spool = Spool(tmp_path)
+    spool.append("a")
+    spool.append("b")
+    spool.settle(2)
+    assert list(tmp_path.glob("*.spool")) == []
+    spool.settle(0)
+    spool.append("c")
+    assert [p.name for p in tmp_path.glob("*.spool")] == ["000000000002.spool"]
+    assert (spool.pending, spool.files) == (1, 1)
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["c"]
+    again.close()
