@@ -349,3 +349,21 @@ def test_options_and_errors_of_the_command(
     assert "--access-log log each request to stderr" in help_text
     assert "Shutdown options come from GRACEFUL_* variables, as for graceful-serve" in help_text
     assert adapter._name(None) == "none" and adapter._name(99) == "99"
+
+
+def test_the_budget_cuts_a_long_pre_close_delay(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A 5 s pre-close delay but a grace period of 1.6 s (0.6 s of budget).
+    2. SIGTERM. 3. The delay ends with the budget: main returns about 0.6 s later."""
+    monkeypatch.setenv("GRACEFUL_GRACE_PERIOD", "1.6")
+    monkeypatch.setenv("GRACEFUL_PRE_CLOSE_DELAY", "5")
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "0")
+
+    def scenario(run: Run) -> None:
+        run.signal(signal.SIGTERM)
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0 and exits == []
+    assert 0.5 <= took < 1.3, took

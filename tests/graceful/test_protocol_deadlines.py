@@ -257,3 +257,23 @@ def test_a_head_after_a_body_in_the_same_read_is_counted_from_its_start() -> Non
         assert app.requests == [("/up", 500), ("/next", 0)]
 
     run(scenario())
+
+
+def test_a_body_in_later_reads_is_not_counted_as_head() -> None:
+    """Limit 1,000 bytes. 1. A POST head, then its 20 KB body in two later reads.
+    2. Served 200 with the whole body: once the head is complete, nothing more is
+    counted against the head limit."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n",
+            b"b" * 10_000,
+            b"b" * 10_000,
+        )
+        await connection.settle()
+        assert connection.statuses() == [OK]
+        assert app.requests == [("/up", 20_000)]
+
+    run(scenario())
