@@ -367,3 +367,26 @@ def test_the_budget_cuts_a_long_pre_close_delay(
     code, took = Run(port)(Run(port).bind(), scenario)
     assert code == 0 and exits == []
     assert 0.5 <= took < 1.3, took
+
+
+def test_quiet_max_ends_the_delay_under_traffic_and_says_so(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. A 0.4 s quiet period, at most 0.6 s. 2. SIGTERM, then a request 0.3 s later:
+    the quiet period would end at 0.7 s. 3. The delay ends at 0.6 s anyway, with a
+    warning naming the limit."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0.4")
+    monkeypatch.setenv("GRACEFUL_QUIET_MAX", "0.6")
+
+    def scenario(run: Run) -> None:
+        run.signal(signal.SIGTERM)
+        time.sleep(0.3)  # the scenario: one more request comes 0.3 s later
+        with httpx.Client(base_url=run.url, timeout=5) as client:
+            assert client.get("/echo").status_code == 200
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0 and took < 1.5
+    err = capsys.readouterr().err
+    assert (
+        "WARNING graceful.server: Still receiving requests after 0.60 s; closing anyway" in err
+    )
