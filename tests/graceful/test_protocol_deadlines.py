@@ -277,3 +277,37 @@ def test_a_body_in_later_reads_is_not_counted_as_head() -> None:
         assert app.requests == [("/up", 20_000)]
 
     run(scenario())
+
+
+def test_the_first_heads_deadline_counts_from_the_connection() -> None:
+    """1. Head timeout 0.3 s. 2. A client connects, waits 0.2 s, then sends half a head.
+    3. 408 about 0.3 s after the connection was made, not 0.3 s after its first byte."""
+
+    async def scenario() -> None:
+        connected = time.monotonic()
+        connection = Connection(App(), guarded_protocol(LIMIT, 0.3))
+        await asyncio.sleep(0.2)  # the scenario: the client is slow to start
+        await connection.send(head_of(100)[:20])
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        assert 0.28 <= time.monotonic() - connected < 0.45
+        assert connection.statuses() == [b"HTTP/1.1 408 Request Timeout"]
+
+    run(scenario())
+
+
+def test_after_an_early_answer_nothing_more_is_parsed() -> None:
+    """1. A POST with a 10-byte body; the app answers 413 before reading it; the
+    connection closes. 2. The rest of the body arrives with a second request behind it.
+    3. The second request never reaches the app: nothing after the answer is parsed."""
+
+    async def scenario() -> None:
+        app = App(early=True)
+        connection = Connection(app, guarded_protocol(LIMIT, 10))
+        await connection.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nbbbb")
+        await connection.settle()
+        assert connection.transport.closed
+        await connection.send(b"bbbbbb" + head_of(100, "/two"))
+        await connection.settle()
+        assert app.requests == [("/up", 0)]
+
+    run(scenario())
