@@ -311,3 +311,22 @@ def test_after_an_early_answer_nothing_more_is_parsed() -> None:
         assert app.requests == [("/up", 0)]
 
     run(scenario())
+
+
+def test_a_head_after_a_body_that_came_in_its_own_read_is_counted_exactly() -> None:
+    """Limit 1,000 bytes. 1. A POST head with Content-Length 500. 2. One read holds the
+    500-byte body and then a head of 1,001 bytes: that head is refused (431), counted
+    from the body's end to the byte."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n",
+            b"b" * 500 + head_of(1001, "/next"),
+        )
+        await connection.settle()
+        assert connection.statuses()[-1] == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert ("/next", 0) not in app.requests
+
+    run(scenario())
