@@ -24,7 +24,7 @@ MUTATION_CHILDREN ?= 2
 # Mutant name globs to run instead of all, e.g. MUTATION_SELECT='graceful.batcher*'.
 MUTATION_SELECT ?=
 # A test that hangs on a mutant fails (the mutant is killed) after this many seconds.
-MUTATION_TEST_TIMEOUT ?= 30
+MUTATION_TEST_TIMEOUT ?= 10
 
 mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (see README "Mutation testing"); out/mutation/<part>/score.txt
 	$(BIN)/pip install --quiet 'mutmut>=3.6,<4'

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -26,17 +27,34 @@ def refused(host: str, port: int) -> bool:
     return False
 
 
+#: Set while no server runs: a scenario waiting for one to listen stops waiting.
+served = threading.Event()
+
+
+def listening_or_ended(host: str, port: int, timeout: float = 10) -> None:
+    """Wait until the port answers; fail at once if the server has already ended."""
+    deadline = time.monotonic() + timeout
+    while refused(host, port):
+        if served.is_set():
+            raise AssertionError("the server ended before it listened")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
+        time.sleep(0.02)
+
+
 def run_with_signals_guarded(serve: Callable[[], T], drive: Callable[[], None]) -> T:
     """`serve()` in this thread while `drive` runs in another. A signal that comes when
     no server has its handler installed (before it starts, after it ends) is recorded
     here instead of ending pytest, and every handler is put back afterwards."""
     stray: list[int] = []
     previous = {sig: signal.signal(sig, lambda n, frame: stray.append(n)) for sig in GUARDED}
+    served.clear()
     thread = threading.Thread(target=drive, name="scenario", daemon=True)
     thread.start()
     try:
         return serve()
     finally:
+        served.set()
         thread.join(15)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -20,7 +20,12 @@ from graceful import ShutdownConfig
 from graceful.cli import ServeConfig, build_parser, load_app, log_config, main, resolve
 from graceful.config import DEFAULT_QUIET_EXEMPT
 from graceful.options import OptionError, ServeShutdown, resolve_shutdown
-from tests.graceful.in_process import process_state_restored, refused, run_with_signals_guarded
+from tests.graceful.in_process import (
+    listening_or_ended,
+    process_state_restored,
+    refused,
+    run_with_signals_guarded,
+)
 from tests.support import wait_until
 
 ECHO = "tests.graceful.apps.echo"
@@ -49,7 +54,7 @@ def serve_main(
 
     def drive() -> None:
         try:
-            wait_until(lambda: not refused(host, port), 10, what="graceful-serve to listen")
+            listening_or_ended(host, port)
             scenario(f"http://{host}:{port}", stop)
         except BaseException as exc:
             failures.append(exc)
@@ -65,10 +70,10 @@ def serve_main(
 def test_serves_the_app_with_readiness_proxy_headers_and_root_path_then_exits_0(
     port: int, restored: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """1. graceful-serve APP --root-path /api --quiet-period 0.3 --timeout-keep-alive 0.
+    """1. graceful-serve APP --root-path /api --quiet-period 0.3 --timeout-keep-alive 1.
     2. /ready is graceful's 200 (the app has none); the app sees the client and scheme
     from X-Forwarded-For/-Proto (trusted from 127.0.0.1 by default), the root path, and
-    the lifecycle as serving; an idle kept-alive connection is closed at once. 3. SIGTERM
+    the lifecycle as serving; a kept-alive connection is closed once idle 1 s. 3. SIGTERM
     while a probe polls /ready every 50 ms: readiness 503 at once; the probes do not hold
     the quiet period open (under the root path too). 4. main returns 0; uvicorn's log
     format carries graceful's lines and the access log."""
@@ -89,8 +94,11 @@ def test_serves_the_app_with_readiness_proxy_headers_and_root_path_then_exits_0(
             answer = b""
             while not answer.endswith(b"ok"):
                 answer += sock.recv(4096)
-            sock.settimeout(1.0)
-            assert sock.recv(4096) == b""  # closed by the server, not by our timeout
+            sock.settimeout(0.4)
+            with pytest.raises(TimeoutError):  # kept alive for now
+                sock.recv(4096)
+            sock.settimeout(2.0)
+            assert sock.recv(4096) == b""  # closed by the server once idle 1 s
         signalled = time.monotonic()
         stop()
         with httpx.Client(base_url=url, timeout=5) as client:
@@ -112,7 +120,7 @@ def test_serves_the_app_with_readiness_proxy_headers_and_root_path_then_exits_0(
             "--quiet-period",
             "0.3",
             "--timeout-keep-alive",
-            "0",
+            "1",
         ],
         "127.0.0.1",
         port,
@@ -172,16 +180,19 @@ def test_each_uvicorn_option_reaches_the_server(
     assert took < 1.5
     captured = capsys.readouterr()
     assert "Shutdown started" not in captured.err
+    assert "Uvicorn running on" not in captured.err  # uvicorn's loggers at warning too
     assert "GET /echo" not in captured.out + captured.err
 
 
 def test_forwarded_allow_ips_from_the_environment_limits_proxy_headers(
-    port: int, restored: None, monkeypatch: pytest.MonkeyPatch
+    port: int, restored: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """1. UVICORN_APP, UVICORN_FORWARDED_ALLOW_IPS=10.0.0.1 (not us), GRACEFUL_QUIET_PERIOD
-    0, and UVICORN_PORT=1 overridden by --port. 2. It serves on --port; X-Forwarded-For
-    from 127.0.0.1 is not trusted."""
+    """1. UVICORN_APP, UVICORN_FORWARDED_ALLOW_IPS=10.0.0.1 (not us), UVICORN_ACCESS_LOG
+    off, GRACEFUL_QUIET_PERIOD 0, and UVICORN_PORT=1 overridden by --port. 2. It serves
+    on --port; X-Forwarded-For from 127.0.0.1 is not trusted; no access line is logged,
+    while the info lines are."""
     monkeypatch.setenv("UVICORN_APP", f"{ECHO}:app")
+    monkeypatch.setenv("UVICORN_ACCESS_LOG", "off")
     monkeypatch.setenv("UVICORN_FORWARDED_ALLOW_IPS", "10.0.0.1")
     monkeypatch.setenv("UVICORN_PORT", "1")
     monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
@@ -193,6 +204,9 @@ def test_forwarded_allow_ips_from_the_environment_limits_proxy_headers(
 
     code, _ = serve_main(["--port", str(port)], "127.0.0.1", port, scenario)
     assert code == 0
+    captured = capsys.readouterr()
+    assert "INFO:     Shutdown started (signal SIGTERM)" in captured.err
+    assert "GET /echo" not in captured.out + captured.err
 
 
 def test_an_app_that_cannot_load_or_start_returns_1_with_the_reason(
@@ -225,7 +239,8 @@ def test_an_app_that_cannot_load_or_start_returns_1_with_the_reason(
         ([], {}, "APP is required: graceful-serve module:attribute"),
         (["nocolon"], {}, "APP must be \"<module>:<attribute>\", got 'nocolon'"),
         (["app:app", "--port", "http"], {}, "--port: expected a whole number, got 'http'"),
-        (["app:app", "--port", "70000"], {}, "--port: a port is 0-65535, got 70000"),
+        (["app:app", "--port", "65536"], {}, "--port: a port is 0-65535, got 65536"),
+        (["app:app", "--workers=2=3"], {}, "--workers is not supported"),
         (["app:app", "--port", "-1"], {}, "--port: a port is 0-65535, got -1"),
         (
             ["app:app", "--timeout-keep-alive", "-1"],
@@ -371,6 +386,7 @@ def parsed(*args: str, env: dict[str, str] | None = None) -> ServeConfig:
 def test_defaults_are_uvicorns_and_the_shutdown_options() -> None:
     """graceful-serve APP alone: uvicorn's defaults and the shutdown defaults."""
     assert parsed("m:app") == ServeConfig(app="m:app")
+    assert parsed("m:app", "--port", "65535").port == 65535
     config = ServeConfig(app="m:app")
     assert (config.host, config.port, config.factory, config.root_path) == (
         "127.0.0.1",
@@ -559,3 +575,15 @@ def test_load_app_from_a_directory_a_factory_or_not_at_all(restored: None) -> No
         load_app(ServeConfig(app=f"{ECHO}:not_a_factory"))
     with pytest.raises(OptionError, match=r'^cannot load APP: Attribute "nope" not found'):
         load_app(ServeConfig(app=f"{ECHO}:nope"))
+
+
+def test_main_reads_the_command_line_when_given_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`graceful-serve --workers 2` as the console script calls it (main() with no
+    arguments): the command line is read, and --workers refused."""
+    monkeypatch.setattr(sys, "argv", ["graceful-serve", "--workers", "2", "m:app"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert "graceful-serve: error: --workers is not supported" in capsys.readouterr().err

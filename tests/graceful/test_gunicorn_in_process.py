@@ -6,6 +6,7 @@ same cases run under a real gunicorn master in test_gunicorn.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -78,10 +79,12 @@ def boot(
     sockets = gunicorn_sock.create_sockets(cfg, log)
     worker = Worker(1, os.getpid(), sockets, application, cfg.timeout, cfg, log)
     failures: list[BaseException] = []
+    ended = threading.Event()
 
     def drive() -> None:
         try:
-            wait_until(lambda: not refused("127.0.0.1", port), 10, what="worker to listen")
+            wait_until(lambda: not refused("127.0.0.1", port) or ended.is_set(), 10, what="listen")
+            assert not ended.is_set(), "the worker ended before it listened"
         except AssertionError as exc:
             failures.append(exc)  # no server to signal: its handlers may not be there
             return
@@ -101,6 +104,7 @@ def boot(
     try:
         worker.init_process()
     finally:
+        ended.set()
         if scenario is not None:
             thread.join(15)
         if observed is not None:
@@ -295,3 +299,33 @@ def test_an_app_that_cannot_start_stops_the_worker_with_the_boot_error(
     with pytest.raises(SystemExit) as exited:
         boot(port, None, app=echo.failing_startup)
     assert exited.value.code == 3
+
+
+def test_the_workers_log_lines_go_through_gunicorns_logs_only(
+    port: int,
+    exits: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A worker with gunicorn's access log on stdout; the app's process has its own
+    root logging (here pytest's). 2. A request, then SIGTERM. 3. The access line is in
+    gunicorn's access log, graceful's and uvicorn's lines in gunicorn's error log, and
+    none of them also reaches the root logger (no line twice); the root logging still
+    works for the app's own loggers."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    caplog.set_level(logging.INFO)
+
+    def scenario(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=5) as client:
+            assert client.get("/ready").status_code == 200
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    boot(port, scenario, accesslog="-", graceful_timeout=10)
+    logging.getLogger("tests.app").warning("the app's own line")
+    captured = capsys.readouterr()
+    assert '"GET /ready HTTP/1.1" 200' in captured.out
+    assert "[INFO] Shutdown started (signal SIGTERM)" in captured.err
+    assert "[INFO] Started server process" in captured.err
+    names = {r.name for r in caplog.records} - {"httpx"}  # the test's own client
+    assert names == {"tests.app"}, names

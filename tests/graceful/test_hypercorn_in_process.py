@@ -21,7 +21,12 @@ from graceful import Lifecycle, Phase, ShutdownConfig, current_lifecycle
 from graceful import hypercorn as adapter
 from graceful.hypercorn import HypercornRunner, build_parser, main
 from tests.graceful.apps import echo
-from tests.graceful.in_process import process_state_restored, refused, run_with_signals_guarded
+from tests.graceful.in_process import (
+    listening_or_ended,
+    process_state_restored,
+    refused,
+    run_with_signals_guarded,
+)
 from tests.support import wait_until
 
 ECHO = "tests.graceful.apps.echo"
@@ -61,7 +66,7 @@ class Run:
 
         def drive() -> None:
             try:
-                wait_until(lambda: not refused("127.0.0.1", self.port), 10, what="listening")
+                listening_or_ended("127.0.0.1", self.port)
                 scenario(self)
             except BaseException as exc:
                 failures.append(exc)
@@ -144,6 +149,7 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains(
     assert "INFO graceful.hypercorn: Shutdown finished in " in err
     assert '"GET /echo 1.1" 200' in captured.out + err
     assert "Shutdown budget" not in err and "Exiting at once" not in err
+    assert "Still receiving requests" not in err  # the quiet period was met
 
 
 def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
@@ -344,3 +350,42 @@ def test_options_and_errors_of_the_command(
     assert "--access-log log each request to stderr" in help_text
     assert "Shutdown options come from GRACEFUL_* variables, as for graceful-serve" in help_text
     assert adapter._name(None) == "none" and adapter._name(99) == "99"
+
+
+def test_the_budget_cuts_a_long_pre_close_delay(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A 5 s pre-close delay but a grace period of 1.6 s (0.6 s of budget).
+    2. SIGTERM. 3. The delay ends with the budget: main returns about 0.6 s later."""
+    monkeypatch.setenv("GRACEFUL_GRACE_PERIOD", "1.6")
+    monkeypatch.setenv("GRACEFUL_PRE_CLOSE_DELAY", "5")
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "0")
+
+    def scenario(run: Run) -> None:
+        run.signal(signal.SIGTERM)
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0 and exits == []
+    assert 0.5 <= took < 1.3, took
+
+
+def test_quiet_max_ends_the_delay_under_traffic_and_says_so(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. A 0.4 s quiet period, at most 0.6 s. 2. SIGTERM, then a request 0.3 s later:
+    the quiet period would end at 0.7 s. 3. The delay ends at 0.6 s anyway, with a
+    warning naming the limit."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "0.4")
+    monkeypatch.setenv("GRACEFUL_QUIET_MAX", "0.6")
+
+    def scenario(run: Run) -> None:
+        run.signal(signal.SIGTERM)
+        time.sleep(0.3)  # the scenario: one more request comes 0.3 s later
+        with httpx.Client(base_url=run.url, timeout=5) as client:
+            assert client.get("/echo").status_code == 200
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0 and took < 1.5
+    err = capsys.readouterr().err
+    assert "WARNING graceful.server: Still receiving requests after 0.60 s; closing anyway" in err

@@ -203,3 +203,28 @@ def test_readiness_without_a_root_path_and_other_scope_types() -> None:
     sent = call(middleware, http("/ready", method="HEAD"))
     assert sent[0]["status"] == 503 and sent[1]["body"] == b""
     assert app.scopes[-1] == "lifespan"  # not asked once not ready
+
+
+def test_current_lifecycle_is_the_last_installed_and_says_how_to_get_one() -> None:
+    """1. No server command has installed a lifecycle: NoLifecycle names the commands that
+    do. 2. After install, the installed one; a second install wins."""
+    import graceful.current
+    from graceful import NoLifecycle, current_lifecycle
+    from graceful.current import install
+
+    saved = graceful.current._current
+    try:
+        graceful.current._current = None
+        with pytest.raises(NoLifecycle) as raised:
+            current_lifecycle()
+        assert str(raised.value) == (
+            "no graceful server runs this process: start the app with graceful-serve, "
+            "gunicorn -k graceful.gunicorn.Worker or graceful.hypercorn"
+        )
+        first, second = Lifecycle(ShutdownConfig()), Lifecycle(ShutdownConfig())
+        install(first)
+        assert current_lifecycle() is first
+        install(second)
+        assert current_lifecycle() is second
+    finally:
+        graceful.current._current = saved

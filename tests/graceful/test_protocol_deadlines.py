@@ -9,12 +9,16 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from graceful.protocol import guarded_protocol
+from tests.graceful import test_protocol
 from tests.graceful.test_protocol import (
     LIMIT,
     OK,
     App,
     Connection,
+    Transport,
     head_of,
     run,
     wait_for,
@@ -151,5 +155,178 @@ def test_a_connection_lost_cancels_its_deadlines() -> None:
         connection.protocol.connection_lost(None)
         await asyncio.sleep(0.3)  # the scenario: the deadline passes
         assert bytes(connection.transport.written) == b""
+
+    run(scenario())
+
+
+class RecordingTransport(Transport):
+    """Records writes after close instead of failing on them (a real transport that is
+    closing still sends what is written before the connection is lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_close = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            self.after_close += data
+        else:
+            super().write(data)
+
+
+def test_a_connection_the_server_is_closing_gets_no_408(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. Head timeout 0.2 s; a client connects and sends nothing. 2. The server shuts
+    down: the idle connection is closed. 3. When the head deadline passes before the
+    connection is gone, nothing (no 408) is written to it."""
+    monkeypatch.setattr(test_protocol, "Transport", RecordingTransport)
+
+    async def scenario() -> None:
+        connection = Connection(App(), guarded_protocol(LIMIT, 0.2))
+        transport = connection.transport
+        assert isinstance(transport, RecordingTransport)
+        connection.protocol.shutdown()
+        assert transport.closed
+        await asyncio.sleep(0.3)  # the scenario: the deadline passes
+        assert bytes(transport.written) == b"" and bytes(transport.after_close) == b""
+
+    run(scenario())
+
+
+def test_a_pipelined_head_at_the_limit_is_counted_exactly() -> None:
+    """Limit 1,000 bytes. 1. One read holds a complete GET, a second complete GET, an
+    empty line (allowed between requests) and the first 600 bytes of a third head of
+    exactly 1,000 bytes; the next read holds the rest of it. 2. All three are served:
+    the third head is counted from its own first byte (not from the first empty line
+    of the read, nor with the blank line before it), and 1,000 is within the limit.
+    3. The same with a third head of 1,001 bytes: 431, and the third never reaches the
+    app."""
+
+    async def scenario() -> None:
+        for size, last in ((1000, OK), (1001, b"HTTP/1.1 431 Request Header Fields Too Large")):
+            app = App()
+            connection = Connection(app, guarded_protocol(1000, 10))
+            third = head_of(size, "/third")
+            first_read = head_of(100, "/one") + head_of(500, "/two") + b"\r\n" + third[:600]
+            await connection.send(first_read, third[600:])
+            await connection.settle()
+            statuses = connection.statuses()
+            if last == OK:
+                assert statuses == [OK, OK, OK], size
+                assert [path for path, _ in app.requests] == ["/one", "/two", "/third"]
+            else:  # refused: what was still queued behind it is dropped with the connection
+                assert statuses[-1] == last and OK in statuses, statuses
+                assert ("/third", 0) not in app.requests
+
+    run(scenario())
+
+
+def test_empty_lines_before_the_next_head_do_not_end_it_early() -> None:
+    """Limit 1,000 bytes, on a kept-alive connection. 1. A request answered. 2. The next
+    read begins with two empty lines (which llhttp skips) and holds the first 800 bytes
+    of a 1,200-byte head; the read after it holds the rest. 3. 431: the empty lines are
+    not taken for the end of that head, so its bytes in both reads are counted."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(head_of(100, "/one"))
+        await connection.settle()
+        head = head_of(1200, "/two")
+        await connection.send(b"\r\n\r\n" + head[:800], head[800:])
+        await connection.settle()
+        assert connection.statuses() == [OK, b"HTTP/1.1 431 Request Header Fields Too Large"]
+        assert app.requests == [("/one", 0)]
+
+    run(scenario())
+
+
+def test_a_head_after_a_body_in_the_same_read_is_counted_from_its_start() -> None:
+    """Limit 1,000 bytes. 1. One read holds a POST with a 500-byte body and then a
+    complete head of exactly 1,000 bytes. 2. Both are served: the second head is
+    counted from where the body ended, not from where the POST's head ended."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        post = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + b"b" * 500
+        await connection.send(post + head_of(1000, "/next"))
+        await connection.settle()
+        assert connection.statuses() == [OK, OK]
+        assert app.requests == [("/up", 500), ("/next", 0)]
+
+    run(scenario())
+
+
+def test_a_body_in_later_reads_is_not_counted_as_head() -> None:
+    """Limit 1,000 bytes. 1. A POST head, then its 20 KB body in two later reads.
+    2. Served 200 with the whole body: once the head is complete, nothing more is
+    counted against the head limit."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n",
+            b"b" * 10_000,
+            b"b" * 10_000,
+        )
+        await connection.settle()
+        assert connection.statuses() == [OK]
+        assert app.requests == [("/up", 20_000)]
+
+    run(scenario())
+
+
+def test_the_first_heads_deadline_counts_from_the_connection() -> None:
+    """1. Head timeout 0.3 s. 2. A client connects, waits 0.2 s, then sends half a head.
+    3. 408 about 0.3 s after the connection was made, not 0.3 s after its first byte."""
+
+    async def scenario() -> None:
+        connected = time.monotonic()
+        connection = Connection(App(), guarded_protocol(LIMIT, 0.3))
+        await asyncio.sleep(0.2)  # the scenario: the client is slow to start
+        await connection.send(head_of(100)[:20])
+        await wait_for(lambda: connection.transport.closed, 3, "the connection to close")
+        assert 0.28 <= time.monotonic() - connected < 0.45
+        assert connection.statuses() == [b"HTTP/1.1 408 Request Timeout"]
+
+    run(scenario())
+
+
+def test_after_an_early_answer_nothing_more_is_parsed() -> None:
+    """1. A POST with a 10-byte body; the app answers 413 before reading it; the
+    connection closes. 2. The rest of the body arrives with a second request behind it.
+    3. The second request never reaches the app: nothing after the answer is parsed."""
+
+    async def scenario() -> None:
+        app = App(early=True)
+        connection = Connection(app, guarded_protocol(LIMIT, 10))
+        await connection.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nbbbb")
+        await connection.settle()
+        assert connection.transport.closed
+        await connection.send(b"bbbbbb" + head_of(100, "/two"))
+        await connection.settle()
+        assert app.requests == [("/up", 0)]
+
+    run(scenario())
+
+
+def test_a_head_after_a_body_that_came_in_its_own_read_is_counted_exactly() -> None:
+    """Limit 1,000 bytes. 1. A POST head with Content-Length 500. 2. One read holds the
+    500-byte body and then a head of 1,001 bytes: that head is refused (431), counted
+    from the body's end to the byte."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n",
+            b"b" * 500 + head_of(1001, "/next"),
+        )
+        await connection.settle()
+        assert connection.statuses()[-1] == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert ("/next", 0) not in app.requests
 
     run(scenario())

@@ -249,3 +249,40 @@ def test_reasons_logged_at_every_loss(caplog: pytest.LogCaptureFixture) -> None:
         "1 buffer_full so far, 3 lost so far in all",
         "2 buffer_full so far, 4 lost so far in all",
     ]
+
+
+def test_the_counts_add_up_over_many_tasks() -> None:
+    """1. Five tasks: two finish, two fail, one is still running at shutdown(0.2).
+    2. started 5, finished 2, failed 2, cancelled 1: every task counted once."""
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def scenario() -> TaskRegistry:
+        registry = TaskRegistry("work")
+        for coroutine in (asyncio.sleep(0), asyncio.sleep(0), boom(), boom(), asyncio.sleep(5)):
+            registry.spawn(coroutine)
+        assert await registry.shutdown(0.2) == 1
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert (registry.started, registry.finished, registry.failed, registry.cancelled) == (
+        5,
+        2,
+        2,
+        1,
+    )
+
+
+def test_two_tasks_cut_count_two() -> None:
+    """shutdown(0) with two tasks running: both counted cancelled, none finished."""
+
+    async def scenario() -> TaskRegistry:
+        registry = TaskRegistry("work")
+        registry.spawn(asyncio.sleep(5))
+        registry.spawn(asyncio.sleep(5))
+        assert await registry.shutdown(0) == 2
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert (registry.cancelled, registry.finished, len(registry)) == (2, 0, 0)

@@ -131,10 +131,12 @@ class Served:
         raised. A failed scenario hurries the server to its end. Returns the seconds from
         the first signal to the end of the shutdown."""
         failures: list[BaseException] = []
+        stopped = threading.Event()
 
         def drive() -> None:
             try:
-                wait_until(lambda: self.server.started, 10, what="server to start")
+                wait_until(lambda: self.server.started or stopped.is_set(), 10, what="start")
+                assert not stopped.is_set(), "the server ended before it started"
                 scenario(self)
             except BaseException as exc:
                 failures.append(exc)
@@ -154,6 +156,7 @@ class Served:
         try:
             self.server.run()
         finally:
+            stopped.set()
             self.app.release.set()
             thread.join(15)
             for sig, handler in previous.items():
@@ -693,3 +696,27 @@ def test_a_shutdown_no_signal_asked_for_still_counts_from_its_start(
     assert served.server.signals == []
     assert messages(logs)[0] == "Shutdown started (signal SIGTERM)"
     assert served.lifecycle.phase is Phase.STOPPED
+
+
+def test_serve_runs_until_sigterm_and_returns_the_server(port: int) -> None:
+    """`graceful.serve(app, lifecycle, **uvicorn options)`: 1. A bare app with a lifespan,
+    uvicorn's default lifespan mode. 2. It serves; SIGTERM. 3. serve returns the server,
+    its phases timed, the app's shutdown run."""
+    from graceful import serve
+    from tests.graceful.in_process import listening_or_ended, run_with_signals_guarded
+
+    app = App()
+    lifecycle = Lifecycle(config())
+
+    def drive() -> None:
+        listening_or_ended("127.0.0.1", port)
+        with httpx.Client(timeout=5) as client:
+            assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    server = run_with_signals_guarded(
+        lambda: serve(app, lifecycle, host="127.0.0.1", port=port, log_config=None), drive
+    )
+    assert isinstance(server, GracefulServer) and server.lifecycle is lifecycle
+    assert list(server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
+    assert app.events == ["startup", "app shutdown", "app shutdown done"]

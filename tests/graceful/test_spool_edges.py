@@ -1,0 +1,153 @@
+"""The spool at its edges: an append that fails on a segment holding no line or one line,
+a settle killed between its two steps, and the documented segment size."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from graceful import Spool
+
+
+def full_disk(fd: int, data: bytes | memoryview) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_first_append_leaves_no_segment_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. The disk is full at the first append of a fresh spool. 2. The append raises;
+    no segment is counted or left on disk. 3. Closing leaves no directory behind."""
+    spool = Spool(tmp_path / "s")
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        spool.append("refused")
+    monkeypatch.undo()
+    assert (spool.pending, spool.files) == (0, 0)
+    assert list((tmp_path / "s").glob("*.spool")) == []
+    spool.close()
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_failed_append_after_one_line_keeps_that_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. One line accepted. 2. The next append fails (disk full). 3. The accepted line
+    is still pending, its segment still on disk, and recovered by the next process."""
+    spool = Spool(tmp_path)
+    spool.append("one")
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        spool.append("two")
+    monkeypatch.undo()
+    assert (spool.pending, spool.files) == (1, 1)
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["one"]
+    again.close()
+
+
+def test_a_settle_killed_before_its_rename_leaves_nothing_after_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. 3 lines; settling 1 writes the new count beside the segment, and the process
+    dies before moving it into place (os.replace never happens). 2. The next process
+    recovers all 3 lines (the count never took effect) and clears the stray file."""
+    spool = Spool(tmp_path)
+    for line in ("a", "b", "c"):
+        spool.append(line)
+
+    def killed(source: object, target: object) -> None:
+        raise KeyboardInterrupt  # the process ends here
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        spool.settle(1)
+    monkeypatch.undo()
+    strays = [
+        p.name for p in tmp_path.iterdir() if p.suffix not in (".spool",) and p.name != "lock"
+    ]
+    assert strays == ["000000000001.done-new"]
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000001.spool", "lock"]
+    again.close()
+
+
+def test_segments_hold_1000_lines_by_default(tmp_path: Path) -> None:
+    """The documented segment size: 1,000 lines, then a new file."""
+    spool = Spool(tmp_path)
+    for i in range(1000):
+        spool.append(f"line {i}")
+    assert spool.files == 1
+    spool.append("line 1000")
+    assert spool.files == 2
+    assert len(list(tmp_path.glob("*.spool"))) == 2
+    spool.settle(1001)
+    spool.close()
+
+
+def test_bad_settings_and_lines_are_refused(tmp_path: Path) -> None:
+    """A segment size under 1, a line with a newline, a settle of more than is pending or
+    of less than nothing: each refused with what was wrong, nothing changed."""
+    with pytest.raises(ValueError, match=r"^segment_lines must be at least 1$"):
+        Spool(tmp_path / "a", segment_lines=0)
+    spool = Spool(tmp_path / "b", segment_lines=1)
+    with pytest.raises(ValueError, match=r"^a spooled line must not contain a newline$"):
+        spool.append("two\nlines")
+    spool.append("x")
+    with pytest.raises(ValueError, match=r"^cannot settle 2 of 1 spooled lines$"):
+        spool.settle(2)
+    with pytest.raises(ValueError, match=r"^cannot settle -1 of 1 spooled lines$"):
+        spool.settle(-1)
+    assert spool.pending == 1
+    spool.settle(1)
+    spool.close()
+
+
+def test_a_failed_append_reports_the_write_error_even_if_cleaning_up_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. The first append of a segment fails (disk full) and removing the empty segment
+    fails too (an I/O error). 2. The append raises the disk-full error, the one that
+    says why the line was refused; the spool takes the next line once the disk has
+    room."""
+    import graceful.spool
+
+    def io_error(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    spool = Spool(tmp_path)
+    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(graceful.spool, "_remove", io_error)
+    with pytest.raises(OSError) as raised:
+        spool.append("refused")
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    spool.append("kept")
+    assert spool.pending == 1
+    spool.settle(1)
+    spool.close()
+
+
+def test_lines_after_the_open_segment_was_settled_go_to_a_new_file(tmp_path: Path) -> None:
+    """1. Two lines in the open segment, both settled: its file is deleted. 2. The next
+    line goes to a new file (not to the deleted one, where it would be lost), and is
+    recovered by the next process. 3. settle(0) is allowed and changes nothing."""
+    spool = Spool(tmp_path)
+    spool.append("a")
+    spool.append("b")
+    spool.settle(2)
+    assert list(tmp_path.glob("*.spool")) == []
+    spool.settle(0)
+    spool.append("c")
+    assert [p.name for p in tmp_path.glob("*.spool")] == ["000000000002.spool"]
+    assert (spool.pending, spool.files) == (1, 1)
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["c"]
+    again.close()
