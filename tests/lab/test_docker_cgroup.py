@@ -9,6 +9,10 @@ from lab.run_cgroup import RunCgroup, unavailable
 from tests.lab.test_docker_faults import _as_nobody
 
 
+def _unavailable_here() -> list[str]:
+    return [str(unavailable("cgroupfs"))]
+
+
 def test_parent_falls_back_to_the_engines_default_where_it_cannot_be_made(
     tmp_path: Path,
 ) -> None:
@@ -18,9 +22,7 @@ def test_parent_falls_back_to_the_engines_default_where_it_cannot_be_made(
     and says so; 4. root with cgroupfs here is accepted."""
     assert unavailable("systemd") == "the engine's cgroup driver is 'systemd', not cgroupfs"
     assert unavailable("cgroupfs", tmp_path) == f"no cpu controller under {tmp_path}"
-    assert _as_nobody(lambda: [str(unavailable("cgroupfs"))]) == [
-        "/sys/fs/cgroup is not writable (needs root)"
-    ]
+    assert _as_nobody(_unavailable_here) == ["/sys/fs/cgroup is not writable (needs root)"]
     assert unavailable("cgroupfs") is None
 
 

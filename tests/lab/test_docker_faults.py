@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import multiprocessing
 import os
 import random
 import re
@@ -491,28 +492,42 @@ def test_calc_v10_on_docker_replays_its_spool_after_a_container_crash(
     assert recovered and recovered[0] > 0, logs[-3000:]
 
 
+def _drop_root_and_call(check: Callable[[], list[str]]) -> list[str]:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    return check()
+
+
 def _as_nobody(check: Callable[[], list[str]]) -> list[str]:
-    """Run `check` in a forked child that has dropped root for nobody (65534): what an
-    unprivileged user's lab would see. Its lines come back through a pipe."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no return from here, whatever happens
-        code = 1
+    """Run `check` (a module-level function) in a fresh interpreter that drops root for
+    nobody (65534) first: what an unprivileged user's lab would see. Not a fork of this
+    process: the test process may have threads."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        lines: list[str] = pool.apply_async(_drop_root_and_call, (check,)).get(60)
+    return lines
+
+
+V10 = REPO / "deploy" / "k8s" / "v10"
+
+
+def _prepare_pod_faults() -> list[str]:
+    """How `prepare` takes each pod fault, one line each."""
+    lines = []
+    for runtime, fault in (
+        ("docker", "pod-hang@1"),
+        ("docker", "node-failure@1"),
+        ("process", "node-failure@1"),
+        ("docker", "container-crash@1"),
+    ):
+        config = LabConfig(V10, runtime=runtime, faults=(parse_fault(fault),))
         try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.write(write, "\n".join(check()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        output = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output
-    return output.splitlines()
+            prepare(config)
+        except ConfigError as exc:
+            lines.append(str(exc))
+        else:
+            lines.append(f"accepted {runtime} {fault}")
+    return lines
 
 
 def test_pod_faults_on_docker_are_checked_before_anything_starts() -> None:
@@ -520,28 +535,9 @@ def test_pod_faults_on_docker_are_checked_before_anything_starts() -> None:
     unprivileged user (nobody), `pod-hang` with --runtime docker is refused, naming the
     option and root (SIGSTOP to another user's processes), and `node-failure` is refused
     for want of nftables rules, on either runtime, before anything starts."""
-    manifests = REPO / "deploy" / "k8s" / "v10"
     for kind in ("container-crash@1", "node-failure@1", "pod-hang@1"):
-        LabConfig(manifests, runtime="docker", faults=(parse_fault(kind),)).validate()
-
-    def check() -> list[str]:
-        lines = []
-        for runtime, fault in (
-            ("docker", "pod-hang@1"),
-            ("docker", "node-failure@1"),
-            ("process", "node-failure@1"),
-            ("docker", "container-crash@1"),
-        ):
-            config = LabConfig(manifests, runtime=runtime, faults=(parse_fault(fault),))
-            try:
-                prepare(config)
-            except ConfigError as exc:
-                lines.append(str(exc))
-            else:
-                lines.append(f"accepted {runtime} {fault}")
-        return lines
-
-    assert _as_nobody(check) == [
+        LabConfig(V10, runtime="docker", faults=(parse_fault(kind),)).validate()
+    assert _as_nobody(_prepare_pod_faults) == [
         "--fault pod-hang@1: on --runtime docker a hang is SIGSTOP to every process of "
         "the container from the host, which needs root",
         "--fault node-failure@1: a dead node's address needs nftables: nftables rules need root",

@@ -33,6 +33,7 @@ from lab.k6 import find_k6
 from lab.manifest import ManifestError, PodTemplate, load
 from lab.pods import Kubelet, Pod
 from lab.procs import Registry
+from lab.run_cgroup import RunCgroup
 from lab.runtime import StartError
 from tests.docker_support import engine_or_skip, ensure_image
 from tests.lab.labkit import run
@@ -431,8 +432,8 @@ def test_lab_run_on_docker_interrupted_twice_leaves_nothing(
     """Scenario: 1. `lab run --runtime docker` of calc v10 (InfluxDB on the run's network
     gateway), 2 replicas, steady load for a long time; 2. once its sandbox and app
     containers run, SIGINT, and SIGINT again during the clean-up (an impatient Ctrl-C);
-    3. it exits 130 within 60 s; 4. no container and no network of the run is left, and
-    no process it logged runs."""
+    3. it exits 130 within 60 s; 4. no container, network or parent cgroup of the run is
+    left, and no process it logged runs."""
     out = tmp_path / "out"
     argv = [
         str(Path(sys.executable).parent / "lab"), "run", "--runtime", "docker",
@@ -465,6 +466,7 @@ def test_lab_run_on_docker_interrupted_twice_leaves_nothing(
     assert engine.containers.list(all=True, filters={"label": f"{LABEL}={run_id}"}) == []
     assert engine.networks.list(names=[network]) == []
     assert {n.name for n in engine.networks.list()} == before
+    assert RunCgroup(f"lab-{run_id}").directories() == []
     for line in (out / "pids.txt").read_text().splitlines():
         pid = int(line.split()[0])
         with contextlib.suppress(ProcessLookupError):
