@@ -120,7 +120,11 @@ class HypercornRunner:
     async def serve(self, app: ASGIApp) -> None:
         loop = asyncio.get_running_loop()
         self._signalled = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # asyncio's remove_signal_handler leaves SIGINT raising KeyboardInterrupt and
+        # SIGTERM killing: the handlers from before come back at the end instead, so a
+        # late signal to an embedding program finds what it had installed.
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
             loop.add_signal_handler(sig, self.handle_signal, sig)
         watcher = loop.create_task(self._watch(), name="graceful-signal-watcher")
         tracked = _RequestTasks(_LifespanPhase(app, self.lifecycle), self.requests)
@@ -136,8 +140,9 @@ class HypercornRunner:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self.lifecycle.phase = Phase.STOPPED
         at_timeout = self.lifecycle.requests_cancelled - self.cut_by_signal
         if at_timeout > 0:

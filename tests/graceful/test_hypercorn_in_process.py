@@ -232,13 +232,16 @@ def test_an_unlimited_drain_is_a_long_graceful_timeout(
 def test_later_signals_sigterm_ignored_sigint_hurries_a_third_exits(
     port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """1. A 5 s quiet period, drain timeout 1 s; a 10 s request runs. 2. SIGTERM, then
-    SIGTERM again: logged and ignored. 3. SIGINT: the delay ends at once. 4. A third
-    signal during the drain: the forced exit with 130, logging the request still running.
-    5. (The recorded exit lets hypercorn finish: it cancels the request at 1 s.)"""
+    """1. An app whose lifespan shutdown waits to be released; a 5 s quiet period, drain
+    timeout 10 s; a 10 s request runs. 2. SIGTERM, then SIGTERM again: logged and
+    ignored. 3. SIGINT: the delay ends at once and the drain is cut (the request answered
+    500). 4. A third signal while the app's shutdown hangs: the forced exit with 130.
+    5. (The recorded exit lets the run go on: the app is released.)"""
     monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "5")
     monkeypatch.setenv("GRACEFUL_QUIET_MAX", "5")
-    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "1")
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "10")
+    echo.release.clear()
+    answers: list[httpx.Response | Exception] = []
 
     def scenario(run: Run) -> None:
         slow = Slow(f"{run.url}/work?seconds=10")
@@ -249,25 +252,25 @@ def test_later_signals_sigterm_ignored_sigint_hurries_a_third_exits(
         run.signal(signal.SIGTERM)
         time.sleep(0.2)  # the scenario: the second SIGTERM is seen, then SIGINT
         assert lifecycle.phase is Phase.DELAY
-        delayed = time.monotonic()
+        hurried = time.monotonic()
         run.signal(signal.SIGINT)
-        wait_until(lambda: refused("127.0.0.1", run.port), 2, what="listener to close")
-        assert time.monotonic() - delayed < 0.5
+        answers.append(slow.result())
+        assert time.monotonic() - hurried < 1.0
+        wait_until(lambda: lifecycle.phase is Phase.APP_SHUTDOWN, 2, what="app shutdown")
         run.signal(signal.SIGINT)
         wait_until(lambda: exits, 2, what="forced exit")
-        slow.result()
+        echo.release.set()
 
-    code, _ = Run(port)(Run(port).bind(), scenario)
+    code, _ = Run(port)(Run(port).bind("stuck_app"), scenario)
     assert code == 0
     assert exits == [130]
+    assert isinstance(answers[0], httpx.Response) and answers[0].status_code == 500, answers
     err = capsys.readouterr().err
     assert "WARNING graceful.hypercorn: SIGTERM again during shutdown: ignored" in err
     assert "WARNING graceful.hypercorn: Second SIGINT: stopped waiting for quiet period" in err
     assert "WARNING graceful.hypercorn: SIGINT again: no more waiting for requests" in err
-    assert (
-        "Exiting at once (third signal, SIGINT) in phase draining: left unwritten: nothing "
-        "counted; 1 request(s) still running"
-    ) in err
+    assert "WARNING graceful.hypercorn: Second SIGINT: cancelled 1 running request(s)" in err
+    assert "Exiting at once (third signal, SIGINT) in phase app-shutdown" in err, err
     assert "Still receiving requests" not in err
 
 
@@ -389,3 +392,26 @@ def test_quiet_max_ends_the_delay_under_traffic_and_says_so(
     assert code == 0 and took < 1.5
     err = capsys.readouterr().err
     assert "WARNING graceful.server: Still receiving requests after 0.60 s; closing anyway" in err
+
+
+def test_the_runner_gives_back_the_signal_handlers_it_found(port: int, exits: list[int]) -> None:
+    """1. graceful-hypercorn in this thread, with handlers for SIGINT and SIGTERM already
+    installed (as an embedding program has them). 2. SIGTERM ends the run. 3. Right after
+    it, both handlers are the ones it found, not asyncio's defaults, under which a late
+    SIGINT would raise KeyboardInterrupt and a late SIGTERM kill the program."""
+    found: dict[int, object] = {}
+    left: dict[int, object] = {}
+
+    def serve() -> int:
+        found.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
+        code = main(Run(port).bind())
+        left.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
+        return code
+
+    def drive() -> None:
+        listening_or_ended("127.0.0.1", port)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run_with_signals_guarded(serve, drive) == 0
+    assert exits == []
+    assert left == found and signal.default_int_handler not in left.values(), left
