@@ -720,3 +720,21 @@ def test_serve_runs_until_sigterm_and_returns_the_server(port: int) -> None:
     assert isinstance(server, GracefulServer) and server.lifecycle is lifecycle
     assert list(server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
     assert app.events == ["startup", "app shutdown", "app shutdown done"]
+
+
+def test_the_guarded_protocol_on_a_real_socket(port: int) -> None:
+    """uvicorn builds its protocol with keyword arguments: 1. A server with
+    http=guarded_protocol(1 KiB head limit, 5 s). 2. A small request is served; a 2 KiB
+    head gets 431 and the connection closes."""
+    from graceful import guarded_protocol
+
+    served = Served(App(), config(), port, http=guarded_protocol(1024, 5.0))
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            assert client.get("/").text == "ok"
+            big = client.get("/", headers={"x-pad": "p" * 2048})
+            assert big.status_code == 431
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
