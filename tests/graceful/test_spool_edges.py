@@ -212,3 +212,15 @@ def test_a_write_of_one_byte_at_a_time_is_completed(
     assert again.recover() == ["slow line"]
     again.settle(1)
     again.close()
+
+
+def test_closing_an_empty_spool_leaves_a_directory_it_shares(tmp_path: Path) -> None:
+    """1. The spool directory also holds a file that is not the spool's. 2. Everything
+    settled, close: the spool's lock goes, the directory and the other file stay, and
+    close does not fail."""
+    (tmp_path / "notes.txt").write_text("someone else's")
+    spool = Spool(tmp_path)
+    spool.append("x")
+    spool.settle(1)
+    spool.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
