@@ -389,3 +389,22 @@ def test_quiet_max_ends_the_delay_under_traffic_and_says_so(
     assert code == 0 and took < 1.5
     err = capsys.readouterr().err
     assert "WARNING graceful.server: Still receiving requests after 0.60 s; closing anyway" in err
+
+
+def test_the_help_and_a_repeated_bind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`graceful-hypercorn --help` says what it serves and where the shutdown options come
+    from; --bind may be given more than once."""
+    monkeypatch.setenv("COLUMNS", "200")
+    text = " ".join(build_parser().format_help().split())
+    assert text.startswith(
+        "usage: graceful-hypercorn [-h] [--bind ADDRESS] [--config FILE] [--access-log] APP"
+    )
+    assert (
+        "Serve an ASGI 3 app with hypercorn and graceful's shutdown phases (readiness 503 "
+        "from SIGTERM on, quiet period, drain within the grace period). Shutdown options "
+        "come from GRACEFUL_* variables, as for graceful-serve (graceful-serve --help lists "
+        "them)."
+    ) in text
+    assert "positional arguments: APP module:attribute" in text
+    args = build_parser().parse_args(["m:app", "--bind", "127.0.0.1:1", "--bind", "127.0.0.1:2"])
+    assert args.bind == ["127.0.0.1:1", "127.0.0.1:2"]

@@ -224,3 +224,16 @@ def test_closing_an_empty_spool_leaves_a_directory_it_shares(tmp_path: Path) -> 
     spool.settle(1)
     spool.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_closing_twice_is_harmless(tmp_path: Path) -> None:
+    """close() a second time (two shutdown paths) does nothing more: no error, and the
+    next process can take the directory."""
+    spool = Spool(tmp_path)
+    spool.append("x")
+    spool.close()
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["x"]
+    again.settle(1)
+    again.close()
