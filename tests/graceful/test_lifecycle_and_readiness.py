@@ -228,3 +228,32 @@ def test_current_lifecycle_is_the_last_installed_and_says_how_to_get_one() -> No
         assert current_lifecycle() is second
     finally:
         graceful.current._current = saved
+
+
+def test_a_forced_exit_report_survives_a_log_handler_that_cannot_flush() -> None:
+    """1. A log handler whose flush fails (its disk is gone). 2. The forced exit's report
+    still completes (so the exit itself follows), having written its line."""
+    from graceful.phases import report_exit_at_once
+
+    class Broken(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+        def flush(self) -> None:
+            raise OSError("disk gone")
+
+    log = logging.getLogger("graceful.test.broken")
+    handler = Broken()
+    log.addHandler(handler)
+    try:
+        report_exit_at_once(Lifecycle(ShutdownConfig()), "third signal, SIGTERM", log)
+    finally:
+        log.removeHandler(handler)
+    assert handler.lines == [
+        "Exiting at once (third signal, SIGTERM) in phase starting: left unwritten: nothing "
+        "counted; 0 request(s) still running"
+    ]
