@@ -257,3 +257,12 @@ def test_a_forced_exit_report_survives_a_log_handler_that_cannot_flush() -> None
         "Exiting at once (third signal, SIGTERM) in phase starting: left unwritten: nothing "
         "counted; 0 request(s) still running"
     ]
+
+
+def test_a_drain_timeout_of_zero_counts_as_zero_in_the_budget() -> None:
+    """A drain timeout of 0 (abort at once) adds nothing to the budget check's sum."""
+    config = ShutdownConfig(pre_close_delay=1.5, drain_timeout=0, grace_period=2)
+    assert budget_problems(config, {}) == [
+        "shutdown phases need up to 1.5 s (delay 1.5 + drain 0) but only 1 s remain before "
+        "SIGKILL (grace period 2 s - safety margin 1 s)"
+    ]
