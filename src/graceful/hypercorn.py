@@ -260,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a hypercorn TOML config file (its graceful_timeout is replaced by the drain timeout)",
     )
-    parser.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log each request to stdout (hypercorn's access log)",
+    )
     return parser
 
 

@@ -587,3 +587,10 @@ def test_main_reads_the_command_line_when_given_none(
         main()
     assert exited.value.code == 2
     assert "graceful-serve: error: --workers is not supported" in capsys.readouterr().err
+
+
+def test_a_short_quiet_period_longer_than_its_limit_is_refused() -> None:
+    """A quiet period of 0.5 s with at most 0.2 s could never be met: refused, however
+    short."""
+    with pytest.raises(OptionError, match="could never be met"):
+        resolve_shutdown({"quiet_period": "0.5", "quiet_max": "0.2"}, {})

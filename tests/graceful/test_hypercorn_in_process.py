@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from tests.graceful.in_process import (
     process_state_restored,
     refused,
     run_with_signals_guarded,
+    served,
 )
 from tests.support import wait_until
 
@@ -71,7 +73,7 @@ class Run:
             except BaseException as exc:
                 failures.append(exc)
                 echo.release.set()
-                if not self.signalled_at:
+                if not self.signalled_at and not served.is_set():  # a server to stop
                     self.signal(signal.SIGTERM)
 
         code = run_with_signals_guarded(lambda: main(argv), drive)
@@ -109,6 +111,7 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains(
     exits: list[int],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """1. graceful-hypercorn with a 0.3 s quiet period and access log. 2. /ready is
     graceful's 200; the app sees the phase as serving; a 1 s request starts. 3. SIGTERM:
@@ -143,13 +146,20 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains(
     assert took < 2.0
     captured = capsys.readouterr()
     err = captured.err
-    assert "INFO graceful.hypercorn: Shutdown started (signal SIGTERM)" in err
+    assert re.search(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO graceful.hypercorn: Shutdown started "
+        r"\(signal SIGTERM\)$",
+        err,
+        re.MULTILINE,
+    ), err
     assert "INFO graceful.hypercorn: Shutdown phase delay took 0." in err
     assert "Closing the listener; running requests get 10.00 s" in err
     assert "INFO graceful.hypercorn: Shutdown finished in " in err
-    assert '"GET /echo 1.1" 200' in captured.out + err
+    assert '"GET /echo 1.1" 200' in captured.out  # the access log, on stdout
     assert "Shutdown budget" not in err and "Exiting at once" not in err
     assert "Still receiving requests" not in err  # the quiet period was met
+    # graceful's lines go to graceful-hypercorn's own handler only, not twice via root
+    assert not [r for r in caplog.records if r.name.startswith("graceful")]
 
 
 def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
@@ -350,7 +360,7 @@ def test_options_and_errors_of_the_command(
         "--config FILE a hypercorn TOML config file (its graceful_timeout is replaced by the "
         "drain timeout)"
     ) in help_text
-    assert "--access-log log each request to stderr" in help_text
+    assert "--access-log log each request to stdout (hypercorn's access log)" in help_text
     assert "Shutdown options come from GRACEFUL_* variables, as for graceful-serve" in help_text
     assert adapter._name(None) == "none" and adapter._name(99) == "99"
 
@@ -415,3 +425,22 @@ def test_the_runner_gives_back_the_signal_handlers_it_found(port: int, exits: li
     assert run_with_signals_guarded(serve, drive) == 0
     assert exits == []
     assert left == found and signal.default_int_handler not in left.values(), left
+
+
+def test_the_help_and_a_repeated_bind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`graceful-hypercorn --help` says what it serves and where the shutdown options come
+    from; --bind may be given more than once."""
+    monkeypatch.setenv("COLUMNS", "200")
+    text = " ".join(build_parser().format_help().split())
+    assert text.startswith(
+        "usage: graceful-hypercorn [-h] [--bind ADDRESS] [--config FILE] [--access-log] APP"
+    )
+    assert (
+        "Serve an ASGI 3 app with hypercorn and graceful's shutdown phases (readiness 503 "
+        "from SIGTERM on, quiet period, drain within the grace period). Shutdown options "
+        "come from GRACEFUL_* variables, as for graceful-serve (graceful-serve --help lists "
+        "them)."
+    ) in text
+    assert "positional arguments: APP module:attribute" in text
+    args = build_parser().parse_args(["m:app", "--bind", "127.0.0.1:1", "--bind", "127.0.0.1:2"])
+    assert args.bind == ["127.0.0.1:1", "127.0.0.1:2"]

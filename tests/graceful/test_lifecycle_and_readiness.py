@@ -228,3 +228,41 @@ def test_current_lifecycle_is_the_last_installed_and_says_how_to_get_one() -> No
         assert current_lifecycle() is second
     finally:
         graceful.current._current = saved
+
+
+def test_a_forced_exit_report_survives_a_log_handler_that_cannot_flush() -> None:
+    """1. A log handler whose flush fails (its disk is gone). 2. The forced exit's report
+    still completes (so the exit itself follows), having written its line."""
+    from graceful.phases import report_exit_at_once
+
+    class Broken(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+        def flush(self) -> None:
+            raise OSError("disk gone")
+
+    log = logging.getLogger("graceful.test.broken")
+    handler = Broken()
+    log.addHandler(handler)
+    try:
+        report_exit_at_once(Lifecycle(ShutdownConfig()), "third signal, SIGTERM", log)
+    finally:
+        log.removeHandler(handler)
+    assert handler.lines == [
+        "Exiting at once (third signal, SIGTERM) in phase starting: left unwritten: nothing "
+        "counted; 0 request(s) still running"
+    ]
+
+
+def test_a_drain_timeout_of_zero_counts_as_zero_in_the_budget() -> None:
+    """A drain timeout of 0 (abort at once) adds nothing to the budget check's sum."""
+    config = ShutdownConfig(pre_close_delay=1.5, drain_timeout=0, grace_period=2)
+    assert budget_problems(config, {}) == [
+        "shutdown phases need up to 1.5 s (delay 1.5 + drain 0) but only 1 s remain before "
+        "SIGKILL (grace period 2 s - safety margin 1 s)"
+    ]

@@ -6,6 +6,7 @@ test_protocol.py: uvicorn's real parser and request cycle, a transport written b
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -217,7 +218,7 @@ def test_a_pipelined_head_at_the_limit_is_counted_exactly() -> None:
                 assert [path for path, _ in app.requests] == ["/one", "/two", "/third"]
             else:  # refused: what was still queued behind it is dropped with the connection
                 assert statuses[-1] == last and OK in statuses, statuses
-                assert ("/third", 0) not in app.requests
+                assert "/third" not in [path for path, _ in app.requests]
 
     run(scenario())
 
@@ -327,6 +328,69 @@ def test_a_head_after_a_body_that_came_in_its_own_read_is_counted_exactly() -> N
         )
         await connection.settle()
         assert connection.statuses()[-1] == b"HTTP/1.1 431 Request Header Fields Too Large"
-        assert ("/next", 0) not in app.requests
+        assert "/next" not in [path for path, _ in app.requests]
 
     run(scenario())
+
+
+def test_a_head_at_the_limit_with_its_body_is_served_however_the_reads_fall() -> None:
+    """Limit 1,000 bytes; a POST head of exactly 1,000 bytes with a 500-byte body.
+    1. Head and body in one read. 2. The head's last byte and the body in the second
+    read. 3. Two newlines, then two more with the head's first 800 bytes, then the rest
+    and the body: each is served 200 with the whole body, counted to the byte (the
+    body is not head, the end of the head is found across reads)."""
+    body = b"b" * 500
+    start = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nX-Pad: "
+    head = start + b"p" * (1000 - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == 1000
+    splits = [
+        [head + body],
+        [head[:-1], head[-1:] + body],
+    ]
+
+    async def scenario() -> None:
+        for reads in splits:
+            app = App()
+            connection = Connection(app, guarded_protocol(1000, 10))
+            await connection.send(*reads)
+            await connection.settle()
+            assert connection.statuses() == [OK], [len(r) for r in reads]
+            assert app.requests == [("/up", 500)]
+
+    run(scenario())
+
+
+def test_newlines_in_their_own_read_do_not_start_the_head() -> None:
+    """Limit 1,000 bytes. 1. A read of one empty line; then two more empty lines with
+    the first 800 bytes of a 1,200-byte head; then the rest. 2. 431: the empty lines
+    neither start the head in the first read nor end it in the second."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        head = head_of(1200, "/big")
+        await connection.send(b"\r\n", b"\r\n\r\n" + head[:800], head[800:])
+        await connection.settle()
+        assert connection.statuses() == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+        assert app.requests == []
+
+    run(scenario())
+
+
+def test_an_oversized_head_is_refused_before_the_parser_sees_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. 20 KB of bytes that are no HTTP at all, in one read. 2. Exactly one answer, 431,
+    and the connection closed: the parser never saw them (it would have logged an
+    invalid request and answered 400 as well)."""
+
+    async def scenario() -> None:
+        connection = Connection(App(), guarded_protocol(LIMIT, 10))
+        await connection.send(b"\x00" * 20_000)
+        await connection.settle()
+        assert connection.statuses() == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+        assert connection.transport.closed
+
+    with caplog.at_level(logging.INFO):
+        run(scenario())
+    assert "Invalid HTTP request" not in caplog.text

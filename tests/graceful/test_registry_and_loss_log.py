@@ -286,3 +286,28 @@ def test_two_tasks_cut_count_two() -> None:
 
     registry = asyncio.run(scenario())
     assert (registry.cancelled, registry.finished, len(registry)) == (2, 0, 0)
+
+
+def test_after_a_reminder_fired_the_next_held_loss_gets_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Interval 0.1 s. 1. A loss (logged), another held back, logged by the reminder.
+    2. One more loss right after that reminder: held back again, and logged by a new
+    reminder within the interval (not left until some later loss)."""
+
+    async def scenario() -> None:
+        log = LossLog("points", logger, every=0.1)
+        log.add("buffer_full", 1, "full")
+        await asyncio.sleep(0.02)
+        log.add("buffer_full", 1, "full")
+        await asyncio.sleep(0.12)  # the reminder fires meanwhile
+        log.add("buffer_full", 1, "full")
+        await asyncio.sleep(0.2)  # the next reminder is due within 0.1 s
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        asyncio.run(scenario())
+    assert [m.split(";")[1].strip() for m in said(caplog)] == [
+        "1 buffer_full so far, 1 lost so far in all",
+        "2 buffer_full so far, 2 lost so far in all",
+        "3 buffer_full so far, 3 lost so far in all",
+    ]

@@ -720,3 +720,66 @@ def test_serve_runs_until_sigterm_and_returns_the_server(port: int) -> None:
     assert isinstance(server, GracefulServer) and server.lifecycle is lifecycle
     assert list(server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
     assert app.events == ["startup", "app shutdown", "app shutdown done"]
+
+
+def test_the_guarded_protocol_on_a_real_socket(port: int) -> None:
+    """uvicorn builds its protocol with keyword arguments: 1. A server with
+    http=guarded_protocol(1 KiB head limit, 5 s). 2. A small request is served; a 2 KiB
+    head gets 431 and the connection closes."""
+    from graceful import guarded_protocol
+
+    served = Served(App(), config(), port, http=guarded_protocol(1024, 5.0))
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            assert client.get("/").text == "ok"
+            big = client.get("/", headers={"x-pad": "p" * 2048})
+            assert big.status_code == 431
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+
+
+def test_drain_off_aborts_an_idle_kept_alive_connection_and_says_so(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. Drain off. 2. A client keeps its connection open after an answer; no request
+    runs. 3. SIGTERM: that connection is aborted, and the log says so (1 connection, 0
+    requests)."""
+    served = Served(App(), config(drain=False), port)
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            assert client.get("/").text == "ok"
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: s.lifecycle.phase is Phase.STOPPED, 3, what="stopped")
+
+    served.run(scenario)
+    warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert warnings == ["Aborted 1 connection(s) and 0 request(s): drain is off"], warnings
+
+
+def test_a_handler_cut_at_the_end_of_the_budget_gets_no_extra_second(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. A handler that goes on 3 s after its cancellation; grace period 1.6 s with a
+    1 s margin (0.6 s of budget); drain timeout 5 s. 2. SIGTERM. 3. The drain ends with
+    the budget and aborts the handler; with no budget left it gets one poll (not the
+    usual second) before the app's shutdown: the shutdown ends about 0.7 s after
+    SIGTERM."""
+    served = Served(
+        App(stubborn=3.0), config(grace_period=1.6, safety_margin=1.0, drain_timeout=5.0), port
+    )
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=30")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        assert isinstance(slow.result(), httpx.HTTPError)
+
+    took = served.run(scenario)
+    assert took < 1.4, took
+    assert (
+        "1 request handler(s) still running 0.1 s after being cancelled; the app's shutdown "
+        "starts anyway"
+    ) in messages(logs)

@@ -4,6 +4,7 @@ a settle killed between its two steps, and the documented segment size."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -150,4 +151,89 @@ def test_lines_after_the_open_segment_was_settled_go_to_a_new_file(tmp_path: Pat
     spool.close()
     again = Spool(tmp_path)
     assert again.recover() == ["c"]
+    again.close()
+
+
+def test_the_spool_makes_its_directories_and_keeps_its_files_private(tmp_path: Path) -> None:
+    """1. A spool in a directory three levels down that does not exist yet. 2. It is
+    made; the lock and the segments are readable by their owner only (0600)."""
+    directory = tmp_path / "a" / "b" / "c"
+    spool = Spool(directory)
+    spool.append("x")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert modes == {"lock": 0o600, "000000000001.spool": 0o600}
+    spool.close()
+
+
+def test_a_spool_directory_that_cannot_be_made_says_which_and_why(tmp_path: Path) -> None:
+    """1. The spool's path is a file. 2. SpoolUnavailable names the directory and the
+    system's reason."""
+    from graceful import SpoolUnavailable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SpoolUnavailable) as raised:
+        Spool(blocker / "spool")
+    assert str(raised.value) == f"cannot use spool directory {blocker / 'spool'}: Not a directory"
+
+
+def test_recovery_skips_what_is_not_a_file_and_reads_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. Segment 1 is a device left in its place; segment 2 holds two lines. 2. Recovery
+    skips the device and returns segment 2's lines, logging how many from how many
+    segments."""
+    (tmp_path / "000000000001.spool").symlink_to("/dev/null")
+    (tmp_path / "000000000002.spool").write_text("a\nb\n")
+    spool = Spool(tmp_path)
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert spool.recover() == ["a", "b"]
+    assert caplog.messages == ["Recovered 2 spooled lines from 1 segment(s)"]
+    spool.settle(2)
+    spool.close()
+
+
+def test_a_write_of_one_byte_at_a_time_is_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.write writing a single byte per call (a nearly full disk): the line is still
+    written whole."""
+    real_write = os.write
+
+    def one_byte(fd: int, data: bytes | memoryview) -> int:
+        return real_write(fd, bytes(data[:1]))
+
+    spool = Spool(tmp_path)
+    monkeypatch.setattr(os, "write", one_byte)
+    spool.append("slow line")
+    monkeypatch.undo()
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["slow line"]
+    again.settle(1)
+    again.close()
+
+
+def test_closing_an_empty_spool_leaves_a_directory_it_shares(tmp_path: Path) -> None:
+    """1. The spool directory also holds a file that is not the spool's. 2. Everything
+    settled, close: the spool's lock goes, the directory and the other file stay, and
+    close does not fail."""
+    (tmp_path / "notes.txt").write_text("someone else's")
+    spool = Spool(tmp_path)
+    spool.append("x")
+    spool.settle(1)
+    spool.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_closing_twice_is_harmless(tmp_path: Path) -> None:
+    """close() a second time (two shutdown paths) does nothing more: no error, and the
+    next process can take the directory."""
+    spool = Spool(tmp_path)
+    spool.append("x")
+    spool.close()
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.recover() == ["x"]
+    again.settle(1)
     again.close()
