@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import httpx
+
 import graceful.current
 
 T = TypeVar("T")
@@ -82,3 +84,23 @@ def process_state_restored(*loggers: str) -> Iterator[None]:
             log.propagate, log.disabled = propagate, disabled
         sys.path[:] = path
         graceful.current._current = current
+
+
+class Slow:
+    """A request in a thread: its response or its error."""
+
+    def __init__(self, url: str) -> None:
+        self.outcome: httpx.Response | Exception | None = None
+        self.thread = threading.Thread(target=self._get, args=(url,))
+        self.thread.start()
+
+    def _get(self, url: str) -> None:
+        try:
+            self.outcome = httpx.get(url, timeout=15)
+        except httpx.HTTPError as exc:
+            self.outcome = exc
+
+    def result(self) -> httpx.Response | Exception:
+        self.thread.join(15)
+        assert self.outcome is not None
+        return self.outcome

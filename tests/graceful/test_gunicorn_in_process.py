@@ -25,7 +25,7 @@ from graceful import current_lifecycle
 from graceful.asgi import ASGIApp
 from graceful.gunicorn import Worker, WorkerServer
 from tests.graceful.apps import echo
-from tests.graceful.in_process import process_state_restored, refused
+from tests.graceful.in_process import Slow, process_state_restored, refused
 from tests.support import wait_until
 
 
@@ -119,24 +119,6 @@ def boot(
         raise failures[0]
     assert not thread.is_alive()
     return worker
-
-
-class Slow:
-    def __init__(self, url: str) -> None:
-        self.outcome: httpx.Response | Exception | None = None
-        self.thread = threading.Thread(target=self._get, args=(url,))
-        self.thread.start()
-
-    def _get(self, url: str) -> None:
-        try:
-            self.outcome = httpx.get(url, timeout=15)
-        except httpx.HTTPError as exc:
-            self.outcome = exc
-
-    def result(self) -> httpx.Response | Exception:
-        self.thread.join(15)
-        assert self.outcome is not None
-        return self.outcome
 
 
 def test_sigterm_from_the_master_runs_the_phases_within_its_graceful_timeout(

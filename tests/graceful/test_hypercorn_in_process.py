@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from graceful import hypercorn as adapter
 from graceful.hypercorn import HypercornRunner, build_parser, main
 from tests.graceful.apps import echo
 from tests.graceful.in_process import (
+    Slow,
     listening_or_ended,
     process_state_restored,
     refused,
@@ -84,26 +84,6 @@ class Run:
 
     def bind(self, app: str = "app") -> list[str]:
         return [f"{ECHO}:{app}", "--bind", f"127.0.0.1:{self.port}"]
-
-
-class Slow:
-    """A request in a thread: its response or its error."""
-
-    def __init__(self, url: str) -> None:
-        self.outcome: httpx.Response | Exception | None = None
-        self.thread = threading.Thread(target=self._get, args=(url,))
-        self.thread.start()
-
-    def _get(self, url: str) -> None:
-        try:
-            self.outcome = httpx.get(url, timeout=15)
-        except httpx.HTTPError as exc:
-            self.outcome = exc
-
-    def result(self) -> httpx.Response | Exception:
-        self.thread.join(15)
-        assert self.outcome is not None
-        return self.outcome
 
 
 def test_sigterm_flips_readiness_keeps_serving_then_drains(
