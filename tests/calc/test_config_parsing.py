@@ -372,6 +372,8 @@ def test_credential_sources_override_each_other_in_order(tmp_path: Path) -> None
     env["INFLUXDB_PASSWORD_FILE"] = str(secret)
     config = resolve("v9", env, {})
     assert config.influxdb_password == Secret(" file pw X")
+    secret.write_text("blank ends \n")
+    assert resolve("v9", env, {}).influxdb_password == Secret("blank ends ")
     assert config.influxdb_base_url == "http://db:8086"
 
 
