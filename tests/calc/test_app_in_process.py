@@ -19,6 +19,7 @@ from calc.logs import request_id_var
 from calc.openapi import OPENAPI, _json
 from graceful import Phase
 from tests.calc.app_support import InProcessCalc, config_for, metrics_of, until
+from tests.fake_influx import FakeInflux
 
 SUM = b'{"numbers": [1, 2, 3, 4]}'
 JSON = "application/json"
@@ -414,6 +415,50 @@ def test_batches_are_written_by_size_and_by_interval(
             await until(lambda: point_ids(path) == ["tick"], 5, "the interval's write")
 
     run(on_interval())
+
+
+def test_v9_loses_a_batch_whose_one_write_fails_and_v10_retries_it(tmp_path: Path) -> None:
+    """1. v9 and v10 with batches of 1, their log file path a directory (every write
+    fails). 2. A sum each. 3. v9 tries once and counts the point lost (write_failed);
+    v10 keeps it to retry (pending, nothing lost)."""
+    (tmp_path / "operations.lp").mkdir()
+
+    async def scenario(profile: str) -> InProcessCalc:
+        calc = InProcessCalc(config_for(profile, tmp_path, batch_size=1, flush_timeout=0.2))
+        async with calc.running() as client:
+            await client.post("/sum", content=SUM)
+            await until(lambda: calc.oplog.writer.failed_writes >= 1, 5, "a failed write")
+            metrics = metrics_of((await client.get("/metrics")).text)
+            failed = metrics['calc_operations_lost_by_reason_total{reason="write_failed"}']
+            assert (failed, metrics["calc_operations_pending"]) == (
+                (1, 0) if profile == "v9" else (0, 1)
+            )
+        return calc
+
+    asyncio.run(scenario("v9"))
+    asyncio.run(scenario("v10"))
+
+
+def test_v8_cuts_a_write_under_way_at_shutdown(tmp_path: Path) -> None:
+    """1. v8 with batches of 1, writing to a fake InfluxDB that answers after 1 s.
+    2. A sum; its write is under way. 3. The lifespan ends at once (v8 waits 0 s): the
+    write is cut and the point counted lost at shutdown, none written."""
+    with FakeInflux() as influx:
+        influx.slow(1.0)
+        config = config_for("v8", tmp_path, batch_size=1, influxdb_base_url=influx.url)
+        calc = InProcessCalc(config)
+        took: list[float] = []
+
+        async def scenario() -> None:
+            async with calc.running() as client:
+                await client.post("/sum", content=SUM)
+                await until(lambda: influx.writes == 1, 5, "the write under way")
+                started = time.monotonic()
+            took.append(time.monotonic() - started)
+
+        run(scenario())
+    assert (calc.oplog.written, calc.oplog.lost_by_reason["shutdown"]) == (0, 1)
+    assert took[0] < 0.9, took
 
 
 def test_a_full_buffer_loses_points_counted_and_the_spool_keeps_the_rest(

@@ -5,6 +5,7 @@ InfluxDB credentials from the environment, a mounted file or the URL."""
 from __future__ import annotations
 
 import dataclasses
+import locale
 from pathlib import Path
 from typing import Any
 
@@ -367,11 +368,28 @@ def test_credential_sources_override_each_other_in_order(tmp_path: Path) -> None
     env["INFLUXDB_PASSWORD"] = "env-pw"
     assert resolve("v9", env, {}).influxdb_password == Secret("env-pw")
     secret = tmp_path / "password"
-    secret.write_text(" file pwX \r\n")
+    secret.write_text(" file pw X\r\n")
     env["INFLUXDB_PASSWORD_FILE"] = str(secret)
     config = resolve("v9", env, {})
-    assert config.influxdb_password == Secret(" file pwX ")
+    assert config.influxdb_password == Secret(" file pw X")
+    secret.write_text("blank ends \n")
+    assert resolve("v9", env, {}).influxdb_password == Secret("blank ends ")
     assert config.influxdb_base_url == "http://db:8086"
+
+
+def test_the_password_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """1. A mounted password file with non-ASCII characters, in UTF-8. 2. Under the C
+    locale (an image with no locale set) the password is read as written."""
+    secret = tmp_path / "password"
+    secret.write_bytes("pässwörd\n".encode())
+    env = {"INFLUXDB_USERNAME": "u", "INFLUXDB_PASSWORD_FILE": str(secret)}
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        config = resolve("v9", env, {})
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    assert config.influxdb_password == Secret("pässwörd")
 
 
 def test_an_unreadable_password_file_is_named(tmp_path: Path) -> None:

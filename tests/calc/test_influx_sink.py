@@ -44,12 +44,13 @@ def lines(n: int, prefix: str = "r") -> list[str]:
 
 
 def write(url: str, batch: list[str], **kw: object) -> BaseException | None:
-    """One InfluxSink.write on a fresh sink; the exception it raised, if any."""
+    """One InfluxSink.write on a fresh sink; the exception it raised, if any. A write
+    still hanging after 5 s (no time limit of its own) fails the test."""
 
     async def scenario() -> BaseException | None:
         sink = InfluxSink(url, "calc", **kw)  # type: ignore[arg-type]
         try:
-            await sink.write(batch)
+            await asyncio.wait_for(sink.write(batch), 5)
         except Exception as exc:
             return exc
         finally:

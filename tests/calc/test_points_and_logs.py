@@ -87,6 +87,9 @@ def test_the_clock_never_repeats_and_never_goes_back() -> None:
     readings = iter([100, 100, 50, 102, 102, 500])
     clock = NanoClock(source=lambda: next(readings))
     assert [clock.next() for _ in range(6)] == [100, 101, 102, 103, 104, 500]
+    early = iter([1, 1, 0])
+    from_one = NanoClock(source=lambda: next(early))
+    assert [from_one.next() for _ in range(3)] == [1, 2, 3]
 
 
 def test_the_default_clock_is_the_wall_clock_in_nanoseconds() -> None:
