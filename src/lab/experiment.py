@@ -607,8 +607,8 @@ class Lab:
         if interrupted is not None:
             notes.insert(
                 0,
-                f"INTERRUPTED ({interrupted}): the numbers cover the run until then; "
-                "requests cut by the stop count as failed",
+                f"INTERRUPTED ({interrupted}): the numbers cover the run until then; a "
+                "request k6 had not finished when it stopped is not counted",
             )
         if config.nodes > 1:
             notes.append(
@@ -815,9 +815,9 @@ class Lab:
             await self.faults.stop()
         k6 = self.k6.process if self.k6 is not None else None
         if self.k6 is not None and k6 is not None and k6.returncode is None:
-            # No report follows an interruption, so requests in flight need not finish:
-            # one hung on a failed node's address would hold the stop for k6's 60 s
-            # request timeout.
+            # The partial report counts what k6 recorded; requests in flight need not
+            # finish: one hung on a failed node's address would hold the stop for k6's
+            # 60 s request timeout.
             await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
         if self.kubelet is not None:
             await self._teardown_pods()
