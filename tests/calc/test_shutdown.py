@@ -96,8 +96,10 @@ def test_v10_keeps_serving_not_ready_with_connection_close_until_quiet(
         while not refuses_connections(calc.port):
             try:
                 httpx.get(f"{calc.url}/ready", timeout=1)
-            except httpx.ConnectError:
-                break  # closed between the check and the probe
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                # Closed between the check and the probe: refused, or taken into the
+                # kernel's backlog just before the listener closed and then dropped.
+                break
             assert time.monotonic() - last_sum < 4, "listener still open 4 s after last /sum"
             time.sleep(0.05)
         closed_after = time.monotonic() - last_sum
