@@ -47,6 +47,7 @@ from lab.stopping import Signals
 from lab.waits import stop_task
 
 K6_STOP_WHEN_INTERRUPTED = 3.0  # seconds for k6 to stop after a signal, then SIGKILL
+FRONT_CHECKS = HealthChecks()  # the --nodes balancer's checks of each node (cloud defaults)
 
 # The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
 INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
@@ -347,6 +348,9 @@ class Lab:
         self.front: HAProxy | None = None
         self.k6: K6 | None = None
         self.load_start: float | None = None  # when k6 started: a partial report needs it
+        # Pod addresses, and with --nodes each node's own address for its proxy: a failed
+        # node's address then drops packets like its pods' do.
+        self.addresses = AddressPool()
         self.faults: Faults | None = None
         self.support: list[DeploymentController] = []
         # Service name -> (port -> pod address), for the supporting pods' Services.
@@ -415,9 +419,6 @@ class Lab:
                 value = INFLUX_SERVICE.sub(influx_address, value)
             return _service_urls(value, self.service_addresses)
 
-        # Pod addresses, and with --nodes each node's own address for its proxy: a failed
-        # node's address then drops packets like its pods' do.
-        self.addresses = AddressPool()
         self.haproxy = HAProxy(
             self.out / "haproxy",
             free_port(),
@@ -841,7 +842,7 @@ class Lab:
             self.node_proxies.append(proxy)
             await proxy.start(self.registry)
         self.front = HAProxy(
-            self.out / "haproxy-lb", free_port(), mode="tcp", health_checks=HealthChecks()
+            self.out / "haproxy-lb", free_port(), mode="tcp", health_checks=FRONT_CHECKS
         )
         await self.front.start(self.registry)
         for index, proxy in enumerate(self.node_proxies):
@@ -855,18 +856,14 @@ class Lab:
     async def _node_down(self, node: int) -> str:
         """A failed node's proxy goes with it: its address drops packets, and the
         balancer keeps sending it connections until its health checks fail."""
-        dead = self.runtime.dead if self.runtime is not None else None
+        # node-failure calls this only once it knows the run has a dead-address table.
+        assert self.runtime is not None and self.runtime.dead is not None
         proxy = self.node_proxies[node]
-        if dead is None:
-            return f"node{node}'s proxy stays reachable (no nftables)"
-        await dead.drop(proxy.host)
-        checks = self.front.health_checks if self.front is not None else None
-        after = (
-            f", out of the balancer after {checks.fall} failed checks every {checks.interval:g} s"
-            if checks
-            else ""
+        await self.runtime.dead.drop(proxy.host)
+        return (
+            f"node{node}'s proxy {proxy.host} drops packets, out of the balancer after "
+            f"{FRONT_CHECKS.fall} failed checks every {FRONT_CHECKS.interval:g} s"
         )
-        return f"node{node}'s proxy {proxy.host} drops packets{after}"
 
     def _log_node_connections(self) -> None:
         """How many connections each node's proxy took: the balancer spread the load."""

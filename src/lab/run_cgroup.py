@@ -86,7 +86,7 @@ class RunCgroup:
         left = self.directories()
         for _ in range(REMOVE_TRIES):
             for directory in left:
-                with contextlib.suppress(FileNotFoundError, OSError):
+                with contextlib.suppress(OSError):  # gone already, or still busy
                     directory.rmdir()
             left = [d for d in left if d.exists()]
             if not left:

@@ -13,15 +13,17 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.report import Report
 
 
 class Interrupted(Exception):
     """The run was stopped by SIGINT or SIGTERM; everything was cleaned up. `report` is
-    the run's report so far (a lab.report.Report) when the teardown was graceful and
-    the load had started."""
+    the run's report so far when the teardown was graceful and the load had started."""
 
-    def __init__(self, signum: int, report: Any = None) -> None:
+    def __init__(self, signum: int, report: Report | None = None) -> None:
         self.signum = signum
         self.report = report
         self.signal_name = signal.Signals(signum).name

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -24,6 +22,7 @@ from lab.matrix import (
 )
 from lab.matrix_plot import draw
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
+from tests.lab.test_lab_run import _alive, _kill_leftovers, _pids
 from tests.support import REPO, VENV_BIN, wait_until
 
 K8S = REPO / "deploy" / "k8s"
@@ -198,17 +197,8 @@ def test_signal_stops_the_whole_matrix(tmp_path: Path, sig: signal.Signals, code
         matrix.send_signal(sig)
         assert matrix.wait(40) == code
     finally:
-        if matrix.poll() is None:
-            matrix.kill()
-            matrix.wait(10)
-        for cell in out.glob("v*-rollout-restart-tcp"):
-            for pid in _pids(cell):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-    pids = [pid for cell in out.glob("v*-rollout-restart-tcp") for pid in _pids(cell)]
-    assert pids
-    # A killed orphan is reaped by init a moment after the lab exits.
-    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
+        _force_stop(matrix, out)
+    _assert_no_process_left(out)
     assert not (out / "v3-rollout-restart-tcp").exists()
     data = json.loads((out / "matrix.json").read_text())
     assert [c["version"] for c in data["cells"]] == ["v1"]
@@ -244,16 +234,8 @@ def test_a_second_sigint_skips_the_graceful_teardown_but_leaves_no_process(
         matrix.send_signal(signal.SIGINT)
         assert matrix.wait(30) == 130
     finally:
-        if matrix.poll() is None:
-            matrix.kill()
-            matrix.wait(10)
-        for cell in out.glob("v*-rollout-restart-tcp"):
-            for pid in _pids(cell):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-    pids = [pid for cell in out.glob("v*-rollout-restart-tcp") for pid in _pids(cell)]
-    assert pids
-    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")
+        _force_stop(matrix, out)
+    _assert_no_process_left(out)
     assert not (out / "v3-rollout-restart-tcp").exists()
     data = json.loads((out / "matrix.json").read_text())
     assert [c["version"] for c in data["cells"]] == ["v1"]
@@ -262,16 +244,18 @@ def test_a_second_sigint_skips_the_graceful_teardown_but_leaves_no_process(
     assert "teardown-forced SIGINT: killing every process the lab started" in events
 
 
-def _pids(out: Path) -> dict[int, str]:
-    path = out / "pids.txt"
-    if not path.exists():
-        return {}
-    return {int(p): n for p, _, n in (x.partition(" ") for x in path.read_text().splitlines())}
+def _force_stop(matrix: subprocess.Popen[bytes], out: Path) -> None:
+    """The test's own forced path: the matrix and every group its experiments logged get
+    SIGKILL."""
+    if matrix.poll() is None:
+        matrix.kill()
+        matrix.wait(10)
+    for cell in out.glob("v*-rollout-restart-tcp"):
+        _kill_leftovers(cell)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _assert_no_process_left(out: Path) -> None:
+    pids = [pid for cell in out.glob("v*-rollout-restart-tcp") for pid in _pids(cell)]
+    assert pids
+    # A killed orphan is reaped by init a moment after the lab exits.
+    wait_until(lambda: not any(_alive(p) for p in pids), 5, what="every logged group gone")

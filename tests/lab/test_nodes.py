@@ -367,6 +367,12 @@ def test_node_failure_takes_every_pod_on_that_node(tmp_path: Path) -> None:
     }
     victim_node = node_of[faults[0]["pod"]]
     assert faults[0]["detail"].startswith(f"node-failure start {victim_node} down")
+    # The failed node's proxy goes with it, until the balancer's checks take it out.
+    assert (
+        f"{victim_node}'s proxy 127." in faults[0]["detail"]
+        and "drops packets, out of the balancer after 2 failed checks every 5 s"
+        in faults[0]["detail"]
+    ), faults[0]
     first = [pod for pod, node in node_of.items()][:4]
     lost = {pod for pod in first if node_of[pod] == victim_node}
     assert len(lost) == 2
