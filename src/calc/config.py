@@ -305,6 +305,19 @@ def _split_url(url: str) -> urllib.parse.SplitResult:
         raise ConfigError(f"INFLUXDB_BASE_URL {url!r} is not a URL: {exc}") from None
 
 
+def _url_problems(url: str) -> list[str]:
+    """INFLUXDB_BASE_URL (its user info already taken out) must name a host over HTTP."""
+    if not url.startswith(("http://", "https://")):
+        return [f"INFLUXDB_BASE_URL {url!r} must start with http:// or https://"]
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError as exc:
+        return [f"INFLUXDB_BASE_URL {url!r} is not a URL: {exc}"]
+    if not host:
+        return [f"INFLUXDB_BASE_URL {url!r} names no host"]
+    return []
+
+
 def _pod_problems(pod: str) -> list[str]:
     """The pod name is a tag value of every point and a directory name of the spool."""
     if not pod.strip():
@@ -345,9 +358,8 @@ def validate(config: CalcConfig) -> None:
         problems.append("--max-buffer must be at least --batch-size")
     if config.quiet_period > 0 and config.quiet_max < config.quiet_period:
         problems.append("--quiet-max must be at least --quiet-period")
-    url = config.influxdb_base_url
-    if url is not None and not url.startswith(("http://", "https://")):
-        problems.append(f"INFLUXDB_BASE_URL {url!r} must start with http:// or https://")
+    if config.influxdb_base_url is not None:
+        problems.extend(_url_problems(config.influxdb_base_url))
     if (config.influxdb_password is None) != (config.influxdb_username is None):
         problems.append("InfluxDB credentials need both a user and a password")
     problems.extend(_pod_problems(config.pod))

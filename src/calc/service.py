@@ -46,9 +46,12 @@ def app_phase_limits(config: CalcConfig) -> dict[str, float]:
 
 def operation_log_of(app: object) -> OperationLog:
     """The OperationLog inside an app from `create_app`: on the Starlette app's state,
-    under however many ASGI middlewares (each keeps the next one as `.app`)."""
+    under however many ASGI middlewares (each keeps the next one as `.app`; a chain that
+    comes back to a layer it passed is searched once)."""
     layer: object | None = app
-    for _ in range(10):
+    passed: set[int] = set()
+    while layer is not None and id(layer) not in passed:
+        passed.add(id(layer))
         oplog = getattr(getattr(layer, "state", None), "oplog", None)
         if isinstance(oplog, OperationLog):
             return oplog

@@ -62,7 +62,8 @@ class Sink(Protocol):
 
 
 class InfluxSink:
-    """Writes with one pooled async client; connect and write timeouts bound every call."""
+    """Writes with one pooled async client; connect and write timeouts bound every call
+    (1 s to connect, `timeout` in all), and `query_timeout` every count or clear."""
 
     def __init__(
         self,
@@ -70,9 +71,11 @@ class InfluxSink:
         db: str,
         timeout: float = 5.0,
         auth: tuple[str, Secret] | None = None,
+        query_timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.db = db
+        self.query_timeout = query_timeout
         # Basic auth, never a URL with user info: URLs end up in errors and logs.
         self._auth = (auth[0], auth[1].reveal()) if auth else None
         self._client = httpx.AsyncClient(
@@ -123,7 +126,7 @@ class InfluxSink:
             response = httpx.post(
                 f"{self.base_url}/query",
                 params={"db": self.db, "q": q},
-                timeout=10.0,
+                timeout=self.query_timeout,
                 auth=self._auth,
             )
         except httpx.HTTPError as exc:

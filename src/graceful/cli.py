@@ -251,7 +251,10 @@ def load_app(config: ServeConfig) -> ASGIApp:
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until shut down; 0 after a clean shutdown, 1 if the server did not start."""
+    """Serve until shut down; 0 after a clean shutdown, 1 when the app cannot be loaded.
+
+    A server that cannot start leaves through uvicorn's own exit: 3 when the app's
+    lifespan startup fails, 1 when the address cannot be bound."""
     from graceful.run import build_server
 
     logging.config.dictConfig(log_config(config.log_level))

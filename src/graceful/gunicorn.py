@@ -145,8 +145,11 @@ class Worker(BaseWorker):  # type: ignore[misc]
         # comes from the master's quick shutdown. A handler that only records, as those.
         signal.signal(signal.SIGQUIT, server.handle_exit)
         # Server.run, not asyncio.run: it runs the loop uvicorn's config picks (uvloop
-        # when installed), as uvicorn's own worker does.
-        server.run(sockets=self.sockets)
+        # when installed), as uvicorn's own worker does. The listeners go in as the
+        # sockets inside gunicorn's wrappers: uvloop closes a socket it serves on itself,
+        # and through a wrapper it closed the descriptor a second time at shutdown
+        # ("Error while closing socket [Errno 9]" in every worker's log).
+        server.run(sockets=[listener.sock for listener in self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 

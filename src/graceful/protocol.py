@@ -28,7 +28,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-# The end of a head: an empty line, CRLF or (as llhttp also accepts) bare LF.
+# The end of a head: an empty line. llhttp (httptools) refuses bare LF line ends with
+# 400, so only CRLF ends a head it serves; taking a bare-LF empty line for an end as
+# well only stops counting a head the parser refuses anyway.
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
 
 

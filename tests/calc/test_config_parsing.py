@@ -334,11 +334,16 @@ def test_an_at_sign_outside_the_host_part_is_no_user_info(url: str) -> None:
             "http://u:p@[::1",
             "INFLUXDB_BASE_URL 'http://u:p@[::1' is not a URL: Invalid IPv6 URL",
         ),
+        ("http://[::1", "INFLUXDB_BASE_URL 'http://[::1' is not a URL: Invalid IPv6 URL"),
+        # only user info: what is left once it is taken out (never the password)
+        ("http://u:p@", "INFLUXDB_BASE_URL 'http://' names no host"),
+        ("https://:8086/x", "INFLUXDB_BASE_URL 'https://:8086/x' names no host"),
     ],
 )
 def test_a_malformed_url_with_an_at_sign_gets_a_clear_error(url: str, message: str) -> None:
-    """1. INFLUXDB_BASE_URL with an '@' but no scheme, or not a URL at all. 2. ConfigError
-    saying what is wrong with it (no crash while looking for credentials)."""
+    """1. INFLUXDB_BASE_URL with an '@' but no scheme, not a URL at all, or with no
+    host. 2. ConfigError saying what is wrong with it (no crash while looking for
+    credentials)."""
     with pytest.raises(ConfigError) as error:
         resolve("v9", {"INFLUXDB_BASE_URL": url}, {})
     assert str(error.value) == message

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import resource
@@ -21,7 +22,9 @@ import pytest
 from calc.sinks import FileSink, SinkError, _Append
 from tests.support import wait_until
 
-OPENAT = 257  # x86-64 syscall number, as /proc/<pid>/task/<tid>/syscall shows it
+# x86-64 syscall numbers, as /proc/<pid>/task/<tid>/syscall shows them
+OPENAT = 257
+WRITE = 1
 
 
 async def bounded(write: Awaitable[None], timeout: float = 3.0) -> None:
@@ -114,14 +117,15 @@ def test_an_append_not_begun_can_be_cancelled_and_a_begun_one_cannot() -> None:
     assert running.cancel() is False
 
 
-def blocked_write_thread() -> threading.Thread | None:
-    """The sink's write thread once it is blocked opening the FIFO (in openat)."""
+def blocked_write_thread(syscall_number: int = OPENAT) -> threading.Thread | None:
+    """The sink's write thread once it is blocked in this system call (by default
+    openat: opening a FIFO nobody reads)."""
     for thread in threading.enumerate():
         if thread.name != "file-sink-write" or thread.native_id is None:
             continue
         with contextlib.suppress(OSError):
             syscall = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text()
-            if syscall.split()[0] == str(OPENAT):
+            if syscall.split()[0] == str(syscall_number):
                 return thread
     return None
 
@@ -277,3 +281,80 @@ def test_a_write_refused_midway_is_cut_back_to_the_last_whole_line(tmp_path: Pat
     assert path.read_text() == "first\n"
     asyncio.run(bounded(sink.write(["last"])))
     assert path.read_text() == "first\nlast\n"
+
+
+@contextlib.asynccontextmanager
+async def write_into_a_full_pipe(fifo: Path) -> AsyncIterator[tuple[asyncio.Task[None], int]]:
+    """A 1 MiB write to a FIFO whose reader never reads: the pipe fills and the write
+    thread blocks in write(). Yields the write and the reader's descriptor; closing that
+    makes the blocked write fail with EPIPE, as a reader that goes away does."""
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        task = asyncio.get_running_loop().create_task(FileSink(fifo).write(["x" * 2**20]))
+        await asyncio.to_thread(
+            wait_until, lambda: blocked_write_thread(WRITE), 5, 0.01, "a write blocked"
+        )
+        yield task, reader
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(reader)
+        await asyncio.wait({task}, timeout=3)
+        await asyncio.to_thread(wait_until, no_write_thread, 5, 0.01, "the write thread to end")
+
+
+def test_a_failed_write_to_a_fifo_raises_its_own_error(fifo: Path) -> None:
+    """A FIFO has no offset to cut back to. 1. A write blocks on a full pipe. 2. The
+    reader goes away: the write raises the kernel's EPIPE itself, not an error of the
+    cut back that a FIFO cannot have."""
+
+    async def scenario() -> BaseException | None:
+        async with write_into_a_full_pipe(fifo) as (task, reader):
+            os.close(reader)
+            await asyncio.wait({task}, timeout=3)
+            assert task.done()
+            return task.exception()
+
+    raised = asyncio.run(scenario())
+    assert isinstance(raised, BrokenPipeError), repr(raised)
+
+
+def test_a_write_given_up_that_then_fails_is_taken_in_quietly(
+    fifo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A write blocks on a full pipe and is given up (cancelled twice). 2. The reader
+    goes away: the thread's write fails with EPIPE after nobody waits for it. 3. That
+    error is taken in: asyncio reports no exception that was never retrieved."""
+
+    async def scenario() -> bool:
+        async with write_into_a_full_pipe(fifo) as (task, reader):
+            for _ in range(2):
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            assert task.cancelled()
+            os.close(reader)
+            await asyncio.to_thread(wait_until, no_write_thread, 5, 0.01, "the write to fail")
+            for _ in range(5):  # the thread's outcome reaches the loop a few turns later
+                await asyncio.sleep(0.01)
+        return True
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        assert asyncio.run(scenario())
+        gc.collect()  # an unretrieved exception is reported when its future is freed
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR
+    ] == []
+
+
+def test_a_write_to_a_full_device_raises_enospc_though_it_cannot_be_cut_back() -> None:
+    """/dev/full: every write fails with ENOSPC, and truncating a device fails too.
+    The write raises the ENOSPC; the failed cut back is not what the caller sees."""
+
+    async def scenario() -> BaseException | None:
+        try:
+            await bounded(FileSink("/dev/full").write(["x"]))
+        except OSError as exc:
+            return exc
+        return None
+
+    raised = asyncio.run(scenario())
+    assert isinstance(raised, OSError) and raised.errno == errno.ENOSPC, repr(raised)

@@ -147,6 +147,45 @@ def test_a_stalled_write_times_out_at_the_sinks_timeout(influx: FakeInflux) -> N
     assert 0.25 <= took < 2.0, took
 
 
+def test_the_default_time_limits_are_1_s_to_connect_5_s_to_write_10_s_to_query() -> None:
+    """The limits README "Operation log" names, as the sink's client and queries use
+    them (the stall tests here show each limit is applied)."""
+    sink = InfluxSink("http://127.0.0.1:9", "calc")
+    try:
+        assert sink._client.timeout == httpx.Timeout(5.0, connect=1.0)
+        assert sink.query_timeout == 10.0
+    finally:
+        asyncio.run(sink.aclose())
+
+
+def test_a_base_url_keeps_its_path_and_loses_only_trailing_slashes() -> None:
+    """InfluxDB behind a path prefix: /write and /query are added to the prefix, which
+    is kept whole, whatever it ends with."""
+    sink = InfluxSink("http://proxy:8080/influX//", "calc")
+    try:
+        assert sink.base_url == "http://proxy:8080/influX"
+    finally:
+        asyncio.run(sink.aclose())
+
+
+def test_a_stalled_count_or_clear_gives_up_at_the_query_timeout() -> None:
+    """1. A loopback listener that never accepts: the kernel sets connections up, nobody
+    answers. 2. count() and clear() with a 0.3 s query timeout each fail after about
+    0.3 s, with an error that names InfluxDB's address."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        sink = InfluxSink(url, "calc", query_timeout=0.3)
+        for call in (sink.count, sink.clear):
+            started = time.monotonic()
+            with pytest.raises(SinkError, match=f"cannot reach InfluxDB at {url}: "):
+                call()
+            took = time.monotonic() - started
+            assert 0.25 <= took < 2.0, took
+        asyncio.run(sink.aclose())
+
+
 def test_a_connection_that_is_never_accepted_times_out_after_one_second() -> None:
     """1. A loopback listener whose accept queue is full, so a new connection is never
     set up (as a host that drops SYNs). 2. A sink with the default 5 s timeout gives up

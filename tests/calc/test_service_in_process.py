@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import httpx
@@ -87,20 +88,24 @@ def test_the_app_phase_limits_follow_the_log_mode(oplog: str, limits: dict[str, 
 
 def test_the_operation_log_is_found_under_the_middlewares(tmp_path: Path) -> None:
     """1. The app as built, wrapped in graceful's middleware (and more layers, as a host
-    might add). 2. Its operation log is found through them. 3. Anything else: a
-    TypeError naming it."""
+    might add: 40). 2. Its operation log is found through them. 3. Anything else, and
+    a chain of layers that loops back without one: a TypeError naming it."""
     config = config_for("v9", tmp_path)
     lifecycle = Lifecycle(shutdown_config(config))
     app = create_app(config, lifecycle, make_sink(config))
     wrapped: object = GracefulMiddleware(app, lifecycle)
     found = operation_log_of(wrapped)
     assert isinstance(found, OperationLog) and found.mode == "batch-graceful"
-    for _ in range(7):
+    for _ in range(39):
         wrapped = GracefulMiddleware(wrapped, lifecycle)  # type: ignore[arg-type]
     assert operation_log_of(wrapped) is found
     with pytest.raises(TypeError) as error:
         operation_log_of("no app")
     assert str(error.value) == "no operation log in 'no app'"
+    first, second = types.SimpleNamespace(), types.SimpleNamespace()
+    first.app, second.app = second, first
+    with pytest.raises(TypeError, match=r"^no operation log in namespace"):
+        operation_log_of(first)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,8 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains(
             ready = client.get("/ready")
             assert (ready.status_code, ready.text) == (200, "ready\n")
             assert client.get("/echo").text.endswith("phase=serving")
+            # the request's body reaches the app through graceful's wrapping
+            assert client.post("/body", content=b"x" * 70_000).text == "x" * 70_000
             slow = Slow(f"{run.url}/work?seconds=1")
             time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
             run.signal(signal.SIGTERM)

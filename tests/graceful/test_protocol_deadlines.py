@@ -17,6 +17,7 @@ from tests.graceful import test_protocol
 from tests.graceful.test_protocol import (
     LIMIT,
     OK,
+    TOO_LARGE,
     App,
     Connection,
     Transport,
@@ -314,6 +315,25 @@ def test_after_an_early_answer_nothing_more_is_parsed() -> None:
     run(scenario())
 
 
+def test_after_a_refused_pipelined_head_the_rest_of_the_read_is_ignored() -> None:
+    """Limit 1,000 bytes. 1. One read holds a GET, two heads over the limit and a small
+    GET. 2. One 431, written once, then the connection closes: the second head over the
+    limit is not answered again (no write after close) and the last GET never reaches
+    the app."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        over = head_of(1001, "/over")
+        await connection.send(head_of(100, "/one") + over + over + head_of(100, "/four"))
+        await connection.settle()
+        assert connection.transport.closed
+        assert connection.statuses().count(TOO_LARGE) == 1, connection.statuses()
+        assert "/four" not in [path for path, _ in app.requests]
+
+    run(scenario())
+
+
 def test_a_head_after_a_body_that_came_in_its_own_read_is_counted_exactly() -> None:
     """Limit 1,000 bytes. 1. A POST head with Content-Length 500. 2. One read holds the
     500-byte body and then a head of 1,001 bytes: that head is refused (431), counted
@@ -394,3 +414,31 @@ def test_an_oversized_head_is_refused_before_the_parser_sees_it(
     with caplog.at_level(logging.INFO):
         run(scenario())
     assert "Invalid HTTP request" not in caplog.text
+
+
+def test_bare_lf_line_ends_are_refused_by_the_parser() -> None:
+    """The guard also takes a bare-LF empty line for the end of a head; that is safe only
+    because the parser refuses bare LF. 1. A head with bare LF line ends: 400, the app
+    sees nothing. 2. A chunked body framed with bare LF, a head behind it in the same
+    read: 400 and the connection closes; the head behind it never reaches the app."""
+
+    async def scenario() -> None:
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        await connection.send(b"GET /bare HTTP/1.1\nHost: x\n\n")
+        await connection.settle()
+        assert connection.statuses() == [b"HTTP/1.1 400 Bad Request"]
+        assert connection.transport.closed
+        assert app.requests == []
+
+        app = App()
+        connection = Connection(app, guarded_protocol(1000, 10))
+        post = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        await connection.send(post + b"5\nhello\n0\n\n" + head_of(100, "/next"))
+        assert connection.statuses() == [b"HTTP/1.1 400 Bad Request"]
+        assert connection.transport.closed
+        connection.protocol.connection_lost(None)  # what the closed socket then reports
+        await connection.settle()
+        assert app.requests == [("/up", -1)]  # its body never completed: a disconnect
+
+    run(scenario())

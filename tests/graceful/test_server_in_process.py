@@ -39,6 +39,7 @@ class App:
     - `/keep`: answers with the app's own `Connection: keep-alive` header.
     - `/orphan`: starts a task named "orphan" (kept referenced) that sleeps an hour.
     - anything else: 200 "ok".
+    - a websocket: accepted, each text message sent back.
     - lifespan: the shutdown waits until `release` is set.
     """
 
@@ -53,6 +54,9 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self.echo(receive, send)
             return
         path = scope["path"]
         status, headers, body = 200, [(b"content-type", b"text/plain")], b"ok"
@@ -79,6 +83,17 @@ class App:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def echo(self, receive: Receive, send: Send) -> None:
+        """A websocket that sends back each text message until the client closes."""
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+            elif message["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": message["text"]})
+            else:
+                return
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -735,6 +750,43 @@ def test_the_guarded_protocol_on_a_real_socket(port: int) -> None:
             assert client.get("/").text == "ok"
             big = client.get("/", headers={"x-pad": "p" * 2048})
             assert big.status_code == 431
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+
+
+def test_websockets_are_served_and_outlive_the_body_deadline(
+    port: int,
+) -> None:
+    """1. A server with the guarded protocol's body deadline at 0.3 s. 2. A websocket on
+    a fresh connection answers. 3. One connection: a GET is answered and kept alive, then
+    the connection is upgraded to a websocket. 4. The websocket still answers 1 s later:
+    the body deadline of the request before does not carry over to the upgraded
+    connection."""
+    from websockets.sync.client import connect
+
+    from graceful import guarded_protocol
+
+    served = Served(App(), config(), port, http=guarded_protocol(1024, 5.0, 0.3))
+
+    def scenario(s: Served) -> None:
+        with connect(f"ws://127.0.0.1:{s.port}/ws", open_timeout=5) as websocket:
+            websocket.send("fresh")
+            assert websocket.recv(timeout=5) == "fresh"
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\nok"):
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+            with connect(f"ws://127.0.0.1:{s.port}/ws", sock=sock) as websocket:
+                websocket.send("one")
+                assert websocket.recv(timeout=5) == "one"
+                time.sleep(1.0)  # past the body deadline: there is no state to wait on
+                websocket.send("two")
+                assert websocket.recv(timeout=5) == "two"
         s.signal(signal.SIGTERM)
 
     served.run(scenario)

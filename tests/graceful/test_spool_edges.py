@@ -227,12 +227,20 @@ def test_closing_an_empty_spool_leaves_a_directory_it_shares(tmp_path: Path) -> 
 
 
 def test_closing_twice_is_harmless(tmp_path: Path) -> None:
-    """close() a second time (two shutdown paths) does nothing more: no error, and the
-    next process can take the directory."""
+    """close() a second time (two shutdown paths) does nothing more: no error, no file
+    descriptor of the process closed, and the next process can take the directory."""
     spool = Spool(tmp_path)
     spool.append("x")
     spool.close()
-    spool.close()
+    saved = os.dup(1)  # to put standard output back if a wrong close takes it
+    before = sorted(os.listdir("/proc/self/fd"))
+    try:
+        spool.close()
+        after = sorted(os.listdir("/proc/self/fd"))
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert after == before
     again = Spool(tmp_path)
     assert again.recover() == ["x"]
     again.settle(1)

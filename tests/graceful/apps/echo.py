@@ -11,6 +11,7 @@ the test process (tests/graceful/test_cli_in_process.py).
 - `stuck_app`: `app` with a lifespan shutdown that waits until `release` is set, and
   7 items it reports unwritten.
 - `/work?seconds=S` (every app): sleeps S s, then answers "done".
+- `/body` (every app): reads the whole request body and answers it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     elif scope["path"].endswith("/work"):
         await asyncio.sleep(float(scope["query_string"].decode().partition("=")[2] or 0))
         body = b"done"
+    elif scope["path"].endswith("/body"):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
     await send(
         {
             "type": "http.response.start",
