@@ -94,10 +94,27 @@ class Score:
             line += "; " + ", ".join(f"{n} {status}" for status, n in sorted(other.items()))
         if seconds is not None:
             line += f"; {seconds:.0f} s"
-        lines = [line]
+        lines = [line, *self.by_module()]
         lines += [f"  neither: {name} ({self.statuses[name]})" for name in neither]
         lines += [f"  error: {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def by_module(self) -> list[str]:
+        """One row per module: mutants, killed, listed as equivalent, neither, and every
+        other status (timeout, not checked, ...) together."""
+        rows: dict[str, Counter[str]] = {}
+        for name, status in self.statuses.items():
+            module = name.split(".")[1] if name.count(".") >= 2 else "?"
+            column = status if status == "killed" else "other"
+            if status in SURVIVING:
+                column = "listed" if name in self.equivalents else "neither"
+            rows.setdefault(module, Counter())[column] += 1
+        header = f"  {'module':<12} {'mutants':>7} {'killed':>7} {'listed':>7} {'neither':>7} {'other':>7}"
+        lines = [header]
+        for module, row in sorted(rows.items(), key=lambda item: (-item[1].total(), item[0])):
+            counts = (row[c] for c in ("killed", "listed", "neither", "other"))
+            lines.append(f"  {module:<12} {row.total():>7} " + " ".join(f"{n:>7}" for n in counts))
+        return lines
 
 
 def read_statuses(mutants: Path, part: str) -> dict[str, str]:

@@ -50,7 +50,8 @@ def test_the_score_counts_killed_listed_and_neither(
     """1. Six mutants in two files: 2 killed, 2 survived, 1 with no test, 1 timed out;
     one survivor listed as equivalent (with a comment line and a blank line around).
     2. The report says 2 of 6 killed, 1 listed, 2 neither (1 survived, 1 with no test),
-    the timeout apart, the seconds, and names each of the 2 left; exit 0."""
+    the timeout apart, the seconds, a row per module, and names each of the 2 left;
+    exit 0."""
     code, out = run(
         tmp_path, "# why each is equivalent\n\np.a.f__mutmut_2: same output either way\n", capsys
     )
@@ -58,6 +59,9 @@ def test_the_score_counts_killed_listed_and_neither(
     assert out.splitlines() == [
         "p: 2 of 6 mutants killed (33.3 %); 1 survivors listed as equivalent; 2 neither "
         "killed nor listed (1 survived, 1 with no in-process test); 1 timeout; 61 s",
+        "  module       mutants  killed  listed neither   other",
+        "  a                  3       1       1       1       0",
+        "  b                  3       1       0       1       1",
         "  neither: p.a.f__mutmut_3 (no tests)",
         "  neither: p.b.g__mutmut_2 (survived)",
     ]

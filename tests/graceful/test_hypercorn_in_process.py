@@ -271,6 +271,40 @@ def test_later_signals_sigterm_ignored_sigint_hurries_a_third_exits(
     assert "Still receiving requests" not in err
 
 
+def test_a_second_sigint_during_the_drain_cuts_what_runs(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. Drain timeout 10 s; a 10 s request runs. 2. SIGTERM: the delay passes, the
+    drain starts (the request still runs). 3. SIGINT: the running request is cut at once
+    (answered 500), said once, and hypercorn's own timeout did not cut it. 4. main
+    returns 0 well before the drain timeout."""
+    monkeypatch.setenv("GRACEFUL_DRAIN_TIMEOUT", "10")
+    seen: dict[str, object] = {}
+
+    def scenario(run: Run) -> None:
+        slow = Slow(f"{run.url}/work?seconds=10")
+        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        run.signal(signal.SIGTERM)
+        lifecycle = current_lifecycle()
+        wait_until(lambda: lifecycle.phase is Phase.DRAINING, 5, what="the drain")
+        hurried = time.monotonic()
+        run.signal(signal.SIGINT)
+        seen["slow"] = slow.result()
+        seen["cut after"] = time.monotonic() - hurried
+
+    code, took = Run(port)(Run(port).bind(), scenario)
+    assert code == 0 and exits == []
+    slow = seen["slow"]
+    assert isinstance(slow, httpx.Response) and slow.status_code == 500, slow
+    assert float(seen["cut after"]) < 1.0, seen  # type: ignore[arg-type]
+    assert took < 3.0
+    err = capsys.readouterr().err
+    assert (
+        err.count("WARNING graceful.hypercorn: Second SIGINT: cancelled 1 running request(s)") == 1
+    )
+    assert "at its graceful_timeout" not in err, err
+
+
 def test_an_app_shutdown_past_the_budget_takes_the_forced_exit(
     port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
