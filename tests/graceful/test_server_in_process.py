@@ -11,6 +11,7 @@ also run where a mutation tool can see which code each test reached.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import re
@@ -39,7 +40,9 @@ class App:
     - `/keep`: answers with the app's own `Connection: keep-alive` header.
     - `/orphan`: starts a task named "orphan" (kept referenced) that sleeps an hour.
     - anything else: 200 "ok".
-    - a websocket: accepted, each text message sent back.
+    - `/big?bytes=N`: N bytes of "x".
+    - a websocket: accepted, each text message sent back; after the client closed, a
+      cleanup of `websocket_cleanup` s.
     - lifespan: the shutdown waits until `release` is set.
     """
 
@@ -50,6 +53,7 @@ class App:
         self.release = threading.Event()
         self.release.set()
         self.kept: set[asyncio.Task[Any]] = set()
+        self.websocket_cleanup = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -77,6 +81,9 @@ class App:
             status, body = self.ready_status, f"app says {self.ready_status}".encode()
         elif path == "/keep":
             headers.append((b"Connection", b"keep-alive"))
+        elif path == "/big":
+            body = b"x" * int(scope["query_string"].decode().partition("=")[2])
+            self.events.append("big answered")
         elif path == "/orphan":
             task = asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="orphan")
             self.kept.add(task)
@@ -85,7 +92,8 @@ class App:
         await send({"type": "http.response.body", "body": body})
 
     async def echo(self, receive: Receive, send: Send) -> None:
-        """A websocket that sends back each text message until the client closes."""
+        """A websocket that sends back each text message until the client closes, then
+        takes `websocket_cleanup` seconds to clean up."""
         while True:
             message = await receive()
             if message["type"] == "websocket.connect":
@@ -93,7 +101,11 @@ class App:
             elif message["type"] == "websocket.receive":
                 await send({"type": "websocket.send", "text": message["text"]})
             else:
-                return
+                break
+        if self.websocket_cleanup:
+            self.events.append("websocket cleanup")
+            await asyncio.sleep(self.websocket_cleanup)
+            self.events.append("websocket cleanup done")
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -457,6 +469,110 @@ def test_drain_waits_for_a_handler_whose_client_has_gone(port: int) -> None:
     served.run(scenario)
     assert app.events == ["startup", "working", "finished", "app shutdown", "app shutdown done"]
     assert served.lifecycle.requests_cancelled == 0
+
+
+def test_drain_waits_for_a_websocket_handler_whose_client_has_gone(port: int) -> None:
+    """1. A websocket handler that takes 0.6 s to clean up once its client has closed.
+    2. The client closes; SIGTERM while the handler cleans up (no connection is open and
+    no HTTP request runs). 3. The drain waits for the handler: its cleanup ends before
+    the app's shutdown starts."""
+    from websockets.sync.client import connect
+
+    app = App()
+    app.websocket_cleanup = 0.6
+    served = Served(app, config(drain_timeout=5.0), port)
+
+    def scenario(s: Served) -> None:
+        with connect(f"ws://127.0.0.1:{s.port}/ws", open_timeout=5) as websocket:
+            websocket.send("one")
+            assert websocket.recv(timeout=5) == "one"
+        wait_until(lambda: "websocket cleanup" in app.events, 5, what="the cleanup to start")
+        wait_until(lambda: not s.server.server_state.connections, 5, what="client gone")
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+    assert app.events == [
+        "startup",
+        "websocket cleanup",
+        "websocket cleanup done",
+        "app shutdown",
+        "app shutdown done",
+    ]
+
+
+def test_drain_waits_for_a_response_a_slow_client_is_still_reading(port: int) -> None:
+    """1. A client with a small receive buffer asks for 4 MiB and reads nothing yet: the
+    handler has handed over the whole answer, which waits in the server's buffer.
+    2. SIGTERM: no request runs any more, but the connection is still sending. 3. The
+    client then reads at its own pace: it gets all 4 MiB (the drain waited for the
+    connection), before the app's shutdown starts."""
+    app = App()
+    served = Served(app, config(drain_timeout=10.0), port)
+    size = 4 * 1024 * 1024
+    received: list[int] = []
+
+    def scenario(s: Served) -> None:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", s.port))
+            sock.sendall(f"GET /big?bytes={size} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            state = s.server.server_state
+            wait_until(
+                lambda: "big answered" in app.events and not state.tasks, 5, what="handed over"
+            )
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: s.lifecycle.phase is Phase.DRAINING, 5, what="the drain")
+            total = 0
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):  # a small window: a few KiB a read
+                total += len(chunk)
+            received.append(total)
+
+    served.run(scenario)
+    assert received and received[0] > size, received  # the head and every byte of the body
+    assert app.events == ["startup", "big answered", "app shutdown", "app shutdown done"]
+
+
+def test_an_unlimited_drain_without_a_budget_waits_for_the_request(port: int) -> None:
+    """1. No drain timeout and no shutdown budget (the wait has no deadline at all).
+    2. A 0.5 s request runs; SIGTERM. 3. The drain waits for it: it finishes, then the
+    app's shutdown runs; nothing is cancelled."""
+    app = App()
+    served = Served(app, config(drain_timeout=None, enforce_budget=False), port)
+    outcome: list[httpx.Response | Exception] = []
+
+    def scenario(s: Served) -> None:
+        slow = s.in_background("GET", "/work?seconds=0.5")
+        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        s.signal(signal.SIGTERM)
+        outcome.append(slow.result())
+
+    served.run(scenario)
+    assert isinstance(outcome[0], httpx.Response) and outcome[0].text == "done", outcome
+    assert app.events == ["startup", "working", "finished", "app shutdown", "app shutdown done"]
+    assert served.lifecycle.requests_cancelled == 0
+
+
+def test_the_date_header_stays_fresh_during_a_long_delay(port: int) -> None:
+    """1. A 2.3 s pre-close delay (uvicorn's own loop, which refreshes the Date header,
+    no longer runs once the shutdown starts). 2. A response's Date just before SIGTERM,
+    and another 2.1 s into the delay. 3. The later one is at least 1 s later: the
+    shutdown's waits keep the header fresh."""
+    served = Served(App(), config(pre_close_delay=2.3), port)
+    dates: list[float] = []
+
+    def scenario(s: Served) -> None:
+        with httpx.Client(base_url=s.url, timeout=5) as client:
+            before = client.get("/")
+            s.signal(signal.SIGTERM)
+            wait_until(lambda: s.lifecycle.phase is Phase.DELAY, 2, what="the delay")
+            wait_until(lambda: time.monotonic() - s.signalled_at >= 2.1, 3, what="2.1 s")
+            during = client.get("/")
+        for response in (before, during):
+            dates.append(email.utils.parsedate_to_datetime(response.headers["date"]).timestamp())
+
+    served.run(scenario)
+    assert dates[1] - dates[0] >= 1.0, dates
 
 
 def test_no_connection_close_without_the_switch(port: int) -> None:
