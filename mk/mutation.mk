@@ -24,6 +24,9 @@ MUTATION_CHILDREN ?= 2
 # Mutant name globs to run instead of all, e.g. MUTATION_SELECT='graceful.batcher*'.
 MUTATION_SELECT ?=
 # A test that hangs on a mutant fails (the mutant is killed) after this many seconds.
+# pytest-timeout's thread method: the in-process server tests run an event loop in the
+# main thread that can swallow the signal method's exception, and then mutmut waits out
+# its own bound (15 x the tests' time: 10 min for a server mutant) instead.
 MUTATION_TEST_TIMEOUT ?= 10
 
 mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (see README "Mutation testing"); out/mutation/<part>/score.txt
@@ -40,7 +43,7 @@ mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/cal
 	  { echo; echo "[tool.mutmut]"; echo "source_paths = [\"src/$$part/\"]"; \
 	    printf 'pytest_add_cli_args_test_selection = ['; \
 	    for t in $$tests; do printf '"%s", ' "$$t"; done; echo ']'; \
-	    echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "--timeout", "$(MUTATION_TEST_TIMEOUT)"]'; \
+	    echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "--timeout", "$(MUTATION_TEST_TIMEOUT)", "-o", "timeout_method=thread"]'; \
 	  } >> "$$dir/pyproject.toml"; \
 	  echo "mutation testing src/$$part against: $$tests"; \
 	  start=$$(date +%s); \
