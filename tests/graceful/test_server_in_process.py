@@ -43,7 +43,8 @@ class App:
     - `/big?bytes=N`: N bytes of "x".
     - a websocket: accepted, each text message sent back; after the client closed, a
       cleanup of `websocket_cleanup` s.
-    - lifespan: the shutdown waits until `release` is set.
+    - lifespan: the startup waits until `started` is set, the shutdown until `release`
+      is (both are set to begin with).
     """
 
     def __init__(self, ready_status: int = 404, stubborn: float = 0.0) -> None:
@@ -52,6 +53,8 @@ class App:
         self.events: list[str] = []
         self.release = threading.Event()
         self.release.set()
+        self.started = threading.Event()  # the lifespan startup waits for it
+        self.started.set()
         self.kept: set[asyncio.Task[Any]] = set()
         self.websocket_cleanup = 0.0
 
@@ -112,6 +115,8 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.events.append("startup")
+                while not self.started.is_set():  # noqa: ASYNC110 (set by a thread, not the loop)
+                    await asyncio.sleep(0.01)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.events.append("app shutdown")
@@ -576,6 +581,43 @@ def test_the_date_header_stays_fresh_during_a_long_delay(port: int) -> None:
     assert dates[1] - dates[0] >= 1.0, dates
 
 
+def test_a_sigterm_during_startup_still_runs_every_phase(port: int) -> None:
+    """1. The app's startup is under way when SIGTERM comes. 2. The startup completes.
+    3. The shutdown runs at once, every phase of it, the app's shutdown included (what
+    the startup set up is released)."""
+    app = App()
+    app.started.clear()
+    served = Served(app, config(), port)
+
+    def signal_during_startup() -> None:
+        wait_until(lambda: "startup" in app.events, 5, what="the startup to begin")
+        served.signal(signal.SIGTERM)
+        wait_until(lambda: served.server.should_exit, 5, what="the signal")
+        app.started.set()
+
+    # A signal outside the server's own handlers is recorded, not the end of pytest.
+    stray: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda number, frame: stray.append(number))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    thread = threading.Thread(target=signal_during_startup)
+    thread.start()
+    try:
+        served.server.run()
+    finally:
+        app.started.set()
+        thread.join(10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert not thread.is_alive() and stray == []
+    assert served.server.started
+    assert served.server.signals == [(signal.SIGTERM, "start")]
+    assert app.events == ["startup", "app shutdown", "app shutdown done"]
+    assert list(served.server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
+    assert served.lifecycle.phase is Phase.STOPPED
+
+
 def test_no_connection_close_without_the_switch(port: int) -> None:
     """1. connection_close off, readiness flip off, a 0.5 s quiet period. 2. SIGTERM.
     3. During the delay, responses keep the app's own headers (no Connection: close)
@@ -765,7 +807,7 @@ def test_an_app_shutdown_past_the_budget_takes_the_forced_exit(
     # the stuck shutdown, named among what is still running at the end
     assert any(
         re.fullmatch(
-            r"\d task\(s\) still running at exit are cancelled: .*graceful-app-shutdown", m
+            r"\d task\(s\) still running at exit are cancelled: ([\w-]+, )*graceful-app-shutdown", m
         )
         for m in said
     ), said
@@ -835,6 +877,28 @@ def test_a_shutdown_no_signal_asked_for_still_counts_from_its_start(
     assert served.lifecycle.shutdown_signal == signal.SIGTERM
     assert served.server.signals == []
     assert messages(logs)[0] == "Shutdown started (signal SIGTERM)"
+    assert served.lifecycle.phase is Phase.STOPPED
+
+
+def test_a_shutdown_called_directly_says_no_signal_asked_for_it(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. An embedding program drives the server itself: startup(), then shutdown() with
+    no main loop and no signal. 2. The shutdown says it started with no signal, runs
+    every phase and ends stopped."""
+    served = Served(App(), config(), port)
+
+    async def drive() -> None:
+        server = served.server
+        server.config.load()  # what uvicorn's serve() does before its startup
+        server.lifespan = server.config.lifespan_class(server.config)
+        await server.startup()
+        await server.shutdown()
+
+    asyncio.run(drive())
+    said = messages(logs)
+    assert said[0] == "Shutdown started (signal none)", said
+    assert served.lifecycle.shutdown_signal is None
     assert served.lifecycle.phase is Phase.STOPPED
 
 
