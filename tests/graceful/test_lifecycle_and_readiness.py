@@ -151,7 +151,8 @@ def test_the_delay_limit_and_the_budget_parts() -> None:
 
 
 class Called:
-    """What an app saw and sent when the middleware called it."""
+    """What an app saw and sent when the middleware called it. It reads the request
+    (as an app that watches for a disconnect does) before it answers `status`."""
 
     def __init__(self, status: int = 404) -> None:
         self.status = status
@@ -161,6 +162,7 @@ class Called:
         self.scopes.append(scope["type"])
         if scope["type"] != "http":
             return
+        assert (await receive())["type"] == "http.request"
         await send({"type": "http.response.start", "status": self.status, "headers": []})
         await send({"type": "http.response.body", "body": b"app"})
 
@@ -196,9 +198,12 @@ def test_readiness_without_a_root_path_and_other_scope_types() -> None:
     assert call(middleware, http("/ready", root_path="/api"))[1]["body"] == b"ready\n"
     assert call(middleware, http("/api/ready", root_path="/api"))[1]["body"] == b"ready\n"
     assert call(middleware, http("/ready", method="PUT"))[0]["status"] == 404
+    head = call(middleware, http("/ready", method="HEAD"))  # HEAD: the length, no body
+    assert head[0]["status"] == 200 and (b"content-length", b"6") in head[0]["headers"]
+    assert head[1]["body"] == b""
     call(middleware, {"type": "websocket", "path": "/ready"})
     call(middleware, {"type": "lifespan"})
-    assert app.scopes == ["http", "http", "http", "http", "websocket", "lifespan"]
+    assert app.scopes == ["http", "http", "http", "http", "http", "websocket", "lifespan"]
     lifecycle.record_shutdown_request(signal.SIGTERM)
     sent = call(middleware, http("/ready", method="HEAD"))
     assert sent[0]["status"] == 503 and sent[1]["body"] == b""

@@ -41,6 +41,7 @@ class App:
     - `/orphan`: starts a task named "orphan" (kept referenced) that sleeps an hour.
     - anything else: 200 "ok".
     - `/big?bytes=N`: N bytes of "x".
+    - `/block?seconds=S`: blocks the event loop for S s (time.sleep), answers "ok".
     - a websocket: accepted, each text message sent back; after the client closed, a
       cleanup of `websocket_cleanup` s.
     - lifespan: the startup waits until `started` is set, the shutdown until `release`
@@ -84,6 +85,9 @@ class App:
             status, body = self.ready_status, f"app says {self.ready_status}".encode()
         elif path == "/keep":
             headers.append((b"Connection", b"keep-alive"))
+        elif path == "/block":  # holds the event loop itself, as blocking code does
+            self.events.append("blocking")
+            time.sleep(float(scope["query_string"].decode().partition("=")[2]))  # noqa: ASYNC251
         elif path == "/big":
             body = b"x" * int(scope["query_string"].decode().partition("=")[2])
             self.events.append("big answered")
@@ -616,6 +620,35 @@ def test_a_sigterm_during_startup_still_runs_every_phase(port: int) -> None:
     assert app.events == ["startup", "app shutdown", "app shutdown done"]
     assert list(served.server.phase_durations) == ["delay", "closing", "draining", "app-shutdown"]
     assert served.lifecycle.phase is Phase.STOPPED
+
+
+def test_a_sigint_recorded_before_the_shutdown_starts_hurries_it(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. No pre-close delay, a 5 s quiet period. 2. While a handler blocks the event
+    loop, SIGTERM then SIGINT arrive: both are recorded before the shutdown starts. 3. The shutdown starts hurried: no quiet period and no delay to wait for
+    (none is said to be cut short), and it ends at once."""
+    app = App()
+    served = Served(app, config(quiet_period=5.0, quiet_max=5.0), port)
+
+    def scenario(s: Served) -> None:
+        blocked = s.in_background("GET", "/block?seconds=0.5")
+        wait_until(lambda: "blocking" in app.events, 5, what="the loop to block")
+        s.signal(signal.SIGTERM)
+        # Handled in the main thread even while the loop is blocked (not both at once:
+        # Python runs pending handlers in signal-number order, SIGINT first).
+        wait_until(lambda: s.server.should_exit, 2, what="SIGTERM recorded")
+        s.signal(signal.SIGINT)
+        wait_until(lambda: s.server.hurry, 2, what="SIGINT recorded")
+        assert "blocking" in app.events and s.lifecycle.phase is Phase.SERVING
+        outcome = blocked.result()
+        assert isinstance(outcome, httpx.Response) and outcome.status_code == 200, outcome
+
+    took = served.run(scenario)
+    assert served.server.signals == [(signal.SIGTERM, "start"), (signal.SIGINT, "hurry")]
+    assert took < 2.0
+    said = messages(logs)
+    assert not [m for m in said if "stopped waiting" in m or "closing anyway" in m], said
 
 
 def test_no_connection_close_without_the_switch(port: int) -> None:
