@@ -400,6 +400,36 @@ def test_quiet_max_ends_the_delay_and_says_so(port: int, logs: pytest.LogCapture
     assert re.fullmatch(r"Still receiving requests after 0\.[23]\d s; closing anyway", warning)
 
 
+def test_a_pre_close_delay_longer_than_the_quiet_period_is_the_whole_wait(port: int) -> None:
+    """1. A 0.4 s pre-close delay and a 0.3 s quiet period; no request after SIGTERM.
+    2. Quiet is counted from SIGTERM, so it has been met when the pre-close delay ends:
+    the delay phase takes about 0.4 s, not 0.7 s."""
+    served = Served(App(), config(pre_close_delay=0.4, quiet_period=0.3, quiet_max=5.0), port)
+
+    def scenario(s: Served) -> None:
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+    assert 0.35 <= served.server.phase_durations["delay"] < 0.6
+
+
+def test_a_second_sigint_ends_the_pre_close_delay_and_says_so(
+    port: int, logs: pytest.LogCaptureFixture
+) -> None:
+    """1. A 5 s pre-close delay. 2. SIGTERM, then SIGINT during the delay. 3. The delay
+    ends at once, with a warning naming what was no longer waited for."""
+    served = Served(App(), config(pre_close_delay=5.0), port)
+
+    def scenario(s: Served) -> None:
+        s.signal(signal.SIGTERM)
+        wait_until(lambda: s.lifecycle.phase is Phase.DELAY, 2, what="the delay")
+        s.signal(signal.SIGINT)
+
+    took = served.run(scenario)
+    assert took < 1.0
+    assert "Second SIGINT: stopped waiting for pre-close delay" in messages(logs)
+
+
 def test_the_budget_cuts_the_delay_short(port: int) -> None:
     """1. A pre-close delay of 5 s, but a grace period of 1.6 s with a 1 s safety margin.
     2. SIGTERM. 3. The delay ends 0.6 s after SIGTERM (the budget), and so does the
