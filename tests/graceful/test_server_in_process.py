@@ -41,6 +41,8 @@ class App:
     - `/orphan`: starts a task named "orphan" (kept referenced) that sleeps an hour.
     - anything else: 200 "ok".
     - `/big?bytes=N`: N bytes of "x".
+    - `/body`: reads the request body, answers its length.
+    - `/bare`: answers 200 "bare" with no headers at all.
     - `/block?seconds=S`: blocks the event loop for S s (time.sleep), answers "ok".
     - a websocket: accepted, each text message sent back; after the client closed, a
       cleanup of `websocket_cleanup` s.
@@ -67,6 +69,10 @@ class App:
             await self.echo(receive, send)
             return
         path = scope["path"]
+        if path == "/bare":  # an answer with no headers at all (ASGI allows it)
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"bare"})
+            return
         status, headers, body = 200, [(b"content-type", b"text/plain")], b"ok"
         if path == "/work":
             seconds = float(scope["query_string"].decode().partition("=")[2] or 0)
@@ -85,6 +91,14 @@ class App:
             status, body = self.ready_status, f"app says {self.ready_status}".encode()
         elif path == "/keep":
             headers.append((b"Connection", b"keep-alive"))
+        elif path == "/body":
+            size = 0
+            while True:
+                message = await receive()
+                size += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            body = str(size).encode()
         elif path == "/block":  # holds the event loop itself, as blocking code does
             self.events.append("blocking")
             time.sleep(float(scope["query_string"].decode().partition("=")[2]))  # noqa: ASYNC251
@@ -309,6 +323,9 @@ def test_sigterm_runs_every_phase_in_order_and_drains_a_running_request(
             kept = client.get("/keep")
             assert kept.status_code == 200
             assert kept.headers.get_list("connection") == ["close"]
+            bare = client.get("/bare")
+            assert (bare.text, bare.headers.get_list("connection")) == ("bare", ["close"])
+            assert client.post("/body", content=b"b" * 70_000).text == "70000"
         wait_until(lambda: not s.listening(), 3, what="listener to close")
         seen["closed after"] = time.monotonic() - s.signalled_at
         outcome = slow.result()
@@ -473,23 +490,24 @@ def test_the_drain_timeout_aborts_a_request_that_outlives_it(
 
 
 def test_drain_off_aborts_at_once(port: int, logs: pytest.LogCaptureFixture) -> None:
-    """The talk's v4: 1. drain off, drain timeout 5 s. 2. A 30 s request runs; SIGTERM.
-    3. It is aborted at once (the drain timeout is not waited for) and counted."""
+    """The talk's v4: 1. drain off, drain timeout 5 s. 2. Two 30 s requests run;
+    SIGTERM. 3. Both are aborted at once (the drain timeout is not waited for) and
+    counted."""
     app = App()
     served = Served(app, config(drain=False, drain_timeout=5.0), port)
 
     def scenario(s: Served) -> None:
-        slow = s.in_background("GET", "/work?seconds=30")
-        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        slow = [s.in_background("GET", "/work?seconds=30") for _ in range(2)]
+        wait_until(lambda: s.lifecycle.in_flight == 2, 5, what="requests running")
         s.signal(signal.SIGTERM)
-        assert isinstance(slow.result(), httpx.HTTPError)
+        assert all(isinstance(each.result(), httpx.HTTPError) for each in slow)
 
     took = served.run(scenario)
     assert took < 0.8
-    assert served.lifecycle.requests_cancelled == 1
-    assert "cancelled" in app.events
+    assert served.lifecycle.requests_cancelled == 2
+    assert app.events.count("cancelled") == 2
     warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
-    assert warnings == ["Aborted 1 connection(s) and 1 request(s): drain is off"]
+    assert warnings == ["Aborted 2 connection(s) and 2 request(s): drain is off"]
 
 
 def test_drain_waits_for_a_handler_whose_client_has_gone(port: int) -> None:
@@ -696,6 +714,7 @@ def test_no_connection_close_without_the_switch(port: int) -> None:
             s.signal(signal.SIGTERM)
             wait_until(lambda: s.lifecycle.phase is Phase.DELAY, 2, what="delay phase")
             assert "connection" not in client.get("/").headers
+            assert client.post("/body", content=b"b" * 70_000).text == "70000"
             assert client.get("/keep").headers["connection"] == "keep-alive"
             ready = client.get("/ready")
             assert (ready.status_code, ready.text) == (200, "app says 200")
@@ -887,21 +906,21 @@ def test_an_app_shutdown_past_the_budget_takes_the_forced_exit(
 def test_a_stubborn_handler_and_a_left_task_are_named_before_the_end(
     port: int, logs: pytest.LogCaptureFixture
 ) -> None:
-    """1. A handler that goes on 2 s after its cancellation; a request that leaves a task
-    named "orphan" running; drain timeout 0.2 s. 2. SIGTERM. 3. The drain aborts the
-    handler, gives it 1 s, logs that it still runs, runs the app's shutdown, and before
+    """1. Two handlers that go on 2 s after their cancellation; a request that leaves a
+    task named "orphan" running; drain timeout 0.2 s. 2. SIGTERM. 3. The drain aborts
+    the handlers, gives them 1 s, logs that they still run, runs the app's shutdown, and before
     "Shutdown finished" names the handler and the orphan task that the loop's end will
-    cancel; the handler's late end is logged too."""
+    cancel; each handler's late end is logged too."""
     app = App(stubborn=2.0)
     served = Served(app, config(drain_timeout=0.2), port)
 
     def scenario(s: Served) -> None:
         with httpx.Client(base_url=s.url, timeout=5) as client:
             assert client.get("/orphan").status_code == 200
-        slow = s.in_background("GET", "/work?seconds=30")
-        wait_until(lambda: s.lifecycle.in_flight == 1, 5, what="request running")
+        slow = [s.in_background("GET", "/work?seconds=30") for _ in range(2)]
+        wait_until(lambda: s.lifecycle.in_flight == 2, 5, what="requests running")
         s.signal(signal.SIGTERM)
-        assert isinstance(slow.result(), httpx.HTTPError)
+        assert all(isinstance(each.result(), httpx.HTTPError) for each in slow)
 
     took = served.run(scenario)
     assert 1.2 <= took < 2.5
@@ -909,13 +928,13 @@ def test_a_stubborn_handler_and_a_left_task_are_named_before_the_end(
     end = said.index(next(m for m in said if m.startswith("Shutdown finished")))
     before_end = said[:end]
     assert (
-        "1 request handler(s) still running 1.0 s after being cancelled; "
+        "2 request handler(s) still running 1.0 s after being cancelled; "
         "the app's shutdown starts anyway"
     ) in before_end
-    assert "1 request handler(s) still running at exit are cancelled" in before_end
+    assert "2 request handler(s) still running at exit are cancelled" in before_end
     assert "1 task(s) still running at exit are cancelled: orphan" in before_end
-    assert "A GET /work handler ended after the app's shutdown began" in said
-    assert served.lifecycle.requests_finished_late == 1
+    assert said.count("A GET /work handler ended after the app's shutdown began") == 2
+    assert served.lifecycle.requests_finished_late == 2
     assert "cancelled" in app.events and "went on" not in app.events
 
 
