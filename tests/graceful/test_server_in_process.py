@@ -908,9 +908,9 @@ def test_a_stubborn_handler_and_a_left_task_are_named_before_the_end(
 ) -> None:
     """1. Two handlers that go on 2 s after their cancellation; a request that leaves a
     task named "orphan" running; drain timeout 0.2 s. 2. SIGTERM. 3. The drain aborts
-    the handlers, gives them 1 s, logs that they still run, runs the app's shutdown, and before
-    "Shutdown finished" names the handler and the orphan task that the loop's end will
-    cancel; each handler's late end is logged too."""
+    the handlers, gives them 1 s, logs that they still run, runs the app's shutdown,
+    and before "Shutdown finished" names the handlers and the orphan task that the
+    loop's end will cancel; each handler's late end is logged too."""
     app = App(stubborn=2.0)
     served = Served(app, config(drain_timeout=0.2), port)
 
