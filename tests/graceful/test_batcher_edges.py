@@ -1,0 +1,118 @@
+"""BatchWriter's background loop at its edges: the answers of a sink while the writer
+runs (not only at close), each settled by the loop itself within its own limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from graceful import BatchTooLargeError, BatchWriter, RetryPolicy
+from tests.graceful.test_tasks_and_batcher import eventually
+
+
+def test_the_running_writer_halves_a_batch_too_large_until_it_fits() -> None:
+    """1. A started writer, batches of 4, a retry policy whose pause (5 s) would show;
+    the sink refuses any write of more than one item. 2. Four items: a full batch,
+    written by the running loop. 3. It tries 4, then 2, then one at a time: attempts
+    of 4, 2, 1, 1, 1, 1; every item stored in order, none lost, no crash, no pause."""
+    sizes: list[int] = []
+    stored: list[str] = []
+
+    async def one_at_a_time(items: Sequence[str]) -> None:
+        sizes.append(len(items))
+        if len(items) > 1:
+            raise BatchTooLargeError("InfluxDB 413: Request Entity Too Large")
+        stored.extend(items)
+
+    async def scenario() -> tuple[BatchWriter[str], float]:
+        writer = BatchWriter(one_at_a_time, max_batch=4, interval=30, retry=RetryPolicy(5, 5))
+        writer.start()
+        started = time.monotonic()
+        for item in "abcd":
+            writer.add(item)
+        try:
+            await eventually(lambda: writer.written == 4 or len(sizes) > 20, 2)
+            return writer, time.monotonic() - started
+        finally:
+            await writer.close(0.5)
+
+    writer, took = asyncio.run(scenario())
+    assert sizes == [4, 2, 1, 1, 1, 1]
+    assert stored == list("abcd")
+    assert (writer.written, writer.lost, writer.crashes, writer.backing_off) == (4, 0, 0, False)
+    assert took < 1
+
+
+def test_the_running_writer_splits_only_what_is_due() -> None:
+    """1. A started writer, batches of 4; the sink refuses any write of more than 2
+    items. 2. Six items come at once: one full batch is due (the other two wait for the
+    interval). 3. The loop tries 4, then halves of what is due: 2 and 2; the two left
+    wait. 4. At close they go in one write of 2: attempts 4, 2, 2, 2, nothing lost."""
+    sizes: list[int] = []
+
+    async def two_at_most(items: Sequence[str]) -> None:
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise BatchTooLargeError("413")
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        writer = BatchWriter(two_at_most, max_batch=4, interval=30)
+        for item in "abcdef":
+            writer.add(item)
+        writer.start()  # woken at once: the fourth add found a full batch
+        try:
+            await eventually(lambda: writer.written == 4 or len(sizes) > 20, 2)
+            await asyncio.sleep(0.05)  # the loop is back to its interval wait: nothing more
+            pending = writer.pending
+        finally:
+            await writer.close(1)
+        return writer, pending
+
+    writer, pending = asyncio.run(scenario())
+    assert pending == 2
+    assert sizes == [4, 2, 2, 2]
+    assert (writer.written, writer.lost, writer.crashes) == (6, 0, 0)
+
+
+def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout() -> None:
+    """1. A started writer, batches of 2, write_timeout 0.1 s, fast retries; the sink's
+    first write never answers (it waits until cancelled), later writes succeed. 2. Two
+    items: the loop writes them. 3. After 0.1 s the stalled write is cancelled and
+    counted failed; the retry writes both: 2 written, 2 attempts, 1 failed, none lost,
+    well within a second."""
+    calls: list[list[str]] = []
+    cancelled: list[bool] = []
+
+    async def stalls_once(items: Sequence[str]) -> None:
+        calls.append(list(items))
+        if len(calls) == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    async def scenario() -> tuple[BatchWriter[str], float]:
+        writer = BatchWriter(
+            stalls_once,
+            max_batch=2,
+            interval=30,
+            write_timeout=0.1,
+            retry=RetryPolicy(initial=0.01, maximum=0.05),
+        )
+        writer.start()
+        started = time.monotonic()
+        writer.add("a")
+        writer.add("b")
+        try:
+            await eventually(lambda: writer.written == 2, 2)
+            return writer, time.monotonic() - started
+        finally:
+            await writer.close(0.5)
+
+    writer, took = asyncio.run(scenario())
+    assert calls == [["a", "b"], ["a", "b"]]
+    assert cancelled == [True]
+    assert (writer.written, writer.lost, writer.attempts, writer.failed_writes) == (2, 0, 2, 1)
+    assert 0.1 <= took < 1
