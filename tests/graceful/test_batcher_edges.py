@@ -116,3 +116,30 @@ def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout() -> None:
     assert cancelled == [True]
     assert (writer.written, writer.lost, writer.attempts, writer.failed_writes) == (2, 0, 2, 1)
     assert 0.1 <= took < 1
+
+
+def test_a_trickle_of_items_does_not_put_off_the_interval_write() -> None:
+    """1. A started writer, batches of 100, interval 0.2 s. 2. One item every 0.02 s for
+    0.5 s: never a full batch. 3. The interval is not restarted by each add: the first
+    write comes about 0.2 s after the start, while the items still trickle in, and more
+    than one write happens before close."""
+    times: list[float] = []
+
+    async def sink(items: Sequence[int]) -> None:
+        times.append(time.monotonic())
+
+    async def scenario() -> float:
+        writer = BatchWriter(sink, max_batch=100, interval=0.2)
+        writer.start()
+        started = time.monotonic()
+        try:
+            for i in range(25):
+                writer.add(i)
+                await asyncio.sleep(max(0.0, started + (i + 1) * 0.02 - time.monotonic()))
+        finally:
+            await writer.close(1)
+        return started
+
+    started = asyncio.run(scenario())
+    assert len(times) >= 3  # at about 0.2 s and 0.4 s, then the rest at close
+    assert 0.15 <= times[0] - started < 0.35
