@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import pytest
+
 from graceful import BatchTooLargeError, BatchWriter, RetryPolicy
 from tests.graceful.test_tasks_and_batcher import eventually
 
@@ -143,3 +145,35 @@ def test_a_trickle_of_items_does_not_put_off_the_interval_write() -> None:
     started = asyncio.run(scenario())
     assert len(times) >= 3  # at about 0.2 s and 0.4 s, then the rest at close
     assert 0.15 <= times[0] - started < 0.35
+
+
+def test_the_smallest_settings_are_taken_and_one_past_them_refused() -> None:
+    """1. A writer with batches of 1, a buffer of 1 and an interval of 1 ms is made.
+    2. One item is taken; a second, with the buffer full, is counted lost (buffer
+    full). 3. At close the one item is written. 4. Interval 0 or below, a batch of 0,
+    or a buffer smaller than a batch is refused with a clear error."""
+    stored: list[int] = []
+
+    async def sink(items: Sequence[int]) -> None:
+        stored.extend(items)
+
+    async def scenario() -> tuple[BatchWriter[int], list[bool]]:
+        writer = BatchWriter(sink, max_batch=1, max_buffer=1, interval=0.001)
+        taken = [writer.add(1), writer.add(2)]
+        await writer.close(1)
+        return writer, taken
+
+    writer, taken = asyncio.run(scenario())
+    assert taken == [True, False]
+    assert stored == [1]
+    assert (writer.written, dict(writer.losses.totals)) == (1, {"buffer_full": 1})
+    for kwargs in (
+        {"interval": 0.0},
+        {"interval": -1.0},
+        {"max_batch": 0, "max_buffer": 1},
+        {"max_batch": 2, "max_buffer": 1},
+    ):
+        with pytest.raises(
+            ValueError, match=r"^need max_batch >= 1, max_buffer >= max_batch and interval > 0$"
+        ):
+            BatchWriter(sink, **kwargs)  # type: ignore[arg-type]
