@@ -176,4 +176,4 @@ def test_the_smallest_settings_are_taken_and_one_past_them_refused() -> None:
         with pytest.raises(
             ValueError, match=r"^need max_batch >= 1, max_buffer >= max_batch and interval > 0$"
         ):
-            BatchWriter(sink, **kwargs)  # type: ignore[arg-type]
+            BatchWriter(sink, **kwargs)
