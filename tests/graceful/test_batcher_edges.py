@@ -177,3 +177,35 @@ def test_the_smallest_settings_are_taken_and_one_past_them_refused() -> None:
             ValueError, match=r"^need max_batch >= 1, max_buffer >= max_batch and interval > 0$"
         ):
             BatchWriter(sink, **kwargs)
+
+
+def test_a_write_and_a_close_under_way_are_tasks_named_for_the_writer() -> None:
+    """1. A started writer named points, batches of 1; the sink holds its write until
+    released. 2. While the write is under way, the loop's tasks include batch-writer-
+    points and batch-write-points (the names a task dump or a shutdown log shows).
+    3. A close begun meanwhile runs as batch-writer-close-points. 4. Released, the write
+    ends and the close returns 0 lost."""
+    release = asyncio.Event()
+
+    async def held(items: Sequence[str]) -> None:
+        await release.wait()
+
+    def names() -> set[str]:
+        return {t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("batch")}
+
+    async def scenario() -> tuple[set[str], set[str], int]:
+        writer = BatchWriter(held, name="points", max_batch=1, interval=30)
+        writer.start()
+        writer.add("a")
+        await eventually(lambda: writer.attempts == 1, 2)
+        writing = names()
+        closing = asyncio.ensure_future(writer.close(2))
+        await asyncio.sleep(0)
+        during_close = names()
+        release.set()
+        return writing, during_close, await closing
+
+    writing, during_close, lost = asyncio.run(scenario())
+    assert writing == {"batch-writer-points", "batch-write-points"}
+    assert "batch-writer-close-points" in during_close
+    assert lost == 0
