@@ -4,13 +4,43 @@ runs (not only at close), each settled by the loop itself within its own limits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from graceful import BatchTooLargeError, BatchWriter, RetryPolicy
+from tests.graceful.test_batcher_faults import FlakyJournal, ScriptedSink
+from tests.graceful.test_batcher_log import said
 from tests.graceful.test_tasks_and_batcher import eventually
+
+#: No jitter: each pause is exact (0.1 s, then 0.2 s, ...).
+EXACT = RetryPolicy(initial=0.1, maximum=0.4, multiplier=2.0, jitter=0.0)
+
+
+class TimedSink:
+    """Answers the nth write with script[n] (an exception to raise, or None to store),
+    after `first_delay` for the first write only; stores the rest. Records each
+    attempt's items and the time each answer was given."""
+
+    def __init__(self, script: Sequence[BaseException | None], first_delay: float) -> None:
+        self.script = list(script)
+        self.first_delay = first_delay
+        self.attempts: list[list[str]] = []
+        self.answered: list[float] = []
+        self.stored: list[str] = []
+
+    async def write(self, items: Sequence[str]) -> None:
+        self.attempts.append(list(items))
+        if len(self.attempts) == 1:
+            await asyncio.sleep(self.first_delay)
+        outcome = self.script.pop(0) if self.script else None
+        self.answered.append(time.monotonic())
+        if outcome is not None:
+            raise outcome
+        self.stored.extend(items)
 
 
 def test_the_running_writer_halves_a_batch_too_large_until_it_fits() -> None:
@@ -209,3 +239,147 @@ def test_a_write_and_a_close_under_way_are_tasks_named_for_the_writer() -> None:
     assert writing == {"batch-writer-points", "batch-write-points"}
     assert "batch-writer-close-points" in during_close
     assert lost == 0
+
+
+def test_a_wake_during_the_pause_keeps_it_and_the_backoff_starts_over_after_a_success(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A started writer, batches of 2, exact pauses from 0.1 s; the sink's first
+    write takes 0.05 s and fails, its sixth and eighth fail at once, every other write
+    succeeds.
+    2. a, b: a full batch, written; c, d, e come while that write runs (a full batch:
+    the writer is woken). 3. The failure starts a 0.1 s pause that this wake does not cut
+    short, nor end the writer: the retry comes 0.1 s after the failure and writes all
+    five (2, 2, 1). 4. f, g, h, i: two full batches; the first is written, the second
+    fails: the pause starts over at 0.1 s (not 0.2 s) and the retry writes it. 5. j, k:
+    the first write after a flush that ended well fails: again a 0.1 s pause, then
+    written. 6. No crash, nothing lost; each failure logged with its 0.1 s pause."""
+    down = ConnectionError("down")
+    sink = TimedSink([down, None, None, None, None, down, None, down], first_delay=0.05)
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(sink.write, max_batch=2, interval=30, retry=EXACT)
+        writer.start()
+        try:
+            writer.add("a")
+            writer.add("b")
+            await eventually(lambda: len(sink.attempts) == 1, 2)
+            for item in "cde":
+                writer.add(item)
+            await eventually(lambda: writer.written == 5 or writer.crashes > 0, 2)
+            for item in "fghi":
+                writer.add(item)
+            await eventually(lambda: writer.written == 9 or writer.crashes > 0, 2)
+            writer.add("j")
+            writer.add("k")
+            await eventually(lambda: writer.written == 11 or writer.crashes > 0, 2)
+        finally:
+            await writer.close(1)
+        return writer
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        writer = asyncio.run(scenario())
+    assert sink.attempts == [
+        ["a", "b"],
+        ["a", "b"],
+        ["c", "d"],
+        ["e"],
+        ["f", "g"],
+        ["h", "i"],
+        ["h", "i"],
+        ["j", "k"],
+        ["j", "k"],
+    ]
+    for failed, retried in ((0, 1), (5, 6), (7, 8)):
+        assert 0.1 <= sink.answered[retried] - sink.answered[failed] < 0.5
+    assert (writer.written, writer.lost, writer.crashes, writer.failed_writes) == (11, 0, 0, 3)
+    retry_lines = [line for line in said(caplog) if "will retry" in line]
+    assert (
+        retry_lines == ["Writing 2 items failed (ConnectionError('down')); will retry in 0.1 s"] * 3
+    )
+
+
+class BusyLoop(logging.Handler):
+    """Stands for other work that holds the event loop: each 'will retry' log line
+    schedules 0.15 s of blocking work, to run right after the writer starts its pause."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "will retry" in record.getMessage():
+            asyncio.get_running_loop().call_soon(time.sleep, 0.15)
+
+
+def test_a_pause_that_ends_while_the_loop_is_busy_still_writes_everything_due() -> None:
+    """1. A started writer, batches of 2, an exact 0.05 s pause; the sink's first write
+    takes 0.05 s and fails. 2. a, b are being written when c, d, e come (the writer is
+    woken). 3. Other work holds the loop for 0.15 s right after the failure, so the wake
+    and the end of the pause are seen together. 4. The retry is the retry of everything
+    due: all five written (2, 2, 1), none left for the 30 s interval."""
+    sink = TimedSink([ConnectionError("down")], first_delay=0.05)
+    busy = BusyLoop()
+    logging.getLogger("graceful.batcher").addHandler(busy)
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        writer = BatchWriter(
+            sink.write, max_batch=2, interval=30, retry=RetryPolicy(0.05, 0.05, jitter=0.0)
+        )
+        writer.start()
+        try:
+            writer.add("a")
+            writer.add("b")
+            await eventually(lambda: len(sink.attempts) == 1, 2)
+            for item in "cde":
+                writer.add(item)
+            await eventually(lambda: len(sink.attempts) >= 3, 2)
+            await eventually(lambda: writer.pending == 0, 0.5)
+        finally:
+            pending = writer.pending
+            await writer.close(1)
+        return writer, pending
+
+    try:
+        writer, pending = asyncio.run(scenario())
+    finally:
+        logging.getLogger("graceful.batcher").removeHandler(busy)
+    assert pending == 0
+    assert sink.attempts == [["a", "b"], ["a", "b"], ["c", "d"], ["e"]]
+    assert (writer.written, writer.lost, writer.crashes) == (5, 0, 0)
+
+
+def test_every_crash_of_the_writer_is_counted_and_logged_with_its_number(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A spooled writer, batches of 2, a 0.1 s pause before a restart; the journal
+    fails its first two settles with a bug. 2. a, b: written, the settle crashes the
+    writer (1 so far); restarted. 3. c, d: written, the settle crashes it again (2 so
+    far); restarted. 4. e, f: written and settled with what was owed: the spool ends
+    empty, 2 crashes counted and each logged with its own number."""
+    monkeypatch.setattr("graceful.batcher.RESTART_DELAY", 0.1)
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        journal = FlakyJournal(tmp_path)
+        journal.fail_settle = [RuntimeError("bug in the journal")] * 2
+        writer = BatchWriter(
+            ScriptedSink().write, name="points", max_batch=2, interval=30, journal=journal
+        )
+        writer.start()
+        try:
+            for crashes, pair in enumerate(("ab", "cd"), start=1):
+                for item in pair:
+                    writer.add(item)
+                await eventually(lambda n=crashes: writer.crashes >= n, 2)  # type: ignore[misc]
+                await asyncio.sleep(0.15)  # the restart pause (0.1 s) is over
+            writer.add("e")
+            writer.add("f")
+            await eventually(lambda: writer.written == 6, 2)
+        finally:
+            await writer.close(1)
+        return writer, journal.spool.pending
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        writer, in_spool = asyncio.run(scenario())
+    assert (writer.crashes, writer.written, in_spool) == (2, 6, 0)
+    crashes = [line for line in said(caplog) if "crashed" in line]
+    assert crashes == [
+        "Points writer crashed (1 so far); restarting in 0.1 s",
+        "Points writer crashed (2 so far); restarting in 0.1 s",
+    ]
