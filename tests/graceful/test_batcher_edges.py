@@ -177,10 +177,12 @@ def test_a_trickle_of_items_does_not_put_off_the_interval_write() -> None:
     assert 0.15 <= times[0] - started < 0.35
 
 
-def test_the_smallest_settings_are_taken_and_one_past_them_refused() -> None:
+def test_the_smallest_settings_are_taken_and_one_past_them_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """1. A writer with batches of 1, a buffer of 1 and an interval of 1 ms is made.
     2. One item is taken; a second, with the buffer full, is counted lost (buffer
-    full). 3. At close the one item is written. 4. Interval 0 or below, a batch of 0,
+    full) and logged with the cap. 3. At close the one item is written. 4. Interval 0 or below, a batch of 0,
     or a buffer smaller than a batch is refused with a clear error."""
     stored: list[int] = []
 
@@ -193,7 +195,11 @@ def test_the_smallest_settings_are_taken_and_one_past_them_refused() -> None:
         await writer.close(1)
         return writer, taken
 
-    writer, taken = asyncio.run(scenario())
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        writer, taken = asyncio.run(scenario())
+    assert said(caplog) == [
+        "Lost 1 items (buffer_full: buffer full (1)); 1 buffer_full so far, 1 lost so far in all"
+    ]
     assert taken == [True, False]
     assert stored == [1]
     assert (writer.written, dict(writer.losses.totals)) == (1, {"buffer_full": 1})
