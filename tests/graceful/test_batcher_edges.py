@@ -107,12 +107,14 @@ def test_the_running_writer_splits_only_what_is_due() -> None:
     assert (writer.written, writer.lost, writer.crashes) == (6, 0, 0)
 
 
-def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout() -> None:
+def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """1. A started writer, batches of 2, write_timeout 0.1 s, fast retries; the sink's
     first write never answers (it waits until cancelled), later writes succeed. 2. Two
-    items: the loop writes them. 3. After 0.1 s the stalled write is cancelled and
-    counted failed; the retry writes both: 2 written, 2 attempts, 1 failed, none lost,
-    well within a second."""
+    items: the loop writes them. 3. After 0.1 s the stalled write is cancelled, counted
+    failed and logged as having had no answer within 0.1 s; the retry writes both: 2
+    written, 2 attempts, 1 failed, none lost, well within a second."""
     calls: list[list[str]] = []
     cancelled: list[bool] = []
 
@@ -143,7 +145,11 @@ def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout() -> None:
         finally:
             await writer.close(0.5)
 
-    writer, took = asyncio.run(scenario())
+    with caplog.at_level(logging.WARNING, logger="graceful.batcher"):
+        writer, took = asyncio.run(scenario())
+    assert [line.split("; will retry")[0] for line in said(caplog)] == [
+        "Writing 2 items failed (TimeoutError('no answer within 0.1 s'))"
+    ]
     assert calls == [["a", "b"], ["a", "b"]]
     assert cancelled == [True]
     assert (writer.written, writer.lost, writer.attempts, writer.failed_writes) == (2, 0, 2, 1)
@@ -182,25 +188,26 @@ def test_the_smallest_settings_are_taken_and_one_past_them_refused(
 ) -> None:
     """1. A writer with batches of 1, a buffer of 1 and an interval of 1 ms is made.
     2. One item is taken; a second, with the buffer full, is counted lost (buffer
-    full) and logged with the cap. 3. At close the one item is written. 4. Interval 0 or below, a batch of 0,
+    full) and logged with the cap. 3. At close the one item is written: close reports
+    0 lost (the earlier loss was not its own). 4. Interval 0 or below, a batch of 0,
     or a buffer smaller than a batch is refused with a clear error."""
     stored: list[int] = []
 
     async def sink(items: Sequence[int]) -> None:
         stored.extend(items)
 
-    async def scenario() -> tuple[BatchWriter[int], list[bool]]:
+    async def scenario() -> tuple[BatchWriter[int], list[bool | int]]:
         writer = BatchWriter(sink, max_batch=1, max_buffer=1, interval=0.001)
         taken = [writer.add(1), writer.add(2)]
-        await writer.close(1)
-        return writer, taken
+        lost_at_close = await writer.close(1)
+        return writer, [*taken, lost_at_close]
 
     with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
         writer, taken = asyncio.run(scenario())
     assert said(caplog) == [
         "Lost 1 items (buffer_full: buffer full (1)); 1 buffer_full so far, 1 lost so far in all"
     ]
-    assert taken == [True, False]
+    assert taken == [True, False, 0]  # close counts only what it lost itself
     assert stored == [1]
     assert (writer.written, dict(writer.losses.totals)) == (1, {"buffer_full": 1})
     for kwargs in (
@@ -389,3 +396,68 @@ def test_every_crash_of_the_writer_is_counted_and_logged_with_its_number(
         "Points writer crashed (1 so far); restarting in 0.1 s",
         "Points writer crashed (2 so far); restarting in 0.1 s",
     ]
+
+
+def test_close_gives_up_a_write_that_outlasts_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A started writer, batches of 2, 5 s per write; the sink never answers (it
+    waits until cancelled). 2. Two items: the loop's write hangs. 3. close(0.2): the
+    loop's write is not waited for past the close's own deadline: close returns within
+    a second, the two items counted lost at shutdown, the log saying a write of them was
+    still under way, and the hung write cancelled."""
+    cancelled: list[bool] = []
+
+    async def hangs(items: Sequence[str]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def scenario() -> tuple[BatchWriter[str], int, float]:
+        writer = BatchWriter(hangs, max_batch=2, interval=30, write_timeout=5)
+        writer.start()
+        writer.add("a")
+        writer.add("b")
+        await eventually(lambda: writer.attempts == 1, 2)
+        started = time.monotonic()
+        lost = await writer.close(0.2)
+        took = time.monotonic() - started
+        await eventually(lambda: bool(cancelled), 1)
+        return writer, lost, took
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        writer, lost, took = asyncio.run(scenario())
+    assert 0.2 <= took < 1
+    assert (lost, dict(writer.losses.totals), cancelled) == (2, {"shutdown": 2}, [True])
+    assert said(caplog) == [
+        "Lost 2 items (shutdown: shutdown time is up; a write of them was still under way, "
+        "its outcome unknown); 2 shutdown so far, 2 lost so far in all"
+    ]
+
+
+def test_a_journal_is_never_asked_to_settle_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A spooled writer, batches of 2: a, b written and settled. 2. The journal now
+    fails every settle (its disk went bad). 3. close with nothing owed does not call
+    settle at all: no 'Cannot settle' error, the failure still queued, the spool empty."""
+
+    async def scenario() -> FlakyJournal:
+        journal = FlakyJournal(tmp_path)
+        writer = BatchWriter(
+            ScriptedSink().write, name="points", max_batch=2, interval=30, journal=journal
+        )
+        writer.start()
+        writer.add("a")
+        writer.add("b")
+        await eventually(lambda: writer.written == 2, 2)
+        journal.fail_settle = [OSError(5, "I/O error")]
+        await writer.close(1)
+        return journal
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        journal = asyncio.run(scenario())
+    assert said(caplog) == []
+    assert (len(journal.fail_settle), journal.spool.pending) == (1, 0)
