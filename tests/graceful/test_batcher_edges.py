@@ -461,3 +461,62 @@ def test_a_journal_is_never_asked_to_settle_nothing(
         journal = asyncio.run(scenario())
     assert said(caplog) == []
     assert (len(journal.fail_settle), journal.spool.pending) == (1, 0)
+
+
+def test_a_write_cancelled_once_is_never_cancelled_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A started writer, batches of 2, 0.1 s per write, 0.01 s pauses; the sink's
+    write, once begun, cannot be taken back: cancelled, it still finishes when the test
+    releases it (a second cancel would stop it). 2. a, b: the write outlasts 0.1 s and
+    is cancelled once; it runs on. 3. Each later try waits for that same write, counted
+    failed and logged as still running, and never cancels it again. 4. Released, it
+    ends: one attempt, one cancel, both items stored once and counted written."""
+    release = asyncio.Event()
+    attempts: list[list[str]] = []
+    stored: list[str] = []
+    cancels: list[str] = []
+
+    async def finishes_once_begun(items: Sequence[str]) -> None:
+        attempts.append(list(items))
+        work = asyncio.ensure_future(release.wait())
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancels.append("first")
+            try:
+                await work  # begun: finish it
+            except asyncio.CancelledError:
+                cancels.append("again")
+                raise
+        stored.extend(items)
+
+    async def scenario() -> BatchWriter[str]:
+        writer = BatchWriter(
+            finishes_once_begun,
+            max_batch=2,
+            interval=30,
+            write_timeout=0.1,
+            retry=RetryPolicy(0.01, 0.01, jitter=0.0),
+        )
+        writer.start()
+        try:
+            writer.add("a")
+            writer.add("b")
+            await eventually(lambda: writer.failed_writes >= 2 or len(cancels) > 1, 2)
+            release.set()
+            await eventually(lambda: writer.written == 2 or len(attempts) > 1, 2)
+        finally:
+            await writer.close(1)
+        return writer
+
+    with caplog.at_level(logging.WARNING, logger="graceful.batcher"):
+        writer = asyncio.run(scenario())
+    assert (attempts, stored, cancels) == ([["a", "b"]], ["a", "b"], ["first"])
+    still = [line for line in said(caplog) if "still running" in line]
+    assert still[0] == (
+        "Writing 2 items failed (TimeoutError('a write of 2 is still running after being "
+        "cancelled; its answer is awaited before any other write')); will retry in 0.0 s"
+    )
+    assert len(still) == writer.failed_writes >= 2
+    assert (writer.attempts, writer.written, writer.lost) == (1, 2, 0)
