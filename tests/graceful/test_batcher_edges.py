@@ -520,3 +520,37 @@ def test_a_write_cancelled_once_is_never_cancelled_again(
     )
     assert len(still) == writer.failed_writes >= 2
     assert (writer.attempts, writer.written, writer.lost) == (1, 2, 0)
+
+
+def test_without_retry_a_timed_out_write_loses_its_batch_and_only_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A writer without a retry policy, batches of 2, 0.1 s per write; the sink's
+    first write never answers. 2. a, b, c; close. 3. The first batch (a, b) times out:
+    counted lost (write_failed) and logged at once with the timeout; c, in the next
+    batch, is written."""
+    stored: list[str] = []
+
+    async def stalls_once(items: Sequence[str]) -> None:
+        if not stored and "a" in items:
+            await asyncio.Event().wait()
+        stored.extend(items)
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        writer = BatchWriter(stalls_once, max_batch=2, interval=30, write_timeout=0.1)
+        for item in "abc":
+            writer.add(item)
+        return writer, await writer.close(2)
+
+    with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
+        writer, lost = asyncio.run(scenario())
+    assert (stored, lost, writer.written, dict(writer.losses.totals)) == (
+        ["c"],
+        2,
+        1,
+        {"write_failed": 2},
+    )
+    assert said(caplog) == [
+        "Lost 2 items (write_failed: TimeoutError('no answer within 0.1 s')); "
+        "2 write_failed so far, 2 lost so far in all"
+    ]
