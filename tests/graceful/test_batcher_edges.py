@@ -405,7 +405,8 @@ def test_close_gives_up_a_write_that_outlasts_its_timeout(
     waits until cancelled). 2. Two items: the loop's write hangs. 3. close(0.2): the
     loop's write is not waited for past the close's own deadline: close returns within
     a second, the two items counted lost at shutdown, the log saying a write of them was
-    still under way, and the hung write cancelled."""
+    still under way, and the hung write cancelled. 4. No task of the writer is left
+    running, and nothing more is counted afterwards."""
     cancelled: list[bool] = []
 
     async def hangs(items: Sequence[str]) -> None:
@@ -425,6 +426,9 @@ def test_close_gives_up_a_write_that_outlasts_its_timeout(
         lost = await writer.close(0.2)
         took = time.monotonic() - started
         await eventually(lambda: bool(cancelled), 1)
+        await asyncio.sleep(0.05)  # a writer task left running would count the loss again
+        left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("batch")]
+        assert left == []
         return writer, lost, took
 
     with caplog.at_level(logging.ERROR, logger="graceful.batcher"):
@@ -554,3 +558,22 @@ def test_without_retry_a_timed_out_write_loses_its_batch_and_only_it(
         "Lost 2 items (write_failed: TimeoutError('no answer within 0.1 s')); "
         "2 write_failed so far, 2 lost so far in all"
     ]
+
+
+def test_close_without_a_time_limit_flushes_everything() -> None:
+    """1. A started writer, batches of 2, fast retries; the sink fails its first write.
+    2. a, b, c are buffered; close(None): no deadline. 3. The failure is retried and all
+    three are written (2, then 1); close reports 0 lost."""
+    sink = ScriptedSink([ConnectionError("down")])
+
+    async def scenario() -> tuple[BatchWriter[str], int]:
+        writer = BatchWriter(
+            sink.write, max_batch=2, interval=30, retry=RetryPolicy(0.01, 0.01, jitter=0.0)
+        )
+        for item in "abc":
+            writer.add(item)
+        return writer, await writer.close(None)
+
+    writer, lost = asyncio.run(scenario())
+    assert sink.attempts == [["a", "b"], ["a", "b"], ["c"]]
+    assert (lost, writer.written, writer.pending, writer.failed_writes) == (0, 3, 0, 1)
