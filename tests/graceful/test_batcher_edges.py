@@ -577,3 +577,24 @@ def test_close_without_a_time_limit_flushes_everything() -> None:
     writer, lost = asyncio.run(scenario())
     assert sink.attempts == [["a", "b"], ["a", "b"], ["c"]]
     assert (lost, writer.written, writer.pending, writer.failed_writes) == (0, 3, 0, 1)
+
+
+def test_a_write_at_close_gets_no_more_than_the_time_left() -> None:
+    """1. A writer with 5 s per write, no retry policy; the sink never answers. 2. a, b;
+    close(0.3). 3. The final write is cut at the close's deadline, not after its own 5 s:
+    close returns within a second, both items counted lost (write_failed)."""
+
+    async def hangs(items: Sequence[str]) -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> tuple[BatchWriter[str], int, float]:
+        writer = BatchWriter(hangs, max_batch=2, interval=30, write_timeout=5)
+        writer.add("a")
+        writer.add("b")
+        started = time.monotonic()
+        lost = await writer.close(0.3)
+        return writer, lost, time.monotonic() - started
+
+    writer, lost, took = asyncio.run(scenario())
+    assert 0.3 <= took < 1
+    assert (lost, dict(writer.losses.totals)) == (2, {"write_failed": 2})
