@@ -159,8 +159,8 @@ def test_the_running_writer_gives_up_a_stalled_write_at_its_timeout(
 def test_a_trickle_of_items_does_not_put_off_the_interval_write() -> None:
     """1. A started writer, batches of 100, interval 0.2 s. 2. One item every 0.02 s for
     0.5 s: never a full batch. 3. The interval is not restarted by each add: the first
-    write comes about 0.2 s after the start, while the items still trickle in, and more
-    than one write happens before close."""
+    write comes about 0.2 s after the start, while the items still trickle in, before
+    the write at close."""
     times: list[float] = []
 
     async def sink(items: Sequence[int]) -> None:
@@ -179,8 +179,10 @@ def test_a_trickle_of_items_does_not_put_off_the_interval_write() -> None:
         return started
 
     started = asyncio.run(scenario())
-    assert len(times) >= 3  # at about 0.2 s and 0.4 s, then the rest at close
-    assert 0.15 <= times[0] - started < 0.35
+    # Written at about 0.2 s (and 0.4 s) while the adds go on until 0.5 s, then at close;
+    # an interval restarted by each add would write nothing before the close.
+    assert len(times) >= 2
+    assert 0.15 <= times[0] - started < 0.45
 
 
 def test_the_smallest_settings_are_taken_and_one_past_them_refused(
