@@ -233,10 +233,11 @@ class FlakyJournal:
 
 
 def test_a_journal_that_cannot_store_refuses_the_item_and_keeps_order(tmp_path: Path) -> None:
-    """Case 6: 1. Two items accepted. 2. The journal fails (disk full): add raises
-    NotAccepted and the item is not buffered. 3. The disk recovers; one more item.
-    4. The sink gets exactly the three accepted items, and settling them empties the
-    spool: no line that was never written is deleted, none is left over."""
+    """Case 6: 1. Two items accepted. 2. The journal fails (disk full), then cannot
+    encode an item: each add raises NotAccepted, neither item is buffered, and both
+    count as refused. 3. The disk recovers; one more item. 4. The sink gets exactly the
+    three accepted items, and settling them empties the spool: no line that was never
+    written is deleted, none is left over."""
     sink = ScriptedSink()
 
     async def scenario() -> BatchWriter[str]:
@@ -248,6 +249,10 @@ def test_a_journal_that_cannot_store_refuses_the_item_and_keeps_order(tmp_path: 
         with pytest.raises(NotAccepted, match="No space left"):
             writer.add("refused")
         assert (writer.pending, journal.spool.pending, writer.refused) == (2, 2, 1)
+        journal.fail_append = ValueError("cannot encode the item")
+        with pytest.raises(NotAccepted, match="cannot encode"):
+            writer.add("unencodable")
+        assert (writer.pending, journal.spool.pending, writer.refused) == (2, 2, 2)
         journal.fail_append = None
         writer.add("c")
         await writer.close(2)

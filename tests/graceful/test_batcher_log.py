@@ -249,8 +249,9 @@ def test_a_spooled_writer_left_with_points_says_how_many_and_why(
 
 def test_the_documented_defaults() -> None:
     """BatchWriter's documented defaults (the talk's v8/v9): batches of 500 or every
-    30 s, at most 100,000 waiting, no retry, flush on shutdown, 10 s per write; a retry
-    policy backs off from 0.1 s doubling to 5 s with half jitter."""
+    30 s, at most 100,000 waiting, no retry, flush on shutdown, 10 s per write, losses
+    logged at least once a second; a retry policy backs off from 0.1 s doubling to 5 s
+    with half jitter."""
 
     async def sink(items: Sequence[str]) -> None:
         return None
@@ -265,6 +266,8 @@ def test_the_documented_defaults() -> None:
     assert (writer.retry, writer.flush_on_shutdown, writer.write_timeout) == (None, True, 10.0)
     assert (writer.journal, writer.recovered, writer.pending, writer.lost) == (None, 0, 0, 0)
     assert not writer.backing_off
+    # Losses are logged at least once a second while they happen (the class docstring).
+    assert (writer.losses.every, writer.losses.verb) == (1.0, "Lost")
     policy = RetryPolicy()
     assert (policy.initial, policy.maximum, policy.multiplier, policy.jitter) == (
         0.1,
