@@ -43,6 +43,7 @@ class App:
     - `/big?bytes=N`: N bytes of "x".
     - `/body`: reads the request body, answers its length.
     - `/bare`: answers 200 "bare" with no headers at all.
+    - `/cancel-self`: the handler is cancelled by the app itself.
     - `/block?seconds=S`: blocks the event loop for S s (time.sleep), answers "ok".
     - a websocket: accepted, each text message sent back; after the client closed, a
       cleanup of `websocket_cleanup` s.
@@ -91,6 +92,8 @@ class App:
             status, body = self.ready_status, f"app says {self.ready_status}".encode()
         elif path == "/keep":
             headers.append((b"Connection", b"keep-alive"))
+        elif path == "/cancel-self":  # cancelled by the app's own doing, not the server
+            raise asyncio.CancelledError
         elif path == "/body":
             size = 0
             while True:
@@ -697,6 +700,22 @@ def test_a_sigint_recorded_before_the_shutdown_starts_hurries_it(
     assert took < 2.0
     said = messages(logs)
     assert not [m for m in said if "stopped waiting" in m or "closing anyway" in m], said
+
+
+def test_a_handler_cancelled_while_serving_is_not_counted_as_cut(port: int) -> None:
+    """1. While serving, a handler ends cancelled by the app's own doing. 2. uvicorn
+    answers 500 as for any failed handler; the lifecycle does not count it among the
+    requests the shutdown cut (none was: the server aborts only while shutting down)."""
+    served = Served(App(), config(), port)
+
+    def scenario(s: Served) -> None:
+        assert httpx.get(f"{s.url}/cancel-self", timeout=5).status_code == 500  # uvicorn's
+        assert s.lifecycle.requests_cancelled == 0
+        assert s.lifecycle.in_flight == 0
+        s.signal(signal.SIGTERM)
+
+    served.run(scenario)
+    assert served.lifecycle.requests_cancelled == 0
 
 
 def test_no_connection_close_without_the_switch(port: int) -> None:
