@@ -43,6 +43,15 @@ class TimedSink:
         self.stored.extend(items)
 
 
+async def a_full_batch_then_three_more(writer: BatchWriter[str], sink: TimedSink) -> None:
+    """Items a and b (a full batch of 2, written at once); once it was tried, c, d, e."""
+    writer.add("a")
+    writer.add("b")
+    await eventually(lambda: len(sink.attempts) == 1, 2)
+    for item in "cde":
+        writer.add(item)
+
+
 def test_the_running_writer_halves_a_batch_too_large_until_it_fits() -> None:
     """1. A started writer, batches of 4, a retry policy whose pause (5 s) would show;
     the sink refuses any write of more than one item. 2. Four items: a full batch,
@@ -276,11 +285,7 @@ def test_a_wake_during_the_pause_keeps_it_and_the_backoff_starts_over_after_a_su
         writer = BatchWriter(sink.write, max_batch=2, interval=30, retry=EXACT)
         writer.start()
         try:
-            writer.add("a")
-            writer.add("b")
-            await eventually(lambda: len(sink.attempts) == 1, 2)
-            for item in "cde":
-                writer.add(item)
+            await a_full_batch_then_three_more(writer, sink)
             await eventually(lambda: writer.written == 5 or writer.crashes > 0, 2)
             for item in "fghi":
                 writer.add(item)
@@ -339,11 +344,7 @@ def test_a_pause_that_ends_while_the_loop_is_busy_still_writes_everything_due() 
         )
         writer.start()
         try:
-            writer.add("a")
-            writer.add("b")
-            await eventually(lambda: len(sink.attempts) == 1, 2)
-            for item in "cde":
-                writer.add(item)
+            await a_full_batch_then_three_more(writer, sink)
             await eventually(lambda: len(sink.attempts) >= 3, 2)
             await eventually(lambda: writer.pending == 0, 0.5)
         finally:
