@@ -25,7 +25,7 @@ $(BIN)/calc: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[lab,bench,dev]'
 	@touch $@
 
-setup: $(BIN)/calc system-deps ## Create .venv with everything installed, plus haproxy and influxd
+setup: $(BIN)/calc system-deps cluster-bins ## Create .venv with everything installed, plus haproxy and influxd
 	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
 
 system-deps: ## Install haproxy, influxdb, openssl (lab TLS), nftables (lab node-failure) from Debian where missing; a Docker Engine (docker.io, started) where none answers (root or sudo)

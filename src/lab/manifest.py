@@ -756,6 +756,68 @@ def _data_volume(f: _Fields, kind: str, name: str, sources: _Sources) -> Mount:
     return Mount("", name, kind, tuple(sorted(files.items())), mode)
 
 
+def _pod_template(
+    meta: _Fields,
+    spec: _Fields,
+    sources: _Sources,
+    owner: str,
+    modelled: Collection[str] = _POD_MODELLED,
+    inert: Collection[str] = _POD_INERT,
+) -> PodTemplate:
+    """A pod's metadata and spec, as a Deployment's template holds them or as the API
+    server has a pod (`pod_from_api`)."""
+    spec.only(modelled, inert, _POD_REFUSED)
+    restart = spec.text("restartPolicy", "Always")
+    if restart != "Always":
+        # A Deployment's pods must restart always (pkg/apis/apps/validation:
+        # ValidatePodTemplateSpecForReplicaSet allows only Always).
+        spec.fail(spec.at("restartPolicy"), f"{owner} needs Always, got {restart!r}")
+    containers = spec.items("containers")
+    if len(containers) != 1:
+        spec.fail(
+            spec.at("containers"), f"the lab runs exactly one container, got {len(containers)}"
+        )
+    volumes = _volumes(spec, sources)
+    return PodTemplate(
+        labels=meta.str_map("labels"),
+        annotations=meta.str_map("annotations"),
+        container=_container(containers[0], sources, volumes),
+        termination_grace=spec.number("terminationGracePeriodSeconds", 30),
+    )
+
+
+def pod_from_api(
+    pod: dict[str, Any],
+    config_maps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+    notes: list[str],
+) -> PodTemplate:
+    """A pod as the API server has it (bound to a node, every default filled in), read
+    by the same rules as a Deployment's template. `config_maps` and `secrets` hold the
+    pod's namespace's objects its env and volumes name; fields the lab does not model
+    but the API server always sets are accepted (`notes` gets none for them)."""
+    meta = pod.get("metadata") or {}
+    source = f"pod {meta.get('namespace', '')}/{meta.get('name', '')}"
+    sources = _Sources()
+    for name, data in config_maps.items():
+        sources.config_maps[name] = _Data("ConfigMap", source, data)
+    for name, data in secrets.items():
+        sources.secrets[name] = _Data("Secret", source, data)
+    return _pod_template(
+        _Fields(source, "metadata", meta, notes),
+        _Fields(source, "spec", pod.get("spec"), notes),
+        sources,
+        "a ReplicaSet's pod",
+        _POD_MODELLED | {"nodeName"},
+        _POD_INERT | _POD_API_DEFAULTS,
+    )
+
+
+# Pod spec fields the API server sets on every pod (defaults and admission), which change
+# nothing the lab runs.
+_POD_API_DEFAULTS = {"preemptionPolicy", "securityContext", "serviceAccount"}
+
+
 def _deployment(f: _Fields, sources: _Sources) -> Deployment:
     f.only({"apiVersion", "kind", "metadata", "spec", "status"})
     meta = f.sub("metadata", required=True)
@@ -781,25 +843,12 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
     tmeta = template.sub("metadata", required=True)
     tspec = template.sub("spec", required=True)
     assert tmeta is not None and tspec is not None
-    tspec.only(_POD_MODELLED, _POD_INERT, _POD_REFUSED)
-    restart = tspec.text("restartPolicy", "Always")
-    if restart != "Always":
-        # A Deployment's pods must restart always (pkg/apis/apps/validation:
-        # ValidatePodTemplateSpecForReplicaSet allows only Always).
-        tspec.fail(tspec.at("restartPolicy"), f"a Deployment needs Always, got {restart!r}")
-    labels = tmeta.str_map("labels")
+    pod_template = _pod_template(tmeta, tspec, sources, "a Deployment")
     for key, value in match.items():
-        if labels.get(key) != value:
+        if pod_template.labels.get(key) != value:
             tmeta.fail(
                 tmeta.at("labels"), f"does not match spec.selector.matchLabels {key}={value}"
             )
-    containers = tspec.items("containers")
-    if len(containers) != 1:
-        tspec.fail(
-            tspec.at("containers"), f"the lab runs exactly one container, got {len(containers)}"
-        )
-    volumes = _volumes(tspec, sources)
-    container = _container(containers[0], sources, volumes)
     strategy_f = spec.sub("strategy")
     strategy = Strategy()
     if strategy_f is not None:
@@ -825,12 +874,7 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
         name=name,
         replicas=spec.integer("replicas", 1),
         selector=match,
-        template=PodTemplate(
-            labels=labels,
-            annotations=tmeta.str_map("annotations"),
-            container=container,
-            termination_grace=tspec.number("terminationGracePeriodSeconds", 30),
-        ),
+        template=pod_template,
         strategy=strategy,
         min_ready_seconds=spec.number("minReadySeconds", 0),
     )

@@ -128,7 +128,11 @@ class Kubelet:
 
     # -- pod life ------------------------------------------------------------------------
 
-    def create_pod(self, name: str, template: PodTemplate, image: Image, revision: int) -> Pod:
+    def create_pod(
+        self, name: str, template: PodTemplate, image: Image, revision: int, node: int | None = None
+    ) -> Pod:
+        """Start a pod; `node` is the node it is bound to (None: the kubelet's own
+        spreading, `_schedule`; a real scheduler's binding gives it)."""
         ip = self.runtime.addresses.take()
         pod = Pod(name, ip, revision, template, image, Launch((), {}, None), self.events.now())
         try:
@@ -136,7 +140,7 @@ class Kubelet:
         except BaseException:
             self.runtime.addresses.give_back(ip)
             raise
-        pod.node = self._schedule()
+        pod.node = self._schedule() if node is None else node
         self.pods.append(pod)
         where = f" node{pod.node}" if self.nodes > 1 else ""
         self.events.add(name, "created", f"{ip} revision {revision}{where}")
