@@ -28,6 +28,7 @@ from lab.experiment import Interrupted, LabError, run_experiment
 from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
 from lab.k6 import K6Error
+from lab.kube import cli as cluster_cli
 from lab.manifest import ManifestError
 from lab.stopping import Signals
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     matrix_cli.add_parser(sub)
+    cluster_cli.add_parser(sub)
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("--manifests", type=Path, required=True, help="a manifest file or directory")
     run.add_argument(
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "matrix":
         return matrix_cli.run(args)
+    if args.command == "cluster":
+        return cluster_cli.run(args)
     if threading.current_thread() is threading.main_thread():
         # `kill -USR1 <lab pid>` prints every thread's stack: for a run that seems stuck.
         # (Not possible when stderr is no real file, as under pytest's capture.)

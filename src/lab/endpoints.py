@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from lab.events import EventLog
 from lab.haproxy import HAProxy, HAProxyError
@@ -55,10 +56,21 @@ def usable(endpoints: dict[str, Conditions]) -> set[str]:
     return {name for name, c in endpoints.items() if c.serving and c.terminating}
 
 
+class Endpoint(Protocol):
+    """What a proxy needs of an endpoint: a name and the address it sends to (a lab Pod,
+    or an endpoint of a real EndpointSlice, lab.kube.proxy)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ip(self) -> str: ...
+
+
 @dataclass
 class _Change:
     due: float
-    pod: Pod
+    pod: Endpoint
     conditions: Conditions | None
 
 
@@ -66,17 +78,20 @@ class EndpointsController:
     def __init__(
         self,
         haproxy: HAProxy,
-        pods: Callable[[], list[Pod]],
+        pods: Callable[[], Sequence[Endpoint]],
         port: int,
         events: EventLog,
         lag: Lag = DEFAULT_LAG,
         rng: random.Random | None = None,
         node: str = "",
+        conditions_of: Callable[[Any], Conditions | None] = conditions,
     ) -> None:
         # With several nodes, each node's proxy is one controller: its events say which.
         self.node = node
         self.haproxy = haproxy
         self.pods = pods
+        # An endpoint's conditions now (None: it has none, it is gone).
+        self.conditions_of = conditions_of
         self.port = port
         self.events = events
         self.lag = lag
@@ -89,7 +104,7 @@ class EndpointsController:
         self.failing: dict[str, str] = {}  # server -> its last HAProxy error, logged once
         self.in_lb: set[str] = set()  # what HAProxy sends new connections to
         self.to_delete: dict[str, float] = {}  # drained servers -> give up deleting at
-        self.known: dict[str, Pod] = {}
+        self.known: dict[str, Endpoint] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.running = False
@@ -106,7 +121,7 @@ class EndpointsController:
         now = self.events.now()
         self.known.update({p.name: p for p in self.pods()})
         for name, pod in sorted(self.known.items()):
-            current = conditions(pod)
+            current = self.conditions_of(pod)
             if current != self.published.get(name):
                 self._queue(now, pod, current)
                 if current is None:
@@ -114,7 +129,7 @@ class EndpointsController:
                 else:
                     self.published[name] = current
 
-    def _queue(self, now: float, pod: Pod, current: Conditions | None) -> None:
+    def _queue(self, now: float, pod: Endpoint, current: Conditions | None) -> None:
         due = max(now + self.draw_lag(), self.last_due.get(pod.name, 0.0))
         self.last_due[pod.name] = due
         self.pending.append(_Change(due, pod, current))

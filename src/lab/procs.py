@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,10 +24,18 @@ from typing import IO
 _PID1 = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 
 
-class Registry:
-    """Starts children in new sessions, logs their PIDs, and kills leftovers' groups."""
+# util-linux's setpriv sets PR_SET_PDEATHSIG and execs the child: the kernel SIGKILLs it
+# when the thread that started it dies, also by SIGKILL, where no clean-up code runs.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
-    def __init__(self, pid_log: Path | None = None) -> None:
+
+class Registry:
+    """Starts children in new sessions, logs their PIDs, and kills leftovers' groups.
+    With `die_with_parent`, each child is also killed by the kernel when the lab dies
+    (start it from the event loop's thread: the signal follows the thread that forked)."""
+
+    def __init__(self, pid_log: Path | None = None, die_with_parent: bool = False) -> None:
+        self.die_with_parent = die_with_parent and shutil.which("setpriv") is not None
         self.pid_log = pid_log
         self.children: dict[int, str] = {}  # pid (= pgid) -> name
         self.processes: list[asyncio.subprocess.Process] = []
@@ -51,8 +60,11 @@ class Registry:
         out = asyncio.subprocess.PIPE if stdout_pipe else asyncio.subprocess.DEVNULL
         log_file = log.open("ab") if log is not None else None
         try:
+            command = _PID1 + list(argv) if pid1 else list(argv)
+            if self.die_with_parent:
+                command = _DIE_WITH_PARENT + command
             process = await asyncio.create_subprocess_exec(
-                *(_PID1 + list(argv) if pid1 else argv),
+                *command,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL,
