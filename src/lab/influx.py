@@ -20,6 +20,8 @@ from types import TracebackType
 
 import httpx
 
+from lab.procs import DIE_WITH_PARENT
+
 CONFIG_TEMPLATE = """\
 reporting-disabled = true
 bind-address = "{host}:{rpc_port}"
@@ -74,6 +76,7 @@ class InfluxServer:
         max_values_per_tag: int = 100_000,
         log_path: Path | None = None,
         admin: tuple[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.binary = shutil.which("influxd")
         if self.binary is None:
@@ -90,6 +93,8 @@ class InfluxServer:
         self.process: subprocess.Popen[bytes] | None = None
         # With an admin (user, password), auth is on and every query uses it.
         self.admin = admin
+        # Killed by the kernel when the thread that started it dies (lab.procs says how).
+        self.die_with_parent = die_with_parent and shutil.which("setpriv") is not None
 
     @property
     def url(self) -> str:
@@ -114,8 +119,9 @@ class InfluxServer:
             )
         )
         with self.log_path.open("ab") as log:
+            prefix = DIE_WITH_PARENT if self.die_with_parent else []
             self.process = subprocess.Popen(
-                [str(self.binary), "-config", str(config)],
+                [*prefix, str(self.binary), "-config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

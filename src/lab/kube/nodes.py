@@ -437,7 +437,7 @@ class Agents:
         except (ManifestError, OSError, ValueError) as exc:
             # The kubelet reports such a pod as waiting with the reason, and never runs it.
             tracked.problem = str(exc)
-            self.events.add(tracked.name, "cannot-run", str(exc))
+            self.events.add(self.lab_name(tracked.namespace, tracked.name), "cannot-run", str(exc))
         if tracked.deleting or (obj.get("metadata") or {}).get("deletionTimestamp"):
             grace = (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
             self._delete(tracked, float(grace) if grace is not None else 0.0)
@@ -570,7 +570,11 @@ class Agents:
                 self._error(f"delete {tracked.namespace}/{tracked.name}: {exc}")
                 return
         tracked.finished = True
-        self.events.add(tracked.name, "pod-deleted", "final delete with grace 0")
+        self.events.add(
+            self.lab_name(tracked.namespace, tracked.name),
+            "pod-deleted",
+            "final delete with grace 0",
+        )
 
     # -- the lab's InfluxDB stands in for the cluster's --------------------------------
 
@@ -586,8 +590,12 @@ class Agents:
         async with self._influx_lock:
             if self.influx is not None:
                 return
+            # Started from a worker thread, which lives as long as the event loop's
+            # executor: the kernel kills influxd when the lab dies, not before.
             influx = InfluxServer(
-                data_dir=self.config.out / "influxdb", log_path=self.config.out / "influxd.log"
+                data_dir=self.config.out / "influxdb",
+                log_path=self.config.out / "influxd.log",
+                die_with_parent=True,
             )
             await asyncio.to_thread(influx.start)
             self.influx = influx

@@ -1,0 +1,345 @@
+"""The lab's kubelet as the nodes of the real control plane (`lab cluster up --nodes 2`):
+calc v10's manifest applied with the built kubectl, rolled out, scaled and put through a
+node failure by the real Deployment, ReplicaSet, EndpointSlice and node-lifecycle
+controllers and the real scheduler.
+
+One cluster for the module, with short node timers (said in `OPTIONS`); the tests run
+in file order on one namespace, the node failure last.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from lab.kube import bins
+from lab.kube.state import ClusterState
+from tests.lab.kube.kubekit import (
+    Recorder,
+    Up,
+    accepts,
+    alive,
+    assert_all_gone,
+    kubectl,
+    lab_cluster,
+    node_events,
+    running,
+)
+from tests.support import REPO, wait_until
+
+NS = "v10"
+REPLICAS, MAX_SURGE = 3, 3  # v10's strategy: maxSurge 3, maxUnavailable 0
+GRACE = 20  # --node-monitor-grace-period: a lease renewed every 10 s stays fresh
+TOLERATION = 5  # --unreachable-toleration and --not-ready-toleration
+OPTIONS = (
+    "--nodes",
+    "2",
+    "--node-monitor-grace-period",
+    str(GRACE),
+    "--unreachable-toleration",
+    str(TOLERATION),
+    "--not-ready-toleration",
+    str(TOLERATION),
+)
+
+
+def v10_manifest(replicas: int = REPLICAS) -> str:
+    """deploy/k8s/v10 as it is, with fewer replicas for a 2-core machine."""
+    docs = list(yaml.safe_load_all((REPO / "deploy/k8s/v10/calc.yml").read_text()))
+    for doc in docs:
+        if doc and doc["kind"] == "Deployment":
+            doc["spec"]["replicas"] = replicas
+    return yaml.safe_dump_all(docs)
+
+
+class Cluster:
+    def __init__(self, up: Up, state: ClusterState, cache: Path) -> None:
+        self.up, self.state, self.cache = up, state, cache
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        if stdin is None:
+            result = kubectl(self.state, self.cache, *args)
+        else:
+            result = subprocess.run(
+                [str(bins.find().path("kubectl")), "--kubeconfig", self.state.kubeconfig, *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def get(self, *args: str) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json"))
+        return out
+
+    def pods(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get("pods", "-n", NS)["items"]
+        return items
+
+
+def events_of(state_dir: Path, pods: set[str]) -> list[dict[str, Any]]:
+    """The nodes' events about these pods of the namespace, named as the API names them
+    (the lab's events name a pod outside `default` as NAMESPACE_NAME)."""
+    out = []
+    for event in node_events(state_dir):
+        namespace, _, name = event["pod"].partition("_")
+        if namespace == NS and name in pods:
+            out.append({**event, "pod": name})
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    bins.find()
+    base = tmp_path_factory.mktemp("nodes-cluster")
+    with running(base / "state", base / "logs", *OPTIONS) as up:
+        state = up.wait_ready()
+        c = Cluster(up, state, base / "kubectl-cache")
+        c.kubectl("create", "namespace", NS)
+        c.kubectl("apply", "-n", NS, "-f", "-", stdin=v10_manifest())
+        c.kubectl("rollout", "status", "-n", NS, "deployment/calc", "--timeout=120s")
+        yield c
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _endpoints(slices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod name -> its endpoint in the Service's slices."""
+    return {
+        e["targetRef"]["name"]: e
+        for s in slices
+        for e in s.get("endpoints") or []
+        if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == "calc"
+    }
+
+
+@pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
+def test_v10_runs_ready_on_the_lab_nodes_behind_its_endpointslice(cluster: Cluster) -> None:
+    """1. `kubectl apply` deploy/k8s/v10 (3 replicas) and wait for its rollout (fixture).
+    2. Every pod is Running and Ready, bound by the real scheduler to a lab node, its IP
+       in that node's podCIDR (allocated by the real node IPAM).
+    3. The Service's EndpointSlice lists exactly those IPs, each ready and serving.
+    4. The LoadBalancer's EXTERNAL-IP answers POST /sum through the nodes' proxies."""
+    pods = cluster.pods()
+    assert len(pods) == REPLICAS
+    cidrs = {
+        n["metadata"]["name"]: ipaddress.ip_network(n["spec"]["podCIDR"])
+        for n in cluster.get("nodes")["items"]
+    }
+    assert set(cidrs) == {"lab-node-0", "lab-node-1"}
+    for pod in pods:
+        status = pod["status"]
+        assert status["phase"] == "Running" and _ready(pod), status
+        assert ipaddress.ip_address(status["podIP"]) in cidrs[pod["spec"]["nodeName"]]
+        assert status["containerStatuses"][0]["state"].keys() == {"running"}
+    slices = cluster.get("endpointslices", "-n", NS)["items"]
+    endpoints = _endpoints(slices)
+    assert {n: e["addresses"] for n, e in endpoints.items()} == {
+        p["metadata"]["name"]: [p["status"]["podIP"]] for p in pods
+    }
+    for endpoint in endpoints.values():
+        assert endpoint["conditions"] == {"ready": True, "serving": True, "terminating": False}
+    service = cluster.get("service", "-n", NS, "calc")
+    ip = service["status"]["loadBalancer"]["ingress"][0]["ip"]
+    answer = wait_until(
+        lambda: httpx.post(f"http://{ip}/sum", json={"numbers": [1, 2, 3, 4]}, timeout=5),
+        30,
+        what="the load balancer to answer",
+    )
+    assert answer.json() == {"result": 10}
+
+
+def _replay(
+    history: list[tuple[float, str, dict[str, Any]]],
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """The namespace's pods after each watch event, by name."""
+    pods: dict[str, dict[str, Any]] = {}
+    for _, kind, obj in history:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            pods.pop(name, None)
+        else:
+            pods[name] = obj
+        yield pods
+
+
+@pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
+def test_rollout_restart_by_the_real_deployment_controller(cluster: Cluster) -> None:
+    """1. Watch the namespace's Pods and EndpointSlices; `kubectl rollout restart`.
+    2. Wait until only new pods are left, all Ready.
+    3. From the watched history: never more than replicas + maxSurge pods, never fewer
+       than replicas ready and not terminating (maxUnavailable 0).
+    4. Each old pod went through preStop, SIGTERM and its exit on the lab's node, and
+       while its preStop ran its endpoint was seen serving, terminating, not ready."""
+    old = {p["metadata"]["name"] for p in cluster.pods()}
+    recorder = Recorder(cluster.state.kubeconfig, NS)
+    try:
+        wait_until(lambda: len(recorder.of("Pod")) >= REPLICAS, 10, what="the watch's list")
+        cluster.kubectl("rollout", "restart", "-n", NS, "deployment/calc")
+        cluster.kubectl("rollout", "status", "-n", NS, "deployment/calc", "--timeout=150s")
+        wait_until(
+            lambda: not old & {p["metadata"]["name"] for p in cluster.pods()},
+            60,
+            what="the old pods to be deleted",
+        )
+    finally:
+        recorder.stop()
+    pods_history = recorder.of("Pod")
+    for pods in _replay(pods_history):
+        if old - set(pods) and not set(pods) - old:
+            continue  # the watch's first list, still arriving one pod at a time
+        assert len(pods) <= REPLICAS + MAX_SURGE, sorted(pods)
+        available = [
+            p for p in pods.values() if _ready(p) and not p["metadata"].get("deletionTimestamp")
+        ]
+        assert len(available) >= REPLICAS, sorted(pods)
+    events = events_of(cluster.up.state_dir, old)
+    slices = recorder.of("EndpointSlice")
+    for name in old:
+        kinds = [e["kind"] for e in events if e["pod"] == name]
+        order = [
+            k for k in kinds if k in ("prestop-started", "prestop-finished", "sigterm", "gone")
+        ]
+        assert order == ["prestop-started", "prestop-finished", "sigterm", "gone"], kinds
+        began = next(
+            e["wall"] for e in events if e["pod"] == name and e["kind"] == "prestop-started"
+        )
+        ended = next(
+            e["wall"] for e in events if e["pod"] == name and e["kind"] == "prestop-finished"
+        )
+        seen = [
+            _endpoints([obj]).get(name, {}).get("conditions")
+            for t, _, obj in slices
+            if began <= t <= ended
+        ]
+        assert {"ready": False, "serving": True, "terminating": True} in seen, (name, seen)
+
+
+def test_scale_down_victims_are_the_replicaset_controllers(cluster: Cluster) -> None:
+    """1. Watch the namespace; `kubectl scale --replicas 2`.
+    2. The pod the real ReplicaSet controller marked for deletion (deletionTimestamp) is
+       the only one the lab's node terminated: preStop (5 s sleep), then SIGTERM, then
+       its exit, within the 30 s grace period; then the final delete removed it."""
+    before = {p["metadata"]["name"] for p in cluster.pods()}
+    recorder = Recorder(cluster.state.kubeconfig, NS)
+    try:
+        wait_until(lambda: len(recorder.of("Pod")) >= len(before), 10, what="the watch's list")
+        cluster.kubectl("scale", "-n", NS, "deployment/calc", "--replicas", "2")
+        wait_until(lambda: len(cluster.pods()) == 2, 60, what="2 pods left")
+    finally:
+        recorder.stop()
+    marked = {
+        obj["metadata"]["name"]
+        for _, _, obj in recorder.of("Pod")
+        if obj["metadata"].get("deletionTimestamp")
+    }
+    assert len(marked) == 1 and marked <= before
+    (victim,) = marked
+    assert victim not in {p["metadata"]["name"] for p in cluster.pods()}
+    events = events_of(cluster.up.state_dir, before)
+    terminated = {e["pod"] for e in events if e["kind"] == "sigterm"}
+    assert terminated == {victim}
+    times = {e["kind"]: e["wall"] for e in events if e["pod"] == victim}
+    assert times["sigterm"] - times["prestop-started"] >= 5.0
+    assert times["gone"] - times["deleted"] < 30.0
+    assert times["pod-deleted"] >= times["gone"]
+
+
+def _node_condition(cluster: Cluster, node: str) -> str:
+    found = cluster.get("node", node)
+    return str(next(c["status"] for c in found["status"]["conditions"] if c["type"] == "Ready"))
+
+
+@pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
+def test_node_failure_by_the_real_node_lifecycle_controller(cluster: Cluster) -> None:
+    """1. Fail a node that runs a calc pod (`kubectl annotate node ...
+       lab.graceful-calc/fault=node-failure`): its lease stops, its pods die.
+    2. Its Ready condition becomes Unknown after the node-monitor grace period (20 s
+       here; the lease was renewed up to 10 s before the failure).
+    3. Its pods' endpoints become not ready (the controller marks the pods not ready).
+    4. After the 5 s toleration the taint manager evicts them (deletionTimestamp), and
+       the Deployment is whole again on the other node."""
+    pods = cluster.pods()
+    node = pods[0]["spec"]["nodeName"]
+    on_node = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == node}
+    began = time.monotonic()
+    cluster.kubectl("annotate", "node", node, "lab.graceful-calc/fault=node-failure")
+    wait_until(lambda: _node_condition(cluster, node) == "Unknown", GRACE + 30, interval=0.5)
+    took = time.monotonic() - began
+    assert GRACE - 10 - 1 <= took <= GRACE + 15, took
+
+    def not_ready() -> bool:
+        endpoints = _endpoints(cluster.get("endpointslices", "-n", NS)["items"])
+        return all(endpoints[n]["conditions"]["ready"] is False for n in on_node if n in endpoints)
+
+    wait_until(not_ready, 30, interval=0.5, what="the failed node's endpoints not ready")
+
+    def evicted() -> bool:
+        found = {p["metadata"]["name"]: p for p in cluster.pods()}
+        return all(found[n]["metadata"].get("deletionTimestamp") for n in on_node if n in found)
+
+    wait_until(evicted, TOLERATION + 30, interval=0.5, what="the taint manager's eviction")
+    cluster.kubectl("rollout", "status", "-n", NS, "deployment/calc", "--timeout=120s")
+    healthy = [
+        p for p in cluster.pods() if not p["metadata"].get("deletionTimestamp") and _ready(p)
+    ]
+    assert len(healthy) == 2 and {p["spec"]["nodeName"] for p in healthy} == {
+        "lab-node-0",
+        "lab-node-1",
+    } - {node}
+
+
+def _pod_pids(state_dir: Path) -> list[int]:
+    """The long-lived processes of the nodes: pods, proxies, InfluxDB."""
+    lines = (state_dir / "nodes" / "pids.txt").read_text().splitlines()
+    names = [line.split(" ", 1) for line in lines]
+    return [int(pid) for pid, name in names if name.split()[0] in ("pod", "haproxy", "influxd")]
+
+
+@pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
+def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
+    """1. `lab cluster up`; apply v10 with one replica; its balancer answers.
+    2. SIGKILL `lab cluster up`: the pods, the proxies and the components die with it
+       (checked by PID and port), and the next `up` on the state dir starts clean.
+    3. `lab cluster down` then leaves no component, pod or proxy process and no port."""
+    bins.find()
+    with running(tmp_path / "state", tmp_path / "logs") as first:
+        state = first.wait_ready()
+        c = Cluster(first, state, tmp_path / "cache")
+        c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
+        c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
+        pids = _pod_pids(first.state_dir)
+        assert pids and all(alive(p) for p in pids)
+        first.process.send_signal(signal.SIGKILL)
+        first.wait_exit()
+        assert_all_gone(state)
+        wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
+    with running(tmp_path / "state", tmp_path / "logs") as second:
+        again = second.wait_ready()
+        c = Cluster(second, again, tmp_path / "cache")
+        c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
+        c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
+        ip = wait_until(
+            lambda: c.get("service", "calc")["status"]["loadBalancer"]["ingress"][0]["ip"], 30
+        )
+        pids = _pod_pids(second.state_dir)
+        down = lab_cluster("down", "--state-dir", str(tmp_path / "state"))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert_all_gone(again)
+        wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
+        assert not accepts(80, ip)
