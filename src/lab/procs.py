@@ -26,7 +26,7 @@ _PID1 = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 
 # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the child: the kernel SIGKILLs it
 # when the thread that started it dies, also by SIGKILL, where no clean-up code runs.
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 class Registry:
@@ -62,7 +62,7 @@ class Registry:
         try:
             command = _PID1 + list(argv) if pid1 else list(argv)
             if self.die_with_parent:
-                command = _DIE_WITH_PARENT + command
+                command = DIE_WITH_PARENT + command
             process = await asyncio.create_subprocess_exec(
                 *command,
                 env=dict(env) if env is not None else None,
