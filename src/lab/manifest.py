@@ -445,9 +445,10 @@ class _Data:
 class _Sources:
     """The ConfigMaps and Secrets of the directory, for env and envFrom."""
 
-    def __init__(self) -> None:
+    def __init__(self, where: str = "the manifests") -> None:
         self.config_maps: dict[str, _Data] = {}
         self.secrets: dict[str, _Data] = {}
+        self.where = where  # where a missing one was looked for, for the error
 
     def lookup(self, kind: str, f: _Fields, key: str = "name") -> _Data | None:
         """The ConfigMap or Secret a reference names; None if missing and optional.
@@ -460,7 +461,7 @@ class _Sources:
         if found is None and not f.flag("optional"):
             f.fail(
                 f.at(key),
-                f"{kind} {name!r} is not in the manifests (add it, or set optional: true)",
+                f"{kind} {name!r} is not in {self.where} (add it, or set optional: true)",
             )
         return found
 
@@ -798,7 +799,7 @@ def pod_from_api(
     but the API server always sets are accepted (`notes` gets none for them)."""
     meta = pod.get("metadata") or {}
     source = f"pod {meta.get('namespace', '')}/{meta.get('name', '')}"
-    sources = _Sources()
+    sources = _Sources(f"namespace {meta.get('namespace', '')!r}")
     for name, data in config_maps.items():
         sources.config_maps[name] = _Data("ConfigMap", source, data)
     for name, data in secrets.items():

@@ -9,6 +9,7 @@ in file order on one namespace, the node failure last.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import signal
@@ -258,6 +259,101 @@ def test_scale_down_victims_are_the_replicaset_controllers(cluster: Cluster) -> 
     assert times["sigterm"] - times["prestop-started"] >= 5.0
     assert times["gone"] - times["deleted"] < 30.0
     assert times["pod-deleted"] >= times["gone"]
+
+
+EDGE = "edge"
+
+
+def _bare_pod(name: str, image: str = "calc:latest", **spec: Any) -> dict[str, Any]:
+    container = {"name": "app", "image": image, **spec.pop("container", {})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": EDGE},
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 5, **spec},
+    }
+
+
+def _waiting(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    pod = cluster.get("pod", "-n", EDGE, name)
+    statuses = pod["status"].get("containerStatuses") or []
+    found: dict[str, Any] | None = statuses[0]["state"].get("waiting") if statuses else None
+    return found if found and found.get("reason") == "CreateContainerConfigError" else None
+
+
+def _pid_of(cluster: Cluster, name: str) -> int:
+    lines = (cluster.up.state_dir / "nodes" / "pids.txt").read_text().splitlines()
+    return [int(line.split()[0]) for line in lines if line.endswith(f" pod {EDGE}_{name}")][-1]
+
+
+def test_pods_the_lab_cannot_run_are_reported_never_run(cluster: Cluster) -> None:
+    """1. Bind three pods the lab cannot run: an image not in the image map, an init
+       container, an env value from a ConfigMap that does not exist.
+    2. Each stays Pending with its container waiting in CreateContainerConfigError, the
+       message naming the cause (as the kubelet reports a pod it cannot start), and no
+       process of theirs runs."""
+    cluster.kubectl("create", "namespace", EDGE)
+    pods = [
+        _bare_pod("unmapped", image="nginx:1.27"),
+        _bare_pod("init", initContainers=[{"name": "setup", "image": "calc:latest"}]),
+        _bare_pod(
+            "missing-config",
+            container={
+                "env": [
+                    {
+                        "name": "CALC_PROFILE",
+                        "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "profile"}},
+                    }
+                ]
+            },
+        ),
+    ]
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(pods))
+    expected = {
+        "unmapped": "'nginx:1.27' is not in the image map",
+        "init": "init containers",
+        "missing-config": "ConfigMap 'absent' is not in namespace 'edge'",
+    }
+    for name, cause in expected.items():
+        waiting = wait_until(functools.partial(_waiting, cluster, name), 30, what=name)
+        assert cause in waiting["message"], waiting
+        assert cluster.get("pod", "-n", EDGE, name)["status"]["phase"] == "Pending"
+    lines = (cluster.up.state_dir / "nodes" / "pids.txt").read_text()
+    assert not any(f" pod {EDGE}_{name}" in lines for name in expected)
+
+
+def test_env_from_the_apis_configmap_and_secret_and_a_forced_delete(cluster: Cluster) -> None:
+    """1. Create a ConfigMap and a Secret through the API; bind a calc pod whose env
+       takes one value from each.
+    2. The pod runs Ready with both values in its process's environment.
+    3. `kubectl delete --grace-period=0 --force`: the pod is gone from the API at once,
+       and the lab's node still kills its process (within the kubelet's 2 s minimum)."""
+    cluster.kubectl("create", "configmap", "-n", EDGE, "settings", "--from-literal=profile=v9")
+    cluster.kubectl(
+        "create", "secret", "generic", "-n", EDGE, "creds", "--from-literal=token=s3cr3t"
+    )
+    pod = _bare_pod(
+        "configured",
+        container={
+            "env": [
+                {
+                    "name": "CALC_PROFILE",
+                    "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "profile"}},
+                },
+                {
+                    "name": "API_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}},
+                },
+            ]
+        },
+    )
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pod))
+    wait_until(lambda: _ready(cluster.get("pod", "-n", EDGE, "configured")), 60, what="Ready")
+    pid = _pid_of(cluster, "configured")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"CALC_PROFILE=v9" in environ and b"API_TOKEN=s3cr3t" in environ
+    cluster.kubectl("delete", "pod", "-n", EDGE, "configured", "--grace-period=0", "--force")
+    wait_until(lambda: not alive(pid), 15, what="the force-deleted pod's process to die")
 
 
 def _node_condition(cluster: Cluster, node: str) -> str:
