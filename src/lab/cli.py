@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lab import matrix_cli
 from lab.config import (
+    CLUSTERS,
     HTTP_REUSE,
     LB_MODES,
     NODE_MONITOR_GRACE,
@@ -117,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
         "balancer spreading connections over every node",
     )
     run.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default="lab",
+        help="whose controllers: the lab's own (default, fast), or `local`: a real "
+        "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, "
+        "kube-scheduler, built by `make cluster-bins`) that the run starts in OUT/cluster, "
+        "with the lab's kubelet as its nodes (rollout-restart and scale, --lb tcp)",
+    )
+    run.add_argument(
         "--node-monitor-grace",
         type=float,
         default=NODE_MONITOR_GRACE,
@@ -169,6 +179,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         deployment=args.deployment,
         runtime=args.runtime,
         nodes=args.nodes,
+        cluster=args.cluster,
         node_monitor_grace=args.node_monitor_grace,
         unreachable_toleration=args.unreachable_toleration,
     )

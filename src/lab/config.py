@@ -115,6 +115,8 @@ def parse_fault(text: str) -> Fault:
 
 # The kubelet's container runtimes (lab.runtime): process groups, or Docker containers.
 RUNTIMES = ("process", "docker")
+# The controllers that run the experiment: the lab's own, or a real control plane.
+CLUSTERS = ("lab", "local")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ class LabConfig:
     # Nodes the pods spread over, each with its own proxy and its own drawn lags, behind
     # one L4 balancer (a cloud load balancer to a NodePort).
     nodes: int = 1
+    # Whose controllers run the experiment: the lab's own ("lab"), or a real control
+    # plane the run starts (`--cluster local`, lab.kube.experiment).
+    cluster: str = "lab"
 
     @property
     def image_map_path(self) -> Path:
@@ -216,3 +221,25 @@ class LabConfig:
             )
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(
+                f"--cluster: must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}"
+            )
+        if self.cluster == "local":
+            self._validate_local()
+
+    def _validate_local(self) -> None:
+        """What `--cluster local` does not run yet, refused before anything starts."""
+        unsupported = [
+            (bool(self.faults), "--fault"),
+            (self.runtime != "process", f"--runtime {self.runtime}"),
+            (self.scenario in ("update", "steady"), f"--scenario {self.scenario}"),
+            (self.lb != "tcp", f"--lb {self.lb}"),
+            (self.lb_retries != 0, "--lb-retries"),
+        ]
+        for refused, what in unsupported:
+            if refused:
+                raise ConfigError(
+                    f"{what}: not available with --cluster local yet (rollout-restart and "
+                    "scale, --lb tcp, the process runtime)"
+                )

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import accounting, blackhole, plot, report
 from lab.blackhole import Blackhole
@@ -45,6 +46,9 @@ from lab.runtime import ProcessRuntime, Runtime
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
+
+if TYPE_CHECKING:
+    from lab.kube.experiment import KubeLab
 
 K6_STOP_WHEN_INTERRUPTED = 3.0  # seconds for k6 to stop after a signal, then SIGKILL
 FRONT_CHECKS = HealthChecks()  # the --nodes balancer's checks of each node (cloud defaults)
@@ -215,7 +219,7 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
     return asyncio.run(_main(prepared, signals))
 
 
-async def _stop_and_report(lab: Lab, signal_name: str) -> report.Report | None:
+async def _stop_and_report(lab: Lab | KubeLab, signal_name: str) -> report.Report | None:
     """The graceful teardown, then the report of the run so far: every pod was deleted
     gracefully, so what its operation log held is stored and the accounting is exact
     up to the interruption."""
@@ -241,7 +245,13 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     # A signal recorded by the caller's handlers since `run_experiment` looked: stop now.
     if signals.received:
         first.set()
-    lab = Lab(prepared)
+    lab: Lab | KubeLab
+    if prepared.config.cluster == "local":
+        from lab.kube.experiment import KubeLab
+
+        lab = KubeLab(prepared)
+    else:
+        lab = Lab(prepared)
     work = asyncio.create_task(lab.run(), name="experiment")
     stopper = asyncio.create_task(first.wait(), name="signal wait")
     forced = asyncio.create_task(second.wait(), name="second signal wait")
@@ -319,6 +329,74 @@ def _scenario_name(config: LabConfig) -> str:
     if config.scenario == "update":
         return f"update to {config.update_to}"
     return config.scenario
+
+
+async def write_report(
+    p: Prepared,
+    events: EventLog,
+    influx: InfluxServer | None,
+    *,
+    stopping_wall: float,
+    steady_window: tuple[float, float],
+    completed: bool,
+    action_s: float | None,
+    interrupted: str | None,
+    pod_bounds: tuple[int, int | None] | None,
+    supporting: frozenset[str],
+    notes: tuple[str, ...] = (),
+) -> report.Report:
+    """Account every request and operation; write report.json and the timeline (in
+    the config's `out`). Shared by both clusters (the lab's own, lab.kube.experiment)."""
+    config, deployment = p.config, p.manifests.deployment
+    requests, failed_checks = accounting.read_csv(config.out / "k6.csv")
+    point_ids: list[object] | None = None
+    if influx is not None:
+        point_ids = await asyncio.to_thread(influx.field_values, p.influx_db, "operation", "id")
+    result = accounting.account(requests, point_ids, stopped_ms=int(stopping_wall * 1000))
+    events.phase("accounted", f"{result.requests} requests")
+    all_notes = [*p.notes, *notes]
+    if interrupted is not None:
+        all_notes.insert(
+            0,
+            f"INTERRUPTED ({interrupted}): the numbers cover the run until then; a "
+            "request k6 had not finished when it stopped is not counted",
+        )
+    if config.nodes > 1:
+        all_notes.append(
+            f"{config.nodes} nodes, each with its own proxy and its own lag draws, "
+            "behind one L4 balancer"
+        )
+    if result.unmatched_points:
+        all_notes.append(
+            f"{len(result.unmatched_points)} points carry ids k6 never recorded "
+            "(requests cut when the load stopped, or ids from elsewhere)"
+        )
+    the_report = report.build(
+        manifests=str(config.manifests),
+        scenario=_scenario_name(config),
+        lb=config.lb,
+        lb_retries=config.lb_retries,
+        endpoint_lag=config.endpoint_lag,
+        vus=config.vus,
+        replicas=config.replicas if config.replicas is not None else deployment.replicas,
+        accounting=result,
+        requests=requests,
+        events=events.events,
+        duration_s=events.now(),
+        steady_ms=(int(steady_window[0] * 1000), int(steady_window[1] * 1000)),
+        action_completed=completed,
+        action_s=action_s,
+        notes=all_notes,
+        failed_checks=failed_checks,
+        http_reuse=config.http_reuse if config.lb != "tcp" else None,
+        pod_bounds=pod_bounds,
+        supporting=supporting,
+    )
+    the_report.write_json(config.out / "report.json")
+    await asyncio.to_thread(
+        plot.draw, requests, events.events, events.start_wall, config.out / "timeline.png"
+    )
+    return the_report
 
 
 class Lab:
@@ -594,51 +672,15 @@ class Lab:
         action_s: float | None,
         interrupted: str | None = None,
     ) -> report.Report:
-        """Account every request and operation; write report.json and the timeline."""
-        config, deployment = self.config, self.p.manifests.deployment
-        requests, failed_checks = accounting.read_csv(self.out / "k6.csv")
-        point_ids: list[object] | None = None
-        if self.influx is not None:
-            point_ids = await asyncio.to_thread(
-                self.influx.field_values, self.p.influx_db, "operation", "id"
-            )
-        result = accounting.account(requests, point_ids, stopped_ms=int(stopping_wall * 1000))
-        self.events.phase("accounted", f"{result.requests} requests")
-        notes = list(self.p.notes)
-        if interrupted is not None:
-            notes.insert(
-                0,
-                f"INTERRUPTED ({interrupted}): the numbers cover the run until then; a "
-                "request k6 had not finished when it stopped is not counted",
-            )
-        if config.nodes > 1:
-            notes.append(
-                f"{config.nodes} nodes, each with its own proxy and its own lag draws, "
-                "behind one L4 balancer"
-            )
-        if result.unmatched_points:
-            notes.append(
-                f"{len(result.unmatched_points)} points carry ids k6 never recorded "
-                "(requests cut when the load stopped, or ids from elsewhere)"
-            )
-        the_report = report.build(
-            manifests=str(config.manifests),
-            scenario=_scenario_name(config),
-            lb=config.lb,
-            lb_retries=config.lb_retries,
-            endpoint_lag=config.endpoint_lag,
-            vus=config.vus,
-            replicas=config.replicas if config.replicas is not None else deployment.replicas,
-            accounting=result,
-            requests=requests,
-            events=self.events.events,
-            duration_s=self.events.now(),
-            steady_ms=(int(steady_window[0] * 1000), int(steady_window[1] * 1000)),
-            action_completed=completed,
+        return await write_report(
+            self.p,
+            self.events,
+            self.influx,
+            stopping_wall=stopping_wall,
+            steady_window=steady_window,
+            completed=completed,
             action_s=action_s,
-            notes=notes,
-            failed_checks=failed_checks,
-            http_reuse=config.http_reuse if config.lb != "tcp" else None,
+            interrupted=interrupted,
             pod_bounds=(
                 (self.controller.peak_pods, self.controller.fewest_available)
                 if self.controller is not None
@@ -650,15 +692,6 @@ class Lab:
                 if e.kind == "created" and e.pod and not self._under_test(e.pod)
             ),
         )
-        the_report.write_json(self.out / "report.json")
-        await asyncio.to_thread(
-            plot.draw,
-            requests,
-            self.events.events,
-            self.events.start_wall,
-            self.out / "timeline.png",
-        )
-        return the_report
 
     async def _start_supporting(self) -> None:
         """The other Deployments first, one pod each, ready before the one under test

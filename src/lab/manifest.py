@@ -987,6 +987,12 @@ def _documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     return documents
 
 
+def raw_documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """Every document of the files as plain YAML data, with where it came from (for
+    applying them to a real API server as they are)."""
+    return _documents(files)
+
+
 def _pick(
     path: Path,
     deployments: list[tuple[Deployment, str]],

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LB_MODES, MAX_NODES, REPO, ConfigError, LabConfig
+from lab.config import CLUSTERS, LB_MODES, MAX_NODES, REPO, ConfigError, LabConfig
 from lab.lag import DEFAULT_LAG, Lag
 from lab.report import Report
 from lab.stopping import Interrupted, Signals
@@ -67,6 +67,7 @@ class MatrixConfig:
     http_reuse: str = "always"
     runtime: str = "process"  # the kubelet's container runtime (lab.runtime)
     nodes: int = 1  # `lab run --nodes`: each node its own proxy and lag draws
+    cluster: str = "lab"  # `lab run --cluster`: the lab's controllers, or a real control plane
 
     @property
     def sizes(self) -> Sizes:
@@ -87,6 +88,8 @@ class MatrixConfig:
                 )
         if not 1 <= self.nodes <= MAX_NODES:
             raise ConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(f"--cluster: must be one of {', '.join(CLUSTERS)}")
         for version in self.versions:
             if not (self.manifests_dir / version).is_dir():
                 raise ConfigError(f"--versions: no manifests at {self.manifests_dir / version}")
@@ -207,6 +210,7 @@ def experiment_config(
         image_map=config.image_map,
         runtime=config.runtime,
         nodes=config.nodes,
+        cluster=config.cluster,
     )
 
 

@@ -8,7 +8,7 @@ import functools
 import sys
 from pathlib import Path
 
-from lab.config import LB_MODES, RUNTIMES, ConfigError, parse_lag
+from lab.config import CLUSTERS, LB_MODES, RUNTIMES, ConfigError, parse_lag
 from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
 from lab.stopping import Signals
 
@@ -72,6 +72,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=1,
         help="nodes per run, each with its own proxy and lag draws (default 1; see lab run)",
     )
+    matrix.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default="lab",
+        help="the lab's own controllers (default) or `local`: a real control plane per "
+        "run (see lab run --cluster)",
+    )
     matrix.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -90,6 +97,7 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
         progress=not args.quiet,
         runtime=args.runtime,
         nodes=args.nodes,
+        cluster=args.cluster,
     )
     if args.manifests_dir is not None:
         config = dataclasses.replace(config, manifests_dir=args.manifests_dir)

@@ -121,6 +121,9 @@ class AgentsConfig:
     image_map: ImageMap
     runtime: str = "process"
     seed: int | None = None
+    # Pods of this namespace keep their own name in the events and files; others get
+    # NAMESPACE_NAME (an experiment's own namespace is its home).
+    home_namespace: str = "default"
 
 
 @dataclass
@@ -427,7 +430,7 @@ class Agents:
             template = await template_of(obj, self._read_config_map, self._read_secret, notes)
             image = self.config.image_map.image(template.container.image)
             if self._needs_influx(template):
-                await self._ensure_influx()
+                await self.ensure_influx()
             lab_name = self.lab_name(tracked.namespace, tracked.name)
             hash_label = template.labels.get("pod-template-hash", "")
             revision = int(hash_label, 36) % 1000 if hash_label.isalnum() else 0
@@ -459,11 +462,10 @@ class Agents:
                 return None
             raise
 
-    @staticmethod
-    def lab_name(namespace: str, name: str) -> str:
-        """The pod's name in the lab's events and files: its own in `default`, else with
-        its namespace (`_` cannot be in either, so names stay unique)."""
-        return name if namespace in ("default", "") else f"{namespace}_{name}"
+    def lab_name(self, namespace: str, name: str) -> str:
+        """The pod's name in the lab's events and files: its own in the home namespace,
+        else with its namespace (`_` cannot be in either, so names stay unique)."""
+        return name if namespace in (self.config.home_namespace, "") else f"{namespace}_{name}"
 
     def local_address(self, api_ip: str) -> str | None:
         """The loopback address a pod listens on, for the address its status names."""
@@ -586,8 +588,12 @@ class Agents:
             for v in template.container.env
         )
 
-    async def _ensure_influx(self) -> None:
+    async def ensure_influx(self, database: str = "calc") -> None:
+        """Start the lab's InfluxDB (once) with `database` in it."""
         async with self._influx_lock:
+            if self.influx is not None:
+                await asyncio.to_thread(self.influx.create_database, database)
+                return
             if self.influx is not None:
                 return
             # Started from a worker thread, which lives as long as the event loop's
@@ -601,7 +607,7 @@ class Agents:
             self.influx = influx
             assert influx.pid is not None
             self.registry.record(influx.pid, "influxd")
-            await asyncio.to_thread(influx.create_database, "calc")
+            await asyncio.to_thread(influx.create_database, database)
             self.events.add("", "influxdb", f"{influx.url} stands in for influxdb:8086")
 
     def _rewrite(self, value: str) -> str:

@@ -6,7 +6,7 @@ says the cluster is ready, and stops them before the control plane."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,20 +29,33 @@ class Workers:
     lag: Lag
     runtime: str = "process"
     seed: int | None = None
+    # An experiment's own event log, process registry and namespace; by default the
+    # workers keep their own in `out`.
+    events: EventLog | None = None
+    registry: Registry | None = None
+    home_namespace: str = "default"
     agents: Agents | None = None
     balancers: Balancers | None = None
-    registry: Registry | None = None
     _sink: IO[str] | None = None
-    _started: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        self._sink = (self.out / "events.jsonl").open("a")
-        events = EventLog(sink=self._sink)
-        self.registry = Registry(self.out / "pids.txt", die_with_parent=True)
+        if self.events is None:
+            self._sink = (self.out / "events.jsonl").open("a")
+            self.events = EventLog(sink=self._sink)
+        events = self.events
+        if self.registry is None:
+            self.registry = Registry(self.out / "pids.txt", die_with_parent=True)
         self.agents = Agents(
             self.api,
-            AgentsConfig(self.nodes, self.out, self.image_map, self.runtime, self.seed),
+            AgentsConfig(
+                self.nodes,
+                self.out,
+                self.image_map,
+                self.runtime,
+                self.seed,
+                self.home_namespace,
+            ),
             events,
             self.registry,
         )

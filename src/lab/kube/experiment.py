@@ -1,0 +1,450 @@
+"""`lab run --cluster local`: the experiment on a real control plane.
+
+The run starts its own control plane in `OUT/cluster` (lab.kube.controlplane) with the
+lab's kubelet as its nodes and a balancer per LoadBalancer Service (lab.kube.workers),
+applies the manifests with server-side apply in a namespace of its own, and lets the
+real controllers do the rest: the Deployment controller rolls out (`rollout-restart`
+patches the pod template's `kubectl.kubernetes.io/restartedAt`, as kubectl does) or
+scales (the scale subresource), the ReplicaSet controller picks the victims, the
+EndpointSlice controller publishes the endpoints each node's proxy follows. Load,
+accounting and the report are the lab's, as with its own cluster (lab.experiment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, dynamic
+
+from lab import report
+from lab.events import EventLog
+from lab.experiment import K6_STOP_WHEN_INTERRUPTED, LabError, Prepared, write_report
+from lab.influx import free_port
+from lab.k6 import K6
+from lab.kube.api import Informer, WatchEvent, call
+from lab.kube.balancers import Balancer
+from lab.kube.controlplane import ClusterConfig, ControlPlane
+from lab.kube.workers import NODES_DIR, Workers
+from lab.manifest import raw_documents
+from lab.procs import Registry
+
+FIELD_MANAGER = "lab"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+POLL = 0.1
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class KubeLab:
+    """One experiment on a control plane of its own; the same steps and teardown
+    interface as lab.experiment.Lab, for lab.experiment's signal handling."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        # Kinds the lab's own controllers ignore go to the API server here, as they are.
+        notes = [
+            note.replace(": ignoring kind ", ": applied to the API server as it is: kind ")
+            for note in prepared.notes
+        ]
+        self.p = prepared = dataclasses.replace(prepared, notes=notes)
+        self.config = prepared.config
+        self.out = self.config.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
+            (self.out / stale).unlink(missing_ok=True)
+        self.event_file = (self.out / "events.jsonl").open("w")
+        self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
+        self.registry = Registry(self.out / "pids.txt", die_with_parent=True)
+        self.namespace = f"lab-{int(time.time())}"
+        self.deployment = prepared.manifests.deployment.name
+        self.plane: ControlPlane | None = None
+        self.workers: Workers | None = None
+        self.api: Any = None
+        self.k6: K6 | None = None
+        self.load_start: float | None = None
+        # Pods of the Deployment under test, as the API has them (an informer's view).
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.informer: Informer | None = None
+        self.peak_pods = 0
+        self.fewest_available: int | None = None
+        self.sampling = False
+        self._last_deployment: Any = None
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self) -> report.Report:
+        config = self.config
+        self.events.phase(
+            "start", f"{config.manifests} scenario {config.scenario} on a real control plane"
+        )
+        for note in self.p.notes:
+            self.events.add("", "note", note)
+        plane = self.plane = ControlPlane(
+            ClusterConfig(
+                state_dir=self.out / "cluster",
+                nodes=config.nodes,
+                node_monitor_grace=config.node_monitor_grace,
+                unreachable_toleration=int(config.unreachable_toleration),
+                image_map=config.image_map_path,
+                endpoint_lag=config.endpoint_lag,
+                seed=config.seed,
+            ),
+            progress=self._cluster_progress,
+        )
+        await plane.start()
+        plane.mark_ready()
+        self.api = plane.client()
+        self.workers = Workers(
+            self.api,
+            self.out / "cluster" / NODES_DIR,
+            config.nodes,
+            self.p.images,
+            config.endpoint_lag,
+            seed=config.seed,
+            events=self.events,
+            registry=self.registry,
+            home_namespace=self.namespace,
+        )
+        await self.workers.start()
+        assert self.workers.agents is not None
+        if self.p.uses_influx:
+            await self.workers.agents.ensure_influx(self.p.influx_db)
+        self.events.phase("cluster", f"{plane.api_url}, namespace {self.namespace}")
+        self._watch_pods()
+        await self._apply()
+        self.events.phase("deploy", f"{self._replicas()} replicas")
+        if not await self._until(self._deployed, config.ready_timeout):
+            raise LabError(
+                f"the Deployment {self.deployment} was not rolled out and in the load "
+                f"balancer within {config.ready_timeout:g} s; see {self.out}/cluster/nodes/pods/"
+            )
+        balancer = self._balancer()
+        assert balancer is not None and balancer.proxies is not None
+        url = f"http://{balancer.address}:{balancer.port}"
+        self.k6 = K6(
+            config.k6_script_path,
+            url,
+            config.vus,
+            run_id=f"lab{int(time.time())}",
+            csv_path=self.out / "k6.csv",
+            api_port=free_port(),
+            max_duration=config.warmup + config.action_timeout + config.cooldown + 120,
+            log_path=self.out / "k6.log",
+            extra_env=self._k6_env(),
+            binary=self.p.k6_binary,
+        )
+        await self.k6.start(self.registry, dict(os.environ))
+        self.load_start = time.time()
+        self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s to {url}")
+        await self._sleep_under_load(config.warmup)
+        self.sampling = True
+        action_wall = time.time()
+        action_start = time.monotonic()
+        generation = await self._act()
+        self.events.phase("action", config.scenario)
+        completed = await self._until(lambda: self._rolled_out(generation), config.action_timeout)
+        action_s = time.monotonic() - action_start
+        self.events.phase("action-complete" if completed else "action-timeout", f"{action_s:.1f} s")
+        self.sampling = False
+        self.events.phase("cool-down", f"{config.cooldown:g} s")
+        await self._sleep_under_load(config.cooldown)
+        stopping = self.events.phase("stop-load")
+        code = await self.k6.stop()
+        self.events.phase("load-stopped", f"k6 exit code {code}")
+        await self._teardown_pods()
+        return await self._report(
+            stopping_wall=stopping.wall,
+            steady_window=(self.load_start + 1, action_wall),
+            completed=completed,
+            action_s=action_s,
+        )
+
+    def _cluster_progress(self, line: str) -> None:
+        self.events.add("", "cluster", line)
+
+    def _k6_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.config.conn_reuse:
+            env["CONN_REUSE"] = "1"
+        if self.config.request_timeout:
+            env["TIMEOUT"] = self.config.request_timeout
+        return env
+
+    def _replicas(self) -> int:
+        replicas = self.config.replicas
+        return replicas if replicas is not None else self.p.manifests.deployment.replicas
+
+    # -- applying and acting, through the API -------------------------------------------
+
+    def _documents(self) -> list[dict[str, Any]]:
+        """Every document of the manifests, but the Deployments the lab's InfluxDB
+        replaces (and their Services); the Deployment under test with --replicas."""
+        replaced = {s.deployment.name for s in self.p.manifests.supporting if s.replaced_by}
+        services = {
+            svc.name for s in self.p.manifests.supporting if s.replaced_by for svc in s.services
+        }
+        docs = []
+        for _, doc in raw_documents(list(self.p.manifests.sources)):
+            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+            if (kind == "Deployment" and name in replaced) or (
+                kind == "Service" and name in services
+            ):
+                continue
+            if (
+                kind == "Deployment"
+                and name == self.deployment
+                and self.config.replicas is not None
+            ):
+                doc = {**doc, "spec": {**doc["spec"], "replicas": self.config.replicas}}
+            docs.append(doc)
+        return docs
+
+    async def _apply(self) -> None:
+        core = client.CoreV1Api(self.api)
+        await call(core.create_namespace, {"metadata": {"name": self.namespace}})
+
+        def apply_all() -> list[str]:
+            dyn = dynamic.DynamicClient(self.api)
+            done = []
+            for doc in self._documents():
+                resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+                resource.server_side_apply(
+                    body=doc,
+                    namespace=self.namespace if resource.namespaced else None,
+                    field_manager=FIELD_MANAGER,
+                    force_conflicts=True,
+                )
+                done.append(f"{doc['kind']}/{doc['metadata']['name']}")
+            return done
+
+        applied = await asyncio.to_thread(apply_all)
+        self.events.phase("applied", ", ".join(applied))
+
+    async def _act(self) -> int:
+        """The scenario's action; returns the Deployment generation it made."""
+        apps = client.AppsV1Api(self.api)
+        if self.config.scenario == "rollout-restart":
+            # What `kubectl rollout restart` does (kubectl/pkg/polymorphichelpers/
+            # objectrestarter.go): a new annotation on the pod template.
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            body: dict[str, Any] = {
+                "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}
+            }
+            done = await call(
+                apps.patch_namespaced_deployment, self.deployment, self.namespace, body
+            )
+        else:
+            assert self.config.to is not None
+            body = {"spec": {"replicas": self.config.to}}
+            await call(
+                apps.patch_namespaced_deployment_scale, self.deployment, self.namespace, body
+            )
+            done = await call(apps.read_namespaced_deployment, self.deployment, self.namespace)
+        return int(done.metadata.generation)
+
+    # -- what the API says ---------------------------------------------------------------
+
+    def _watch_pods(self) -> None:
+        core = client.CoreV1Api(self.api)
+        selector = ",".join(f"{k}={v}" for k, v in self.p.manifests.deployment.selector.items())
+        self.informer = Informer(
+            f"pods of {self.deployment}",
+            lambda **kw: core.list_namespaced_pod(self.namespace, **kw),
+            self._pod_event,
+            lambda message: self.events.add("", "api-error", message),
+            label_selector=selector,
+        )
+        self.informer.start()
+
+    def _pod_event(self, event: WatchEvent) -> None:
+        if event.kind == "SYNCED":
+            return
+        name = event.obj["metadata"]["name"]
+        if event.kind == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = event.obj
+        if self.sampling:
+            # maxSurge and maxUnavailable as the pods show them: every pod that exists,
+            # and those Ready and not terminating.
+            self.peak_pods = max(self.peak_pods, len(self.pods))
+            available = len(self._available())
+            self.fewest_available = min(self.fewest_available or available, available)
+
+    def _available(self) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.pods.values()
+            if _ready(p) and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    async def _refresh(self) -> None:
+        apps = client.AppsV1Api(self.api)
+        self._last_deployment = await call(
+            apps.read_namespaced_deployment, self.deployment, self.namespace
+        )
+
+    def _rolled_out(self, generation: int) -> bool:
+        """`kubectl rollout status`'s test (kubectl/pkg/polymorphichelpers/rollout_status.go),
+        and every pod the rollout deleted gone: a pod's SIGTERM is when requests and
+        operations get dropped, so the load goes on until the last one has exited."""
+        d = self._last_deployment
+        if d is None or (d.status.observed_generation or 0) < generation:
+            return False
+        want = d.spec.replicas or 0
+        status = d.status
+        return (
+            (status.updated_replicas or 0) == want
+            and (status.replicas or 0) == want
+            and (status.available_replicas or 0) == want
+            and len(self.pods) == want
+        )
+
+    def _balancer(self) -> Balancer | None:
+        if self.workers is None or self.workers.balancers is None:
+            return None
+        service = self.p.manifests.service
+        name = service.name if service is not None else ""
+        return self.workers.balancers.open.get(f"{self.namespace}/{name}")
+
+    def _deployed(self) -> bool:
+        if not self._rolled_out(1):
+            return False
+        balancer = self._balancer()
+        if balancer is None or balancer.proxies is None or not balancer.proxies.controllers:
+            return False
+        return all(c.in_lb == c.desired() and c.in_lb for c in balancer.proxies.controllers)
+
+    async def _until(self, predicate: Any, timeout: float) -> bool:
+        self._last_deployment = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            await self._refresh()
+            if predicate():
+                return True
+            self._check_parts()
+            await asyncio.sleep(POLL)
+        return False
+
+    async def _sleep_under_load(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            self._check_parts()
+            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+    def _check_parts(self) -> None:
+        if self.k6 is not None and self.k6.process is not None:
+            code = self.k6.process.returncode
+            if code is not None:
+                raise LabError(f"k6 exited early with code {code}; see {self.k6.log_path}")
+        if self.plane is not None:
+            for component in self.plane.components.values():
+                if component.process.returncode is not None:
+                    raise LabError(f"{component.name} exited: {component.log_tail()}")
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def _teardown_pods(self) -> None:
+        """Scale the Deployment to 0 through the API: the real controllers delete every
+        pod gracefully (preStop, SIGTERM, grace), so their last writes are stored."""
+        self.events.phase("teardown", "scaling to 0: every pod deleted gracefully")
+        apps = client.AppsV1Api(self.api)
+        with contextlib.suppress(Exception):
+            await call(
+                apps.patch_namespaced_deployment_scale,
+                self.deployment,
+                self.namespace,
+                {"spec": {"replicas": 0}},
+            )
+        grace = self.p.manifests.deployment.template.termination_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace + 30
+        while loop.time() < deadline:
+            if not self.pods:
+                break
+            await asyncio.sleep(POLL)
+        if self.pods:
+            self.events.phase(
+                "teardown-forced", f"pods still there: {', '.join(sorted(self.pods))}"
+            )
+
+    async def _report(
+        self,
+        *,
+        stopping_wall: float,
+        steady_window: tuple[float, float],
+        completed: bool,
+        action_s: float | None,
+        interrupted: str | None = None,
+    ) -> report.Report:
+        agents = self.workers.agents if self.workers is not None else None
+        return await write_report(
+            self.p,
+            self.events,
+            agents.influx if agents is not None else None,
+            stopping_wall=stopping_wall,
+            steady_window=steady_window,
+            completed=completed,
+            action_s=action_s,
+            interrupted=interrupted,
+            pod_bounds=(self.peak_pods, self.fewest_available),
+            supporting=frozenset(),
+            notes=(
+                "a real control plane (--cluster local): etcd, kube-apiserver, "
+                "kube-controller-manager and kube-scheduler; the lab's kubelet and node "
+                "proxies",
+            ),
+        )
+
+    async def stop_gracefully(self) -> None:
+        self.events.phase("teardown", "interrupted: stopping the load, then every pod")
+        if (
+            self.k6 is not None
+            and self.k6.process is not None
+            and self.k6.process.returncode is None
+        ):
+            await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
+        if self.api is not None and self.informer is not None:
+            await self._teardown_pods()
+
+    async def partial_report(self, interrupted: str) -> report.Report | None:
+        if self.load_start is None or not (self.out / "k6.csv").exists():
+            return None
+        stopped = self.events.phase("partial-report", interrupted)
+        return await self._report(
+            stopping_wall=stopped.wall,
+            steady_window=(self.load_start + 1, stopped.wall),
+            completed=False,
+            action_s=None,
+            interrupted=interrupted,
+        )
+
+    async def cleanup(self) -> None:
+        """The forced path, always run: nothing the run started outlives it."""
+        if self.k6 is not None:
+            self.k6.kill()
+        if self.informer is not None:
+            await self.informer.stop()
+        try:
+            if self.workers is not None:
+                await self.workers.stop()
+        finally:
+            if self.plane is not None:
+                await self.plane.stop()
+            if self.api is not None:
+                with contextlib.suppress(Exception):
+                    self.api.close()
+            await self.registry.kill_all()
+            self.events.sink = None
+            self.event_file.close()
