@@ -399,7 +399,67 @@ async def write_report(
     return the_report
 
 
-class Lab:
+class Experiment:
+    """What both clusters' experiments share (lab.experiment.Lab, the lab's own; and
+    lab.kube.experiment.KubeLab, a real control plane): the load's settings, waiting
+    under load, and the report of a run cut short."""
+
+    config: LabConfig
+    events: EventLog
+    out: Path
+    load_start: float | None
+
+    async def _report(
+        self,
+        *,
+        stopping_wall: float,
+        steady_window: tuple[float, float],
+        completed: bool,
+        action_s: float | None,
+        interrupted: str | None = None,
+    ) -> report.Report:
+        raise NotImplementedError
+
+    def _check_parts(self) -> None:
+        """Fail at once when a part the run needs died, instead of at the next deadline."""
+        raise NotImplementedError
+
+    async def partial_report(self, interrupted: str) -> report.Report | None:
+        """After an interruption and a graceful teardown: the report of the run so far
+        (requests k6 recorded, operations stored), or None if no load had started."""
+        csv_path = self.out / "k6.csv"
+        if self.load_start is None or not csv_path.exists():
+            return None
+        stopped = self.events.phase("partial-report", interrupted)
+        return await self._report(
+            stopping_wall=stopped.wall,
+            steady_window=(self.load_start + 1, stopped.wall),
+            completed=False,
+            action_s=None,
+            interrupted=interrupted,
+        )
+
+    def _k6_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.config.lb in ("https", "h2"):
+            env["INSECURE"] = "1"  # the lab's self-signed certificate
+        if self.config.lb == "https":
+            env["H2"] = "0"  # HTTP/1.1 over TLS: the script's HTTP/2 check does not apply
+        if self.config.conn_reuse:
+            env["CONN_REUSE"] = "1"
+        if self.config.request_timeout:
+            env["TIMEOUT"] = self.config.request_timeout
+        return env
+
+    async def _sleep_under_load(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            self._check_parts()
+            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+
+class Lab(Experiment):
     def __init__(self, prepared: Prepared) -> None:
         self.p = prepared
         self.config = prepared.config
@@ -648,21 +708,6 @@ class Lab:
             action_s=action_s,
         )
 
-    async def partial_report(self, interrupted: str) -> report.Report | None:
-        """After an interruption and a graceful teardown: the report of the run so far
-        (requests k6 recorded, operations stored), or None if no load had started."""
-        csv_path = self.out / "k6.csv"
-        if self.load_start is None or not csv_path.exists():
-            return None
-        stopped = self.events.phase("partial-report", interrupted)
-        return await self._report(
-            stopping_wall=stopped.wall,
-            steady_window=(self.load_start + 1, stopped.wall),
-            completed=False,
-            action_s=None,
-            interrupted=interrupted,
-        )
-
     async def _report(
         self,
         *,
@@ -761,18 +806,6 @@ class Lab:
             for p in self.kubelet.pods
         )
 
-    def _k6_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if self.config.lb in ("https", "h2"):
-            env["INSECURE"] = "1"  # the lab's self-signed certificate
-        if self.config.lb == "https":
-            env["H2"] = "0"  # HTTP/1.1 over TLS: the script's HTTP/2 check does not apply
-        if self.config.conn_reuse:
-            env["CONN_REUSE"] = "1"
-        if self.config.request_timeout:
-            env["TIMEOUT"] = self.config.request_timeout
-        return env
-
     def _changed(self) -> None:
         if self.controller is not None:
             self.controller.wake.set()
@@ -804,13 +837,6 @@ class Lab:
             self._check_parts()
             await asyncio.sleep(0.05)
         return bool(predicate())
-
-    async def _sleep_under_load(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while loop.time() < deadline:
-            self._check_parts()
-            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
 
     def _check_parts(self) -> None:
         """Fail at once when k6 or a controller died, instead of at the next deadline."""

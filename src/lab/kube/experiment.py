@@ -25,7 +25,13 @@ from kubernetes import client, dynamic
 
 from lab import report
 from lab.events import EventLog
-from lab.experiment import K6_STOP_WHEN_INTERRUPTED, LabError, Prepared, write_report
+from lab.experiment import (
+    K6_STOP_WHEN_INTERRUPTED,
+    Experiment,
+    LabError,
+    Prepared,
+    write_report,
+)
 from lab.influx import free_port
 from lab.k6 import K6
 from lab.kube.api import Informer, WatchEvent, call
@@ -45,7 +51,7 @@ def _ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-class KubeLab:
+class KubeLab(Experiment):
     """One experiment on a control plane of its own; the same steps and teardown
     interface as lab.experiment.Lab, for lab.experiment's signal handling."""
 
@@ -170,14 +176,6 @@ class KubeLab:
 
     def _cluster_progress(self, line: str) -> None:
         self.events.add("", "cluster", line)
-
-    def _k6_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if self.config.conn_reuse:
-            env["CONN_REUSE"] = "1"
-        if self.config.request_timeout:
-            env["TIMEOUT"] = self.config.request_timeout
-        return env
 
     def _replicas(self) -> int:
         replicas = self.config.replicas
@@ -336,13 +334,6 @@ class KubeLab:
             await asyncio.sleep(POLL)
         return False
 
-    async def _sleep_under_load(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while loop.time() < deadline:
-            self._check_parts()
-            await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
-
     def _check_parts(self) -> None:
         if self.k6 is not None and self.k6.process is not None:
             code = self.k6.process.returncode
@@ -417,18 +408,6 @@ class KubeLab:
             await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
         if self.api is not None and self.informer is not None:
             await self._teardown_pods()
-
-    async def partial_report(self, interrupted: str) -> report.Report | None:
-        if self.load_start is None or not (self.out / "k6.csv").exists():
-            return None
-        stopped = self.events.phase("partial-report", interrupted)
-        return await self._report(
-            stopping_wall=stopped.wall,
-            steady_window=(self.load_start + 1, stopped.wall),
-            completed=False,
-            action_s=None,
-            interrupted=interrupted,
-        )
 
     async def cleanup(self) -> None:
         """The forced path, always run: nothing the run started outlives it."""

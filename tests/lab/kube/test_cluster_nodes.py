@@ -148,15 +148,27 @@ def test_v10_runs_ready_on_the_lab_nodes_behind_its_endpointslice(cluster: Clust
         assert status["phase"] == "Running" and _ready(pod), status
         assert ipaddress.ip_address(status["podIP"]) in cidrs[pod["spec"]["nodeName"]]
         assert status["containerStatuses"][0]["state"].keys() == {"running"}
-    slices = cluster.get("endpointslices", "-n", NS)["items"]
-    endpoints = _endpoints(slices)
-    assert {n: e["addresses"] for n, e in endpoints.items()} == {
-        p["metadata"]["name"]: [p["status"]["podIP"]] for p in pods
+    wanted = {
+        p["metadata"]["name"]: (
+            [p["status"]["podIP"]],
+            {"ready": True, "serving": True, "terminating": False},
+        )
+        for p in pods
     }
-    for endpoint in endpoints.values():
-        assert endpoint["conditions"] == {"ready": True, "serving": True, "terminating": False}
-    service = cluster.get("service", "-n", NS, "calc")
-    ip = service["status"]["loadBalancer"]["ingress"][0]["ip"]
+
+    def listed() -> bool:
+        # The EndpointSlice controller follows the pods a moment after kubectl saw them.
+        endpoints = _endpoints(cluster.get("endpointslices", "-n", NS)["items"])
+        return {n: (e["addresses"], e["conditions"]) for n, e in endpoints.items()} == wanted
+
+    wait_until(listed, 15, interval=0.2, what=f"the EndpointSlice to list {wanted}")
+    ip = wait_until(
+        lambda: cluster.get("service", "-n", NS, "calc")["status"]["loadBalancer"]["ingress"][0][
+            "ip"
+        ],
+        30,
+        what="the Service's EXTERNAL-IP",
+    )
     answer = wait_until(
         lambda: httpx.post(f"http://{ip}/sum", json={"numbers": [1, 2, 3, 4]}, timeout=5),
         30,
