@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         help="whose controllers: the lab's own (default, fast), or `local`: a real "
         "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, "
         "kube-scheduler, built by `make cluster-bins`) that the run starts in OUT/cluster, "
-        "with the lab's kubelet as its nodes (rollout-restart and scale, --lb tcp)",
+        "with the lab's kubelet as its nodes, on either runtime (rollout-restart and "
+        "scale, --lb tcp)",
     )
     run.add_argument(
         "--node-monitor-grace",

@@ -232,7 +232,6 @@ class LabConfig:
         """What `--cluster local` does not run yet, refused before anything starts."""
         unsupported = [
             (bool(self.faults), "--fault"),
-            (self.runtime != "process", f"--runtime {self.runtime}"),
             (self.scenario in ("update", "steady"), f"--scenario {self.scenario}"),
             (self.lb != "tcp", f"--lb {self.lb}"),
             (self.lb_retries != 0, "--lb-retries"),
@@ -241,5 +240,5 @@ class LabConfig:
             if refused:
                 raise ConfigError(
                     f"{what}: not available with --cluster local yet (rollout-restart and "
-                    "scale, --lb tcp, the process runtime)"
+                    "scale, --lb tcp)"
                 )

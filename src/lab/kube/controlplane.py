@@ -78,11 +78,6 @@ class ClusterConfig:
             raise ClusterConfigError(f"--nodes must be at least 1, not {self.nodes}")
         if self.runtime not in RUNTIMES:
             raise ClusterConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}")
-        if self.runtime != "process":
-            raise ClusterConfigError(
-                f"--runtime {self.runtime}: the cluster's nodes run pods as processes only "
-                "so far (lab run --runtime docker runs them as containers)"
-            )
         for flag, value in (
             ("--node-monitor-grace-period", self.node_monitor_grace),
             ("--endpointslice-batch", self.endpointslice_batch),

@@ -115,6 +115,7 @@ class KubeLab(Experiment):
             config.nodes,
             self.p.images,
             config.endpoint_lag,
+            config.runtime,
             seed=config.seed,
             events=self.events,
             registry=self.registry,

@@ -44,16 +44,18 @@ from kubernetes import client
 
 from lab import blackhole
 from lab.blackhole import Blackhole
+from lab.container_config import Configs, from_pod_spec
+from lab.docker_runtime import DockerRuntime
 from lab.events import EventLog
 from lab.images import ImageMap
 from lab.influx import InfluxServer
 from lab.kube.api import Informer, WatchEvent, call, call_json, status_of
-from lab.kube.podspec import template_of
+from lab.kube.podspec import strip_api_additions, template_of
 from lab.kube.podstatus import Observed, pod_status
 from lab.manifest import ManifestError
 from lab.pods import AddressPool, Kubelet, Pod
 from lab.procs import Registry
-from lab.runtime import ProcessRuntime
+from lab.runtime import ProcessRuntime, Runtime, StartError
 from lab.waits import stop_task, wait_event
 
 NODE_PREFIX = "lab-node-"
@@ -140,6 +142,10 @@ class Agents:
     kubelet: Kubelet | None = None
     influx: InfluxServer | None = None
     dead: Blackhole | None = None
+    # The docker runtime's container settings per pod template, and where its pods
+    # reach the host (the network's gateway); the process runtime's pods use loopback.
+    configs: Configs = field(default_factory=Configs)
+    influx_host: str = "127.0.0.1"
     on_pod_change: Callable[[], None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -149,20 +155,25 @@ class Agents:
     # -- start and stop ------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
-        if self.config.runtime != "process":
-            raise ValueError(
-                f"lab cluster: the {self.config.runtime} runtime is not available for the "
-                "cluster's nodes yet; use --runtime process"
-            )
         self.core = client.CoreV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
-        if blackhole.available() is None:
-            self.dead = Blackhole()
         pods_dir = self.config.out / "pods"
         base_env = dict(os.environ)
-        runtime = ProcessRuntime(
-            self.registry, pods_dir, base_env, self._rewrite, self.addresses, self.dead
-        )
+        runtime: Runtime
+        if self.config.runtime == "docker":
+            # Pods as containers on a Docker network of the cluster's own (lab.docker_runtime):
+            # real bridge IPs, which the pods' status names as they are.
+            docker = DockerRuntime(pods_dir, self.configs.of, self._rewrite)
+            if blackhole.available() is None:
+                docker.dead = Blackhole()
+            await docker.open()
+            self.dead, self.influx_host, runtime = docker.dead, docker.gateway, docker
+        else:
+            if blackhole.available() is None:
+                self.dead = Blackhole()
+            runtime = ProcessRuntime(
+                self.registry, pods_dir, base_env, self._rewrite, self.addresses, self.dead
+            )
         self.kubelet = Kubelet(
             self.events,
             self.registry,
@@ -429,6 +440,11 @@ class Agents:
         try:
             template = await template_of(obj, self._read_config_map, self._read_secret, notes)
             image = self.config.image_map.image(template.container.image)
+            if isinstance(self.kubelet.runtime, DockerRuntime):
+                where = f"pod {tracked.namespace}/{tracked.name}: spec"
+                spec = strip_api_additions(obj).get("spec") or {}
+                self.configs.add(template.container, from_pod_spec(spec, where))
+                await self.kubelet.runtime.check_images([template.container.image])
             if self._needs_influx(template):
                 await self.ensure_influx()
             lab_name = self.lab_name(tracked.namespace, tracked.name)
@@ -437,7 +453,7 @@ class Agents:
             tracked.pod = self.kubelet.create_pod(
                 lab_name, template, image, revision, node=node.index
             )
-        except (ManifestError, OSError, ValueError) as exc:
+        except (ManifestError, OSError, ValueError, StartError) as exc:
             # The kubelet reports such a pod as waiting with the reason, and never runs it.
             tracked.problem = str(exc)
             self.events.add(self.lab_name(tracked.namespace, tracked.name), "cannot-run", str(exc))
@@ -476,6 +492,8 @@ class Agents:
 
     def _api_ip(self, tracked: Tracked) -> str:
         assert tracked.pod is not None
+        if self.config.runtime == "docker":
+            return tracked.pod.ip  # a container's own address on the cluster's network
         cidr = self.nodes[tracked.node].pod_cidr
         assert cidr is not None
         host = int(tracked.pod.ip.rsplit(".", 1)[1])
@@ -599,6 +617,7 @@ class Agents:
             # Started from a worker thread, which lives as long as the event loop's
             # executor: the kernel kills influxd when the lab dies, not before.
             influx = InfluxServer(
+                host=self.influx_host,
                 data_dir=self.config.out / "influxdb",
                 log_path=self.config.out / "influxd.log",
                 die_with_parent=True,

@@ -451,3 +451,52 @@ def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
         assert_all_gone(again)
         wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
         assert not accepts(80, ip)
+
+
+@pytest.mark.timeout(300)
+def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
+    """1. `lab cluster up --runtime docker`; apply calc v10 (one replica, the image
+       `make image` built).
+    2. The pod runs Ready as a container: its status and its EndpointSlice name the
+       container's own address on the cluster's Docker network, and the balancer
+       answers POST /sum through it.
+    3. `lab cluster down` removes the container and the network."""
+    import docker
+
+    from lab.docker_runtime import LABEL
+
+    bins.find()
+    engine = docker.from_env()
+    with running(tmp_path / "state", tmp_path / "logs", "--runtime", "docker") as up:
+        state = up.wait_ready()
+        c = Cluster(up, state, tmp_path / "cache")
+        c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
+        c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
+        (pod,) = c.get("pods")["items"]
+        ours = engine.containers.list(filters={"label": LABEL})
+        addresses = {
+            n["IPAddress"]
+            for container in ours
+            for n in container.attrs["NetworkSettings"]["Networks"].values()
+        }
+        assert pod["status"]["podIP"] in addresses
+        wait_until(
+            lambda: (
+                [e["addresses"] for e in _endpoints(c.get("endpointslices")["items"]).values()]
+                == [[pod["status"]["podIP"]]]
+            ),
+            15,
+            what="the EndpointSlice to name the container's address",
+        )
+        ip = wait_until(
+            lambda: c.get("service", "calc")["status"]["loadBalancer"]["ingress"][0]["ip"], 30
+        )
+        answer = wait_until(
+            lambda: httpx.post(f"http://{ip}/sum", json={"numbers": [1, 2]}, timeout=5), 30
+        )
+        assert answer.json() == {"result": 3}
+        down = lab_cluster("down", "--state-dir", str(tmp_path / "state"))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert_all_gone(state)
+        assert not engine.containers.list(all=True, filters={"label": LABEL})
+        assert not [n for n in engine.networks.list(filters={"label": LABEL})]

@@ -91,7 +91,6 @@ def test_v10_drops_nothing_on_the_real_control_plane(tmp_path: Path) -> None:
     ("options", "refused"),
     [
         (["--fault", "container-crash@1"], "--fault"),
-        (["--runtime", "docker"], "--runtime docker"),
         (["--lb", "http"], "--lb http"),
         (["--scenario", "steady"], "--scenario steady"),
     ],
