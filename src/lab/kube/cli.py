@@ -24,8 +24,9 @@ from lab.kube.controlplane import (
     ClusterError,
     ControlPlane,
 )
+from lab.kube.leftovers import NODES_DIR
 from lab.kube.status import cluster_status, render
-from lab.kube.workers import NODES_DIR, Workers
+from lab.kube.workers import Workers
 from lab.lag import Lag, LagError, parse_lag
 from lab.manifest import ManifestError
 from lab.stopping import Signals

@@ -37,7 +37,8 @@ from lab.k6 import K6
 from lab.kube.api import Informer, WatchEvent, call
 from lab.kube.balancers import Balancer
 from lab.kube.controlplane import ClusterConfig, ControlPlane
-from lab.kube.workers import NODES_DIR, Workers
+from lab.kube.leftovers import NODES_DIR
+from lab.kube.workers import Workers
 from lab.manifest import raw_documents
 from lab.procs import Registry
 

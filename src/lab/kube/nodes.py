@@ -49,6 +49,7 @@ from lab.docker_runtime import DockerRuntime
 from lab.events import EventLog
 from lab.images import ImageMap
 from lab.influx import InfluxServer
+from lab.kube import leftovers
 from lab.kube.api import Informer, WatchEvent, call, call_json, status_of
 from lab.kube.podspec import strip_api_additions, template_of
 from lab.kube.podstatus import Observed, pod_status
@@ -166,11 +167,15 @@ class Agents:
             docker = DockerRuntime(pods_dir, self.configs.of, self._rewrite)
             if blackhole.available() is None:
                 docker.dead = Blackhole()
+            leftovers.record(
+                self.config.out, docker.run_id, docker.dead.table if docker.dead else None
+            )
             await docker.open()
             self.dead, self.influx_host, runtime = docker.dead, docker.gateway, docker
         else:
             if blackhole.available() is None:
                 self.dead = Blackhole()
+            leftovers.record(self.config.out, None, self.dead.table if self.dead else None)
             runtime = ProcessRuntime(
                 self.registry, pods_dir, base_env, self._rewrite, self.addresses, self.dead
             )
@@ -233,6 +238,7 @@ class Agents:
         if self.kubelet is not None:
             await self.kubelet.shutdown(timeout)
             await self.kubelet.runtime.close()
+            leftovers.forget(self.config.out)
         if self.influx is not None:
             await asyncio.to_thread(self.influx.close)
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.kube import leftovers
+
 STATE_FILE = "cluster.json"
 LOCK_FILE = "lock"
 KUBECONFIG = "kubeconfig"
@@ -191,6 +193,8 @@ def sweep(state_dir: Path, timeout: float = 10.0) -> list[str]:
                 done.append(f"killed leftover {record.name} (pid {record.pid})")
         for pid in wait_gone(killed, timeout):
             done.append(f"pid {pid} still alive {timeout:g} s after SIGKILL")
+    # The nodes' containers, network, cgroup and nftables table (lab.kube.leftovers).
+    done += leftovers.sweep(state_dir / leftovers.NODES_DIR)
     for name in (STATE_FILE, KUBECONFIG):
         path = state_dir / name
         if path.exists():

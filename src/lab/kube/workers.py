@@ -17,8 +17,6 @@ from lab.kube.nodes import Agents, AgentsConfig, NodeState
 from lab.lag import Lag
 from lab.procs import Registry
 
-NODES_DIR = "nodes"  # in the state directory: pods/, events.jsonl, pids.txt, influxdb/
-
 
 @dataclass
 class Workers:

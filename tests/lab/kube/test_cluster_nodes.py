@@ -412,6 +412,12 @@ def test_node_failure_by_the_real_node_lifecycle_controller(cluster: Cluster) ->
     } - {node}
 
 
+def _nft_tables() -> str:
+    return subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
 def _pod_pids(state_dir: Path) -> list[int]:
     """The long-lived processes of the nodes: pods, proxies, InfluxDB."""
     lines = (state_dir / "nodes" / "pids.txt").read_text().splitlines()
@@ -421,9 +427,11 @@ def _pod_pids(state_dir: Path) -> list[int]:
 
 @pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
 def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
-    """1. `lab cluster up`; apply v10 with one replica; its balancer answers.
+    """1. `lab cluster up`; apply v10 with one replica; delete its pod (a gone pod's
+       address drops packets: the nodes' nftables table is made) and wait for the new.
     2. SIGKILL `lab cluster up`: the pods, the proxies and the components die with it
-       (checked by PID and port), and the next `up` on the state dir starts clean.
+       (checked by PID and port); the nftables table outlives it, and the next `up` on
+       the state dir removes it and says so.
     3. `lab cluster down` then leaves no component, pod or proxy process and no port."""
     bins.find()
     with running(tmp_path / "state", tmp_path / "logs") as first:
@@ -431,14 +439,22 @@ def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
         c = Cluster(first, state, tmp_path / "cache")
         c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
         c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
-        pids = _pod_pids(first.state_dir)
-        assert pids and all(alive(p) for p in pids)
+        c.kubectl("delete", "pod", "-l", "app=calc", "--wait=false")
+        c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
+        record = json.loads((first.state_dir / "nodes" / "resources.json").read_text())
+        table = record["nft_table"]
+        wait_until(lambda: table in _nft_tables(), 60, what=f"nftables table {table}")
+        pids = [p for p in _pod_pids(first.state_dir) if alive(p)]  # the new pod's, ...
+        assert len(pids) >= 4  # the pod, the node's proxy, the balancer, InfluxDB
         first.process.send_signal(signal.SIGKILL)
         first.wait_exit()
         assert_all_gone(state)
         wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
+        assert table in _nft_tables()
     with running(tmp_path / "state", tmp_path / "logs") as second:
         again = second.wait_ready()
+        assert f"removed leftover nftables table {table}" in second.stderr()
+        assert table not in _nft_tables()
         c = Cluster(second, again, tmp_path / "cache")
         c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
         c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
@@ -460,7 +476,10 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
     2. The pod runs Ready as a container: its status and its EndpointSlice name the
        container's own address on the cluster's Docker network, and the balancer
        answers POST /sum through it.
-    3. `lab cluster down` removes the container and the network."""
+    3. SIGKILL `lab cluster up`: the containers and the network outlive it (they are
+       the engine's, not its children); the next `up` on the state dir removes them and
+       says so.
+    4. `lab cluster down` removes what that one made."""
     import docker
 
     from lab.docker_runtime import LABEL
@@ -495,6 +514,18 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
             lambda: httpx.post(f"http://{ip}/sum", json={"numbers": [1, 2]}, timeout=5), 30
         )
         assert answer.json() == {"result": 3}
+        up.process.send_signal(signal.SIGKILL)
+        up.wait_exit()
+        assert_all_gone(state)
+        left = engine.containers.list(all=True, filters={"label": LABEL})
+        assert left
+    with running(tmp_path / "state", tmp_path / "logs", "--runtime", "docker") as again:
+        state = again.wait_ready()
+        swept = again.stderr()
+        for container in left:
+            assert f"removed leftover container {container.name}" in swept
+        assert "removed leftover network lab-" in swept
+        assert not engine.containers.list(all=True, filters={"label": LABEL})
         down = lab_cluster("down", "--state-dir", str(tmp_path / "state"))
         assert down.returncode == 0, down.stdout + down.stderr
         assert_all_gone(state)
