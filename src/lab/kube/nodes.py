@@ -222,9 +222,16 @@ class Agents:
                 await node.informer.synced.wait()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        """A task kept until it ends; an error that ends it becomes an event."""
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._error(f"{task.get_name()} failed: {task.exception()!r}")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """The cluster is going away: stop watching, kill every pod (there is no API left
@@ -459,7 +466,7 @@ class Agents:
             tracked.pod = self.kubelet.create_pod(
                 lab_name, template, image, revision, node=node.index
             )
-        except (ManifestError, OSError, ValueError, StartError) as exc:
+        except (ManifestError, OSError, ValueError, RuntimeError, StartError) as exc:
             # The kubelet reports such a pod as waiting with the reason, and never runs it.
             tracked.problem = str(exc)
             self.events.add(self.lab_name(tracked.namespace, tracked.name), "cannot-run", str(exc))
@@ -516,8 +523,9 @@ class Agents:
                 for t in list(self.tracked.values())
                 if not t.finished and not self.nodes[t.node].failed
             ]
-            if work:
-                await asyncio.gather(*work)
+            for failed in await asyncio.gather(*work, return_exceptions=True):
+                if isinstance(failed, Exception):  # the next tick tries that pod again
+                    self._error(f"pod status: {failed!r}")
             if self.on_pod_change is not None:
                 self.on_pod_change()
 

@@ -197,3 +197,25 @@ def test_sigkill_of_up_takes_the_components_down_and_the_next_up_sweeps(tmp_path
         if leftover.poll() is None:
             leftover.kill()
             leftover.wait(5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--endpoint-lag", "soon"], "lab: error: --endpoint-lag: "),
+        (
+            ["--image-map", "/nonexistent/images.yml"],
+            "lab: error: --image-map /nonexistent/images.yml: ",
+        ),
+        (["--nodes", "0"], "lab: error: --nodes must be at least 1"),
+    ],
+)
+def test_bad_node_options_are_refused_before_anything_starts(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    """1. `lab cluster up` with a bad node option (lag, image map, node count).
+    2. It exits 2 with `lab: error:` naming the option, and makes no state directory."""
+    result = lab_cluster("up", "--state-dir", str(tmp_path / "state"), *options)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "state").exists()
