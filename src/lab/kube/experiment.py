@@ -274,9 +274,11 @@ class KubeLab(Experiment):
         else:
             self.pods[name] = event.obj
         if self.sampling:
-            # maxSurge and maxUnavailable as the pods show them: every pod that exists,
-            # and those Ready and not terminating.
-            self.peak_pods = max(self.peak_pods, len(self.pods))
+            # maxSurge and maxUnavailable as the pods show them: the pods not being
+            # deleted (terminating pods count toward neither, as the Deployment
+            # controller counts them), and those of them Ready.
+            active = [p for p in self.pods.values() if not p["metadata"].get("deletionTimestamp")]
+            self.peak_pods = max(self.peak_pods, len(active))
             available = len(self._available())
             self.fewest_available = min(self.fewest_available or available, available)
 
