@@ -25,7 +25,7 @@ $(BIN)/calc: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[lab,bench,dev]'
 	@touch $@
 
-setup: $(BIN)/calc system-deps cluster-bins ## Create .venv with everything installed, plus haproxy and influxd
+setup: $(BIN)/calc system-deps cluster-bins-for-setup ## Create .venv with everything installed, plus haproxy and influxd
 	@echo "setup done: $(BIN)/calc, $(BIN)/lab, $$(command -v haproxy), $$(command -v influxd)"
 
 system-deps: ## Install haproxy, influxdb, openssl (lab TLS), nftables (lab node-failure) from Debian where missing; a Docker Engine (docker.io, started) where none answers (root or sudo)
@@ -53,7 +53,7 @@ typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
 pytest: setup test-deps ## Run the test suite only (with the lab's calc end-to-end runs); fails on a skip not on tests/skip-allowlist.txt
 	CI_NO_SKIPS=1 LAB_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
 
-test: setup lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
+test: setup cluster-bins lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
 
 local-server: $(BIN)/calc ## Run calc locally on PORT (default 4000), profile from CALC_PROFILE (default v10)
 	$(BIN)/calc serve --host 127.0.0.1 --port $(PORT)

@@ -101,6 +101,7 @@ class Tracked:
     container: str
     problem: str = ""
     deleting: bool = False
+    grace: float = 30.0  # the deletion's grace period, once deleting
     finished: bool = False  # the final delete is done: nothing more to report
     sent: dict[str, Any] | None = None
 
@@ -402,10 +403,11 @@ class Agents:
         uid = meta["uid"]
         tracked = self.tracked.get(uid)
         if event.kind == "DELETED":
-            if tracked is not None and tracked.pod is not None and not tracked.pod.gone:
+            if tracked is not None and not (tracked.pod is not None and tracked.pod.gone):
                 # Deleted with grace 0 (a force delete): the kubelet still kills the
                 # containers, with its 2 s minimum (minimumGracePeriodInSeconds,
-                # pkg/kubelet/kuberuntime/kuberuntime_container.go).
+                # pkg/kubelet/kuberuntime/kuberuntime_container.go). A pod still being
+                # admitted is killed as soon as it exists.
                 self._delete(tracked, 0.0)
             if tracked is not None:
                 tracked.finished = True
@@ -432,7 +434,7 @@ class Agents:
             self._delete(tracked, float(grace) if grace is not None else 30.0)
 
     def _delete(self, tracked: Tracked, grace: float) -> None:
-        tracked.deleting = True
+        tracked.deleting, tracked.grace = True, grace
         pod = tracked.pod
         if pod is None:
             self._wake.set()
@@ -470,8 +472,11 @@ class Agents:
             # The kubelet reports such a pod as waiting with the reason, and never runs it.
             tracked.problem = str(exc)
             self.events.add(self.lab_name(tracked.namespace, tracked.name), "cannot-run", str(exc))
-        if tracked.deleting or (obj.get("metadata") or {}).get("deletionTimestamp"):
-            grace = (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
+        meta = obj.get("metadata") or {}
+        if tracked.deleting:  # deleted while it was being admitted
+            self._delete(tracked, tracked.grace)
+        elif meta.get("deletionTimestamp"):
+            grace = meta.get("deletionGracePeriodSeconds")
             self._delete(tracked, float(grace) if grace is not None else 0.0)
         self._wake.set()
 
