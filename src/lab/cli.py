@@ -124,8 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         help="whose controllers: the lab's own (default, fast), or `local`: a real "
         "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, "
         "kube-scheduler, built by `make cluster-bins`) that the run starts in OUT/cluster, "
-        "with the lab's kubelet as its nodes, on either runtime (rollout-restart and "
-        "scale, --lb tcp)",
+        "with the lab's kubelet as its nodes, on either runtime (--lb tcp, no faults yet)",
     )
     run.add_argument(
         "--node-monitor-grace",

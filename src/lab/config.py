@@ -232,13 +232,12 @@ class LabConfig:
         """What `--cluster local` does not run yet, refused before anything starts."""
         unsupported = [
             (bool(self.faults), "--fault"),
-            (self.scenario in ("update", "steady"), f"--scenario {self.scenario}"),
             (self.lb != "tcp", f"--lb {self.lb}"),
             (self.lb_retries != 0, "--lb-retries"),
         ]
         for refused, what in unsupported:
             if refused:
                 raise ConfigError(
-                    f"{what}: not available with --cluster local yet (rollout-restart and "
-                    "scale, --lb tcp)"
+                    f"{what}: not available with --cluster local yet (every scenario, "
+                    "--lb tcp, no faults)"
                 )

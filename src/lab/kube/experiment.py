@@ -85,6 +85,7 @@ class KubeLab(Experiment):
         self.fewest_available: int | None = None
         self.sampling = False
         self._last_deployment: Any = None
+        self._dynamic: Any = None  # the dynamic client, made on first use (discovery)
 
     # -- the run -------------------------------------------------------------------------
 
@@ -155,13 +156,23 @@ class KubeLab(Experiment):
         self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s to {url}")
         await self._sleep_under_load(config.warmup)
         self.sampling = True
-        action_wall = time.time()
-        action_start = time.monotonic()
-        generation = await self._act()
-        self.events.phase("action", config.scenario)
-        completed = await self._until(lambda: self._rolled_out(generation), config.action_timeout)
-        action_s = time.monotonic() - action_start
-        self.events.phase("action-complete" if completed else "action-timeout", f"{action_s:.1f} s")
+        completed, action_s = True, None
+        if config.scenario == "steady":
+            self.events.phase("steady", f"{config.duration:g} s")
+            await self._sleep_under_load(config.duration)
+            action_wall = time.time()
+        else:
+            action_wall = time.time()
+            action_start = time.monotonic()
+            generation = await self._act()
+            self.events.phase("action", config.scenario)
+            completed = await self._until(
+                lambda: self._rolled_out(generation), config.action_timeout
+            )
+            action_s = time.monotonic() - action_start
+            self.events.phase(
+                "action-complete" if completed else "action-timeout", f"{action_s:.1f} s"
+            )
         self.sampling = False
         self.events.phase("cool-down", f"{config.cooldown:g} s")
         await self._sleep_under_load(config.cooldown)
@@ -213,21 +224,23 @@ class KubeLab(Experiment):
         await call(core.create_namespace, {"metadata": {"name": self.namespace}})
 
         def apply_all() -> list[str]:
-            dyn = dynamic.DynamicClient(self.api)
-            done = []
-            for doc in self._documents():
-                resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-                resource.server_side_apply(
-                    body=doc,
-                    namespace=self.namespace if resource.namespaced else None,
-                    field_manager=FIELD_MANAGER,
-                    force_conflicts=True,
-                )
-                done.append(f"{doc['kind']}/{doc['metadata']['name']}")
-            return done
+            return [self._apply_one(doc) for doc in self._documents()]
 
         applied = await asyncio.to_thread(apply_all)
         self.events.phase("applied", ", ".join(applied))
+
+    def _apply_one(self, doc: dict[str, Any]) -> str:
+        """Server-side apply of one document in the run's namespace (blocking)."""
+        if self._dynamic is None:
+            self._dynamic = dynamic.DynamicClient(self.api)
+        resource = self._dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        resource.server_side_apply(
+            body=doc,
+            namespace=self.namespace if resource.namespaced else None,
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        return f"{doc['kind']}/{doc['metadata']['name']}"
 
     async def _act(self) -> int:
         """The scenario's action; returns the Deployment generation it made."""
@@ -242,6 +255,21 @@ class KubeLab(Experiment):
             done = await call(
                 apps.patch_namespaced_deployment, self.deployment, self.namespace, body
             )
+        elif self.config.scenario == "update":
+            # The other manifests' Deployment of the same name, applied as it is but for
+            # its replicas (kept as they are now): the Deployment controller rolls out
+            # its pod template.
+            assert self.p.update is not None
+            now = await call(apps.read_namespaced_deployment, self.deployment, self.namespace)
+            (doc,) = [
+                d
+                for _, d in raw_documents(list(self.p.update.sources))
+                if d.get("kind") == "Deployment"
+                and (d.get("metadata") or {}).get("name") == self.deployment
+            ]
+            doc = {**doc, "spec": {**doc["spec"], "replicas": now.spec.replicas}}
+            await asyncio.to_thread(self._apply_one, doc)
+            done = await call(apps.read_namespaced_deployment, self.deployment, self.namespace)
         else:
             assert self.config.to is not None
             body = {"spec": {"replicas": self.config.to}}

@@ -92,7 +92,7 @@ def test_v10_drops_nothing_on_the_real_control_plane(tmp_path: Path) -> None:
     [
         (["--fault", "container-crash@1"], "--fault"),
         (["--lb", "http"], "--lb http"),
-        (["--scenario", "steady"], "--scenario steady"),
+        (["--lb-retries", "2"], "--lb-retries"),
     ],
 )
 def test_what_local_does_not_run_yet_is_refused_before_anything_starts(
@@ -104,3 +104,36 @@ def test_what_local_does_not_run_yet_is_refused_before_anything_starts(
     assert result.returncode == 2, result.stderr
     assert f"lab: error: {refused}: not available with --cluster local yet" in result.stderr
     assert not run.exists()
+
+
+@pytest.mark.timeout(300)
+def test_update_and_steady_on_the_real_control_plane(tmp_path: Path) -> None:
+    """1. `lab run --cluster local --scenario update`: v5's pods (2 replicas) under load,
+       then v10's manifests applied: the real Deployment controller rolls the new pod
+       template out (2 new pods, the old 2 gone), with no request failed (v5 has its
+       preStop sleep).
+    2. `--scenario steady --duration 3` with v10: no action, 2 pods, nothing failed."""
+    bins.find()
+    new = rewrite_manifests(REPO / "deploy" / "k8s" / "v10", tmp_path / "v10", quick=True)
+    result, run = _run(
+        tmp_path / "update",
+        "v5",
+        "--scenario",
+        "update",
+        "--update-to",
+        str(new),
+        "--replicas",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    update = json.loads((run / "report.json").read_text())
+    assert update["action_completed"] and update["scenario"].startswith("update to ")
+    assert (update["pods_created"], update["failed_total"]) == (4, 0), update["error_examples"]
+    assert not _leftovers(run)
+    result, run = _run(
+        tmp_path / "steady", "v10", "--scenario", "steady", "--duration", "3", "--replicas", "2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steady = json.loads((run / "report.json").read_text())
+    assert (steady["pods_created"], steady["failed_total"], steady["lost_operations"]) == (2, 0, 0)
+    assert steady["requests"] > 50
