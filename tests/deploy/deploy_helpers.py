@@ -166,3 +166,12 @@ def kill_pids(pids: list[int], name: str) -> None:
         with contextlib.suppress(OSError):
             if alive(pid) and name in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
                 os.kill(pid, signal.SIGKILL)
+
+
+def scratch_copy(root: Path) -> Path:
+    """The Makefiles and manifests in a scratch dir `root`, so .calc-url is a test's own."""
+    root.mkdir()
+    shutil.copy(REPO / "Makefile", root)
+    shutil.copytree(REPO / "mk", root / "mk")
+    shutil.copytree(REPO / "deploy" / "k8s", root / "deploy" / "k8s")
+    return root

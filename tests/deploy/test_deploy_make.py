@@ -28,6 +28,7 @@ from tests.deploy.deploy_helpers import (
     make_command,
     make_env,
     run_make,
+    scratch_copy,
 )
 from tests.support import REPO, Processes, http_ok, wait_until
 
@@ -97,12 +98,7 @@ def local_calc(processes: Processes, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def scratch_repo(tmp_path: Path) -> Path:
     """The Makefiles and manifests in a scratch dir, so .calc-url is the test's own."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(REPO / "Makefile", root)
-    shutil.copytree(REPO / "mk", root / "mk")
-    shutil.copytree(REPO / "deploy" / "k8s", root / "deploy" / "k8s")
-    return root
+    return scratch_copy(tmp_path / "repo")
 
 
 def test_help_lists_every_target() -> None:

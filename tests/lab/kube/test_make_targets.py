@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from lab.kube import bins
-from tests.deploy.deploy_helpers import run_make
+from tests.deploy.deploy_helpers import run_make, scratch_copy
 from tests.lab.kube.kubekit import kubectl, running
 from tests.support import REPO
 
 
 @pytest.fixture
 def scratch_repo(tmp_path: Path) -> Path:
-    """The Makefiles and manifests in a scratch dir, so .calc-url is the test's own."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(REPO / "Makefile", root)
-    shutil.copytree(REPO / "mk", root / "mk")
-    shutil.copytree(REPO / "deploy" / "k8s", root / "deploy" / "k8s")
+    """The Makefiles and manifests in a scratch dir, so .calc-url is the test's own; its
+    .venv is the project's."""
+    root = scratch_copy(tmp_path / "repo")
     (root / ".venv").symlink_to(REPO / ".venv")
     return root
 
