@@ -36,6 +36,10 @@ DEFAULT_STATE_DIR = Path("out/cluster")
 DOWN_TIMEOUT = 60.0
 
 UP_EPILOG = """\
+The nodes run the pods the scheduler binds to them; each LoadBalancer Service gets a
+balancer at a loopback address of its own (its EXTERNAL-IP) in front of every node's
+proxy. `kubectl annotate node NAME lab.graceful-calc/fault=node-failure` fails a node.
+
 Prints `cluster ready: KUBECONFIG=<path>` on stdout once every component is healthy,
 then runs until SIGINT or SIGTERM, which stop the components gracefully (SIGTERM each,
 in reverse order, then SIGKILL what is left); a second signal kills them at once.
@@ -73,8 +77,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _state_dir_option(up)
-    up.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    up.add_argument("--runtime", choices=RUNTIMES, default="process", help="the nodes' runtime")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes the lab's kubelet registers, lab-node-0 .. lab-node-N-1 (default 1)",
+    )
+    up.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="the nodes' pods as process groups on loopback (default) or Docker containers "
+        "of the image `make image` built",
+    )
     up.add_argument(
         "--node-monitor-grace-period",
         type=float,
