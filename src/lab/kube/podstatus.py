@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lab.pods import Pod
+from lab.runtime import RuntimeContainer
 
 CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
 
@@ -40,7 +41,7 @@ class Observed:
 
     created_wall: float
     started_wall: float | None = None  # the running container's start
-    container: object | None = None  # the RuntimeContainer seen running, by identity
+    container: RuntimeContainer | None = None  # the container seen running, by identity
     finished_wall: float | None = None
     last_terminated: dict[str, Any] | None = None
     transitions: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (status, time)
@@ -49,8 +50,9 @@ class Observed:
         running = pod.running
         if running is not None and running is not self.container:
             if self.container is not None and self.started_wall is not None:
+                # The old container's own code: the pod's is reset by the restart.
                 self.last_terminated = _terminated(
-                    pod.exit_code, self.started_wall, self.finished_wall or now_wall
+                    self.container.returncode, self.started_wall, self.finished_wall or now_wall
                 )
             self.container, self.started_wall, self.finished_wall = running, now_wall, None
         if running is not None and running.returncode is not None and self.finished_wall is None:

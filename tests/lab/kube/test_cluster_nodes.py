@@ -39,6 +39,7 @@ from tests.lab.kube.kubekit import (
 from tests.support import REPO, wait_until
 
 NS = "v10"
+EDGE = "edge"
 REPLICAS, MAX_SURGE = 3, 3  # v10's strategy: maxSurge 3, maxUnavailable 0
 GRACE = 20  # --node-monitor-grace-period: a lease renewed every 10 s stays fresh
 TOLERATION = 5  # --unreachable-toleration and --not-ready-toleration
@@ -109,6 +110,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         state = up.wait_ready()
         c = Cluster(up, state, base / "kubectl-cache")
         c.kubectl("create", "namespace", NS)
+        c.kubectl("create", "namespace", EDGE)  # for the single pods of the edge cases
         c.kubectl("apply", "-n", NS, "-f", "-", stdin=v10_manifest())
         c.kubectl("rollout", "status", "-n", NS, "deployment/calc", "--timeout=120s")
         yield c
@@ -273,9 +275,6 @@ def test_scale_down_victims_are_the_replicaset_controllers(cluster: Cluster) -> 
     assert times["pod-deleted"] >= times["gone"]
 
 
-EDGE = "edge"
-
-
 def _bare_pod(name: str, image: str = "calc:latest", **spec: Any) -> dict[str, Any]:
     container = {"name": "app", "image": image, **spec.pop("container", {})}
     return {
@@ -304,7 +303,6 @@ def test_pods_the_lab_cannot_run_are_reported_never_run(cluster: Cluster) -> Non
     2. Each stays Pending with its container waiting in CreateContainerConfigError, the
        message naming the cause (as the kubelet reports a pod it cannot start), and no
        process of theirs runs."""
-    cluster.kubectl("create", "namespace", EDGE)
     pods = [
         _bare_pod("unmapped", image="nginx:1.27"),
         _bare_pod("init", initContainers=[{"name": "setup", "image": "calc:latest"}]),
@@ -366,6 +364,27 @@ def test_env_from_the_apis_configmap_and_secret_and_a_forced_delete(cluster: Clu
     assert b"CALC_PROFILE=v9" in environ and b"API_TOKEN=s3cr3t" in environ
     cluster.kubectl("delete", "pod", "-n", EDGE, "configured", "--grace-period=0", "--force")
     wait_until(lambda: not alive(pid), 15, what="the force-deleted pod's process to die")
+
+
+def test_a_crashing_container_is_reported_with_its_exit_code(cluster: Cluster) -> None:
+    """1. Bind a calc pod whose CALC_PROFILE does not exist: calc exits 2 at start.
+    2. The lab's node restarts it (at once, then with back-off) and reports it as the
+       kubelet does: restartCount counts the restarts and lastState.terminated holds
+       the crashed container's own exit code 2 (reason Error), never 0."""
+    pod = _bare_pod("crashing", container={"env": [{"name": "CALC_PROFILE", "value": "bogus"}]})
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pod))
+
+    def crashed() -> dict[str, Any] | None:
+        found = cluster.get("pod", "-n", EDGE, "crashing")
+        statuses = found["status"].get("containerStatuses") or []
+        status: dict[str, Any] | None = statuses[0] if statuses else None
+        return status if status and status["restartCount"] >= 2 else None
+
+    status = wait_until(crashed, 60, interval=0.5, what="two restarts of the crashing pod")
+    assert status["lastState"]["terminated"]["exitCode"] == 2, status
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    assert status["ready"] is False
+    cluster.kubectl("delete", "pod", "-n", EDGE, "crashing", "--wait=false")
 
 
 def _node_condition(cluster: Cluster, node: str) -> str:
