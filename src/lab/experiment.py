@@ -36,7 +36,7 @@ from lab.events import EventLog
 from lab.faults import Faults
 from lab.haproxy import HAProxy, HAProxyError, HealthChecks
 from lab.images import ImageMap, image_paths, resolve, unresolved
-from lab.influx import InfluxServer, free_port
+from lab.influx import INFLUX_SERVICE, InfluxServer, free_port, uses_influx
 from lab.k6 import K6, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import AddressPool, Kubelet, Pod
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 K6_STOP_WHEN_INTERRUPTED = 3.0  # seconds for k6 to stop after a signal, then SIGKILL
 FRONT_CHECKS = HealthChecks()  # the --nodes balancer's checks of each node (cloud defaults)
 
-# The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port.
-INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
 INFLUX_DB = "calc"
 
 
@@ -78,12 +76,6 @@ class Prepared:
     # Services the lab's InfluxDB stands in for (beyond `influxdb:8086`).
     influx_services: list[Service] = field(default_factory=list)
     influx_db: str = INFLUX_DB  # the database the pods write to
-
-
-def _uses_influx(container: Container) -> bool:
-    return any(
-        INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL" for v in container.env
-    )
 
 
 def _check_runnable(
@@ -176,16 +168,16 @@ def prepare(config: LabConfig) -> Prepared:
     influx_services = [svc for s in replaced for svc in s.services]
     influx_db = _influx_db(config, replaced)
     writers = [*containers, *(s.deployment.template.container for s in supporting)]
-    uses_influx = bool(replaced) or any(_uses_influx(c) for c in writers)
+    writes_influx = bool(replaced) or any(uses_influx(c) for c in writers)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         raise ConfigError("haproxy is not installed (apt-get install haproxy, or make setup)")
-    if uses_influx and shutil.which("influxd") is None:
+    if writes_influx and shutil.which("influxd") is None:
         raise ConfigError("the manifests use InfluxDB but influxd is not installed")
     replicas = config.replicas if config.replicas is not None else manifests.deployment.replicas
     if replicas < 1:
         raise ConfigError("--replicas: the experiment needs at least one replica to send load to")
     for fault in config.faults:
-        if fault.kind.startswith("influx-") and not uses_influx:
+        if fault.kind.startswith("influx-") and not writes_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
         if fault.kind == "node-failure" and (why := blackhole.available()) is not None:
             raise ConfigError(f"--fault {fault}: a dead node's address needs nftables: {why}")
@@ -197,7 +189,7 @@ def prepare(config: LabConfig) -> Prepared:
         config,
         manifests,
         images,
-        uses_influx,
+        writes_influx,
         find_k6(),
         notes,
         update,
@@ -404,10 +396,19 @@ class Experiment:
     lab.kube.experiment.KubeLab, a real control plane): the load's settings, waiting
     under load, and the report of a run cut short."""
 
-    config: LabConfig
-    events: EventLog
-    out: Path
-    load_start: float | None
+    def __init__(self, prepared: Prepared, die_with_parent: bool = False) -> None:
+        self.p = prepared
+        self.config = prepared.config
+        self.out = self.config.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
+            (self.out / stale).unlink(missing_ok=True)
+        # The event log as JSON lines, as it happens: a run that dies still leaves it.
+        self.event_file = (self.out / "events.jsonl").open("w")
+        self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
+        self.registry = Registry(self.out / "pids.txt", die_with_parent=die_with_parent)
+        self.k6: K6 | None = None
+        self.load_start: float | None = None  # when k6 started: a partial report needs it
 
     async def _report(
         self,
@@ -461,16 +462,7 @@ class Experiment:
 
 class Lab(Experiment):
     def __init__(self, prepared: Prepared) -> None:
-        self.p = prepared
-        self.config = prepared.config
-        self.out = self.config.out
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
-            (self.out / stale).unlink(missing_ok=True)
-        # The event log as JSON lines, as it happens: a run that dies still leaves it.
-        self.event_file = (self.out / "events.jsonl").open("w")
-        self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
-        self.registry = Registry(self.out / "pids.txt")
+        super().__init__(prepared)
         self.rng = random.Random(self.config.seed)
         self.influx: InfluxServer | None = None
         self.influx_start: asyncio.Future[None] | None = None
@@ -484,8 +476,6 @@ class Lab(Experiment):
         self.node_proxies: list[HAProxy] = []
         self.node_endpoints: list[EndpointsController] = []
         self.front: HAProxy | None = None
-        self.k6: K6 | None = None
-        self.load_start: float | None = None  # when k6 started: a partial report needs it
         # Pod addresses, and with --nodes each node's own address for its proxy: a failed
         # node's address then drops packets like its pods' do.
         self.addresses = AddressPool()

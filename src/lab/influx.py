@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,10 +18,27 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
 from lab.procs import DIE_WITH_PARENT
+
+if TYPE_CHECKING:
+    from lab.manifest import Container
+
+# The in-cluster InfluxDB Service, in any of its DNS spellings, with the default port:
+# the lab's own InfluxDB stands in for it (lab.experiment, lab.kube.nodes).
+INFLUX_SERVICE = re.compile(r"(?<=//)influxdb(?:\.[A-Za-z0-9.-]+)?(?::8086)?(?=[/?]|$)")
+
+
+def uses_influx(container: Container) -> bool:
+    """The container writes to InfluxDB: an env value names the Service, or it sets
+    INFLUXDB_BASE_URL."""
+    return any(
+        INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL" for v in container.env
+    )
+
 
 CONFIG_TEMPLATE = """\
 reporting-disabled = true

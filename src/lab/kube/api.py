@@ -13,10 +13,9 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 # A watch ends on the server after this long and is opened again from the last
@@ -24,22 +23,23 @@ from kubernetes.client.rest import ApiException
 # even where a socket shutdown does not wake the reader).
 WATCH_SECONDS = 60
 RELIST_BACKOFF = 1.0
-
-
-def api_client(kubeconfig: Path) -> client.ApiClient:
-    """A client for the kubeconfig's current context."""
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return client.ApiClient(configuration)
+# Every request gets an answer or an error within this (the client waits forever by
+# default): a stalled API server must not hold a node's lease loop, a status write or a
+# stop. A watch may be silent for WATCH_SECONDS, so its reads get that and some.
+REQUEST_TIMEOUT = 30.0
+WATCH_READ_TIMEOUT = WATCH_SECONDS + 15.0
 
 
 async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """One blocking client call in a worker thread."""
+    """One blocking client call in a worker thread, within REQUEST_TIMEOUT."""
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 async def call_json(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """A client call whose answer is returned as the API's JSON, not as a model."""
+
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
 
     def raw() -> dict[str, Any]:
         response = fn(*args, _preload_content=False, **kwargs)
@@ -107,14 +107,18 @@ class Informer:
         await asyncio.to_thread(thread.join, timeout)
         return not thread.is_alive()
 
-    def _deliver(self, event: WatchEvent) -> None:
+    def _post(self, fn: Callable[..., object], *args: object) -> None:
+        """Run `fn(*args)` on the event loop, from the watch's thread."""
         assert self._loop is not None
-        if event.kind == "SYNCED":
-            self._loop.call_soon_threadsafe(self.synced.set)
         try:
-            self._loop.call_soon_threadsafe(self.on_event, event)
+            self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self._stop.set()
+
+    def _deliver(self, event: WatchEvent) -> None:
+        if event.kind == "SYNCED":
+            self._post(self.synced.set)
+        self._post(self.on_event, event)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -124,18 +128,13 @@ class Informer:
             except Exception as exc:  # the API server restarted, a network error, ...
                 if self._stop.is_set():
                     return
-                self.on_error_threadsafe(f"{self.name}: {exc}")
+                self._post(self.on_error, f"{self.name}: {exc}")
                 self._stop.wait(RELIST_BACKOFF)
 
-    def on_error_threadsafe(self, message: str) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self.on_error, message)
-        except RuntimeError:
-            self._stop.set()
-
     def _list(self) -> str:
-        response = self.list_fn(_preload_content=False, **self.selectors)
+        response = self.list_fn(
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **self.selectors
+        )
         try:
             listed = json.loads(response.data)
         finally:
@@ -164,6 +163,7 @@ class Informer:
                 timeout_seconds=WATCH_SECONDS,
                 allow_watch_bookmarks=True,
                 deserialize=False,
+                _request_timeout=WATCH_READ_TIMEOUT,
                 **self.selectors,
             )
             for event in stream:

@@ -260,7 +260,10 @@ async def serve(config: ClusterConfig, signals: Signals) -> int:
     finally:
         await stop_task(stopped)
         for worker in workers:  # before the control plane: the pods' last reports
-            await worker.stop()
+            try:
+                await worker.stop()
+            finally:
+                worker.api.close()
         code = await _stop(plane, signals, forced, code)
     return code
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 from kubernetes import client, dynamic
 
 from lab import report
-from lab.events import EventLog
 from lab.experiment import (
     K6_STOP_WHEN_INTERRUPTED,
     Experiment,
@@ -34,13 +32,12 @@ from lab.experiment import (
 )
 from lab.influx import free_port
 from lab.k6 import K6
-from lab.kube.api import Informer, WatchEvent, call
+from lab.kube.api import REQUEST_TIMEOUT, Informer, WatchEvent, call
 from lab.kube.balancers import Balancer
 from lab.kube.controlplane import ClusterConfig, ControlPlane
 from lab.kube.leftovers import NODES_DIR
 from lab.kube.workers import Workers
 from lab.manifest import raw_documents
-from lab.procs import Registry
 
 FIELD_MANAGER = "lab"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -62,22 +59,13 @@ class KubeLab(Experiment):
             note.replace(": ignoring kind ", ": applied to the API server as it is: kind ")
             for note in prepared.notes
         ]
-        self.p = prepared = dataclasses.replace(prepared, notes=notes)
-        self.config = prepared.config
-        self.out = self.config.out
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
-            (self.out / stale).unlink(missing_ok=True)
-        self.event_file = (self.out / "events.jsonl").open("w")
-        self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
-        self.registry = Registry(self.out / "pids.txt", die_with_parent=True)
+        prepared = dataclasses.replace(prepared, notes=notes)
+        super().__init__(prepared, die_with_parent=True)
         self.namespace = f"lab-{int(time.time())}"
         self.deployment = prepared.manifests.deployment.name
         self.plane: ControlPlane | None = None
         self.workers: Workers | None = None
         self.api: Any = None
-        self.k6: K6 | None = None
-        self.load_start: float | None = None
         # Pods of the Deployment under test, as the API has them (an informer's view).
         self.pods: dict[str, dict[str, Any]] = {}
         self.informer: Informer | None = None
@@ -239,6 +227,7 @@ class KubeLab(Experiment):
             namespace=self.namespace if resource.namespaced else None,
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         return f"{doc['kind']}/{doc['metadata']['name']}"
 

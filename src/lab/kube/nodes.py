@@ -48,7 +48,7 @@ from lab.container_config import Configs, from_pod_spec
 from lab.docker_runtime import DockerRuntime
 from lab.events import EventLog
 from lab.images import ImageMap
-from lab.influx import InfluxServer
+from lab.influx import INFLUX_SERVICE, InfluxServer, uses_influx
 from lab.kube import leftovers
 from lab.kube.api import Informer, WatchEvent, call, call_json, status_of
 from lab.kube.podspec import strip_api_additions, template_of
@@ -67,7 +67,6 @@ LEASE_SECONDS = 40
 LEASE_RENEW = 10.0
 PODS_PER_NODE = 110  # the kubelet's default maxPods
 STATUS_TICK = 0.1  # how often pod status is compared with what was last written
-INFLUX_SERVICE_NAMES = ("influxdb",)
 
 
 def node_name(index: int) -> str:
@@ -159,6 +158,7 @@ class Agents:
     async def start(self, timeout: float = 30.0) -> None:
         self.core = client.CoreV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
+        self.kube_version = str((await call(client.VersionApi(self.api).get_code)).git_version)
         pods_dir = self.config.out / "pods"
         base_env = dict(os.environ)
         runtime: Runtime
@@ -265,7 +265,6 @@ class Agents:
             "pods": str(PODS_PER_NODE),
             "ephemeral-storage": "100Gi",
         }
-        kube_version = "v1.37.2"
 
         def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
             return {
@@ -313,7 +312,8 @@ class Agents:
                     "kernelVersion": platform.release(),
                     "osImage": "lab",
                     "containerRuntimeVersion": f"lab://{self.config.runtime}",
-                    "kubeletVersion": kube_version,
+                    # The kubelet is as new as the API server (version skew 0).
+                    "kubeletVersion": self.kube_version,
                     "kubeProxyVersion": "",
                     "operatingSystem": "linux",
                     "architecture": "amd64",
@@ -460,7 +460,7 @@ class Agents:
                 spec = strip_api_additions(obj).get("spec") or {}
                 self.configs.add(template.container, from_pod_spec(spec, where))
                 await self.kubelet.runtime.check_images([template.container.image])
-            if self._needs_influx(template):
+            if uses_influx(template.container):
                 await self.ensure_influx()
             lab_name = self.lab_name(tracked.namespace, tracked.name)
             hash_label = template.labels.get("pod-template-hash", "")
@@ -577,7 +577,7 @@ class Agents:
             await self._final_delete(tracked)
 
     async def _patch_status(self, tracked: Tracked, status: dict[str, Any]) -> None:
-        body = {"metadata": {"uid": tracked.uid}, "status": _with_nulls(status, tracked.sent)}
+        body = {"metadata": {"uid": tracked.uid}, "status": _with_nulls(status)}
         try:
             await call(
                 self.core.patch_namespaced_pod_status,
@@ -617,21 +617,11 @@ class Agents:
 
     # -- the lab's InfluxDB stands in for the cluster's --------------------------------
 
-    def _needs_influx(self, template: Any) -> bool:
-        from lab.experiment import INFLUX_SERVICE
-
-        return any(
-            INFLUX_SERVICE.search(v.value or "") or v.name == "INFLUXDB_BASE_URL"
-            for v in template.container.env
-        )
-
     async def ensure_influx(self, database: str = "calc") -> None:
         """Start the lab's InfluxDB (once) with `database` in it."""
         async with self._influx_lock:
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.create_database, database)
-                return
-            if self.influx is not None:
                 return
             # Started from a worker thread, which lives as long as the event loop's
             # executor: the kernel kills influxd when the lab dies, not before.
@@ -649,14 +639,12 @@ class Agents:
             self.events.add("", "influxdb", f"{influx.url} stands in for influxdb:8086")
 
     def _rewrite(self, value: str) -> str:
-        from lab.experiment import INFLUX_SERVICE
-
         if self.influx is not None:
             value = INFLUX_SERVICE.sub(f"{self.influx.host}:{self.influx.port}", value)
         return value
 
 
-def _with_nulls(status: dict[str, Any], sent: dict[str, Any] | None) -> dict[str, Any]:
+def _with_nulls(status: dict[str, Any]) -> dict[str, Any]:
     """A strategic merge patch keeps map keys it is not told to remove: a container
     state that was `running` and is now `terminated` needs `running: null`."""
     out = dict(status)

@@ -10,7 +10,6 @@ pod's container has stopped, Succeeded if it exited 0 and Failed otherwise.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,12 +68,10 @@ class Observed:
 
 def _terminated(code: int | None, started: float, finished: float) -> dict[str, Any]:
     value = exit_code(code)
-    reason = "Completed" if value == 0 else "Error"
-    if value == 128 + signal.SIGKILL:
-        reason = "Error"  # the runtime reports a SIGKILLed container as Error with 137
     return {
         "exitCode": value,
-        "reason": reason,
+        # containerd reports any non-zero exit (137 for SIGKILL too) as Error.
+        "reason": "Completed" if value == 0 else "Error",
         "startedAt": timestamp(started),
         "finishedAt": timestamp(finished),
     }
@@ -104,10 +101,10 @@ def pod_status(
         state = {"running": {"startedAt": timestamp(seen.started_wall)}}
     elif running is None:
         state = {"waiting": {"reason": "ContainerCreating"}}
-    else:
+    else:  # exited, waiting for its restart
         if seen.started_wall is not None:
             seen.last_terminated = _terminated(
-                pod.exit_code, seen.started_wall, seen.finished_wall or now_wall
+                running.returncode, seen.started_wall, seen.finished_wall or now_wall
             )
         state = {"waiting": {"reason": "CrashLoopBackOff"}}
     container: dict[str, Any] = {

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from lab.kube import bins
+from lab.kube.health import api_client
 from lab.kube.state import ClusterState, ComponentRecord, kill_group, same_process
 from tests.support import REPO, VENV_BIN, wait_until
 
@@ -109,10 +110,14 @@ def lab_cluster(*args: str, timeout: float = 90.0) -> subprocess.CompletedProces
     )
 
 
-def kubectl(state: ClusterState, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    state: ClusterState, cache: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The built kubectl with the cluster's kubeconfig; `stdin` for `apply -f -`."""
     kubectl = bins.find().path("kubectl")
     return subprocess.run(
         [str(kubectl), "--kubeconfig", state.kubeconfig, "--cache-dir", str(cache), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,15 +128,6 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
-    except OSError:
-        return False
-
-
-def alive(pid: int) -> bool:
-    """A process of that PID exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 
@@ -163,11 +159,9 @@ class Recorder:
     official client's watch; `stop` ends them."""
 
     def __init__(self, kubeconfig: str, namespace: str) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        self.api = client.ApiClient(configuration)
+        self.api = api_client(Path(kubeconfig))
         core, discovery = client.CoreV1Api(self.api), client.DiscoveryV1Api(self.api)
         self.events: list[tuple[float, str, str, dict[str, Any]]] = []  # wall, kind, type, obj
         self.lock = threading.Lock()

@@ -25,11 +25,11 @@ import yaml
 
 from lab.kube import bins
 from lab.kube.state import ClusterState
+from tests.deploy.deploy_helpers import alive
 from tests.lab.kube.kubekit import (
     Recorder,
     Up,
     accepts,
-    alive,
     assert_all_gone,
     kubectl,
     lab_cluster,
@@ -69,16 +69,7 @@ class Cluster:
         self.up, self.state, self.cache = up, state, cache
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        if stdin is None:
-            result = kubectl(self.state, self.cache, *args)
-        else:
-            result = subprocess.run(
-                [str(bins.find().path("kubectl")), "--kubeconfig", self.state.kubeconfig, *args],
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+        result = kubectl(self.state, self.cache, *args, stdin=stdin)
         assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
         return result.stdout
 
@@ -439,7 +430,8 @@ def _nft_tables() -> str:
 
 def _pod_pids(state_dir: Path) -> list[int]:
     """The long-lived processes of the nodes: pods, proxies, InfluxDB."""
-    lines = (state_dir / "nodes" / "pids.txt").read_text().splitlines()
+    path = state_dir / "nodes" / "pids.txt"
+    lines = path.read_text().splitlines() if path.exists() else []  # none started yet
     names = [line.split(" ", 1) for line in lines]
     return [int(pid) for pid, name in names if name.split()[0] in ("pod", "haproxy", "influxd")]
 

@@ -17,7 +17,7 @@ import pytest
 
 from lab.kube import bins
 from lab.matrix import rewrite_manifests
-from tests.lab.kube.kubekit import alive
+from tests.deploy.deploy_helpers import alive
 from tests.support import REPO, VENV_BIN
 
 
