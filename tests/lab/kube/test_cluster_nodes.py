@@ -9,9 +9,11 @@ in file order on one namespace, the node failure last.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import time
@@ -542,3 +544,51 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
         assert_all_gone(state)
         assert not engine.containers.list(all=True, filters={"label": LABEL})
         assert not [n for n in engine.networks.list(filters={"label": LABEL})]
+
+
+@pytest.mark.timeout(300)
+def test_a_signal_while_the_nodes_start_stops_everything(tmp_path: Path) -> None:
+    """1. `lab cluster up --nodes 2`; SIGINT the moment the first node is registered
+       (the control plane is up, the nodes are starting, the cluster is not ready).
+    2. It exits 130 (a signal before ready), every component and node process is gone,
+       and the nodes' record of what they made is removed."""
+    bins.find()
+    with running(tmp_path / "state", tmp_path / "logs", "--nodes", "2") as up:
+        wait_until(lambda: "node-registered" in up.stderr(), 90, what="a node registered")
+        state = ClusterState.load(up.state_dir)
+        assert state is not None
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit() == 130, up.stderr()[-3000:]
+        assert "cluster ready" not in up.stdout()
+        assert_all_gone(state)
+        assert not [p for p in _pod_pids(up.state_dir) if alive(p)]
+        assert not (up.state_dir / "nodes" / "resources.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_api_server_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """1. `lab cluster up` with calc v10 running (one replica).
+    2. SIGSTOP the API server: every request the nodes make stalls (lease, status).
+    3. SIGINT `lab cluster up`: it still stops within 60 s (each request has its own
+       deadline, the stopped API server is killed after its stop timeout) and leaves
+       no component, pod or proxy behind."""
+    bins.find()
+    with running(tmp_path / "state", tmp_path / "logs") as up:
+        state = up.wait_ready()
+        c = Cluster(up, state, tmp_path / "cache")
+        c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
+        c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
+        pids = [p for p in _pod_pids(up.state_dir) if alive(p)]
+        api = next(r for r in state.components if r.name == "kube-apiserver")
+        os.kill(api.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            up.process.send_signal(signal.SIGINT)
+            up.wait_exit(timeout=60)
+            took = time.monotonic() - began
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(api.pid, signal.SIGCONT)
+        assert took < 60, took
+        assert_all_gone(state)
+        wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
