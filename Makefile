@@ -19,10 +19,12 @@ DEMO_VERSIONS ?= v3,v4,v5,v8,v9,v10
 help: ## List every target with its description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-32s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/calc: pyproject.toml
+# Exactly the tested versions: every dependency from the lock with its hash (mk/lock.mk),
+# then the project itself, built with the locked setuptools and nothing else fetched.
+$(BIN)/calc: pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[lab,bench,dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e '.[lab,bench,dev]'
 	@touch $@
 
 setup: $(BIN)/calc system-deps cluster-bins-for-setup ## Create .venv with everything installed, plus haproxy and influxd
