@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from calc.config import CalcConfig, Secret
-from calc.points import PointFormatter
+from calc.points import PointFormatter, point_problem
 from calc.sinks import FileSink, InfluxSink, Sink
 from graceful import BatchWriter, RetryPolicy, Spool, TaskRegistry
 from graceful.losses import REASONS
@@ -77,7 +77,8 @@ class OperationLog:
         # Per pod and port: one spool per process, found again by the same pod's next start.
         directory = Path(config.spool_dir) / f"{config.pod}-{config.port}"
         logger.info("Spooling unwritten operations in %s", directory)
-        return Spool(directory)
+        # A line that is not a point (a damaged segment) is set aside, never written.
+        return Spool(directory, check=point_problem)
 
     def start(self) -> None:
         if self.mode.startswith("batch"):

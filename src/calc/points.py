@@ -15,10 +15,14 @@ writing a spooled line writes it with the same tags.
 `numbers` and `result` are always written as floats: a field keeps one type per shard.
 A newline cannot be escaped in line protocol (it ends the point), so tag values and
 strings with one are refused.
+
+`point_problem` checks that a line is one line-protocol point (any measurement, tags and
+fields, as InfluxDB would parse it): a spool's recovery keeps only such lines.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -76,3 +80,67 @@ class PointFormatter:
             f'{self._prefix}id="{escape_string_field(request_id)}",'
             f"numbers={float_field(count)},result={float_field(result)} {self._clock.next()}"
         )
+
+
+_FIELD_VALUE = re.compile(
+    r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"  # float
+    r"|[-+]?\d+i|\d+u"  # integer, unsigned
+    r"|t|T|true|True|TRUE|f|F|false|False|FALSE"
+    r'|"([^"\\]|\\.)*"'  # string, with \" and \\ escaped
+)
+_TIMESTAMP = re.compile(r"-?\d+")
+
+
+def _split(text: str, separator: str, quoted: bool) -> list[str]:
+    """`text` cut at each `separator` not escaped by a backslash (nor, when `quoted`,
+    inside a double-quoted string)."""
+    parts: list[str] = []
+    start, i, in_string = 0, 0, False
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if quoted and char == '"':
+            in_string = not in_string
+        elif char == separator and not in_string:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _pairs(section: str, quoted: bool) -> list[tuple[str, str]] | None:
+    pairs = []
+    for pair in _split(section, ",", quoted):
+        key, *rest = _split(pair, "=", quoted)
+        value = pair[len(key) + 1 :]
+        if not key or not rest or not value:
+            return None
+        pairs.append((key, value))
+    return pairs
+
+
+def point_problem(line: str) -> str | None:
+    """Why `line` is not one line-protocol point, or None when it is."""
+    if any(ord(char) < 32 and char != "\t" for char in line) or "\ufffd" in line:
+        return "control or replacement characters"
+    sections = _split(line, " ", quoted=True)
+    if len(sections) not in (2, 3):
+        return "not measurement[,tags] fields [timestamp]"
+    series, fields = sections[0], sections[1]
+    measurement, *tags = _split(series, ",", quoted=False)
+    if not measurement or measurement.startswith("#"):
+        return "no measurement"
+    if tags and _pairs(",".join(tags), quoted=False) is None:
+        return "a tag is not key=value"
+    field_pairs = _pairs(fields, quoted=True)
+    if field_pairs is None:
+        return "a field is not key=value"
+    for key, value in field_pairs:
+        if not _FIELD_VALUE.fullmatch(value):
+            return f"field {key!r} has no valid value"
+    if len(sections) == 3 and not _TIMESTAMP.fullmatch(sections[2]):
+        return "the timestamp is not an integer"
+    return None

@@ -34,11 +34,107 @@ logger = logging.getLogger("graceful.cli")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
-UNSUPPORTED = {
-    "--workers": "run one process per container and scale with replicas, or run "
-    "gunicorn -k graceful.gunicorn.Worker for several workers in one",
-    "--reload": "it restarts the server without the shutdown phases; use uvicorn to develop",
-}
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """uvicorn options graceful-serve does not take, each refused as an option and as
+    the UVICORN_<NAME> variable uvicorn's command would read for it (click's
+    auto_envvar_prefix="UVICORN", uvicorn/main.py)."""
+
+    flags: tuple[str, ...]  # the option first, then its "--no-" form if any
+    env: str
+    why: str
+    flag_default: bool | None = None  # for a flag: uvicorn's default, which changes nothing
+
+
+WHY_WORKERS = (
+    "run one process per container and scale with replicas, or run "
+    "gunicorn -k graceful.gunicorn.Worker for several workers in one"
+)
+WHY_RELOAD = "it restarts the server without the shutdown phases; use uvicorn to develop"
+WHY_SOCKET = "graceful-serve listens on --host/--port only"
+WHY_TLS = "graceful-serve serves plain HTTP: terminate TLS at the ingress or load balancer"
+WHY_DEFAULT = "graceful-serve runs uvicorn's default, with which its shutdown is tested"
+WHY_SHUTDOWN = "graceful-serve bounds the shutdown with --drain-timeout and --grace-period"
+WHY_MAX_REQUESTS = (
+    "a process that leaves after N requests runs the whole pod shutdown and is not "
+    "replaced inside the container"
+)
+
+
+def _refused(why: str, *names: str, flag_default: bool | None = None) -> list[_Refused]:
+    """`names` as uvicorn's command names them: "reload_dirs:--reload-dir" where the
+    option's flag is not the name's."""
+    refused = []
+    for name in names:
+        name, _, flag = name.partition(":")
+        option = flag or "--" + name.replace("_", "-")
+        flags = (option, "--no-" + option[2:]) if flag_default is True else (option,)
+        refused.append(_Refused(flags, "UVICORN_" + name.upper(), why, flag_default))
+    return refused
+
+
+UNSUPPORTED = (
+    *_refused(WHY_WORKERS, "workers"),
+    *_refused(WHY_RELOAD, "reload", flag_default=False),
+    *_refused(
+        WHY_RELOAD,
+        "reload_dirs:--reload-dir",
+        "reload_includes:--reload-include",
+        "reload_excludes:--reload-exclude",
+        "reload_delay",
+    ),
+    *_refused(WHY_SOCKET, "uds", "fd"),
+    *_refused(
+        WHY_TLS,
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_keyfile_password",
+        "ssl_version",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ciphers",
+    ),
+    *_refused(
+        WHY_DEFAULT,
+        "loop",
+        "http",
+        "ws",
+        "ws_max_size",
+        "ws_max_queue",
+        "ws_ping_interval",
+        "ws_ping_timeout",
+        "ws_per_message_deflate",
+        "lifespan",
+        "interface",
+        "limit_concurrency",
+        "backlog",
+        "h11_max_incomplete_event_size",
+        "headers:--header",
+    ),
+    *_refused(WHY_DEFAULT, "http2", "reset_contextvars", flag_default=False),
+    *_refused(WHY_DEFAULT, "server_header", "date_header", flag_default=True),
+    *_refused(
+        "graceful-serve reads its settings from the environment before uvicorn would "
+        "load the file: set the variables in the container's environment",
+        "env_file",
+    ),
+    *_refused(
+        "graceful-serve sets up logging, uvicorn's with graceful's own loggers; "
+        "choose the level with --log-level",
+        "log_config",
+    ),
+    *_refused(
+        "graceful-serve's logs keep uvicorn's default colours", "use_colors", flag_default=True
+    ),
+    *_refused(WHY_SHUTDOWN, "timeout_graceful_shutdown"),
+    *_refused(WHY_WORKERS, "timeout_worker_healthcheck"),
+    *_refused(WHY_MAX_REQUESTS, "limit_max_requests", "limit_max_requests_jitter"),
+)
+REFUSED_FLAGS = {flag: refused for refused in UNSUPPORTED for flag in refused.flags}
+# uvicorn.Config reads this for its worker count when --workers is not given.
+WEB_CONCURRENCY = "WEB_CONCURRENCY"
 
 
 @dataclass(frozen=True)
@@ -122,9 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stops listening, drains running requests and runs the app's lifespan shutdown, "
         "all within the grace period. Options win over environment variables.",
         epilog="Not supported: "
-        + "; ".join(f"{flag} ({why})" for flag, why in UNSUPPORTED.items())
-        + ". A repeated SIGTERM is ignored; a second SIGINT stops waiting for requests; "
-        "a third signal exits at once.",
+        + "; ".join(
+            f"{', '.join(r.flags[0] for r in UNSUPPORTED if r.why == why)} ({why})"
+            for why in dict.fromkeys(r.why for r in UNSUPPORTED)
+        )
+        + f"; {WEB_CONCURRENCY} other than 1 ({WHY_WORKERS}). Each is refused as an option "
+        "and as its UVICORN_<NAME> variable. A repeated SIGTERM is ignored; a second SIGINT stops waiting for requests; "
+        "a third signal exits at once. A signal during the app's startup cancels it and "
+        "exits with 128 + the signal (a second one at once).",
     )
     parser.add_argument("app", nargs="?", metavar="APP", help="module:attribute (env UVICORN_APP)")
     server = parser.add_argument_group(
@@ -161,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         shutdown.add_argument(
             shutdown_option.flag,
             dest=shutdown_option.name,
-            metavar="PATH" if shutdown_option.name == "readiness_path" else "SECONDS",
+            metavar={"readiness_path": "PATH", "quiet_exempt": "PATHS"}.get(
+                shutdown_option.name, "SECONDS"
+            ),
             help=f"{shutdown_option.help} (env {shutdown_option.env}; "
             f"default {shutdown_option.default})",
         )
@@ -171,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
     """The config from parsed options, then UVICORN_*/GRACEFUL_* variables, then defaults.
     Raises OptionError naming the option or variable at fault."""
+    refuse_unsupported_variables(environ)
     given = vars(args)
     values: dict[str, Any] = {}
     app = given.get("app") or environ.get("UVICORN_APP")
@@ -189,6 +293,24 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig
             values[option.name] = value
     shutdown_given = {o.name: given.get(o.name) for o in SHUTDOWN_OPTIONS}
     return ServeConfig(app=app, shutdown=resolve_shutdown(shutdown_given, environ), **values)
+
+
+def refuse_unsupported_variables(environ: Mapping[str, str]) -> None:
+    """Raise OptionError for a UVICORN_* variable uvicorn would act on and graceful-serve
+    does not: served without it, the process would silently differ from what was asked.
+    As in uvicorn, an empty value counts as unset; a flag set to uvicorn's default
+    changes nothing and passes."""
+    for refused in UNSUPPORTED:
+        raw = environ.get(refused.env, "")
+        if not raw:
+            continue
+        unchanged = TRUE if refused.flag_default else FALSE
+        if refused.flag_default is not None and raw.lower() in unchanged:
+            continue
+        raise OptionError(f"{refused.env}={raw} is not supported: {refused.why}")
+    workers = environ.get(WEB_CONCURRENCY, "").strip()
+    if workers not in ("", "1"):
+        raise OptionError(f"{WEB_CONCURRENCY}={workers} is not supported: {WHY_WORKERS}")
 
 
 def _from_env(option: _Option, raw: str, env: str) -> Any:
@@ -281,6 +403,7 @@ def run(config: ServeConfig) -> int:
         access_log=config.access_log,
         timeout_keep_alive=config.timeout_keep_alive,
         log_config=log_config(config.log_level),
+        workers=1,  # not WEB_CONCURRENCY, which uvicorn.Config would read (refused above)
     )
     server.run()
     return 0 if server.started else 1
@@ -291,8 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     for arg in args_list:
         flag = arg.split("=", 1)[0]
-        if flag in UNSUPPORTED:
-            parser.error(f"{flag} is not supported: {UNSUPPORTED[flag]}")
+        if flag in REFUSED_FLAGS:
+            parser.error(f"{flag} is not supported: {REFUSED_FLAGS[flag].why}")
     args = parser.parse_args(args_list)
     try:
         config = resolve(args, os.environ)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Kubelets keep probing a terminating pod and scrapers keep scraping: such requests say
-# nothing about whether the load balancer still sends us traffic.
-DEFAULT_QUIET_EXEMPT = frozenset({"/health", "/ready", "/metrics", "/healthz", "/readyz"})
+# Requests that say nothing about whether the load balancer still sends us traffic do
+# not count for the quiet period. Kubelets keep probing a terminating pod; a probe is
+# told by what it is, not by its path, since real clients may call the same path
+# (`GET /health` from another service): the kubelet's HTTP probes send
+# `User-Agent: kube-probe/<major>.<minor>` unless the probe's httpHeaders set one
+# (kubernetes pkg/probe/http/request.go, `userAgent("probe")`).
+PROBE_USER_AGENT_PREFIX = b"kube-probe/"
+# Paths that never count, whoever asks. A Prometheus scraper is no client of the service
+# and keeps scraping every pod it still lists, through the whole shutdown.
+DEFAULT_QUIET_EXEMPT = frozenset({"/metrics"})
 
 
 @dataclass(frozen=True)

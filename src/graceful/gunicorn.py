@@ -16,6 +16,31 @@ the worker takes `--graceful-timeout` as its grace period and ends every phase 1
 before the master's SIGKILL. The pod's `terminationGracePeriodSeconds` must be longer
 than `--graceful-timeout` (plus any preStop), or the kubelet's SIGKILL comes first.
 
+A worker can also leave while the pod stays; the master starts another in its place and
+keeps the listening sockets open all along, so the pod goes on accepting:
+
+- `--max-requests`: uvicorn's `limit_max_requests` ends the worker's serving loop
+  (`Server.on_tick`); no signal comes at all.
+- a reload (SIGHUP to the master: `Arbiter.reload` starts new workers, then
+  `manage_workers` sends SIGTERM to the oldest beyond `--workers`), fewer workers
+  (SIGTTOU: `manage_workers` again), or SIGWINCH to a daemonized master (`kill_workers`).
+  These send the same SIGTERM as the pod's shutdown, but the master keeps its listeners;
+  `Arbiter.stop` (the master's SIGTERM) closes them before it signals the workers. So a
+  worker tells the two apart by whether the master still holds the socket it listens on.
+
+Such a worker stops accepting and drains only (`Lifecycle.record_worker_exit`): no
+readiness flip, no `Connection: close`, no delay or quiet period. Where the master's
+descriptors cannot be read (no /proc, or `--user` switched the worker to another user)
+or the master has no listener (`--reuse-port`), every SIGTERM is the pod's shutdown.
+
+While a worker shuts down it keeps up its heartbeat, within its budget: the master's
+`murder_workers` SIGABRTs a worker silent for `--timeout`, and a rotating worker is
+still watched (the pod's SIGTERM stops that watch: the master is then in `stop`).
+
+With `--preload` gunicorn imports the app in the master (`Arbiter.setup`). The lifecycle
+the app may ask for at import is installed there when gunicorn loads this class
+(`Config.worker_class` calls `Worker.setup`), and each worker takes over its own copy.
+
 A SIGINT or SIGQUIT to the master is its quick shutdown: SIGQUIT to the workers and
 SIGKILL 2 s later. A worker takes SIGQUIT as a second SIGINT: no more waiting for
 requests (they are aborted, counted and logged), the app's shutdown still runs. A
@@ -28,32 +53,83 @@ max requests, forwarded_allow_ips) keep their meaning.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
+from graceful.config import ShutdownConfig
 from graceful.current import install
 from graceful.lifecycle import Lifecycle
 from graceful.middleware import GracefulMiddleware
-from graceful.options import OptionError, resolve_shutdown
+from graceful.options import OptionError, ServeShutdown, resolve_shutdown
 from graceful.readiness import ReadinessMiddleware
 from graceful.server import GracefulServer
 
 logger = logging.getLogger("graceful.gunicorn")
 
 
+ROTATION = "worker rotation, the pod stays ready: "
+HEARTBEAT_MAX_EVERY = 1.0  # seconds between heartbeats during the shutdown, at most
+FIRST_REQUEST_WAIT = 0.5  # seconds a connection accepted before a rotation gets to send
+
+
+def master_holds(master: int, inodes: frozenset[int]) -> bool:
+    """Whether process `master` still has one of these sockets open (their inodes, as in
+    /proc/PID/fd's "socket:[INODE]" links). False when that cannot be read."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    folder = f"/proc/{master}/fd"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):  # closed since the listing
+            if os.readlink(f"{folder}/{name}") in wanted:
+                return True
+    return False
+
+
 class WorkerServer(GracefulServer):
-    """GracefulServer that takes the master's SIGQUIT (its quick shutdown) as a second
-    SIGINT: stop waiting for requests; a signal after that exits at once."""
+    """GracefulServer in a gunicorn worker:
+
+    - the master's SIGQUIT (its quick shutdown) counts as a second SIGINT: stop waiting
+      for requests; a signal after that exits at once.
+    - leaving while the pod stays (`--max-requests`, or a SIGTERM while the master keeps
+      listening on `listeners`) is a worker rotation: drain only.
+    - `heartbeat` is called through the shutdown, within the budget."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        master: int | None = None,
+        listeners: list[socket.socket] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        heartbeat_every: float = HEARTBEAT_MAX_EVERY,
+    ) -> None:
+        super().__init__(config, lifecycle)
+        self.master = master
+        # Inodes, not sockets: the worker's own descriptors close at its CLOSING phase,
+        # and a later SIGTERM still has to be told apart.
+        self.listener_inodes = frozenset(os.fstat(s.fileno()).st_ino for s in listeners or [])
+        self.heartbeat = heartbeat
+        self.heartbeat_every = min(HEARTBEAT_MAX_EVERY, max(0.05, heartbeat_every))
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM:
+            self._record_who_leaves()
         if sig != signal.SIGQUIT:
             super().handle_exit(sig, frame)
         elif not self.should_exit:
@@ -65,9 +141,116 @@ class WorkerServer(GracefulServer):
                 self.hurry_reason = "the master's quick shutdown (SIGQUIT)"
             super().handle_exit(signal.SIGINT, frame)
 
+    def _record_who_leaves(self) -> None:
+        """A SIGTERM: the pod's shutdown when the master has closed its listeners
+        (`Arbiter.stop` does before it signals), else this worker's rotation. The one read
+        in this handler (the master's descriptors, a few syscalls) is what keeps
+        readiness from flipping between the signal and the loop's next turn."""
+        master_listens = self.master is not None and master_holds(self.master, self.listener_inodes)
+        if master_listens and not self.should_exit:
+            self.lifecycle.record_worker_exit(
+                f"{ROTATION}SIGTERM from the master, which keeps listening "
+                "(a reload, or fewer workers)"
+            )
+        elif not master_listens and self.lifecycle.worker_exit is not None:
+            # The pod's shutdown comes while this worker rotates: readiness flips too.
+            self.lifecycle.record_pod_shutdown()
+
+    async def on_tick(self, counter: int) -> bool:
+        leaving = await super().on_tick(counter)
+        if leaving and not self.should_exit:
+            # uvicorn's limit_max_requests (gunicorn's --max-requests, with its jitter)
+            # ended the serving loop: no signal, and the master replaces this worker.
+            self.lifecycle.record_worker_exit(
+                f"{ROTATION}reached --max-requests {self.config.limit_max_requests}"
+            )
+            self._signals_logged = 0  # no signal started it: every signal is a later one
+            self.should_exit = True  # later ticks (in the drain's waits) stop here
+        return leaving
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.heartbeat is not None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(
+                self._beat(self.heartbeat), name="graceful-worker-heartbeat"
+            )
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await self._stop_heartbeat()
+
+    async def _drain(self) -> None:
+        if self.lifecycle.worker_exit is not None:
+            # Traffic goes on through a rotation (the pod stays in the load balancer's
+            # list), so a connection accepted just before the listener closed may not have
+            # sent its request yet; uvicorn's drain closes such a connection as idle, and
+            # the request arriving then is reset. A moment for each to start its request,
+            # which is then served and its connection closed after the response.
+            await self._wait(self._every_connection_had_a_request, FIRST_REQUEST_WAIT, "requests")
+        await super()._drain()
+
+    def _every_connection_had_a_request(self) -> bool:
+        # uvicorn's HTTP protocols set `cycle` at a connection's first request.
+        return all(getattr(c, "cycle", True) is not None for c in self.server_state.connections)
+
+    async def _report_leftovers(self) -> None:
+        await self._stop_heartbeat()  # the phases are over: it is not a leftover
+        await super()._report_leftovers()
+
+    async def _stop_heartbeat(self) -> None:
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self, heartbeat: Callable[[], None]) -> None:
+        """The master SIGABRTs a worker whose heartbeat is older than --timeout
+        (`Arbiter.murder_workers`), and uvicorn beats only from its serving loop; the
+        app's lifespan shutdown (its final flush) may take longer. Beat until the budget
+        is spent: past it the worker exits at once by itself, or is stuck and may be
+        killed."""
+        while True:
+            left = self.lifecycle.remaining(None)
+            if left is not None and left <= 0:
+                return
+            heartbeat()
+            await asyncio.sleep(
+                self.heartbeat_every if left is None else min(self.heartbeat_every, left)
+            )
+
 
 class Worker(BaseWorker):  # type: ignore[misc]
     """A gunicorn worker class: uvicorn's protocol, graceful's shutdown phases."""
+
+    #: Installed in the master when gunicorn loads this class, so that an app imported
+    #: there (`--preload`) can take it at import; each worker takes over its own copy.
+    master_lifecycle: ClassVar[Lifecycle | None] = None
+
+    @classmethod
+    def setup(cls) -> None:
+        """In the master, from `Config.worker_class`, before `--preload` imports the app
+        (`Arbiter.setup`). Its settings are each worker's from the worker's boot on."""
+        if cls.master_lifecycle is None:
+            cls.master_lifecycle = Lifecycle(ShutdownConfig())
+            install(cls.master_lifecycle)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In the master at start (`Arbiter.start`), once: what the workers' settings
+        mean next to gunicorn's. A bad GRACEFUL_* value is left to the workers' boot."""
+        try:
+            settings = resolve_shutdown(_given(cfg), os.environ)
+        except OptionError:
+            return
+        budget = settings.grace_period - ShutdownConfig().safety_margin
+        if cfg.timeout and cfg.timeout < budget:
+            log.warning(
+                "graceful: gunicorn's --timeout %g s is shorter than the shutdown budget "
+                "%g s: a worker keeps its heartbeat through its shutdown, but a step that "
+                "blocks its event loop longer than that gets it killed by the master",
+                cfg.timeout,
+                budget,
+            )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,7 +271,7 @@ class Worker(BaseWorker):  # type: ignore[misc]
         # Before gunicorn imports the app (in super().init_process): the app may ask for
         # the lifecycle at import time.
         try:
-            settings = resolve_shutdown(self._given(), os.environ)
+            settings = resolve_shutdown(_given(self.cfg), os.environ)
         except OptionError as exc:
             self.log.error("graceful: %s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -101,17 +284,20 @@ class Worker(BaseWorker):  # type: ignore[misc]
             )
         for problem in settings.problems():
             self.log.warning("graceful: shutdown budget: %s", problem)
-        self.lifecycle = Lifecycle(settings.shutdown_config())
+        self.lifecycle = self._take_lifecycle(settings)
         self.readiness_path = settings.readiness_path
         install(self.lifecycle)
         super().init_process()
 
-    def _given(self) -> dict[str, str | None]:
-        """The master's graceful timeout is the grace period, unless the environment
-        names one (then an error names the variable)."""
-        if "GRACEFUL_GRACE_PERIOD" in os.environ:
-            return {}
-        return {"grace_period": str(self.cfg.graceful_timeout)}
+    def _take_lifecycle(self, settings: ServeShutdown) -> Lifecycle:
+        """The lifecycle installed in the master before the fork (which an app imported
+        there holds), now this worker's own copy with the worker's settings; else a new
+        one."""
+        lifecycle = type(self).master_lifecycle
+        if lifecycle is None:
+            return Lifecycle(settings.shutdown_config())
+        lifecycle.config = settings.shutdown_config()
+        return lifecycle
 
     def init_signals(self) -> None:
         # The server installs its own SIGTERM/SIGINT handlers while it serves; the rest
@@ -138,8 +324,14 @@ class Worker(BaseWorker):  # type: ignore[misc]
         }
         if self.cfg.settings["backlog"].value:
             options["backlog"] = self.cfg.settings["backlog"].value
+        listeners = [listener.sock for listener in self.sockets]
         server = WorkerServer(
-            uvicorn.Config(GracefulMiddleware(app, lifecycle), **options), lifecycle
+            uvicorn.Config(GracefulMiddleware(app, lifecycle), **options),
+            lifecycle,
+            master=self.ppid,
+            listeners=listeners,
+            heartbeat=self.notify,
+            heartbeat_every=self.timeout / 2,
         )
         # uvicorn's capture_signals covers SIGINT and SIGTERM while it serves; SIGQUIT
         # comes from the master's quick shutdown. A handler that only records, as those.
@@ -149,9 +341,17 @@ class Worker(BaseWorker):  # type: ignore[misc]
         # sockets inside gunicorn's wrappers: uvloop closes a socket it serves on itself,
         # and through a wrapper it closed the descriptor a second time at shutdown
         # ("Error while closing socket [Errno 9]" in every worker's log).
-        server.run(sockets=[listener.sock for listener in self.sockets])
+        server.run(sockets=listeners)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     async def callback_notify(self) -> None:
         self.notify()
+
+
+def _given(cfg: Any) -> dict[str, str | None]:
+    """The master's graceful timeout is the grace period, unless the environment names
+    one (then an error names the variable)."""
+    if "GRACEFUL_GRACE_PERIOD" in os.environ:
+        return {}
+    return {"grace_period": str(cfg.graceful_timeout)}

@@ -6,6 +6,9 @@
     (set here to the drain timeout cut to the budget), then cancels them -> the app's
     lifespan shutdown.
 
+HTTP/2 has no `Connection: close`: from the delay's start each HTTP/2 connection is told
+to go away (GOAWAY) instead, see `hypercorn_h2.py`.
+
 A second SIGINT ends the delay and cuts the drain, as on uvicorn: hypercorn's API has no
 call to end its `graceful_timeout` wait early, so the runner cancels the request
 handlers it tracks itself, and that wait ends with them. A third signal, or an app
@@ -23,15 +26,18 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from graceful.asgi import ASGIApp, Message, Receive, Scope, Send
 from graceful.current import install
+from graceful.hypercorn_h2 import GoingAway
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.middleware import GracefulMiddleware
 from graceful.options import OptionError, resolve_shutdown
@@ -98,6 +104,7 @@ class HypercornRunner:
         self._logged = 1  # the first signal is logged as "Shutdown started"
         self.requests: set[asyncio.Task[Any]] = set()  # running request handlers
         self.cut_by_signal = 0
+        self.http2 = GoingAway()
 
     # The forced path, as a hook for embedding.
     hard_exit: Callable[[int], Any] = staticmethod(os._exit)
@@ -130,12 +137,13 @@ class HypercornRunner:
         tracked = _RequestTasks(_LifespanPhase(app, self.lifecycle), self.requests)
         wrapped = GracefulMiddleware(tracked, self.lifecycle)
         try:
-            await hypercorn_serve(
-                wrapped,  # type: ignore[arg-type]  # any ASGI 3 callable
-                self.config,
-                shutdown_trigger=self._trigger,
-                mode="asgi",
-            )
+            with self.http2.installed():
+                await hypercorn_serve(
+                    wrapped,  # type: ignore[arg-type]  # any ASGI 3 callable
+                    self.config,
+                    shutdown_trigger=self._trigger,
+                    mode="asgi",
+                )
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,7 +168,12 @@ class HypercornRunner:
         await self._signalled.wait()
         logger.info("Shutdown started (signal %s)", _name(self.lifecycle.shutdown_signal))
         with self._phase(Phase.DELAY):
+            if self.lifecycle.close_connections:
+                await self.http2.start()
             await run_delay(self.lifecycle, self._wait, lambda: self.hurry)
+        # Every HTTP/2 client learns before the listener closes; hypercorn alone would
+        # refuse its next streams without saying whether they ran.
+        await self.http2.finish()
         drain = self.lifecycle.config.drain_timeout if self.lifecycle.config.drain else 0.0
         limit = self.lifecycle.remaining(drain)
         self.config.graceful_timeout = NO_LIMIT if limit is None else limit
@@ -275,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve_shutdown({}, os.environ)
     except OptionError as exc:
         parser.error(str(exc))
-    config = Config.from_toml(args.config) if args.config else Config()
+    try:
+        config = Config.from_toml(args.config) if args.config else Config()
+    except (OSError, ValueError) as exc:  # ValueError: TOMLDecodeError, UnicodeDecodeError
+        return _error(f"--config {args.config}: {_reason(exc)}", 2)
     if args.bind:
         config.bind = args.bind
     if args.access_log:
@@ -300,8 +316,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if settings.readiness_path:
         app = ReadinessMiddleware(app, lifecycle, settings.readiness_path)
-    asyncio.run(HypercornRunner(lifecycle, config).serve(app))
+    runner = HypercornRunner(lifecycle, config)
+    try:
+        asyncio.run(runner.serve(app))
+    except Exception as exc:
+        startup = _startup_failure(exc)
+        if startup is not None:
+            return _error(f"{args.app}: the app's lifespan startup failed: {startup}", 3)
+        if isinstance(exc, OSError) and lifecycle.phase == Phase.STARTING:
+            return _error(f"cannot listen on {', '.join(config.bind)}: {_reason(exc)}", 1)
+        raise
     return 0
+
+
+def _error(message: str, code: int) -> int:
+    """graceful-serve's one line for a server that cannot start, and its exit code."""
+    print(f"graceful-hypercorn: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the path the message already names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _startup_failure(exc: BaseException) -> BaseException | None:
+    """The lifespan startup failure (or timeout) hypercorn raised, also from a group."""
+    if isinstance(exc, LifespanFailureError | LifespanTimeoutError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

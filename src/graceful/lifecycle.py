@@ -31,6 +31,9 @@ class Lifecycle:
         self.phase = Phase.STARTING
         self.shutdown_requested_at: float | None = None
         self.shutdown_signal: int | None = None
+        # Why this process leaves while the pod stays (a gunicorn worker the master
+        # replaces); None for the pod's own shutdown. See `record_worker_exit`.
+        self.worker_exit: str | None = None
         self.in_flight = 0
         self.last_activity = time.monotonic()
         # Set by the server just before it cancels request handlers (drain off, drain time
@@ -49,6 +52,20 @@ class Lifecycle:
             self.shutdown_requested_at = time.monotonic()
             self.shutdown_signal = signum
 
+    def record_worker_exit(self, why: str) -> None:
+        """This process leaves but the pod stays: another process takes its place on the
+        same listener (a gunicorn worker on `--max-requests`, or stopped by a reload).
+        The shutdown then stops accepting and drains only: readiness stays the pod's, no
+        `Connection: close`, no delay. Plain attribute writes: safe in a signal handler."""
+        if self.shutdown_requested_at is None:
+            self.shutdown_requested_at = time.monotonic()
+        self.worker_exit = why
+
+    def record_pod_shutdown(self) -> None:
+        """The pod goes away after all (while this process was leaving on its own): from
+        now on readiness, `Connection: close` and the rest are the pod's shutdown's."""
+        self.worker_exit = None
+
     # -- read by everyone ----------------------------------------------------------------
 
     @property
@@ -58,15 +75,21 @@ class Lifecycle:
     @property
     def ready(self) -> bool:
         """What readiness should answer: false from SIGTERM on when the flip is on, and
-        in any case once the listener is closing."""
+        in any case once the listener is closing. A process that leaves while the pod
+        stays answers as the pod: ready (whoever asks it now came in before it stopped
+        accepting; the next connections go to the process that takes its place)."""
+        if self.worker_exit is not None:
+            return self.phase is not Phase.STARTING
         if self.phase not in (Phase.SERVING, Phase.DELAY):
             return False
         return not (self.config.readiness_flip and self.shutting_down)
 
     @property
     def close_connections(self) -> bool:
-        """Whether responses should carry `Connection: close` now."""
-        return self.config.connection_close and self.shutting_down
+        """Whether responses should carry `Connection: close` now: not when only this
+        process leaves (its drain closes each connection after its response, and uvicorn
+        says so in that response)."""
+        return self.config.connection_close and self.shutting_down and self.worker_exit is None
 
     def deadline(self) -> float | None:
         """Monotonic time by which every phase must be over, or None without a budget."""

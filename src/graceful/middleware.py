@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from graceful.asgi import ASGIApp, Message, Receive, Scope, Send
+from graceful.config import PROBE_USER_AGENT_PREFIX
 from graceful.lifecycle import Lifecycle, Phase
 
 CONNECTION_CLOSE = (b"connection", b"close")
@@ -35,7 +36,7 @@ class GracefulMiddleware:
             await self.app(scope, receive, send)
             return
         lifecycle = self.lifecycle
-        lifecycle.request_started(counts_as_activity=scope["path"] not in self.exempt)
+        lifecycle.request_started(counts_as_activity=self.counts_as_activity(scope))
         try:
             if not lifecycle.config.connection_close:
                 await self.app(scope, receive, send)
@@ -66,3 +67,18 @@ class GracefulMiddleware:
                     scope.get("method", "?"),
                     scope.get("path", "?"),
                 )
+
+    def counts_as_activity(self, scope: Scope) -> bool:
+        """Whether this request says the load balancer still sends us clients: not a
+        kubelet's probe (whatever its path), nor on an exempt path (whoever asks)."""
+        if scope["path"] in self.exempt:
+            return False
+        return not is_probe(scope)
+
+
+def is_probe(scope: Scope) -> bool:
+    """A kubelet's HTTP probe, by the User-Agent it sends (`kube-probe/1.37`)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"user-agent":  # ASGI servers give header names in lower case
+            return bytes(value).startswith(PROBE_USER_AGENT_PREFIX)
+    return False

@@ -45,8 +45,9 @@ SHUTDOWN_OPTIONS = (
         "--quiet-period",
         "GRACEFUL_QUIET_PERIOD",
         1.0,
-        "then keep serving until no request came for this many seconds "
-        "(readiness probes do not count); 0 = off",
+        "then keep serving until no request came for this many seconds (kubelet probes, "
+        "told by their User-Agent kube-probe/..., do not count, nor --quiet-exempt paths); "
+        "0 = off",
     ),
     ShutdownOption(
         "quiet_max",
@@ -71,6 +72,15 @@ SHUTDOWN_OPTIONS = (
         "answer GET/HEAD here: 503 from SIGTERM on, else the app's answer, or 200 if the "
         "app has no such route; 'off' leaves the path to the app",
     ),
+    ShutdownOption(
+        "quiet_exempt",
+        "--quiet-exempt",
+        "GRACEFUL_QUIET_EXEMPT",
+        ",".join(sorted(DEFAULT_QUIET_EXEMPT)),
+        "comma-separated paths whose requests never count as traffic for the quiet period, "
+        "whoever sends them (a scraper's /metrics); 'none' for no path. The readiness path "
+        "never counts",
+    ),
 )
 
 
@@ -84,9 +94,12 @@ class ServeShutdown:
     quiet_max: float = 10.0
     drain_timeout: float = 10.0
     readiness_path: str | None = "/ready"
+    quiet_exempt: frozenset[str] = DEFAULT_QUIET_EXEMPT
 
     def shutdown_config(self, root_path: str = "") -> ShutdownConfig:
-        exempt = set(DEFAULT_QUIET_EXEMPT)
+        exempt = set(self.quiet_exempt)
+        # Only probes and load balancers ask graceful's readiness path, and not all of
+        # them say so in a User-Agent.
         if self.readiness_path:
             exempt.add(self.readiness_path)
         # uvicorn puts --root-path in front of the path the middleware sees.
@@ -127,17 +140,31 @@ def parse_path(raw: str, where: str) -> str | None:
     return raw
 
 
+def parse_paths(raw: str, where: str) -> frozenset[str]:
+    if raw.strip().lower() in ("none", "off", ""):
+        return frozenset()
+    paths = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    for path in sorted(paths):
+        if not path.startswith("/"):
+            raise OptionError(f"{where}: a path starts with '/', got {path!r} (or 'none')")
+    return paths
+
+
 def resolve_shutdown(given: Mapping[str, str | None], environ: Mapping[str, str]) -> ServeShutdown:
     """Each setting from `given` (option values as typed), else the environment, else its
     default. Raises OptionError naming the option or variable at fault."""
-    values: dict[str, float | str | None] = {}
+    values: dict[str, float | str | frozenset[str] | None] = {}
     for option in SHUTDOWN_OPTIONS:
         raw = given.get(option.name)
         where = option.flag
         if raw is None and option.env in environ:
             raw, where = environ[option.env], option.env
-        if raw is None:
+        if raw is None and option.name == "quiet_exempt":
+            values[option.name] = DEFAULT_QUIET_EXEMPT
+        elif raw is None:
             values[option.name] = option.default
+        elif option.name == "quiet_exempt":
+            values[option.name] = parse_paths(raw, where)
         elif option.name == "readiness_path":
             values[option.name] = parse_path(raw, where)
         else:

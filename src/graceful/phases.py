@@ -18,6 +18,10 @@ Wait = Callable[[Callable[[], bool], float | None, str], Awaitable[bool]]
 
 
 async def run_delay(lifecycle: Lifecycle, wait: Wait, hurried: Callable[[], bool]) -> None:
+    if lifecycle.worker_exit is not None:
+        # Only this process leaves: the load balancer keeps sending to the pod, whose
+        # listener stays open in the process taking this one's place. Nothing to wait for.
+        return
     config = lifecycle.config
     started = time.monotonic()
     if config.pre_close_delay > 0:

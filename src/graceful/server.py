@@ -7,7 +7,8 @@ readiness flip and no delay (DESIGN.md §4). The signal handler only records; th
 serving loop and a watcher task notice and act.
 
 Signals after the first (see `GracefulServer`): a SIGTERM is logged and ignored; a SIGINT
-ends the waits for requests; any signal after that exits at once.
+ends the waits for requests; any signal after that exits at once. A signal while the app's
+lifespan startup still runs cancels that startup and exits (nothing was served yet).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
@@ -32,6 +33,9 @@ logger = logging.getLogger("graceful.server")
 
 POLL = 0.05  # seconds between checks of in-flight state and of signals while waiting
 CANCEL_GRACE = 1.0  # seconds a cancelled request handler gets to end before we go on
+# Seconds (within the budget) a cancelled lifespan startup gets to end, e.g. to close
+# the connections it opened, before the process exits anyway.
+STARTUP_CANCEL_GRACE = 5.0
 EXIT_APP_OVERRAN = 1  # exit code when the app's shutdown outlives the budget
 
 
@@ -47,6 +51,12 @@ class GracefulServer(uvicorn.Server):
       shutdown (awaiting its tasks, flushing its writers) still runs, within the budget.
     - any signal after that (a third signal): log what the app leaves unwritten
       (`Lifecycle.report_unwritten`) and exit at once with 128 + the signal number.
+
+    A first signal while the app's lifespan startup still runs (e.g. a startup that
+    hangs) cancels the startup and its tasks, waits for them within
+    `STARTUP_CANCEL_GRACE` and the budget, and exits with 128 + the signal number: no
+    request was ever accepted, so there is nothing to drain or write. A second signal
+    then exits at once.
     """
 
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
@@ -67,8 +77,8 @@ class GracefulServer(uvicorn.Server):
         self.lifecycle.record_shutdown_request(sig)
         if not self.should_exit:
             effect = "start"
-        elif self.hurry:
-            effect = "exit"
+        elif self.hurry or not self.started:
+            effect = "exit"  # a third signal, or a second before anything was served
         elif sig == signal.SIGINT:
             effect = "hurry"
             self.hurry = True
@@ -78,9 +88,83 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        """uvicorn's startup, in a task this loop watches: the app's lifespan startup
+        awaits the app for as long as it takes, and would not see a signal otherwise."""
+        loop = asyncio.get_running_loop()
+        before = asyncio.all_tasks()
+        starting = loop.create_task(self._start(sockets), name="graceful-startup")
+        while not starting.done():
+            if self.should_exit and self._app_starting():
+                # Every task that appeared since is the app's startup or one it began.
+                app_tasks = asyncio.all_tasks() - before - {starting}
+                await self._interrupt_startup(starting, app_tasks)
+            await asyncio.wait({starting}, timeout=POLL)
+        if (exit := starting.result()) is not None:
+            raise exit  # uvicorn's own exits (startup failed, address in use) go on
         if self.started and not self.should_exit:
             self.lifecycle.phase = Phase.SERVING
+
+    async def _start(self, sockets: list[socket.socket] | None) -> SystemExit | None:
+        """uvicorn's startup; its sys.exit is handed back: raised in a task of its own,
+        it would leave the event loop from that task, reported as never retrieved."""
+        try:
+            await super().startup(sockets)
+        except SystemExit as exc:
+            return exc
+        return None
+
+    def _app_starting(self) -> bool:
+        """The app's lifespan startup has not answered yet. uvicorn's `LifespanOn` sets
+        `startup_event` when it does (or when the app has no lifespan); `LifespanOff`
+        has no such event and no startup."""
+        event = getattr(self.lifespan, "startup_event", None)
+        return isinstance(event, asyncio.Event) and not event.is_set()
+
+    async def _interrupt_startup(
+        self, starting: asyncio.Task[Any], app_tasks: set[asyncio.Task[Any]]
+    ) -> NoReturn:
+        """Cancel the app's startup, give it a bounded moment to end, and exit with
+        128 + the signal: no request was accepted, so nothing is lost."""
+        sig = self.lifecycle.shutdown_signal or signal.SIGTERM
+        code = 128 + sig
+        self._signals_logged = len(self.signals)
+        grace = self.lifecycle.remaining(STARTUP_CANCEL_GRACE) or 0.0
+        logger.warning(
+            "%s during the app's startup: startup cancelled, nothing was served "
+            "(up to %.1f s for it to end; one more signal exits at once)",
+            _signal_name(sig),
+            grace,
+        )
+        if hasattr(self.lifespan, "startup_failed"):
+            # uvicorn's LifespanOn then takes the cancellation as the failure it is,
+            # instead of logging that the app does not support the lifespan protocol.
+            self.lifespan.startup_failed = True
+        starting.cancel()
+        for task in app_tasks:
+            task.cancel()
+        deadline = time.monotonic() + grace
+        pending = {starting, *app_tasks}
+        while pending and time.monotonic() < deadline:
+            self._exit_on_a_later_signal()
+            _, pending = await asyncio.wait(pending, timeout=POLL)
+        self._exit_on_a_later_signal()
+        if pending:
+            names = ", ".join(sorted(t.get_name() for t in pending))
+            self._exit_at_once(
+                f"the app's startup still ran {grace:.1f} s after being cancelled: {names}",
+                code,
+            )
+            raise SystemExit(code)  # when `hard_exit` is a hook that returns
+        logger.error(
+            "Exiting with code %d: the app's startup was cancelled by %s", code, _signal_name(sig)
+        )
+        raise SystemExit(code)
+
+    def _exit_on_a_later_signal(self) -> None:
+        for sig, effect in self.signals[self._signals_logged :]:
+            if effect == "exit":
+                self._exit_at_once(f"second signal during startup, {_signal_name(sig)}", 128 + sig)
+                raise SystemExit(128 + sig)  # when `hard_exit` is a hook that returns
 
     async def main_loop(self) -> None:
         await super().main_loop()
@@ -93,7 +177,8 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         lifecycle = self.lifecycle
         config = lifecycle.config
-        logger.info("Shutdown started (signal %s)", _signal_name(lifecycle.shutdown_signal))
+        cause = lifecycle.worker_exit or f"signal {_signal_name(lifecycle.shutdown_signal)}"
+        logger.info("Shutdown started (%s)", cause)
         self._watcher = asyncio.get_running_loop().create_task(
             self._watch_signals(), name="graceful-signal-watcher"
         )

@@ -12,6 +12,13 @@ a partly settled one records how many in a `.done` file (replaced atomically). A
 and they are written again: InfluxDB overwrites a point with the same measurement, tags
 and timestamp, so a line written twice is stored once.
 
+A segment can hold lines its owner never wrote (a damaged disk, a file copied in by hand):
+`recover()` returns only lines that are UTF-8 and pass the owner's `check` (for calc, a
+line-protocol point). The others are set aside, never returned, in `rejected-<segment>`
+beside the segments (their bytes as found), counted in `rejected` and logged with the
+file's path; the segment is then rewritten without them (atomically, its settled lines
+kept, so its `.done` count stays true).
+
 Failures keep memory and disk consistent: an append that fails (disk full) is undone
 (the file is cut back to its last whole line, and the segment is abandoned so a torn tail
 can never be glued to a later line) and raises `OSError`: the line was not accepted. A
@@ -26,12 +33,17 @@ import fcntl
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger("graceful.spool")
 
 SUFFIX = ".spool"
+REJECTED = "rejected-"
+
+#: check(line) -> why the line is not one its owner can use, or None when it is.
+LineCheck = Callable[[str], str | None]
 
 
 class SpoolBusy(RuntimeError):
@@ -51,11 +63,15 @@ class _Segment:
 
 
 class Spool:
-    def __init__(self, directory: Path, segment_lines: int = 1000) -> None:
+    def __init__(
+        self, directory: Path, segment_lines: int = 1000, check: LineCheck | None = None
+    ) -> None:
         if segment_lines < 1:
             raise ValueError("segment_lines must be at least 1")
         self.directory = directory
         self.segment_lines = segment_lines
+        self.check = check
+        self.rejected = 0  # recovered lines set aside as not the owner's
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             # One process per spool: a second one would replay and delete live segments.
@@ -75,15 +91,17 @@ class Spool:
         self._open_size = 0  # bytes of whole lines in the open segment
 
     def _first_free_number(self) -> int:
-        numbers = [int(p.stem) for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit()]
-        return max(numbers, default=0) + 1
+        # A number with a rejected file is never used again: that file stays one
+        # segment's lines.
+        stems = [p.stem.removeprefix(REJECTED) for p in self.directory.glob(f"*{SUFFIX}")]
+        return max((int(stem) for stem in stems if stem.isdigit()), default=0) + 1
 
     def recover(self) -> list[str]:
         """Lines left by an earlier process, oldest first; they are owed a settle."""
         lines: list[str] = []
         # Leftovers of a kill between two steps of a settle: a .done file whose segment is
         # gone, or a .done file never moved into place.
-        for stray in self.directory.glob("*.done-new"):
+        for stray in [*self.directory.glob("*.done-new"), *self.directory.glob(f"*{SUFFIX}-new")]:
             stray.unlink(missing_ok=True)
         for done in self.directory.glob("*.done"):
             if not done.with_suffix(SUFFIX).exists():
@@ -97,12 +115,11 @@ class Spool:
             # accepted, so it is skipped.
             if not path.is_file():  # never read a device or a pipe left in its place
                 continue
-            text = path.read_bytes().decode("utf-8", errors="replace")
-            whole = [line for line in text.split("\n")[:-1] if line]
+            whole = [line for line in path.read_bytes().split(b"\n")[:-1] if line]
             settled = min(_settled_count(path), len(whole))
-            found = whole[settled:]
+            found = self._set_aside_the_unusable(path, whole, settled)
             if found:
-                self._segments.append(_Segment(path, len(whole), settled))
+                self._segments.append(_Segment(path, settled + len(found), settled))
                 lines.extend(found)
             else:
                 _remove(path)
@@ -111,6 +128,43 @@ class Spool:
                 "Recovered %d spooled lines from %d segment(s)", len(lines), len(self._segments)
             )
         return lines
+
+    def _set_aside_the_unusable(self, path: Path, whole: list[bytes], settled: int) -> list[str]:
+        """The unsettled lines of a segment its owner can use. The others go to the
+        segment's rejected file, and the segment is rewritten without them."""
+        found: list[str] = []
+        rejected: list[bytes] = []
+        reasons: list[str] = []
+        for raw in whole[settled:]:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                reason: str | None = "not UTF-8"
+            else:
+                reason = self.check(line) if self.check is not None else None
+            if reason is None:
+                found.append(line)
+            else:
+                rejected.append(raw)
+                reasons.append(reason)
+        if not rejected:
+            return found
+        aside = path.with_name(REJECTED + path.name)
+        # Both steps replace a whole file: a kill between them leaves the segment as it
+        # was, and the next start sets aside the same lines into the same file.
+        _replace(aside, b"".join(raw + b"\n" for raw in rejected))
+        kept = whole[:settled] + [line.encode() for line in found]
+        _replace(path, b"".join(raw + b"\n" for raw in kept))
+        self.rejected += len(rejected)
+        logger.error(
+            "Set aside %d spooled line(s) of %s that are not usable (first: %s), never "
+            "written: kept in %s",
+            len(rejected),
+            path.name,
+            reasons[0],
+            aside,
+        )
+        return found
 
     def append(self, line: str) -> None:
         """Store one line; raises OSError (and stores nothing) when it cannot."""
@@ -242,6 +296,16 @@ def _write_done_file(segment: Path, settled: int) -> None:
     temporary = done.with_suffix(".done-new")
     temporary.write_text(str(settled))
     os.replace(temporary, done)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + "-new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 def _remove(path: Path) -> None:

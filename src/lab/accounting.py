@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # k6's codes (lib/netext/httpext/error_codes.go): 1211 is tcpDialTimeoutErrorCode, the
@@ -40,6 +40,8 @@ class Request:
     error_code: str
     error: str
     proto: str = ""
+    # k6's http_req_duration (sending, waiting, receiving: no connect), in ms.
+    duration_ms: float | None = None
 
     @property
     def kind(self) -> str:
@@ -76,7 +78,8 @@ def read_requests(path: Path) -> list[Request]:
 
 
 def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
-    """The `http_reqs` rows as requests, and how often each k6 check failed."""
+    """The `http_reqs` rows as requests, each with the `http_req_duration` row k6 writes
+    right after it (same time and tags), and how often each k6 check failed."""
     requests: list[Request] = []
     failed_checks: Counter[str] = Counter()
     if not path.exists():
@@ -87,6 +90,11 @@ def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
             if metric == "checks":
                 if float(row.get("metric_value") or 0) == 0:
                     failed_checks[row.get("check") or "?"] += 1
+                continue
+            if metric == "http_req_duration":
+                last = requests[-1] if requests else None
+                if last is not None and last.duration_ms is None and _same_request(last, row):
+                    requests[-1] = replace(last, duration_ms=float(row.get("metric_value") or 0))
                 continue
             if metric != "http_reqs":
                 continue
@@ -102,6 +110,16 @@ def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
                 )
             )
     return requests, dict(failed_checks)
+
+
+def _same_request(request: Request, row: dict[str, str]) -> bool:
+    status = row.get("status") or "0"
+    return (
+        request.t_ms == int(float(row.get("timestamp") or 0))
+        and request.rid == _rid(row.get("extra_tags") or "")
+        and request.status == (int(status) if status.isdigit() else 0)
+        and request.error_code == (row.get("error_code") or "")
+    )
 
 
 @dataclass

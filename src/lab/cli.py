@@ -30,8 +30,10 @@ from lab.haproxy import HAProxyError
 from lab.influx import InfluxError
 from lab.k6 import K6Error
 from lab.kube import cli as cluster_cli
-from lab.manifest import ManifestError
+from lab.manifest import ManifestError, shortened
 from lab.stopping import Signals
+
+ERROR_LIMIT = 10_000  # characters of an error printed, at most
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,12 +121,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--cluster",
-        choices=CLUSTERS,
         default="lab",
+        metavar="{" + ",".join(CLUSTERS) + ",kubeconfig[:CONTEXT]}",
         help="whose controllers: the lab's own (default, fast), or `local`: a real "
         "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, "
         "kube-scheduler, built by `make cluster-bins`) that the run starts in OUT/cluster, "
-        "with the lab's kubelet as its nodes, on either runtime (--lb tcp, no faults yet)",
+        "with the lab's kubelet as its nodes, on either runtime (--lb tcp, no faults yet); "
+        "or `kubeconfig[:CONTEXT]`: any cluster, reached only through its API server "
+        "(lab.kube.remote): the manifests and InfluxDB applied in a namespace of the run's "
+        "own (deleted at the end), k6's load from this machine to --entry or the "
+        "LoadBalancer's address, the operation log read through the API server's service "
+        "proxy (or from --influx-url); a pod's SIGTERM and the proxies' syncs are not "
+        "observed, and faults that need node access are refused",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="--cluster kubeconfig: the file (default: the first of $KUBECONFIG, else "
+        "~/.kube/config)",
+    )
+    run.add_argument(
+        "--entry",
+        metavar="URL",
+        help="--cluster kubeconfig: where the load goes (default: the Service's "
+        "LoadBalancer address and port)",
+    )
+    run.add_argument(
+        "--influx-url",
+        metavar="URL",
+        help="--cluster kubeconfig: an InfluxDB 1.x both the pods and this machine reach; "
+        "the manifests' influxdb:8086 is pointed at it and no InfluxDB is applied (default: "
+        "deploy/k8s/influxdb.yml, or the manifests' own, in the run's namespace, read through "
+        "the API server's service proxy, which dials the pod itself: no kubelet streaming "
+        "server as port-forward needs; where the API server cannot reach pods, as with "
+        "`lab cluster up`'s process runtime, use --influx-url)",
     )
     run.add_argument(
         "--node-monitor-grace",
@@ -180,6 +210,9 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         runtime=args.runtime,
         nodes=args.nodes,
         cluster=args.cluster,
+        kubeconfig=args.kubeconfig,
+        entry=args.entry,
+        influx_url=args.influx_url,
         node_monitor_grace=args.node_monitor_grace,
         unreachable_toleration=args.unreachable_toleration,
     )
@@ -202,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         with Signals().installed() as signals:
             result = run_experiment(config, signals)
     except (ConfigError, ManifestError) as exc:
-        print(f"lab: error: {exc}", file=sys.stderr)
+        # Bounded as a last resort: each message quotes values bounded already.
+        print(f"lab: error: {shortened(str(exc), ERROR_LIMIT)}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         if exc.report is not None:

@@ -154,8 +154,12 @@ class LabConfig:
     # one L4 balancer (a cloud load balancer to a NodePort).
     nodes: int = 1
     # Whose controllers run the experiment: the lab's own ("lab"), or a real control
-    # plane the run starts (`--cluster local`, lab.kube.experiment).
+    # plane the run starts (`--cluster local`, lab.kube.experiment), or any cluster a
+    # kubeconfig names (`--cluster kubeconfig[:CONTEXT]`, lab.kube.remote).
     cluster: str = "lab"
+    kubeconfig: Path | None = None  # --cluster kubeconfig: the file (default as kubectl's)
+    entry: str | None = None  # --cluster kubeconfig: the URL the load goes to
+    influx_url: str | None = None  # --cluster kubeconfig: an InfluxDB the pods and the lab reach
 
     @property
     def image_map_path(self) -> Path:
@@ -221,12 +225,21 @@ class LabConfig:
             )
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")
-        if self.cluster not in CLUSTERS:
+        from lab.kube import remote_config
+
+        if self.cluster not in CLUSTERS and not remote_config.is_kubeconfig(self.cluster):
             raise ConfigError(
-                f"--cluster: must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}"
+                f"--cluster: must be one of {', '.join(CLUSTERS)} or kubeconfig[:CONTEXT], "
+                f"got {self.cluster!r}"
             )
         if self.cluster == "local":
             self._validate_local()
+        if remote_config.is_kubeconfig(self.cluster):
+            remote_config.validate(self)
+        elif (self.kubeconfig, self.entry, self.influx_url) != (None, None, None):
+            raise ConfigError(
+                "--kubeconfig, --entry and --influx-url: only with --cluster kubeconfig[:CONTEXT]"
+            )
 
     def _validate_local(self) -> None:
         """What `--cluster local` does not run yet, refused before anything starts."""

@@ -1,8 +1,9 @@
 """What a real container runtime needs from a pod template beyond the command and probes:
-securityContext, resources and emptyDir volumes, read from the manifest's Deployment.
+securityContext, resources and emptyDir volumes, read from the pod spec of a Deployment
+as lab.manifest parsed it (PodTemplate.spec) or of a pod as the API server has it.
 
 The process runtime has no use for them (no users, cgroups or mounts), so lab.manifest
-does not carry them; the Docker runtime reads them here, from the same files.
+does not model them; the Docker runtime reads them here.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lab.manifest import Container, ManifestError
+from lab.manifest import Container, Deployment, ManifestError
 
 _MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(?:e([0-9]+)|(Ki|Mi|Gi|Ti|k|M|G|T|m))?$")
 _UNITS = {
@@ -141,22 +139,17 @@ def from_pod_spec(spec: Mapping[str, Any], where: str) -> ContainerConfig:
     )
 
 
-def from_sources(sources: tuple[Path, ...]) -> ContainerConfig:
-    """The config of the Deployment among the manifest files (the lab runs one)."""
-    for path in sources:
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ManifestError(f"{path}: {exc}") from exc
-        for doc in docs:
-            if isinstance(doc, dict) and doc.get("kind") == "Deployment":
-                spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-                return from_pod_spec(spec, f"{path}: spec.template.spec")
-    return ContainerConfig()
+def from_deployment(deployment: Deployment, source: str | None = None) -> ContainerConfig:
+    """The config of a Deployment's container, from its pod spec as lab.manifest read it
+    (the Deployment under test, or one beside it: each has its own). `source`, the file
+    it came from, goes into errors."""
+    where = f"{source + ': ' if source else ''}Deployment {deployment.name}: spec.template.spec"
+    return from_pod_spec(deployment.template.spec, where)
 
 
 class Configs:
-    """The config of each template's container: the Deployment's, and an update's."""
+    """The config of each template's container: the Deployment under test's, an update's,
+    those beside them, or each pod's as the API server has it."""
 
     def __init__(self) -> None:
         self.known: list[tuple[Container, ContainerConfig]] = []

@@ -7,9 +7,9 @@ container joining that namespace. A container restart keeps the IP and the empty
 volumes (host directories under the pod's log directory).
 
 From the manifest: the image (its name mapped to the locally built tag, `calc` ->
-`calc:latest`), command/args per the Kubernetes rules (command replaces the ENTRYPOINT and
-drops the CMD, args replace the CMD, `$(VAR)` expanded against the env), env, workingDir,
-securityContext, memory and CPU limits (lab.container_config). Exec probes and preStop
+`calc:latest`), command/args and env per the Kubernetes rules (lab.container_env, as on
+the process runtime), workingDir, and the Deployment's own securityContext, memory and
+CPU limits and emptyDir mounts (lab.container_config). Exec probes and preStop
 hooks run in the container through the Engine API's exec; SIGTERM goes to PID 1; exits
 and OOM kills come from the engine's event stream. When a pod is gone its sandbox is
 removed, and its IP with it: new connections to it fail as in a cluster, not with an
@@ -41,10 +41,11 @@ import docker
 import docker.errors
 import docker.types
 
-from lab import blackhole, run_cgroup
+from lab import blackhole, leftovers, run_cgroup
 from lab.blackhole import Blackhole
-from lab.container_config import Configs, ContainerConfig, from_sources
-from lab.images import Launch, expand, image_name
+from lab.container_config import Configs, ContainerConfig, from_deployment
+from lab.container_env import command_and_args, manifest_env
+from lab.images import Launch, image_name
 from lab.manifest import Container, ManifestError, Manifests
 from lab.probes import READ_LIMIT
 from lab.runtime import Runtime, RuntimeContainer, StartError
@@ -190,6 +191,8 @@ class DockerRuntime(Runtime):
         self.rng = rng or random.Random()
         self.engine = engine
         self.run_id = uuid.uuid4().hex[:10]
+        # Who made it: a sweep removes what a dead owner left (lab.leftovers).
+        self.owner = leftovers.owner()
         self.network_name = f"lab-{self.run_id}"
         self.pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="docker-api")
         self.pods: dict[str, _PodState] = {}
@@ -259,7 +262,7 @@ class DockerRuntime(Runtime):
                     driver="bridge",
                     ipam=ipam,
                     internal=True,
-                    labels={LABEL: self.run_id},
+                    labels={LABEL: self.run_id, leftovers.OWNER_LABEL: self.owner},
                 )
             except docker.errors.APIError as exc:
                 if attempt == 4 or "overlap" not in str(exc).lower():
@@ -364,13 +367,17 @@ class DockerRuntime(Runtime):
     def prepare(self, pod: Pod) -> Launch:
         container = pod.template.container
         config = self.configs(container)
-        env = _env(container, pod.name, pod.ip, self.rewrite)
-        if container.command is not None:
-            entrypoint: list[str] | None = [expand(a, env) for a in container.command]
-            cmd: list[str] | None = [expand(a, env) for a in container.args or ()]
+        # The image's own ENV stays the engine's business; HOSTNAME is the runtime's.
+        declared = manifest_env(container, pod.name, pod.ip, self.rewrite)
+        env = {**declared, "HOSTNAME": pod.name}
+        command, args = command_and_args(container, declared)
+        # command replaces the ENTRYPOINT and drops the CMD; args replace the CMD.
+        if command is not None:
+            entrypoint: list[str] | None = list(command)
+            cmd: list[str] | None = list(args or ())
         else:
             entrypoint = None
-            cmd = [expand(a, env) for a in container.args] if container.args is not None else None
+            cmd = list(args) if args is not None else None
         if config.run_as_non_root and config.run_as_user == 0:
             raise ManifestError(
                 f"{pod.name}: runAsNonRoot is set but runAsUser is 0 (the kubelet refuses it)"
@@ -436,7 +443,12 @@ class DockerRuntime(Runtime):
             entrypoint=[],
             name=f"{self.network_name}-{pod.name}-sandbox",
             hostname=pod.name,
-            labels={LABEL: self.run_id, "lab.pod": pod.name, "lab.role": "sandbox"},
+            labels={
+                LABEL: self.run_id,
+                leftovers.OWNER_LABEL: self.owner,
+                "lab.pod": pod.name,
+                "lab.role": "sandbox",
+            },
             host_config=host_config,
             networking_config=networking,
         )
@@ -490,7 +502,12 @@ class DockerRuntime(Runtime):
             working_dir=str(state.launch.cwd) if state.launch.cwd else None,
             user=user,
             name=f"{self.network_name}-{pod.name}-{count}",
-            labels={LABEL: self.run_id, "lab.pod": pod.name, "lab.role": "app"},
+            labels={
+                LABEL: self.run_id,
+                leftovers.OWNER_LABEL: self.owner,
+                "lab.pod": pod.name,
+                "lab.role": "app",
+            },
             host_config=host_config,
         )
         ident: str = created["Id"]
@@ -631,27 +648,17 @@ def container_pids(state: Mapping[str, Any] | None) -> list[int]:
     return pids
 
 
-def _env(
-    container: Container, pod_name: str, pod_ip: str, rewrite: Callable[[str], str] | None
-) -> dict[str, str]:
-    """The manifest's env in order, each value expanded against those before it, fieldRefs
-    resolved, then HOSTNAME; the image's own ENV stays the engine's business."""
-    env: dict[str, str] = {}
-    fields = {"metadata.name": pod_name, "metadata.namespace": "default", "status.podIP": pod_ip}
-    for var in container.env:
-        value = fields[var.field_ref] if var.field_ref else expand(var.value or "", env)
-        if rewrite is not None:
-            value = rewrite(value)
-        env[var.name] = value
-    env["HOSTNAME"] = pod_name
-    return env
-
-
 def _configs(manifests: Manifests, update: Manifests | None) -> Configs:
+    """Each template's container settings from its own Deployment as lab.manifest read
+    it: the one under test, an update's, and those running beside them."""
     configs = Configs()
     for m in (manifests, update):
         if m is not None:
-            configs.add(m.deployment.template.container, from_sources(m.sources))
+            configs.add(m.deployment.template.container, from_deployment(m.deployment))
+            for s in m.supporting:
+                if s.replaced_by is None:
+                    config = from_deployment(s.deployment, s.source)
+                    configs.add(s.deployment.template.container, config)
     return configs
 
 
@@ -661,14 +668,20 @@ def check_docker(manifests: Manifests, update: Manifests | None) -> None:
 
 
 async def docker_runtime(
-    manifests: Manifests, update: Manifests | None, log_dir: Path
+    manifests: Manifests,
+    update: Manifests | None,
+    log_dir: Path,
+    made: Callable[[DockerRuntime], None] | None = None,
 ) -> DockerRuntime:
-    """The run's Docker runtime, its network made and its images checked."""
+    """The run's Docker runtime, its network made and its images checked. `made` learns
+    of it before it makes anything (to record its run id for a sweep, lab.leftovers)."""
     runtime = DockerRuntime(log_dir, _configs(manifests, update).of)
     if blackhole.available() is None:
         # A failed node's pod IPs drop packets (node-failure); made on first use. A gone
         # pod's IP needs none: it goes with its sandbox.
         runtime.dead = Blackhole()
+    if made is not None:
+        made(runtime)
     try:
         await runtime.open()
         images = [manifests.deployment.template.container.image]

@@ -25,9 +25,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from lab import accounting, blackhole, plot, report
+from lab import accounting, blackhole, capacity, leftovers, plot, report
 from lab.blackhole import Blackhole
 from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
@@ -37,7 +37,7 @@ from lab.faults import Faults
 from lab.haproxy import HAProxy, HAProxyError, HealthChecks
 from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import INFLUX_SERVICE, InfluxServer, free_port, uses_influx
-from lab.k6 import K6, find_k6
+from lab.k6 import K6, describe_exit, find_k6
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import AddressPool, Kubelet, Pod
 from lab.probes import describe
@@ -58,6 +58,12 @@ INFLUX_DB = "calc"
 
 class LabError(RuntimeError):
     pass
+
+
+class OperationLog(Protocol):
+    """Where the report reads the pods' operations: the lab's InfluxDB, or a cluster's."""
+
+    def field_values(self, db: str, measurement: str, field: str) -> list[object]: ...
 
 
 @dataclass
@@ -176,6 +182,8 @@ def prepare(config: LabConfig) -> Prepared:
     replicas = config.replicas if config.replicas is not None else manifests.deployment.replicas
     if replicas < 1:
         raise ConfigError("--replicas: the experiment needs at least one replica to send load to")
+    # The most pods at once must fit the run's addresses and this machine's memory.
+    notes.append(capacity.check(config, manifests, update))
     for fault in config.faults:
         if fault.kind.startswith("influx-") and not writes_influx:
             raise ConfigError(f"--fault {fault}: these manifests do not use InfluxDB")
@@ -208,7 +216,19 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
     signals = signals if signals is not None else Signals()
     if signals.first is not None:
         raise Interrupted(signals.first)
-    return asyncio.run(_main(prepared, signals))
+    # --out is this run's alone while it runs; what a killed run left there goes first.
+    claim = leftovers.Claim(config.out)
+    try:
+        swept = claim.take()
+    except leftovers.Held as exc:
+        raise ConfigError(f"--out: {exc}") from None
+    for line in swept:
+        print(f"lab: {line}", file=sys.stderr, flush=True)
+    cleaned: list[bool] = []
+    try:
+        return asyncio.run(_main(prepared, signals, cleaned))
+    finally:
+        claim.release(clean=bool(cleaned))
 
 
 async def _stop_and_report(lab: Lab | KubeLab, signal_name: str) -> report.Report | None:
@@ -219,7 +239,10 @@ async def _stop_and_report(lab: Lab | KubeLab, signal_name: str) -> report.Repor
     return await lab.partial_report(f"{signal_name} at {lab.events.now():.1f} s")
 
 
-async def _main(prepared: Prepared, signals: Signals) -> report.Report:
+async def _main(
+    prepared: Prepared, signals: Signals, cleaned: list[bool] | None = None
+) -> report.Report:
+    """The experiment, and always its clean-up; `cleaned` gets True once that is done."""
     loop = asyncio.get_running_loop()
     first, second = asyncio.Event(), asyncio.Event()
 
@@ -238,7 +261,11 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
     if signals.received:
         first.set()
     lab: Lab | KubeLab
-    if prepared.config.cluster == "local":
+    if prepared.config.cluster.startswith("kubeconfig"):
+        from lab.kube.remote import RemoteLab
+
+        lab = RemoteLab(prepared)
+    elif prepared.config.cluster == "local":
         from lab.kube.experiment import KubeLab
 
         lab = KubeLab(prepared)
@@ -278,6 +305,8 @@ async def _main(prepared: Prepared, signals: Signals) -> report.Report:
         if not work.done():
             await stop_task(work, 10)
         await lab.cleanup()
+        if cleaned is not None:
+            cleaned.append(True)
         if handled:
             for sig in Signals.STOPPING:
                 loop.remove_signal_handler(sig)
@@ -326,7 +355,7 @@ def _scenario_name(config: LabConfig) -> str:
 async def write_report(
     p: Prepared,
     events: EventLog,
-    influx: InfluxServer | None,
+    influx: OperationLog | None,
     *,
     stopping_wall: float,
     steady_window: tuple[float, float],
@@ -346,7 +375,8 @@ async def write_report(
         point_ids = await asyncio.to_thread(influx.field_values, p.influx_db, "operation", "id")
     result = accounting.account(requests, point_ids, stopped_ms=int(stopping_wall * 1000))
     events.phase("accounted", f"{result.requests} requests")
-    all_notes = [*p.notes, *notes]
+    entry = report.entry_notes(p.manifests.service, config.nodes, config.entry)
+    all_notes = [*p.notes, *notes, *entry]
     if interrupted is not None:
         all_notes.insert(
             0,
@@ -462,7 +492,9 @@ class Experiment:
 
 class Lab(Experiment):
     def __init__(self, prepared: Prepared) -> None:
-        super().__init__(prepared)
+        # Every child dies with the lab, also by SIGKILL (the kernel's parent-death
+        # signal); the watchdog (lab.leftovers) takes what is not a child.
+        super().__init__(prepared, die_with_parent=True)
         self.rng = random.Random(self.config.seed)
         self.influx: InfluxServer | None = None
         self.influx_start: asyncio.Future[None] | None = None
@@ -497,7 +529,9 @@ class Lab(Experiment):
             from lab.docker_runtime import docker_runtime
 
             # The run's Docker network first: InfluxDB listens on its gateway address.
-            self.runtime = await docker_runtime(self.p.manifests, self.p.update, self.out / "pods")
+            self.runtime = await docker_runtime(
+                self.p.manifests, self.p.update, self.out / "pods", made=self._record
+            )
             influx_host = self.runtime.gateway
             self.events.phase(
                 "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
@@ -514,8 +548,14 @@ class Lab(Experiment):
                     "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"
                 )
         if self.p.uses_influx:
+            # Started from a worker thread, which lives as long as the event loop's
+            # executor: the kernel kills influxd when the lab dies, not before.
             self.influx = InfluxServer(
-                data_dir=self.out / "influxdb", log_path=self.out / "influxd.log", host=influx_host
+                data_dir=self.out / "influxdb",
+                log_path=self.out / "influxd.log",
+                host=influx_host,
+                die_with_parent=True,
+                marks=self.registry.marks,
             )
             shutil.rmtree(self.influx.data_dir, ignore_errors=True)
             # A thread cannot be cancelled: keep the start's future, so that clean-up
@@ -566,6 +606,7 @@ class Lab(Experiment):
         else:
             dead = Blackhole() if blackhole.available() is None else None
             if dead is not None:
+                leftovers.record(self.out, None, dead.table)
                 self.events.phase("dead-addresses", f"nftables table {dead.table}, on demand")
             self.runtime = ProcessRuntime(
                 self.registry, self.out / "pods", base_env, rewrite, self.addresses, dead
@@ -685,7 +726,7 @@ class Lab(Experiment):
             await self.faults.stop()
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
-        self.events.phase("load-stopped", f"k6 exit code {code}")
+        self.events.phase("load-stopped", describe_exit(code))
         if self.front is not None:
             self._log_node_connections()
         await self._teardown_pods()
@@ -697,6 +738,12 @@ class Lab(Experiment):
             completed=completed,
             action_s=action_s,
         )
+
+    def _record(self, runtime: Runtime) -> None:
+        """Before the Docker runtime makes anything: what it will make, for the sweep
+        after a SIGKILL (lab.leftovers)."""
+        dead = runtime.dead.table if runtime.dead is not None else None
+        leftovers.record(self.out, getattr(runtime, "run_id", None), dead)
 
     async def _report(
         self,

@@ -20,19 +20,17 @@ Python running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from lab.manifest import Container, ManifestError
+# The kubelet's env and argv rules, one copy for both runtimes (expand: re-exported).
+from lab.container_env import command_and_args, manifest_env
+from lab.container_env import expand as expand
+from lab.manifest import Container, ManifestError, quoted, read_yaml, shortened
 from lab.manifest import image_name as image_name  # re-exported: the image map names images so
-
-_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,6 @@ class Image:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def expand(value: str, variables: Mapping[str, str]) -> str:
-    """Kubernetes `$(VAR)` expansion: unknown references stay as written, `$$` is `$`."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return variables.get(name, match.group(0))
-
-    return _REF.sub(replace, value)
-
-
 class ImageMap:
     def __init__(self, images: dict[str, Image], source: Path | None = None) -> None:
         self.images = images
@@ -65,34 +51,49 @@ class ImageMap:
     @classmethod
     def load(cls, path: Path) -> ImageMap:
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ManifestError(f"{where}: cannot read the image map: {exc}") from exc
+        documents = read_yaml(path, "an image map")
+        if len(documents) > 1:
+            raise ManifestError(
+                f"{where}: holds {len(documents)} YAML documents; an image map is one"
+            )
+        data = documents[0] if documents else None
         if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
             raise ManifestError(f"{where}: images: must be a mapping of image name to entry")
         base = path.resolve().parent
         images: dict[str, Image] = {}
         for name, entry in data["images"].items():
-            at = f"{where}: images.{name}"
+            at = f"{where}: images.{shortened(str(name))}"
             if not isinstance(entry, dict):
-                raise ManifestError(f"{at}: must be a mapping")
+                raise ManifestError(f"{at}: must be a mapping, got {quoted(entry)}")
             unknown = set(entry) - {"entrypoint", "cmd", "workdir", "paths", "env"}
             if unknown:
-                raise ManifestError(f"{at}.{sorted(unknown)[0]}: unknown key")
+                raise ManifestError(
+                    f"{at}.{shortened(str(sorted(map(str, unknown))[0]))}: unknown key"
+                )
             lists: dict[str, tuple[str, ...]] = {}
             for key in ("entrypoint", "cmd"):
                 value = entry.get(key) or []
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ManifestError(f"{at}.{key}: must be a list of strings")
+                    raise ManifestError(
+                        f"{at}.{key}: must be a list of strings, got {quoted(value)}"
+                    )
                 lists[key] = tuple(value)
             maps: dict[str, dict[str, str]] = {}
             for key in ("paths", "env"):
                 value = entry.get(key) or {}
                 if not isinstance(value, dict):
-                    raise ManifestError(f"{at}.{key}: must be a mapping")
+                    raise ManifestError(f"{at}.{key}: must be a mapping, got {quoted(value)}")
+                for k, v in value.items():
+                    # A value is a string or a number, never a list or mapping turned
+                    # into its repr.
+                    if isinstance(v, list | dict):
+                        raise ManifestError(
+                            f"{at}.{key}.{shortened(str(k))}: must be a string, got {quoted(v)}"
+                        )
                 maps[key] = {str(k): str(v) for k, v in value.items()}
             workdir = entry.get("workdir")
+            if workdir is not None and not isinstance(workdir, str):
+                raise ManifestError(f"{at}.workdir: must be a string, got {quoted(workdir)}")
             images[str(name)] = Image(
                 name=str(name),
                 entrypoint=lists["entrypoint"],
@@ -108,7 +109,7 @@ class ImageMap:
         if name not in self.images:
             known = ", ".join(sorted(self.images)) or "none"
             raise ManifestError(
-                f"spec.template.spec.containers[0].image: {reference!r} is not in the image map "
+                f"spec.template.spec.containers[0].image: {quoted(reference)} is not in the image map "
                 f"{self.source} (known: {known})"
             )
         return self.images[name]
@@ -173,9 +174,9 @@ def container_env(
     pod_dir: Path | None = None,
 ) -> dict[str, str]:
     """The container's environment: a minimal base, the image's env, then the manifest's
-    env in order, each value expanded against the variables defined before it (as the
-    kubelet does), then HOSTNAME. `rewrite` edits the manifest's values (the lab points
-    the in-cluster `influxdb:8086` at its own InfluxDB)."""
+    env by the kubelet's rules (lab.container_env.manifest_env), then HOSTNAME. `rewrite`
+    edits the manifest's values (the lab points the in-cluster `influxdb:8086` at its own
+    InfluxDB)."""
     lab_vars = lab_variables(pod_name, pod_ip, base_env, pod_dir)
     env: dict[str, str] = {"PATH": lab_vars["PATH"]}
     for key in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ"):
@@ -183,38 +184,26 @@ def container_env(
             env[key] = base_env[key]
     for key, value in image.env.items():
         env[key] = expand(value, lab_vars)
-    defined: dict[str, str] = {}
-    fields = {"metadata.name": pod_name, "metadata.namespace": "default", "status.podIP": pod_ip}
-    for var in container.env:
-        if var.field_ref is not None:
-            value = fields[var.field_ref]
-        elif var.literal:
-            value = var.value or ""
-        else:
-            value = expand(var.value or "", defined)
-        if rewrite is not None:
-            value = rewrite(value)
-        defined[var.name] = value
-        env[var.name] = value
+    env.update(manifest_env(container, pod_name, pod_ip, rewrite))
     env["HOSTNAME"] = pod_name
     return env
 
 
 def container_argv(container: Container, image: Image, env: Mapping[str, str]) -> tuple[str, ...]:
-    """`command` replaces the ENTRYPOINT and drops the CMD; `args` replaces the CMD.
-    References `$(VAR)` expand against the container's env; image paths map to local files."""
-    if container.command is not None:
-        argv: Sequence[str] = list(container.command) + list(container.args or ())
+    """`command` replaces the ENTRYPOINT and drops the CMD; `args` replaces the CMD. Their
+    `$(VAR)` references expand against `env`, the container's env list from its manifest
+    (lab.container_env), not the image's; image paths map to local files."""
+    command, args = command_and_args(container, env)
+    if command is not None:
+        argv: Sequence[str] = list(command) + list(args or ())
     else:
-        args = container.args if container.args is not None else image.cmd
-        argv = list(image.entrypoint) + list(args)
+        argv = list(image.entrypoint) + list(args if args is not None else image.cmd)
     if not argv:
         raise ManifestError(
             f"spec.template.spec.containers[0]: image {image.name!r} has no entrypoint or cmd "
             "in the image map and the container sets no command"
         )
-    expanded = [expand(a, env) for a in argv]
-    return tuple(str(image.paths[a]) if a in image.paths else a for a in expanded)
+    return tuple(str(image.paths[a]) if a in image.paths else a for a in argv)
 
 
 def resolve(
@@ -231,7 +220,8 @@ def resolve(
     # The manifest's values that name a path under a mount: the pod's directory for it.
     manifest_vars = {var.name for var in container.env}
     env = {k: mounted(v, mounts) if k in manifest_vars else v for k, v in env.items()}
-    argv = tuple(mounted(a, mounts) for a in container_argv(container, image, env))
+    declared = {k: v for k, v in env.items() if k in manifest_vars}
+    argv = tuple(mounted(a, mounts) for a in container_argv(container, image, declared))
     cwd = image.workdir
     if container.working_dir is not None:
         mapped = image.paths.get(container.working_dir)

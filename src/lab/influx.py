@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -95,6 +96,7 @@ class InfluxServer:
         log_path: Path | None = None,
         admin: tuple[str, str] | None = None,
         die_with_parent: bool = False,
+        marks: Mapping[str, str] | None = None,
     ) -> None:
         self.binary = shutil.which("influxd")
         if self.binary is None:
@@ -113,6 +115,8 @@ class InfluxServer:
         self.admin = admin
         # Killed by the kernel when the thread that started it dies (lab.procs says how).
         self.die_with_parent = die_with_parent and shutil.which("setpriv") is not None
+        # Its owner's mark in its environment (lab.leftovers), for the sweep after a SIGKILL.
+        self.marks = dict(marks or {})
 
     @property
     def url(self) -> str:
@@ -144,6 +148,7 @@ class InfluxServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.marks} if self.marks else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

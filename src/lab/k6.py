@@ -22,6 +22,24 @@ from lab.procs import Registry
 SYSTEM_TAGS = "status,error,error_code,proto,method,expected_response,scenario,check"
 
 
+# k6's exit code after a stop through its REST API, as stop() asks: the run's normal end
+# (ScriptStoppedFromRESTAPI, grafana/k6 errext/exitcodes/codes.go).
+STOPPED_THROUGH_API = 103
+
+
+def describe_exit(code: int | None) -> str:
+    """k6's exit after stop(), in words: the expected 103 reads as the normal end."""
+    if code == STOPPED_THROUGH_API:
+        return "k6 stopped through its REST API, as asked (exit code 103)"
+    if code == 0:
+        return "k6 ended on its own before it was stopped: its duration ran out (exit code 0)"
+    if code is None:
+        return "k6 was not running"
+    if code < 0:
+        return f"k6 killed by signal {-code}: it did not stop in time (see k6.log)"
+    return f"k6 exit code {code}, not the 103 of a stop through its REST API: see k6.log"
+
+
 class K6Error(RuntimeError):
     pass
 

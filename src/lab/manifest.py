@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import reprlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,157 @@ import yaml
 
 class ManifestError(ValueError):
     """A manifest the lab cannot run; the message names the file and the field."""
+
+
+# The longest value an error quotes, in characters: an error is one line to read, not
+# the value (which YAML aliases can make gigabytes long from a few hundred bytes).
+QUOTE_LIMIT = 200
+# Limits on what a YAML file may make the loader build, checked while the parser's
+# nodes are composed, before any Python value exists. Aliases may stand for this many
+# nodes and characters per document (a Kubernetes object is at most about 1.5 MB: etcd's
+# request limit), and mappings and lists nest this deep (a manifest nests about 15).
+MAX_ALIAS_EXPANSION = 1_000_000
+MAX_DEPTH = 100
+
+_QUOTING = reprlib.Repr()
+_QUOTING.maxlevel = 3
+_QUOTING.maxdict = _QUOTING.maxlist = _QUOTING.maxtuple = _QUOTING.maxset = 6
+_QUOTING.maxstring = _QUOTING.maxother = _QUOTING.maxlong = 80
+
+
+def shortened(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text`, cut at `limit` characters with how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` for an error message, at most `limit` characters (and a count of
+    the rest). A list or mapping is shown a few levels and items deep (reprlib), so
+    quoting a huge value costs no more than quoting a small one."""
+    text = repr(value) if isinstance(value, str) else _QUOTING.repr(value)
+    return shortened(text, limit)
+
+
+class _TooBig(yaml.YAMLError):
+    """A YAML document past the loader's limits, with where the parser was."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.mark = mark
+
+    def __str__(self) -> str:
+        if self.mark is None:
+            return self.problem
+        return f"line {self.mark.line + 1}, column {self.mark.column + 1}: {self.problem}"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, while composing nodes, a document whose
+    aliases stand for more than MAX_ALIAS_EXPANSION nodes and characters (a "billion
+    laughs" bomb: each level an alias list of the one before), an alias inside the node
+    it names (a recursive value), and nesting deeper than MAX_DEPTH. The constructor,
+    which would build the values, runs only on a document within those limits."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # Each composed node's size with every alias in it expanded: 1 per node plus
+        # the length of each scalar. Keyed by id(): the nodes live until the document
+        # is built, and an alias's node is the very node its anchor named.
+        self._sizes: dict[int, int] = {}
+        self._expanded = 0  # what the document's aliases stand for, so far
+        self._depth = 0
+
+    def compose_document(self) -> yaml.Node | None:
+        self._sizes, self._expanded, self._depth = {}, 0, 0
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            anchor = str(getattr(event, "anchor", ""))
+            target = self.anchors.get(anchor)
+            if target is not None:  # an unknown anchor: the composer's own error
+                size = self._sizes.get(id(target))
+                if size is None:
+                    raise _TooBig(
+                        f"alias *{shortened(anchor, 40)} is inside the node &"
+                        f"{shortened(anchor, 40)} it names (a value that contains itself)",
+                        event.start_mark,
+                    )
+                self._expanded += size
+                if self._expanded > MAX_ALIAS_EXPANSION:
+                    raise _TooBig(
+                        f"the aliases of this document stand for more than "
+                        f"{MAX_ALIAS_EXPANSION:,} nodes and characters (an alias bomb?); "
+                        "refused before building it",
+                        event.start_mark,
+                    )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _TooBig(
+                f"mappings and lists nested more than {MAX_DEPTH} deep",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        assert node is not None
+        self._sizes[id(node)] = self._size(node)
+        return node
+
+    def _size(self, node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return 1 + len(node.value)
+        if isinstance(node, yaml.SequenceNode):
+            return 1 + sum(self._sizes[id(child)] for child in node.value)
+        assert isinstance(node, yaml.MappingNode)
+        return 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, and what (its message repeats the line with a
+    caret under it, over several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        what = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {shortened(what)}"
+    return shortened(" ".join(str(exc).split()), 1000)
+
+
+def read_yaml(path: Path, what: str = "a manifest") -> list[Any]:
+    """Every document of a YAML file, or a ManifestError naming the file: not a regular
+    file, not readable, not UTF-8, not YAML, or past the loader's limits."""
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not {what} file")
+    if path.exists() and not path.is_file():
+        # A FIFO or device named *.yml: reading it could block forever.
+        raise ManifestError(f"{path}: not a regular file, so not {what} file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1]
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte {byte!r} at offset {exc.start}); YAML is UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return list(yaml.load_all(text, Loader=_BoundedLoader))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise plain errors for some bad values: an integer of
+        # more than 4300 digits, a date like 2020-13-45, an empty !!timestamp.
+        raise ManifestError(
+            f"{path}: not valid YAML: a value cannot be read: {quoted(str(exc))}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -114,6 +266,9 @@ class PodTemplate:
     annotations: dict[str, str]
     container: Container
     termination_grace: float = 30.0
+    # The pod spec as read, for what only a container runtime applies (securityContext,
+    # resources, volumes: lab.container_config), taken from this template, not re-read.
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -149,7 +304,8 @@ def _check_rolling(rolling: _Fields, strategy: Strategy) -> None:
     surge, unavailable = strategy.max_surge, strategy.max_unavailable
     if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
         rolling.fail(
-            rolling.at("maxUnavailable"), f"must not be greater than 100%, got {unavailable!r}"
+            rolling.at("maxUnavailable"),
+            f"must not be greater than 100%, got {quoted(unavailable)}",
         )
     if int(str(surge).rstrip("%")) == 0 and int(str(unavailable).rstrip("%")) == 0:
         rolling.fail(rolling.at("maxUnavailable"), "may not be 0 when maxSurge is 0")
@@ -229,7 +385,8 @@ class _Fields:
         self.data: dict[str, Any] = data
 
     def fail(self, path: str, message: str) -> None:
-        raise ManifestError(f"{self.source}: {path}: {message}")
+        # The path holds keys as the file wrote them, and a key can be any length.
+        raise ManifestError(f"{self.source}: {shortened(path)}: {shortened(message, 1000)}")
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -265,25 +422,25 @@ class _Fields:
                 self.fail(self.at(key), "is required")
             return default
         if not isinstance(value, str):
-            self.fail(self.at(key), f"must be a string, got {value!r}")
+            self.fail(self.at(key), f"must be a string, got {quoted(value)}")
         return str(value)
 
     def flag(self, key: str) -> bool:
         value = self.data.get(key, False)
         if not isinstance(value, bool):
-            self.fail(self.at(key), f"must be true or false, got {value!r}")
+            self.fail(self.at(key), f"must be true or false, got {quoted(value)}")
         return bool(value)
 
     def number(self, key: str, default: float, minimum: float = 0) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            self.fail(self.at(key), f"must be a number >= {minimum:g}, got {value!r}")
+            self.fail(self.at(key), f"must be a number >= {minimum:g}, got {quoted(value)}")
         return float(value)
 
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(self.at(key), f"must be an integer >= {minimum}, got {value!r}")
+            self.fail(self.at(key), f"must be an integer >= {minimum}, got {quoted(value)}")
         return int(value)
 
     def int_or_percent(self, key: str, default: int | str) -> int | str:
@@ -298,7 +455,7 @@ class _Fields:
                 return value
         self.fail(
             self.at(key),
-            f"must be an integer or a whole percentage like '25%', got {value!r}",
+            f"must be an integer or a whole percentage like '25%', got {quoted(value)}",
         )
         raise AssertionError  # unreachable: fail() raises
 
@@ -307,7 +464,7 @@ class _Fields:
         if value is None and required:
             self.fail(self.at(key), "is required")
         if isinstance(value, bool) or not isinstance(value, int | str):
-            self.fail(self.at(key), f"must be a port number or name, got {value!r}")
+            self.fail(self.at(key), f"must be a port number or name, got {quoted(value)}")
         assert isinstance(value, int | str)
         return value
 
@@ -316,24 +473,24 @@ class _Fields:
         if value is None:
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.fail(self.at(key), f"must be a list of strings, got {value!r}")
+            self.fail(self.at(key), f"must be a list of strings, got {quoted(value)}")
         return tuple(value)
 
     def str_map(self, key: str) -> dict[str, str]:
         value = self.data.get(key) or {}
         if not isinstance(value, dict):
-            self.fail(self.at(key), f"must be a mapping, got {value!r}")
+            self.fail(self.at(key), f"must be a mapping, got {quoted(value)}")
         out: dict[str, str] = {}
         for k, v in value.items():
             if not isinstance(v, str | int | float) or isinstance(v, bool):
-                self.fail(f"{self.at(key)}.{k}", f"must be a string, got {v!r}")
+                self.fail(f"{self.at(key)}.{k}", f"must be a string, got {quoted(v)}")
             out[str(k)] = str(v)
         return out
 
     def items(self, key: str) -> list[_Fields]:
         value = self.data.get(key) or []
         if not isinstance(value, list):
-            self.fail(self.at(key), f"must be a list, got {value!r}")
+            self.fail(self.at(key), f"must be a list, got {quoted(value)}")
         return [
             _Fields(self.source, f"{self.at(key)}[{i}]", v, self.notes) for i, v in enumerate(value)
         ]
@@ -386,7 +543,7 @@ def _probe(f: _Fields) -> Probe:
     )
     scheme = sub.text("scheme", "HTTP") or "HTTP"
     if scheme != "HTTP":
-        sub.fail(sub.at("scheme"), f"only HTTP is supported, got {scheme!r}")
+        sub.fail(sub.at("scheme"), f"only HTTP is supported, got {quoted(scheme)}")
     return Probe(
         action,
         port=sub.int_or_str("port", required=True),
@@ -424,7 +581,7 @@ def _handler(f: _Fields) -> Handler:
     )
     scheme = sub.text("scheme", "HTTP") or "HTTP"
     if scheme != "HTTP":
-        sub.fail(sub.at("scheme"), f"only HTTP is supported, got {scheme!r}")
+        sub.fail(sub.at("scheme"), f"only HTTP is supported, got {quoted(scheme)}")
     return Handler(
         "httpGet",
         port=sub.int_or_str("port", required=True),
@@ -461,7 +618,7 @@ class _Sources:
         if found is None and not f.flag("optional"):
             f.fail(
                 f.at(key),
-                f"{kind} {name!r} is not in {self.where} (add it, or set optional: true)",
+                f"{kind} {quoted(name)} is not in {self.where} (add it, or set optional: true)",
             )
         return found
 
@@ -497,7 +654,8 @@ def _env(f: _Fields, sources: _Sources) -> EnvVar | None:
                 if key_ref.flag("optional"):
                     return None
                 key_ref.fail(
-                    key_ref.at("key"), f"{kind} {key_ref.data['name']!r} has no key {wanted!r}"
+                    key_ref.at("key"),
+                    f"{kind} {quoted(key_ref.data['name'])} has no key {quoted(wanted)}",
                 )
             return EnvVar(name, value=data.data[wanted], literal=True)
         ref = value_from.sub("fieldRef")
@@ -507,11 +665,11 @@ def _env(f: _Fields, sources: _Sources) -> EnvVar | None:
         ref.only({"fieldPath", "apiVersion"})
         field_path = ref.text("fieldPath", required=True)
         if field_path not in ("metadata.name", "metadata.namespace", "status.podIP"):
-            ref.fail(ref.at("fieldPath"), f"{field_path!r} is not supported by the lab")
+            ref.fail(ref.at("fieldPath"), f"{quoted(field_path)} is not supported by the lab")
         return EnvVar(name, field_ref=field_path)
     value = f.data.get("value", "")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        f.fail(f.at("value"), f"must be a string, got {value!r}")
+        f.fail(f.at("value"), f"must be a string, got {quoted(value)}")
     return EnvVar(name, value=str(value))
 
 
@@ -583,7 +741,7 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Cont
         number = p.integer("containerPort", 0, minimum=1)
         protocol = p.text("protocol", "TCP")
         if protocol != "TCP":
-            p.fail(p.at("protocol"), f"only TCP is supported, got {protocol!r}")
+            p.fail(p.at("protocol"), f"only TCP is supported, got {quoted(protocol)}")
         ports[p.text("name") or str(number)] = number
     for mount in f.items("volumeMounts"):
         mount.only(
@@ -598,10 +756,12 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Cont
         volume = mount.text("name", required=True) or ""
         path = mount.text("mountPath", required=True) or ""
         if not path.startswith("/") or path.rstrip("/") == "":
-            mount.fail(mount.at("mountPath"), f"must be an absolute path below /, got {path!r}")
+            mount.fail(
+                mount.at("mountPath"), f"must be an absolute path below /, got {quoted(path)}"
+            )
         if volume not in volumes:
             mount.fail(
-                mount.at("name"), f"no volume named {volume!r} in spec.template.spec.volumes"
+                mount.at("name"), f"no volume named {quoted(volume)} in spec.template.spec.volumes"
             )
         mounts.append(dataclasses.replace(volumes[volume], path=path.rstrip("/")))
     readiness = f.sub("readinessProbe")
@@ -654,7 +814,9 @@ def _container(f: _Fields, sources: _Sources, volumes: dict[str, Mount]) -> Cont
             and not str(probe.port).isdigit()
             and probe.port not in ports
         ):
-            f.fail(f"{f.at(key)}.{probe.action}.port", f"no container port named {probe.port!r}")
+            f.fail(
+                f"{f.at(key)}.{probe.action}.port", f"no container port named {quoted(probe.port)}"
+            )
     return container
 
 
@@ -720,7 +882,7 @@ def _volumes(tspec: _Fields, sources: _Sources) -> dict[str, Mount]:
                 "secret, as directories of the pod's own)",
             )
         if name in volumes:
-            v.fail(v.at("name"), f"volume {name!r} is defined twice")
+            v.fail(v.at("name"), f"volume {quoted(name)} is defined twice")
         source = v.sub(kind) or _Fields(v.source, v.at(kind), {}, v.notes)
         if kind == "emptyDir":
             source.only({"medium", "sizeLimit"})
@@ -747,11 +909,11 @@ def _data_volume(f: _Fields, kind: str, name: str, sources: _Sources) -> Mount:
         path = item.text("path", required=True) or ""
         parts = Path(path).parts
         if path.startswith("/") or ".." in parts or not parts:
-            item.fail(item.at("path"), f"must be a relative path without '..', got {path!r}")
+            item.fail(item.at("path"), f"must be a relative path without '..', got {quoted(path)}")
         if key not in keys:
             if data is None or f.flag("optional"):
                 continue
-            item.fail(item.at("key"), f"{data.kind} {f.data[ref]!r} has no key {key!r}")
+            item.fail(item.at("key"), f"{data.kind} {quoted(f.data[ref])} has no key {quoted(key)}")
         files[path] = keys[key]
     mode = f.integer("defaultMode", 0o644) if "defaultMode" in f.data else None
     return Mount("", name, kind, tuple(sorted(files.items())), mode)
@@ -772,7 +934,7 @@ def _pod_template(
     if restart != "Always":
         # A Deployment's pods must restart always (pkg/apis/apps/validation:
         # ValidatePodTemplateSpecForReplicaSet allows only Always).
-        spec.fail(spec.at("restartPolicy"), f"{owner} needs Always, got {restart!r}")
+        spec.fail(spec.at("restartPolicy"), f"{owner} needs Always, got {quoted(restart)}")
     containers = spec.items("containers")
     if len(containers) != 1:
         spec.fail(
@@ -784,6 +946,7 @@ def _pod_template(
         annotations=meta.str_map("annotations"),
         container=_container(containers[0], sources, volumes),
         termination_grace=spec.number("terminationGracePeriodSeconds", 30),
+        spec=spec.data,
     )
 
 
@@ -799,7 +962,7 @@ def pod_from_api(
     but the API server always sets are accepted (`notes` gets none for them)."""
     meta = pod.get("metadata") or {}
     source = f"pod {meta.get('namespace', '')}/{meta.get('name', '')}"
-    sources = _Sources(f"namespace {meta.get('namespace', '')!r}")
+    sources = _Sources(f"namespace {quoted(meta.get('namespace', ''))}")
     for name, data in config_maps.items():
         sources.config_maps[name] = _Data("ConfigMap", source, data)
     for name, data in secrets.items():
@@ -869,7 +1032,7 @@ def _deployment(f: _Fields, sources: _Sources) -> Deployment:
                 _check_rolling(rolling, strategy)
         else:
             strategy_f.fail(
-                strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {kind!r}"
+                strategy_f.at("type"), f"must be RollingUpdate or Recreate, got {quoted(kind)}"
             )
     return Deployment(
         name=name,
@@ -904,7 +1067,9 @@ def _service(f: _Fields) -> Service:
     )
     kind = spec.text("type", "ClusterIP") or "ClusterIP"
     if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
-        spec.fail(spec.at("type"), f"must be ClusterIP, NodePort or LoadBalancer, got {kind!r}")
+        spec.fail(
+            spec.at("type"), f"must be ClusterIP, NodePort or LoadBalancer, got {quoted(kind)}"
+        )
     ports = spec.items("ports")
     if not ports:
         spec.fail(spec.at("ports"), "needs at least one port")
@@ -914,10 +1079,10 @@ def _service(f: _Fields) -> Service:
         port = item.integer("port", 0, minimum=1)
         target = item.data.get("targetPort", port)
         if isinstance(target, bool) or not isinstance(target, int | str):
-            item.fail(item.at("targetPort"), f"must be a port number or name, got {target!r}")
+            item.fail(item.at("targetPort"), f"must be a port number or name, got {quoted(target)}")
         protocol = item.text("protocol", "TCP")
         if protocol != "TCP":
-            item.fail(item.at("protocol"), f"only TCP is supported, got {protocol!r}")
+            item.fail(item.at("protocol"), f"only TCP is supported, got {quoted(protocol)}")
         pairs.append((port, target))
     return Service(
         meta.text("name", required=True) or "",
@@ -951,9 +1116,17 @@ def _data(f: _Fields, kind: str) -> dict[str, str]:
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yml", ".yaml"))
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yml", ".yaml"))
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot list the directory: {exc.strerror}") from None
         if not files:
             raise ManifestError(f"{path}: no .yml or .yaml files in this directory")
+        for file in files:
+            if not file.is_file():
+                # Refused, not skipped: a manifest the user meant to be read.
+                kind = "a directory" if file.is_dir() else "not a regular file"
+                raise ManifestError(f"{file}: {kind}, not a manifest file")
         return files
     if not path.exists():
         raise ManifestError(f"{path}: no such file or directory")
@@ -963,10 +1136,7 @@ def _files(path: Path) -> list[Path]:
 def _documents(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     documents: list[tuple[str, dict[str, Any]]] = []
     for file in files:
-        try:
-            loaded = list(yaml.safe_load_all(file.read_text()))
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{file}: not valid YAML: {exc}") from exc
+        loaded = read_yaml(file)
         for index, doc in enumerate(loaded):
             if doc is None:
                 continue
@@ -1052,7 +1222,7 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
             assert meta is not None
             name = meta.text("name", required=True) or ""
             if name in table:
-                meta.fail(meta.at("name"), f"{kind} {name!r} is also in {table[name].source}")
+                meta.fail(meta.at("name"), f"{kind} {quoted(name)} is also in {table[name].source}")
             table[name] = _Data(kind, f.source, _data(f, kind))
     deployments = [(_deployment(f, sources), f.source) for f in by_kind.pop("Deployment", [])]
     services = []
@@ -1068,7 +1238,7 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
     seen: dict[str, str] = {}
     for d, source in deployments:
         if d.name in seen:
-            raise ManifestError(f"{source}: Deployment {d.name!r} is also in {seen[d.name]}")
+            raise ManifestError(f"{source}: Deployment {quoted(d.name)} is also in {seen[d.name]}")
         seen[d.name] = source
     index = _pick(path, deployments, services, deployment)
     chosen = deployments[index][0]
@@ -1082,7 +1252,7 @@ def load(path: Path, deployment: str | None = None) -> Manifests:
         if isinstance(target, str) and not target.isdigit() and target not in container.ports:
             raise ManifestError(
                 f"{path}: Service {service.name} spec.ports[0].targetPort: "
-                f"no container port named {target!r} in Deployment {chosen.name}"
+                f"no container port named {quoted(target)} in Deployment {chosen.name}"
             )
     elif container.first_port is None:
         raise ManifestError(

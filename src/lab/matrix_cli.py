@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lab.config import CLUSTERS, LB_MODES, RUNTIMES, ConfigError, parse_lag
-from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, markdown, run_matrix
+from lab.matrix import SCENARIOS, VERSIONS, MatrixConfig, experiment_config, markdown, run_matrix
 from lab.stopping import Signals
 
 
@@ -106,21 +106,39 @@ def config_from(args: argparse.Namespace) -> MatrixConfig:
     return config
 
 
+def check_capacity(config: MatrixConfig) -> None:
+    """Before the first experiment: every version's manifests load, and every planned
+    experiment's pods fit the run's addresses and this machine's memory (a ConfigError
+    in an experiment would stop the matrix half way)."""
+    from lab.capacity import check
+    from lab.manifest import load
+
+    config.validate()
+    for version in config.versions:
+        manifests_dir = config.manifests_dir / version
+        manifests = load(manifests_dir)
+        for scenario in config.scenarios:
+            for lb in config.lbs:
+                out = config.out / f"{version}-{scenario}-{lb}"
+                check(experiment_config(config, manifests_dir, scenario, lb, out), manifests)
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: the experiment pulls in the whole lab.
     from lab.experiment import Interrupted, run_experiment
-    from lab.manifest import ManifestError
+    from lab.manifest import ManifestError, shortened
     from lab.matrix_plot import draw
 
     # The first SIGINT/SIGTERM stops the whole matrix (the running experiment tears down
     # gracefully; a second signal kills at once), not just the experiment it lands in.
     try:
         config = config_from(args)
+        check_capacity(config)
         with Signals().installed() as signals:
             runner = functools.partial(run_experiment, signals=signals)
             cells = run_matrix(config, runner, signals)
     except (ConfigError, ManifestError) as exc:
-        print(f"lab: error: {exc}", file=sys.stderr)
+        print(f"lab: error: {shortened(str(exc), 10_000)}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(

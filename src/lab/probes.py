@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from lab.manifest import Handler, Probe
 
 EXCERPT = 160  # characters of a body or of an exec's output kept in a result
+# The kubelet's HTTP probes say what they are: "kube-probe/<major>.<minor>" of the
+# kubelet's version (pkg/probe/http/request.go); 1.37 is what cluster/ builds. Servers
+# tell probes from clients by it (graceful's quiet period does).
+USER_AGENT = "kube-probe/1.37"
 READ_LIMIT = 10 * 1024  # bytes read from a body or an exec's output, as the kubelet
 
 
@@ -78,7 +82,7 @@ async def http_probe(host: str, port: int, path: str, timeout: float | None) -> 
             async with asyncio.timeout_at(deadline):
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    "User-Agent: kube-probe/lab\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+                    f"User-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
                 )
                 await writer.drain()
                 line = await reader.readline()

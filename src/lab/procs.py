@@ -3,6 +3,10 @@
 Each child runs in its own session (its own process group), which lets the lab signal a
 pod's main process alone (SIGTERM) or the whole group (SIGKILL), and keeps Ctrl-C on the
 terminal from reaching the children: the lab decides when and how they stop.
+
+Each child also carries its owner's mark in its environment (lab.leftovers.marks), which
+its own children inherit: after a SIGKILL of the lab, its watchdog and the next start
+find every process it left by that mark, never by a PID alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+from lab import leftovers
 
 # A container's main process is PID 1, which the kernel shields from every signal it has
 # no handler for. Starting the main process with SIGTERM ignored gives the same outcome: a
@@ -37,6 +43,7 @@ class Registry:
     def __init__(self, pid_log: Path | None = None, die_with_parent: bool = False) -> None:
         self.die_with_parent = die_with_parent and shutil.which("setpriv") is not None
         self.pid_log = pid_log
+        self.marks = leftovers.marks(pid_log.parent if pid_log is not None else None)
         self.children: dict[int, str] = {}  # pid (= pgid) -> name
         self.processes: list[asyncio.subprocess.Process] = []
 
@@ -65,7 +72,7 @@ class Registry:
                 command = DIE_WITH_PARENT + command
             process = await asyncio.create_subprocess_exec(
                 *command,
-                env=dict(env) if env is not None else None,
+                env={**(env if env is not None else os.environ), **self.marks},
                 cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file if log_file is not None else out,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lab.accounting import Accounting, Request
 from lab.events import Event
 from lab.lag import Lag
+from lab.manifest import Service
 
 ID_SAMPLE = 50  # ids listed in the report per category; the counts are exact
 
@@ -31,7 +33,11 @@ class Report:
     orphan_operations: int | None
     duration_s: float
     achieved_rps: float | None
-    ideal_rps: float
+    # What the VUs would send if each request took the steady window's median answer time
+    # (k6's http_req_duration of its 200s) and the next followed at once: VUs / median.
+    # None when no request in the window succeeded. The gap to achieved is the time
+    # between answers: connecting, k6's own work, the slower answers.
+    ideal_rps: float | None
     steady_window_s: list[float] | None
     action_completed: bool
     action_s: float | None
@@ -55,6 +61,7 @@ class Report:
     ops_method: str | None = None
     lost_margin: int | None = None
     events: list[dict[str, object]] = field(default_factory=list)
+    median_ms: float | None = None  # the answer time ideal_rps is derived from
 
     @property
     def steady_ratio(self) -> float | None:
@@ -102,11 +109,7 @@ class Report:
             )
         if self.unmatched_points:
             rows.append(("points without a k6 record", str(self.unmatched_points)))
-        rate = "n/a"
-        if self.achieved_rps is not None:
-            ratio = self.steady_ratio or 0.0
-            rate = f"{self.achieved_rps:.0f} / {self.ideal_rps:.0f} rps ({ratio:.0%})"
-        rows.append(("steady rps achieved/ideal", rate))
+        rows.append(("steady rps achieved/ideal", _rate(self)))
         rows += [
             ("pod failures" if i == 0 else "", text) for i, text in enumerate(self.explanations)
         ]
@@ -149,6 +152,38 @@ def explain(events: list[Event]) -> list[str]:
         rest = len(lines) - MAX_EXPLANATIONS
         lines = [*lines[:MAX_EXPLANATIONS], f"... {rest} more in events.jsonl"]
     return lines
+
+
+def entry_notes(service: Service | None, nodes: int, entry: str | None) -> list[str]:
+    """What the load's entry means when the Service is ClusterIP: in a cluster no client
+    outside reaches it; its clients are pods, each through its own node's proxy."""
+    if service is None or service.type != "ClusterIP":
+        return []
+    if entry is not None:
+        path = f"from this machine through --entry {entry}, not the way those pods come in"
+    elif nodes > 1:
+        path = (
+            f"through an L4 balancer to {nodes} nodes' proxies, a balancer a ClusterIP "
+            "Service does not have: its clients' own nodes spread the load instead"
+        )
+    else:
+        path = "through one node's proxy (HAProxy, with the endpoint lag), as a pod's would"
+    return [
+        f"Service {service.name} is type ClusterIP: only pods in the cluster reach it, each "
+        f"through its own node's proxy; the load stands in for them, {path}"
+    ]
+
+
+def _rate(report: Report) -> str:
+    if report.achieved_rps is None:
+        return "n/a (no steady window of 1 s or more)"
+    if report.ideal_rps is None or report.median_ms is None:
+        return f"{report.achieved_rps:.0f} rps; ideal n/a (no request succeeded in the window)"
+    ratio = report.steady_ratio or 0.0
+    return (
+        f"{report.achieved_rps:.0f} / {report.ideal_rps:.0f} rps ({ratio:.0%}); ideal = "
+        f"{report.vus} VUs / {report.median_ms:.1f} ms, the window's median answer time"
+    )
 
 
 def _pods(report: Report) -> str:
@@ -199,6 +234,29 @@ def steady_rate(
     return count / ((end_ms - start_ms) / 1000), [start_ms / 1000, end_ms / 1000]
 
 
+def median_answer_ms(
+    requests: list[Request], start_ms: int | None, end_ms: int | None
+) -> float | None:
+    """The median answer time (k6's http_req_duration) of the 200s in the window: the
+    service's own pace under this load, whatever its handler does."""
+    if start_ms is None or end_ms is None:
+        return None
+    times = [
+        r.duration_ms
+        for r in requests
+        if r.status == 200 and r.duration_ms is not None and start_ms <= r.t_ms < end_ms
+    ]
+    return statistics.median(times) if times else None
+
+
+def ideal_rate(vus: int, median_ms: float | None) -> float | None:
+    """VUs / the median answer time: each VU sends its next request the moment the last
+    one is answered (the project's k6 script does not sleep between requests)."""
+    if median_ms is None or median_ms <= 0:
+        return None
+    return vus / (median_ms / 1000)
+
+
 def build(
     *,
     manifests: str,
@@ -222,6 +280,8 @@ def build(
     supporting: frozenset[str] = frozenset(),
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
+    median_ms = median_answer_ms(requests, *steady_ms) if achieved is not None else None
+    ideal = ideal_rate(vus, median_ms)
     lost = accounting.lost
     orphans = accounting.orphans
     return Report(
@@ -240,7 +300,8 @@ def build(
         orphan_operations=None if orphans is None else len(orphans),
         duration_s=round(duration_s, 3),
         achieved_rps=None if achieved is None else round(achieved, 1),
-        ideal_rps=vus / 0.1,
+        ideal_rps=None if ideal is None else round(ideal, 1),
+        median_ms=None if median_ms is None else round(median_ms, 2),
         steady_window_s=window,
         action_completed=action_completed,
         action_s=None if action_s is None else round(action_s, 3),

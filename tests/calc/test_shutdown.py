@@ -95,7 +95,7 @@ def test_v10_keeps_serving_not_ready_with_connection_close_until_quiet(
         # Probes keep coming from the kubelet; they must not hold the pod open.
         while not refuses_connections(calc.port):
             try:
-                httpx.get(f"{calc.url}/ready", timeout=1)
+                httpx.get(f"{calc.url}/ready", timeout=1, headers={"User-Agent": "kube-probe/1.37"})
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                 # Closed between the check and the probe: refused, or taken into the
                 # kernel's backlog just before the listener closed and then dropped.

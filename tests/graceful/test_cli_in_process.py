@@ -335,7 +335,8 @@ HELP = {
     "--pre-close-delay SECONDS": "seconds to keep serving after SIGTERM before the quiet "
     "period (env GRACEFUL_PRE_CLOSE_DELAY; default 0.0)",
     "--quiet-period SECONDS": "then keep serving until no request came for this many seconds "
-    "(readiness probes do not count); 0 = off (env GRACEFUL_QUIET_PERIOD; default 1.0)",
+    "(kubelet probes, told by their User-Agent kube-probe/..., do not count, nor "
+    "--quiet-exempt paths); 0 = off (env GRACEFUL_QUIET_PERIOD; default 1.0)",
     "--quiet-max SECONDS": "at most this many seconds of delay and quiet period in all "
     "(env GRACEFUL_QUIET_MAX; default 10.0)",
     "--drain-timeout SECONDS": "after closing the listener, wait at most this many seconds "
@@ -343,6 +344,9 @@ HELP = {
     "--readiness-path PATH": "answer GET/HEAD here: 503 from SIGTERM on, else the app's "
     "answer, or 200 if the app has no such route; 'off' leaves the path to the app "
     "(env GRACEFUL_READINESS_PATH; default /ready)",
+    "--quiet-exempt PATHS": "comma-separated paths whose requests never count as traffic for "
+    "the quiet period, whoever sends them (a scraper's /metrics); 'none' for no path. The "
+    "readiness path never counts (env GRACEFUL_QUIET_EXEMPT; default /metrics)",
 }
 
 
@@ -370,12 +374,18 @@ def test_help_says_what_each_option_does_with_its_variable_and_default(
         "drains running requests and runs the app's lifespan shutdown, all within the "
         "grace period. Options win over environment variables."
     ) in text
+    assert (
+        "Not supported: --workers, --timeout-worker-healthcheck (run one process per container "
+        "and scale with replicas, or run gunicorn -k graceful.gunicorn.Worker for several "
+        "workers in one); --reload, --reload-dir, --reload-include, --reload-exclude, "
+        "--reload-delay (it restarts the server without the shutdown phases; use uvicorn to "
+        "develop); --uds, --fd (graceful-serve listens on --host/--port only); --ssl-keyfile, "
+    ) in text
     assert text.endswith(
-        "Not supported: --workers (run one process per container and scale with replicas, "
-        "or run gunicorn -k graceful.gunicorn.Worker for several workers in one); --reload "
-        "(it restarts the server without the shutdown phases; use uvicorn to develop). A "
-        "repeated SIGTERM is ignored; a second SIGINT stops waiting for requests; a third "
-        "signal exits at once."
+        "Each is refused as an option and as its UVICORN_<NAME> variable. A repeated SIGTERM "
+        "is ignored; a second SIGINT stops waiting for requests; a third signal exits at "
+        "once. A signal during the app's startup cancels it and exits with 128 + the signal "
+        "(a second one at once)."
     )
 
 
@@ -515,7 +525,9 @@ def test_shutdown_settings_become_the_phases_config() -> None:
         quiet_exempt_paths=frozenset(exempt | {"/api" + path for path in exempt}),
     )
     plain = ServeShutdown(readiness_path=None).shutdown_config()
-    assert plain.quiet_exempt_paths == DEFAULT_QUIET_EXEMPT
+    assert plain.quiet_exempt_paths == DEFAULT_QUIET_EXEMPT == {"/metrics"}
+    chosen = ServeShutdown(readiness_path=None, quiet_exempt=frozenset()).shutdown_config()
+    assert chosen.quiet_exempt_paths == frozenset()
     assert settings.problems() == []
     assert ServeShutdown(grace_period=5.0).problems() == [
         "shutdown phases need up to 20 s (delay 10 + drain 10) but only 4 s remain before "

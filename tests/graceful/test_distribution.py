@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from graceful.hypercorn_cli import MISSING
 from tests.support import REPO, Processes, wait_until
 
 PACKAGE = REPO / "packages" / "graceful-asgi"
@@ -148,6 +149,15 @@ def test_graceful_serve_from_the_wheel_serves_and_stops(
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0, processes.output(process)
     assert "Shutdown finished" in processes.output(process)
+
+
+def test_graceful_hypercorn_without_its_extra_names_the_fix(clean_env: CleanEnv) -> None:
+    """Scenario: 1. the clean venv has no hypercorn (the extra was not asked for);
+    2. `graceful-hypercorn` exits 2 with one line naming the extra to install, no
+    traceback."""
+    result = clean_env.run("graceful-hypercorn", "app:app")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [MISSING], result.stderr
 
 
 def test_the_package_keeps_the_roots_version_ranges() -> None:

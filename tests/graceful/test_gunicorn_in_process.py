@@ -23,7 +23,9 @@ from gunicorn.app.base import BaseApplication
 
 from graceful import current_lifecycle
 from graceful.asgi import ASGIApp
+from graceful.config import ShutdownConfig
 from graceful.gunicorn import Worker, WorkerServer
+from graceful.lifecycle import Lifecycle, Phase
 from tests.graceful.apps import echo
 from tests.graceful.in_process import Slow, process_state_restored, refused
 from tests.support import wait_until
@@ -63,28 +65,39 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         signal.signal(sig, handler)
 
 
+def serving(worker: Worker) -> bool:
+    return worker.lifecycle is not None and worker.lifecycle.phase is Phase.SERVING
+
+
 def boot(
     port: int,
     scenario: Callable[[str], None] | None,
     app: ASGIApp = echo.app,
     observed: dict[str, float] | None = None,
+    master: int | None = None,
     **settings: Any,
 ) -> Worker:
     """A worker of `app` on 127.0.0.1:`port` with these gunicorn settings, served in this
     thread by `init_process`; `scenario(url)` in a thread once the port answers (None: a
-    worker expected to stop before it serves)."""
+    worker expected to stop before it serves).
+
+    Its master is `master`: by default pytest's parent, which does not hold the listener,
+    as gunicorn's master after its SIGTERM; this process (which does) for a master that
+    keeps listening."""
     application = Application(app, {"bind": [f"127.0.0.1:{port}"], **settings})
     cfg = application.cfg
     log = glogging.Logger(cfg)
     sockets = gunicorn_sock.create_sockets(cfg, log)
-    worker = Worker(1, os.getpid(), sockets, application, cfg.timeout, cfg, log)
+    master = os.getppid() if master is None else master
+    worker = Worker(1, master, sockets, application, cfg.timeout, cfg, log)
     failures: list[BaseException] = []
     ended = threading.Event()
 
     def drive() -> None:
         try:
-            wait_until(lambda: not refused("127.0.0.1", port) or ended.is_set(), 10, what="listen")
-            assert not ended.is_set(), "the worker ended before it listened"
+            # gunicorn's socket accepts from its creation on: wait for the worker to serve.
+            wait_until(lambda: serving(worker) or ended.is_set(), 10, what="the worker to serve")
+            assert not ended.is_set(), "the worker ended before it served"
         except AssertionError as exc:
             failures.append(exc)  # no server to signal: its handlers may not be there
             return
@@ -184,7 +197,7 @@ def test_the_masters_quick_shutdown_aborts_at_once_and_a_second_exits(
 
     def scenario(url: str) -> None:
         slow = Slow(f"{url}/work?seconds=30")
-        time.sleep(0.1)  # the scenario: the master's signal comes while it runs
+        wait_until(lambda: current_lifecycle().in_flight == 1, 5, what="the request to run")
         quick = time.monotonic()
         os.kill(os.getpid(), signal.SIGQUIT)
         assert isinstance(slow.result(), httpx.HTTPError)
@@ -216,7 +229,7 @@ def test_sigterm_then_the_quick_shutdown_stops_the_waits(
 
     def scenario(url: str) -> None:
         slow = Slow(f"{url}/work?seconds=30")
-        time.sleep(0.1)  # the scenario: the signals come while it runs
+        wait_until(lambda: current_lifecycle().in_flight == 1, 5, what="the request to run")
         os.kill(os.getpid(), signal.SIGTERM)
         lifecycle = current_lifecycle()
         wait_until(lambda: lifecycle.shutting_down, 2, what="shutdown")
@@ -311,3 +324,50 @@ def test_the_workers_log_lines_go_through_gunicorns_logs_only(
     assert "[INFO] Started server process" in captured.err
     names = {r.name for r in caplog.records} - {"httpx"}  # the test's own client
     assert names == {"tests.app"}, names
+
+
+def test_a_sigterm_while_the_master_keeps_listening_drains_only(
+    port: int, exits: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. A worker whose master still holds the listener (as after a reload's SIGTERM),
+    with a 5 s quiet period. 2. SIGTERM: readiness stays 200 and responses carry no
+    `Connection: close` while it still answers; the listener closes at once (no delay, no
+    quiet period). 3. The log says why it leaves; no "signal SIGTERM"."""
+    monkeypatch.setenv("GRACEFUL_QUIET_PERIOD", "5")
+    monkeypatch.setenv("GRACEFUL_QUIET_MAX", "5")
+    seen: dict[str, Any] = {}
+
+    def scenario(url: str) -> None:
+        lifecycle = current_lifecycle()
+        with httpx.Client(base_url=url, timeout=5) as client:
+            assert client.get("/ready").status_code == 200
+            signalled = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen["ready"] = lifecycle.ready
+            seen["close"] = lifecycle.close_connections
+        wait_until(lambda: lifecycle.phase is Phase.STOPPED, 3, what="the worker to stop")
+        seen["stopped"] = time.monotonic() - signalled
+
+    boot(port, scenario, master=os.getpid(), graceful_timeout=10)
+    assert exits == []
+    assert (seen["ready"], seen["close"]) == (True, False)
+    assert seen["stopped"] < 1.5  # the drain's moment for first requests, not 5 s of quiet
+    err = capsys.readouterr().err
+    assert (
+        "[INFO] Shutdown started (worker rotation, the pod stays ready: SIGTERM from the "
+        "master, which keeps listening (a reload, or fewer workers))"
+    ) in err
+    assert "signal SIGTERM" not in err
+
+
+def test_a_rotating_worker_takes_the_pods_shutdown_when_it_comes() -> None:
+    """A worker leaving on its own reads ready (the pod stays) and sends no
+    `Connection: close`; when the pod's shutdown comes during its rotation, both turn to
+    the pod's shutdown's answers."""
+    lifecycle = Lifecycle(ShutdownConfig(readiness_flip=True, connection_close=True))
+    lifecycle.phase = Phase.SERVING
+    lifecycle.record_worker_exit("worker rotation, the pod stays ready: test")
+    lifecycle.phase = Phase.DRAINING
+    assert lifecycle.shutting_down and lifecycle.ready and not lifecycle.close_connections
+    lifecycle.record_pod_shutdown()
+    assert not lifecycle.ready and lifecycle.close_connections

@@ -147,7 +147,7 @@ def test_the_delay_limit_and_the_budget_parts() -> None:
         1.0,
         False,
     )
-    assert defaults.quiet_exempt_paths == {"/health", "/ready", "/metrics", "/healthz", "/readyz"}
+    assert defaults.quiet_exempt_paths == {"/metrics"}  # probes are told by their User-Agent
 
 
 class Called:

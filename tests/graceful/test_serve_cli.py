@@ -38,6 +38,7 @@ SUPPORTED = {
     "--quiet-max",
     "--drain-timeout",
     "--readiness-path",
+    "--quiet-exempt",
 }
 
 
@@ -68,15 +69,20 @@ def run_briefly(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 def test_help_lists_exactly_the_supported_options() -> None:
     """1. `graceful-serve --help`. 2. The options it lists are exactly uvicorn's common
     ones and the shutdown ones, each with its environment variable; --workers and
-    --reload are named as not supported."""
+    --reload, and every other uvicorn option, are named as not supported."""
+    from graceful.cli import UNSUPPORTED
+
     result = run_briefly("--help")
     assert result.returncode == 0
     text = result.stdout
-    listed = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text.split("Not supported:")[0]))
+    supported, _, refused = text.partition("Not supported:")
+    listed = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", supported))
     assert listed == SUPPORTED, listed ^ SUPPORTED
     for env in ("UVICORN_PORT", "UVICORN_APP", "GRACEFUL_GRACE_PERIOD", "GRACEFUL_READINESS_PATH"):
         assert env in text
-    assert "--workers (" in text and "--reload (" in text
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", refused.replace("-\n", "-")))
+    assert {r.flags[0] for r in UNSUPPORTED} <= named, {r.flags[0] for r in UNSUPPORTED} - named
+    assert "WEB_CONCURRENCY other than 1" in " ".join(refused.split())
 
 
 @pytest.mark.parametrize(
@@ -84,6 +90,9 @@ def test_help_lists_exactly_the_supported_options() -> None:
     [
         (["app:app", "--workers", "2"], {}, "--workers is not supported"),
         (["--reload", "app:app"], {}, "--reload is not supported"),
+        (["app:app", "--uds", "/tmp/app.sock"], {}, "--uds is not supported"),
+        (["app:app", "--ssl-certfile=c.pem"], {}, "--ssl-certfile is not supported"),
+        (["app:app", "--no-date-header"], {}, "--no-date-header is not supported"),
         ([], {}, "APP is required"),
         (["nocolon"], {}, 'APP must be "<module>:<attribute>"'),
         (["app:app", "--port", "http"], {}, "--port: expected a whole number"),

@@ -373,7 +373,7 @@ def test_quiet_counts_from_sigterm_and_each_request_restarts_it(
 ) -> None:
     """1. Serve with a 0.2 s pre-close delay and a 0.4 s quiet period; the pod has been
     idle 0.5 s when SIGTERM comes. 2. A request 0.3 s after SIGTERM restarts the quiet
-    period; probes of /ready and /metrics do not. 3. The listener closes no sooner than
+    period; the kubelet's probes of /ready and a scraper's /metrics do not. 3. The listener closes no sooner than
     0.4 s after the last request, well within quiet_max."""
     served = Served(App(), config(pre_close_delay=0.2, quiet_period=0.4, quiet_max=5.0), port)
     marks: dict[str, float] = {}
@@ -389,7 +389,8 @@ def test_quiet_counts_from_sigterm_and_each_request_restarts_it(
             marks["request"] = time.monotonic()
             while time.monotonic() - marks["request"] < 0.3:  # probes, paced by the scenario
                 assert client.get("/metrics").status_code == 200
-                assert client.get("/ready").status_code == 503
+                probe = client.get("/ready", headers={"User-Agent": "kube-probe/1.37"})
+                assert probe.status_code == 503
                 time.sleep(0.05)
         wait_until(lambda: not s.listening(), 3, what="listener to close")
         marks["closed"] = time.monotonic()

@@ -245,3 +245,58 @@ def test_closing_twice_is_harmless(tmp_path: Path) -> None:
     assert again.recover() == ["x"]
     again.settle(1)
     again.close()
+
+
+def _digits_only(line: str) -> str | None:
+    return None if line.isdigit() else "not digits"
+
+
+def test_recovery_sets_aside_what_the_check_refuses_and_keeps_the_settled_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A segment of 6 lines, the first 2 settled (.done = 2), then damaged: a line
+    that is not UTF-8 and one the owner's check refuses among the 4 unsettled. 2.
+    Recovery returns the 2 good unsettled lines only, counts and logs the 2 others and
+    keeps their bytes in `rejected-<segment>`. 3. Settling 1 and recovering in a new
+    process returns the last good line: the rewritten segment and its .done agree."""
+    directory = tmp_path / "s"
+    first = Spool(directory, check=_digits_only)
+    for line in ("1", "2", "3", "4"):
+        first.append(line)
+    first.settle(2)
+    first.close()
+    (segment,) = directory.glob("*.spool")
+    segment.write_bytes(b"1\n2\n3\n\xff\xfe\nword\n4\n")
+    caplog.set_level(logging.ERROR, logger="graceful.spool")
+    second = Spool(directory, check=_digits_only)
+    assert (second.recover(), second.rejected, second.pending) == (["3", "4"], 2, 2)
+    rejected = directory / f"rejected-{segment.name}"
+    assert rejected.read_bytes() == b"\xff\xfe\nword\n"
+    assert caplog.messages == [
+        f"Set aside 2 spooled line(s) of {segment.name} that are not usable (first: not "
+        f"UTF-8), never written: kept in {rejected}"
+    ]
+    second.settle(1)
+    second.close()
+    third = Spool(directory, check=_digits_only)
+    assert (third.recover(), third.rejected) == (["4"], 0)
+    third.settle(1)
+    third.close()
+    assert sorted(p.name for p in directory.iterdir()) == [rejected.name]
+
+
+def test_a_rejected_files_number_is_never_given_to_a_new_segment(tmp_path: Path) -> None:
+    """1. A segment holding only garbage: recovery sets it all aside and removes the
+    segment. 2. The next segment gets a new number, so the rejected file stays that
+    one segment's lines."""
+    directory = tmp_path / "s"
+    directory.mkdir()
+    (directory / "000000000001.spool").write_bytes(b"\x00\x01\xff\n")
+    spool = Spool(directory)
+    assert (spool.recover(), spool.rejected) == ([], 1)
+    spool.append("next")
+    spool.close()
+    assert sorted(p.name for p in directory.glob("*.spool")) == [
+        "000000000002.spool",
+        "rejected-000000000001.spool",
+    ]

@@ -36,6 +36,7 @@ from lab.procs import Registry
 from lab.run_cgroup import RunCgroup
 from lab.runtime import StartError
 from tests.docker_support import engine_or_skip, ensure_image
+from tests.lab.env_rules import check, env_manifests, printed
 from tests.lab.labkit import run
 from tests.support import REPO, wait_until
 
@@ -549,3 +550,97 @@ def test_exit_is_seen_when_the_event_stream_is_gone(
             assert n.event(pod, "exited").detail == "code 137"
 
     run(scenario(), 60)
+
+
+def test_env_and_args_follow_the_kubelet_rules_in_a_container(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. a container whose app prints its environment and argv; its env has a
+    value that names earlier entries, and entries from a ConfigMap (envFrom and
+    configMapKeyRef), a Secret and a fieldRef, whose values hold `$(EARLY)`; its args name
+    env entries; 2. the ConfigMap's and Secret's values reach the app as written, not
+    expanded; 3. the value expands against the entries before it, `$$` escapes, a later
+    name and HOSTNAME (the runtime's, not the env list's) stay as written in the args:
+    the same as on the process runtime (test_pods)."""
+    manifest = env_manifests(tmp_path / "manifests", "registry.example.com/team/calc:0.1.0", 4000)
+
+    def logs(pod: Pod) -> str:
+        container = pod.running
+        if not isinstance(container, DockerContainer):
+            return ""
+        return bytes(engine.api.logs(container.id, stdout=True, stderr=True)).decode()
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create("app-a")
+            await n.until(lambda: printed(logs(pod)), 30, "the app's env and argv")
+            seen = printed(logs(pod))
+            assert seen is not None
+            check(*seen, pod.name)
+
+    run(scenario(), 60)
+
+
+def _two_deployments(path: Path) -> Path:
+    """A file with two Deployments: first `other` (64Mi, uid 10002, no volume), then
+    `calc`, the one under test (behind the LoadBalancer Service): 256Mi, 0.5 CPU, uid
+    10001, a read-only root and an emptyDir at /tmp. Its readiness probe checks, inside
+    the container, that its own settings are the ones applied."""
+    check_settings = 'test "$(id -u):$(id -g)" = 10001:10001 && touch /tmp/ok && ! touch /ok'
+    calc_manifest(
+        path,
+        readiness={"exec": {"command": ["sh", "-c", check_settings]}, "periodSeconds": 1},
+        pod_extra={
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001},
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+        container_extra={
+            "securityContext": {"readOnlyRootFilesystem": True},
+            "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        },
+    )
+    under_test = yaml.safe_load(path.read_text())
+    other = yaml.safe_load(path.read_text())
+    other["metadata"]["name"] = "other"
+    other["spec"]["selector"]["matchLabels"] = {"app": "other"}
+    pod = other["spec"]["template"]
+    pod["metadata"]["labels"] = {"app": "other"}
+    pod["spec"]["securityContext"] = {"runAsUser": 10002, "runAsGroup": 10002}
+    del pod["spec"]["volumes"]
+    container = pod["spec"]["containers"][0]
+    container["resources"] = {"limits": {"memory": "64Mi"}}
+    del container["securityContext"], container["volumeMounts"]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "calc"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "calc"}, "ports": [{"port": 80, "targetPort": "http"}]},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump_all([other, under_test, service], sort_keys=False))
+    return path
+
+
+def test_container_settings_come_from_the_deployment_under_test(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Scenario: 1. one file with two Deployments, the second under test with other
+    limits, user and volumes than the first; 2. the manifests pick `calc`; 3. its pod
+    becomes ready: the exec probe found uid 10001, a writable /tmp and a read-only root;
+    4. the engine holds calc's 256Mi and 0.5 CPU, not the first Deployment's 64Mi."""
+    manifest = _two_deployments(tmp_path / "m.yml")
+    assert load(manifest).deployment.name == "calc"
+
+    async def scenario() -> None:
+        async with node(tmp_path, manifest, engine) as n:
+            pod = n.create()
+            await n.until(lambda: pod.ready, 40, "the pod ready (exec probe)")
+            assert isinstance(pod.running, DockerContainer)
+            info = engine.api.inspect_container(pod.running.id)
+            assert info["Config"]["User"] == "10001:10001"
+            host = info["HostConfig"]
+            assert host["Memory"] == 256 * 2**20
+            assert host["CpuQuota"] == 50_000 and host["CpuPeriod"] == 100_000
+            assert host["ReadonlyRootfs"] is True
+
+    run(scenario(), 80)

@@ -12,6 +12,7 @@ import httpx
 from lab.events import Event
 from lab.influx import free_port
 from lab.pods import Pod
+from tests.lab.env_rules import check, env_manifests, printed
 from tests.lab.labkit import READY_PROBE, Cluster, cluster, run, tiny_manifest
 
 
@@ -215,5 +216,28 @@ def test_container_that_cannot_start_backs_off_in_place(tmp_path: Path) -> None:
             assert len(failures) == 2
             assert all(e.kind == "start-failed" or e.detail == "code 127" for e in failures)
             assert not pod.ready and not pod.gone and len(c.kubelet.pods) == 1
+
+    run(scenario())
+
+
+def test_env_and_args_follow_the_kubelet_rules_on_processes(tmp_path: Path) -> None:
+    """A pod whose app prints its environment and argv; its env has a value that names
+    earlier entries, and entries from a ConfigMap (envFrom and configMapKeyRef), a Secret
+    and a fieldRef, whose values hold `$(EARLY)`; its args name env entries.
+    1. The ConfigMap's and Secret's values reach the app as written, not expanded.
+    2. The value expands against the entries before it; `$$` escapes; a later name and
+       HOSTNAME (the runtime's, not the env list's) stay as written in the args."""
+    manifest = env_manifests(
+        tmp_path / "manifests", "registry.example.com/lab/tinyapp:test", free_port()
+    )
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, manifest) as c:
+            await c.until(lambda: c.pods(), 10, "a pod")
+            pod = c.pods()[0]
+            await c.until(lambda: printed(c.log(pod)), 15, "the app's env and argv")
+            seen = printed(c.log(pod))
+            assert seen is not None
+            check(*seen, pod.name)
 
     run(scenario())

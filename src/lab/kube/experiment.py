@@ -31,7 +31,7 @@ from lab.experiment import (
     write_report,
 )
 from lab.influx import free_port
-from lab.k6 import K6
+from lab.k6 import K6, describe_exit
 from lab.kube.api import REQUEST_TIMEOUT, Informer, WatchEvent, call
 from lab.kube.balancers import Balancer
 from lab.kube.controlplane import ClusterConfig, ControlPlane
@@ -79,54 +79,14 @@ class KubeLab(Experiment):
 
     async def run(self) -> report.Report:
         config = self.config
-        self.events.phase(
-            "start", f"{config.manifests} scenario {config.scenario} on a real control plane"
-        )
+        self.events.phase("start", f"{config.manifests} scenario {config.scenario} {self._where()}")
         for note in self.p.notes:
             self.events.add("", "note", note)
-        plane = self.plane = ControlPlane(
-            ClusterConfig(
-                state_dir=self.out / "cluster",
-                nodes=config.nodes,
-                node_monitor_grace=config.node_monitor_grace,
-                unreachable_toleration=int(config.unreachable_toleration),
-                image_map=config.image_map_path,
-                endpoint_lag=config.endpoint_lag,
-                seed=config.seed,
-            ),
-            progress=self._cluster_progress,
-        )
-        await plane.start()
-        plane.mark_ready()
-        self.api = plane.client()
-        self.workers = Workers(
-            self.api,
-            self.out / "cluster" / NODES_DIR,
-            config.nodes,
-            self.p.images,
-            config.endpoint_lag,
-            config.runtime,
-            seed=config.seed,
-            events=self.events,
-            registry=self.registry,
-            home_namespace=self.namespace,
-        )
-        await self.workers.start()
-        assert self.workers.agents is not None
-        if self.p.uses_influx:
-            await self.workers.agents.ensure_influx(self.p.influx_db)
-        self.events.phase("cluster", f"{plane.api_url}, namespace {self.namespace}")
+        await self._up()
         self._watch_pods()
         await self._apply()
         self.events.phase("deploy", f"{self._replicas()} replicas")
-        if not await self._until(self._deployed, config.ready_timeout):
-            raise LabError(
-                f"the Deployment {self.deployment} was not rolled out and in the load "
-                f"balancer within {config.ready_timeout:g} s; see {self.out}/cluster/nodes/pods/"
-            )
-        balancer = self._balancer()
-        assert balancer is not None and balancer.proxies is not None
-        url = f"http://{balancer.address}:{balancer.port}"
+        url = await self._wait_deployed()
         self.k6 = K6(
             config.k6_script_path,
             url,
@@ -166,7 +126,7 @@ class KubeLab(Experiment):
         await self._sleep_under_load(config.cooldown)
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
-        self.events.phase("load-stopped", f"k6 exit code {code}")
+        self.events.phase("load-stopped", describe_exit(code))
         await self._teardown_pods()
         return await self._report(
             stopping_wall=stopping.wall,
@@ -174,6 +134,58 @@ class KubeLab(Experiment):
             completed=completed,
             action_s=action_s,
         )
+
+    def _where(self) -> str:
+        return "on a real control plane"
+
+    async def _up(self) -> None:
+        """The control plane and the lab's nodes, in OUT/cluster."""
+        config = self.config
+        plane = self.plane = ControlPlane(
+            ClusterConfig(
+                state_dir=self.out / "cluster",
+                nodes=config.nodes,
+                node_monitor_grace=config.node_monitor_grace,
+                unreachable_toleration=int(config.unreachable_toleration),
+                image_map=config.image_map_path,
+                endpoint_lag=config.endpoint_lag,
+                seed=config.seed,
+            ),
+            progress=self._cluster_progress,
+        )
+        await plane.start()
+        plane.mark_ready()
+        self.api = plane.client()
+        self.workers = Workers(
+            self.api,
+            self.out / "cluster" / NODES_DIR,
+            config.nodes,
+            self.p.images,
+            config.endpoint_lag,
+            config.runtime,
+            seed=config.seed,
+            events=self.events,
+            registry=self.registry,
+            home_namespace=self.namespace,
+        )
+        await self.workers.start()
+        assert self.workers.agents is not None
+        if self.p.uses_influx:
+            await self.workers.agents.ensure_influx(self.p.influx_db)
+        self.events.phase("cluster", f"{plane.api_url}, namespace {self.namespace}")
+
+    async def _wait_deployed(self) -> str:
+        """Until the Deployment is rolled out and every node proxy has its pods; the URL
+        of the Service's balancer."""
+        timeout = self.config.ready_timeout
+        if not await self._until(self._deployed, timeout):
+            raise LabError(
+                f"the Deployment {self.deployment} was not rolled out and in the load "
+                f"balancer within {timeout:g} s; see {self.out}/cluster/nodes/pods/"
+            )
+        balancer = self._balancer()
+        assert balancer is not None and balancer.proxies is not None
+        return f"http://{balancer.address}:{balancer.port}"
 
     def _cluster_progress(self, line: str) -> None:
         self.events.add("", "cluster", line)

@@ -14,63 +14,31 @@ alone.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.kube import leftovers
+from lab.leftovers import DirLock as StateLock
+from lab.leftovers import kill_group, own_start_time, same_process, start_time, wait_gone
+
+__all__ = [
+    "ClusterState",
+    "ComponentRecord",
+    "StateLock",
+    "kill_group",
+    "own_start_time",
+    "same_process",
+    "start_time",
+    "sweep",
+    "wait_gone",
+]
 
 STATE_FILE = "cluster.json"
 LOCK_FILE = "lock"
 KUBECONFIG = "kubeconfig"
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks after boot, or None when there is no
-    such process or it is a zombie (dead; only its parent's wait is missing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces and ")".
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22 of the line; fields[0] is field 3
-
-
-def same_process(pid: int, started: int) -> bool:
-    """True while `pid` is still the process that started at `started`."""
-    return pid > 0 and start_time(pid) == started
-
-
-def kill_group(pid: int, started: int) -> bool:
-    """SIGKILL the process group led by `pid` if `pid` is still that process. True if
-    it was signalled."""
-    if not same_process(pid, started):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGCONT)  # a stopped process takes SIGKILL too; no harm
-        os.killpg(pid, signal.SIGKILL)
-        return True
-    return False
-
-
-def wait_gone(processes: list[tuple[int, int]], timeout: float) -> list[int]:
-    """Wait until none of (pid, start time) is alive, at most `timeout` s; the PIDs
-    still alive at the end."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [pid for pid, started in processes if same_process(pid, started)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.05)
 
 
 @dataclass
@@ -113,69 +81,6 @@ class ClusterState:
             return cls(components=components, **data)
         except (OSError, ValueError, TypeError):
             return None
-
-
-def own_start_time() -> int:
-    started = start_time(os.getpid())
-    assert started is not None  # this process is alive
-    return started
-
-
-class StateLock:
-    """The flock on `state_dir/lock`. The file's descriptor is not inherited by the
-    children (Python opens files close-on-exec), so only this process holds it."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        """Take the lock if no other process holds it; True if this process now does."""
-        if self._fd is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> int | None:
-        """The PID holding the lock: the one the holder wrote, when /proc/locks confirms
-        it holds an flock on this file (the file may still hold the last owner's PID in
-        the instant between a new owner's flock and its write: then None)."""
-        try:
-            pid = int(self.path.read_text().strip())
-            inode = self.path.stat().st_ino
-            locks = Path("/proc/locks").read_text().splitlines()
-        except (OSError, ValueError):
-            return None
-        for line in locks:
-            # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:819980 0 EOF" (proc(5)); the device
-            # is left out: it is not always the one stat reports (overlay file systems).
-            parts = line.split()
-            if (
-                len(parts) >= 6
-                and parts[1] == "FLOCK"
-                and parts[4] == str(pid)
-                and parts[5].rsplit(":", 1)[-1] == str(inode)
-            ):
-                return pid
-        return None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor drops the flock
-            self._fd = None
 
 
 def sweep(state_dir: Path, timeout: float = 10.0) -> list[str]:
