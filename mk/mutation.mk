@@ -29,7 +29,7 @@ MUTATION_SELECT ?=
 # its own bound (15 x the tests' time: 10 min for a server mutant) instead.
 MUTATION_TEST_TIMEOUT ?= 10
 
-mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (see README "Mutation testing"); out/mutation/<part>/score.txt
+mutation: $(BIN)/calc ## Mutation testing (mutmut 3) of src/graceful and src/calc (see docs/development.md, "Mutation testing"); out/mutation/<part>/score.txt
 	$(BIN)/pip install --quiet 'mutmut>=3.6,<4'
 	@set -e; status=0; for part in $(MUTATION_PARTS); do \
 	  case $$part in \

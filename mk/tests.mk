@@ -8,10 +8,13 @@
 # with no cluster (Debian's kubernetes-client is enough for that: no cluster is reached).
 # unshare (util-linux): test_validation_needs_no_network validates the manifests in a
 # network namespace of its own; root may make one, and CI runs as root.
-test-deps: ## Install what the tests need beyond setup: kubectl (kubernetes-client), unshare (util-linux)
+# chromium: tests/lab/test_html_report.py opens the lab's report.html in Debian's
+# Chromium, headless, and checks that the table and every picture are rendered.
+test-deps: ## Install what the tests need beyond setup: kubectl (kubernetes-client), unshare (util-linux), chromium
 	@missing=""; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null; then sudo="sudo"; \

@@ -1,11 +1,21 @@
-// The project's load test: POST {"numbers": [1, 2, 3, 4]} to ${CALC_URL}/sum from VUS
-// virtual users for DURATION, each request with a unique id that the service logs with
-// its InfluxDB point, so the lab can match every request to its operation.
+// The project's load test: from VUS virtual users for DURATION, calc's sum (POST
+// {"numbers": [1, 2, 3, 4]} to ${CALC_URL}/sum), or any one request (REQUEST_METHOD and
+// REQUEST_PATH), each with a unique id that calc logs with its operation, so the lab can
+// match every request to its operation. A script of your own meets the same contract:
+// see src/lab/README.md, "Load: the request and your own k6 script".
 //
 // Environment (k6 -e NAME=value or the process environment):
-//   CALC_URL    base URL (default http://127.0.0.1:4000)
+//   CALC_URL    base URL, the Service's entry (default http://127.0.0.1:4000)
 //   VUS         virtual users (default 500, as in the talk)
 //   DURATION    test length, a k6 duration (default 5m)
+//   REQUEST_METHOD, REQUEST_PATH
+//               the request instead of calc's sum (e.g. GET and /health); with them, only
+//               REQUEST_HEADERS and a body are sent, nothing of the sum's
+//   REQUEST_HEADERS
+//               a JSON object of header name to value
+//   REQUEST_BODY the body as text, or REQUEST_BODY_FILE: a file's bytes (absolute path)
+//   EXPECT_STATUS
+//               the status that passes the check (default 200)
 //   CONN_REUSE  1 keeps connections alive; default: a new connection per request, as the
 //               talk ran it, so every request meets the load balancer's current backends
 //   INSECURE    1 skips TLS verification (self-signed certificates)
@@ -42,18 +52,35 @@ export const options = {
   insecureSkipTLSVerify: __ENV.INSECURE === "1",
 };
 
-const body = JSON.stringify({ numbers: [1, 2, 3, 4] });
+// calc's sum unless REQUEST_METHOD and REQUEST_PATH name another request.
+const custom = Boolean(__ENV.REQUEST_METHOD && __ENV.REQUEST_PATH);
+const method = custom ? __ENV.REQUEST_METHOD : "POST";
+const path = custom ? __ENV.REQUEST_PATH : "/sum";
+const headers = custom
+  ? JSON.parse(__ENV.REQUEST_HEADERS || "{}")
+  : { "content-type": "application/json" };
+let body = null;
+if (!custom) {
+  body = JSON.stringify({ numbers: [1, 2, 3, 4] });
+} else if (__ENV.REQUEST_BODY_FILE) {
+  body = open(__ENV.REQUEST_BODY_FILE, "b"); // init context only: read once
+} else if (__ENV.REQUEST_BODY !== undefined) {
+  body = __ENV.REQUEST_BODY;
+}
+const expectStatus = parseInt(__ENV.EXPECT_STATUS || "200", 10);
+// k6's own expected_response tag and http_req_failed agree with the check.
+http.setResponseCallback(http.expectedStatuses(expectStatus));
 
 export default function () {
   // Unique per request: a VU runs its iterations one after another.
   const rid = `${runId}-${__VU}-${__ITER}`;
-  const response = http.post(`${url}/sum`, body, {
-    headers: { "content-type": "application/json", "x-request-id": rid },
+  const response = http.request(method, `${url}${path}`, body, {
+    headers: { ...headers, "x-request-id": rid },
     // The tag lands in the CSV output's extra_tags as rid=<id>, one row per request.
     tags: tagIds ? { rid: rid } : {},
     timeout: __ENV.TIMEOUT || "60s",
   });
-  const checks = { "status is 200": (r) => r.status === 200 };
+  const checks = { [`status is ${expectStatus}`]: (r) => r.status === expectStatus };
   if (expectH2) {
     checks["protocol is HTTP/2"] = (r) => r.proto === "HTTP/2.0";
   }

@@ -1,13 +1,16 @@
 """Every request and every operation, accounted per id from k6's CSV and InfluxDB.
 
-A request is classified from its `http_reqs` row: `ok` (200), `http_<status>` for any
-other status, or by k6's error code when no response came: `refused` (1212), `reset`
+A request is classified from its `http_reqs` row: `ok` (the expected status, 200 unless
+`lab run --expect-status` says otherwise), `http_<status>` for any other status, or by
+k6's error code when no response came: `refused` (1212), `reset`
 (1220), `timeout` (1050 for the request, 1211 for the connect), `unreachable` (1213 with "no route to host" or "network is
 unreachable": the address of a removed pod sandbox), `eof` (1000, the generic code: EOF and
 anything else).
 Operations are the service's InfluxDB points, matched to requests by id: a *lost*
 operation is a request answered 200 without a point; an *orphan* is a point whose
-request the client saw fail. A k6 script that sends no request ids (a user's own) cannot
+request the client saw fail. Only calc's sum writes that log: for any other request
+(`lab run --request`) operations are not accounted (lab.k6.operations_unmeasured). A k6
+script that sends no request ids (a user's own) cannot
 be matched: then operations are counted instead (`ops_method` "by count"): lost is the
 200s minus the points stored, give or take the requests in flight while the load stopped
 (those that ended after it was told to stop), and orphans are not known.
@@ -42,10 +45,15 @@ class Request:
     proto: str = ""
     # k6's http_req_duration (sending, waiting, receiving: no connect), in ms.
     duration_ms: float | None = None
+    expected_status: int = 200  # the status that counts as ok
 
     @property
     def kind(self) -> str:
-        return classify(self.status, self.error_code, self.error)
+        return classify(self.status, self.error_code, self.error, self.expected_status)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.expected_status
 
 
 # k6 files a dial error with an errno it has no code for under 1213 ("dial: unknown errno
@@ -54,8 +62,8 @@ class Request:
 UNREACHABLE = ("no route to host", "network is unreachable")
 
 
-def classify(status: int, error_code: str, error: str = "") -> str:
-    if status == 200:
+def classify(status: int, error_code: str, error: str = "", expected: int = 200) -> str:
+    if status == expected:
         return "ok"
     if status:
         return f"http_{status}"
@@ -73,13 +81,14 @@ def _rid(extra_tags: str) -> str:
     return ""
 
 
-def read_requests(path: Path) -> list[Request]:
-    return read_csv(path)[0]
+def read_requests(path: Path, expected_status: int = 200) -> list[Request]:
+    return read_csv(path, expected_status)[0]
 
 
-def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
+def read_csv(path: Path, expected_status: int = 200) -> tuple[list[Request], dict[str, int]]:
     """The `http_reqs` rows as requests, each with the `http_req_duration` row k6 writes
-    right after it (same time and tags), and how often each k6 check failed."""
+    right after it (same time and tags), and how often each k6 check failed.
+    `expected_status` is the status that counts as ok."""
     requests: list[Request] = []
     failed_checks: Counter[str] = Counter()
     if not path.exists():
@@ -107,6 +116,7 @@ def read_csv(path: Path) -> tuple[list[Request], dict[str, int]]:
                     error_code=row.get("error_code") or "",
                     error=row.get("error") or "",
                     proto=row.get("proto") or "",
+                    expected_status=expected_status,
                 )
             )
     return requests, dict(failed_checks)
@@ -192,8 +202,8 @@ def account(
         result.in_flight_at_stop = in_flight
         return result
     result.ops_method = "by id"
-    result.lost = sorted(rid for rid, r in by_id.items() if r.status == 200 and rid not in seen)
-    result.orphans = sorted(rid for rid in seen if rid in by_id and by_id[rid].status != 200)
+    result.lost = sorted(rid for rid, r in by_id.items() if r.ok and rid not in seen)
+    result.orphans = sorted(rid for rid in seen if rid in by_id and not by_id[rid].ok)
     result.unmatched_points = sorted(rid for rid in seen if rid not in by_id)
     return result
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from lab import matrix_cli
+from lab import matrix_cli, quick
 from lab.config import (
     CLUSTERS,
     HTTP_REUSE,
@@ -22,8 +22,11 @@ from lab.config import (
     UNREACHABLE_TOLERATION,
     ConfigError,
     LabConfig,
+    LoadRequest,
     parse_fault,
+    parse_header,
     parse_lag,
+    parse_request,
 )
 from lab.experiment import Interrupted, LabError, run_experiment
 from lab.haproxy import HAProxyError
@@ -82,8 +85,21 @@ def _parser() -> argparse.ArgumentParser:
         help="propagation lag, drawn per change and proxy: SECONDS, MIN-MAX (uniform) or "
         "lognormal:MEDIAN,P99 (default 1)",
     )
-    run.add_argument("--warmup", type=float, default=10.0, help="seconds of load before the action")
-    run.add_argument("--cooldown", type=float, default=10.0, help="seconds of load after it")
+    run.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds of load before the action (default 10; 2 with --quick)",
+    )
+    run.add_argument(
+        "--cooldown", type=float, help="seconds of load after it (default 10; 2 with --quick)"
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="a copy of the manifests with readiness and startup probes' delays and periods "
+        "shortened (2 s, 1 s; a startup probe keeps the time it allows to start), warm-up "
+        "and cool-down 2 s; the report lists each change, the copy is in OUT/quick-manifests",
+    )
     run.add_argument("--duration", type=float, default=30.0, help="steady scenario's load time")
     run.add_argument("--action-timeout", type=float, default=600.0, help="deadline for the action")
     run.add_argument(
@@ -97,7 +113,36 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("out/lab"), help="output dir (default out/lab)"
     )
     run.add_argument("--image-map", type=Path, help="image map (default deploy/lab-images.yml)")
-    run.add_argument("--k6-script", type=Path, help="k6 script (default deploy/k6/load-test.js)")
+    run.add_argument(
+        "--k6-script",
+        type=Path,
+        help="k6 script (default deploy/k6/load-test.js); one of your own must meet the "
+        "contract in src/lab/README.md (environment, externally-controlled executor, "
+        "request ids)",
+    )
+    run.add_argument(
+        "--request",
+        metavar="'METHOD /PATH'",
+        help="the request the load sends, e.g. 'GET /health' (default: calc's sum, POST /sum "
+        "with a JSON body); with it, only --header and --body add to it",
+    )
+    run.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header of --request (repeatable)",
+    )
+    run.add_argument("--body", metavar="TEXT", help="the body of --request")
+    run.add_argument(
+        "--body-file", type=Path, metavar="FILE", help="the body of --request, from a file"
+    )
+    run.add_argument(
+        "--expect-status",
+        type=int,
+        default=200,
+        help="the status that counts as ok (default 200); any other fails as http_<status>",
+    )
     run.add_argument("--conn-reuse", action="store_true", help="k6 keeps connections alive")
     run.add_argument("--request-timeout", help="k6 per-request timeout, e.g. 10s")
     run.add_argument("--seed", type=int, help="seed for the drawn lags")
@@ -181,7 +226,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_request(args: argparse.Namespace) -> LoadRequest | None:
+    """--request and what adds to it; None: the script's default request."""
+    if args.request is None:
+        extra = [name for name, given in (
+            ("--header", args.header),
+            ("--body", args.body is not None),
+            ("--body-file", args.body_file is not None),
+        ) if given]  # fmt: skip
+        if extra:
+            raise ConfigError(f"{extra[0]}: add to --request 'METHOD /PATH', which is missing")
+        return None
+    method, path = parse_request(args.request)
+    return LoadRequest(
+        method,
+        path,
+        tuple(parse_header(text) for text in args.header),
+        args.body,
+        args.body_file,
+    )
+
+
 def config_from(args: argparse.Namespace) -> LabConfig:
+    warmup, cooldown = quick.phases(args.warmup, args.cooldown, args.quick)
     return LabConfig(
         manifests=args.manifests,
         scenario=args.scenario,
@@ -192,8 +259,8 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         lb_retries=args.lb_retries,
         http_reuse=args.http_reuse,
         endpoint_lag=parse_lag(args.endpoint_lag),
-        warmup=args.warmup,
-        cooldown=args.cooldown,
+        warmup=warmup,
+        cooldown=cooldown,
         duration=args.duration,
         out=args.out,
         replicas=args.replicas,
@@ -215,6 +282,10 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         influx_url=args.influx_url,
         node_monitor_grace=args.node_monitor_grace,
         unreachable_toleration=args.unreachable_toleration,
+        request=load_request(args),
+        expect_status=args.expect_status,
+        quick=args.quick,
+        quick_changes=tuple(quick.phase_changes(args.warmup, args.cooldown, args.quick)),
     )
 
 
@@ -241,14 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         if exc.report is not None:
             print(exc.report.table())
-            print(f"partial report: {config.out / 'report.json'}")
+            print(f"partial report: {config.out / 'report.json'}, {config.out / 'report.html'}")
         print(f"lab: {exc}; every process the lab started is stopped", file=sys.stderr)
         return exc.exit_code
     except (LabError, HAProxyError, InfluxError, K6Error) as exc:
         print(f"lab: failed: {exc}", file=sys.stderr)
         return 1
     print(result.table())
-    print(f"report: {config.out / 'report.json'}, plot: {config.out / 'timeline.png'}")
+    print(
+        f"report: {config.out / 'report.json'}, plot: {config.out / 'timeline.png'}, "
+        f"page: {config.out / 'report.html'}"
+    )
     return 0
 
 

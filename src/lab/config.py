@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,51 @@ def parse_fault(text: str) -> Fault:
     return Fault(kind, at, seconds, on)
 
 
+# A header name is an HTTP token (RFC 9110 5.6.2); a method is one too.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+MAX_BODY_BYTES = 16 * 1024 * 1024  # k6 holds the body in memory once per VU
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """The request the lab's k6 script sends instead of calc's sum (`--request`,
+    `--header`, `--body`, `--body-file`): exactly these, no default header or body."""
+
+    method: str
+    path: str  # from the Service's root, with any query string
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
+    body_file: Path | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def is_calc_sum(self) -> bool:
+        """calc's own request: the only one that writes calc's operation log."""
+        return self.method == "POST" and self.path.partition("?")[0] == "/sum"
+
+
+def parse_request(text: str) -> tuple[str, str]:
+    """`--request 'GET /health'` -> ("GET", "/health")."""
+    parts = text.split()
+    if len(parts) != 2 or not _TOKEN.fullmatch(parts[0]) or not parts[1].startswith("/"):
+        raise ConfigError(
+            f"--request: expected 'METHOD /PATH' (e.g. 'GET /health'), got {text[:200]!r}"
+        )
+    return parts[0].upper(), parts[1]
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`--header 'Accept: text/plain'` -> ("Accept", "text/plain")."""
+    name, colon, value = text.partition(":")
+    if not colon or not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+        raise ConfigError(
+            f"--header: expected 'Name: value' (e.g. 'Accept: text/plain'), got {text[:200]!r}"
+        )
+    return name, value.strip()
+
+
 # The kubelet's container runtimes (lab.runtime): process groups, or Docker containers.
 RUNTIMES = ("process", "docker")
 # The controllers that run the experiment: the lab's own, or a real control plane.
@@ -160,6 +206,15 @@ class LabConfig:
     kubeconfig: Path | None = None  # --cluster kubeconfig: the file (default as kubectl's)
     entry: str | None = None  # --cluster kubeconfig: the URL the load goes to
     influx_url: str | None = None  # --cluster kubeconfig: an InfluxDB the pods and the lab reach
+    # The load: None sends calc's sum (the lab's k6 script's default); a script of your own
+    # sends what it sends. The status that counts as ok, for any script.
+    request: LoadRequest | None = None
+    expect_status: int = 200
+    # `--quick` (lab.quick): the run's manifests are a copy in OUT/quick-manifests with
+    # shorter probe delays and periods; quick_changes names what --quick changed of the
+    # options (the warm-up and cool-down it shortened).
+    quick: bool = False
+    quick_changes: tuple[str, ...] = ()
 
     @property
     def image_map_path(self) -> Path:
@@ -225,6 +280,7 @@ class LabConfig:
             )
         if not self.k6_script_path.exists():
             raise ConfigError(f"--k6-script: {self.k6_script_path} does not exist")
+        self._validate_load()
         from lab.kube import remote_config
 
         if self.cluster not in CLUSTERS and not remote_config.is_kubeconfig(self.cluster):
@@ -240,6 +296,45 @@ class LabConfig:
             raise ConfigError(
                 "--kubeconfig, --entry and --influx-url: only with --cluster kubeconfig[:CONTEXT]"
             )
+
+    @property
+    def own_k6_script(self) -> bool:
+        """A k6 script other than the lab's own."""
+        return self.k6_script_path.resolve() != default_k6_script().resolve()
+
+    def _validate_load(self) -> None:
+        if not 100 <= self.expect_status <= 599:
+            raise ConfigError(
+                f"--expect-status: must be an HTTP status (100-599), got {self.expect_status}"
+            )
+        request = self.request
+        if request is None:
+            return
+        if self.own_k6_script:
+            raise ConfigError(
+                f"--request: the lab's k6 script sends it; {self.k6_script_path} sends its own "
+                "requests (see src/lab/README.md, 'Load: the request and your own k6 script')"
+            )
+        parse_request(str(request))
+        for name, value in request.headers:
+            parse_header(f"{name}: {value}")
+            if name.lower() == "x-request-id":
+                raise ConfigError(
+                    "--header: x-request-id is the script's own, a new id per request (the "
+                    "accounting matches requests to operations by it)"
+                )
+        if request.body is not None and request.body_file is not None:
+            raise ConfigError("--body and --body-file: give one of them")
+        if request.body_file is not None:
+            path = request.body_file
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(f"--body-file: {path} {what}")
+            if path.stat().st_size > MAX_BODY_BYTES:
+                raise ConfigError(
+                    f"--body-file: {path} is {path.stat().st_size} bytes; at most "
+                    f"{MAX_BODY_BYTES} (k6 keeps it in memory)"
+                )
 
     def _validate_local(self) -> None:
         """What `--cluster local` does not run yet, refused before anything starts."""

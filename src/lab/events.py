@@ -1,4 +1,5 @@
-"""The experiment's event log, and the progress display that prints it as it grows."""
+"""The experiment's event log, and the progress display that prints it as it grows: a
+line per event, and on a terminal the phase it is in on the status line (lab.progress)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import TextIO
+
+from lab.progress import duration, status_line
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class EventLog:
         self.events: list[Event] = []
         self.progress = progress
         self.sink = sink  # every event as a JSON line, written as it happens
+        # The phase on the terminal's status line; none in a log or a pipe.
+        self.status = status_line(progress) if progress is not None else None
+        self.current_phase = ""
 
     def now(self) -> float:
         return time.monotonic() - self.start_mono
@@ -48,6 +54,9 @@ class EventLog:
         if self.progress is not None and kind not in _QUIET:
             who = pod or "lab"
             text = f"[{t:7.1f}s] {who:<28} {kind}{(': ' + detail) if detail else ''}"
+            if self.status is not None:
+                self.status.print(text)
+                return event
             try:
                 print(text, file=self.progress, flush=True)
             except (OSError, ValueError):
@@ -56,7 +65,18 @@ class EventLog:
         return event
 
     def phase(self, name: str, detail: str = "") -> Event:
-        return self.add("", "phase", f"{name}{(' ' + detail) if detail else ''}")
+        self.current_phase = f"{name}{(' ' + detail) if detail else ''}"
+        if self.status is not None:
+            self.status.set("phase", self.phase_text)
+        return self.add("", "phase", self.current_phase)
+
+    def phase_text(self) -> str:
+        return f"lab run: phase {self.current_phase}, {duration(self.now())} elapsed"
+
+    def close(self) -> None:
+        """The run is over: its phase leaves the status line."""
+        if self.status is not None:
+            self.status.drop("phase")
 
     def of(self, pod: str) -> list[Event]:
         return [e for e in self.events if e.pod == pod]

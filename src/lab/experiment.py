@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from lab import accounting, blackhole, capacity, leftovers, plot, report
+from lab import accounting, blackhole, capacity, html_report, leftovers, plot, quick, report
 from lab.blackhole import Blackhole
 from lab.config import ConfigError, LabConfig
 from lab.controller import DeploymentController
@@ -37,7 +37,15 @@ from lab.faults import Faults
 from lab.haproxy import HAProxy, HAProxyError, HealthChecks
 from lab.images import ImageMap, image_paths, resolve, unresolved
 from lab.influx import INFLUX_SERVICE, InfluxServer, free_port, uses_influx
-from lab.k6 import K6, describe_exit, find_k6
+from lab.k6 import (
+    K6,
+    describe_exit,
+    describe_request,
+    describe_script,
+    find_k6,
+    load_env,
+    operations_unmeasured,
+)
 from lab.manifest import Container, ManifestError, Manifests, Service, Supporting, load
 from lab.pods import AddressPool, Kubelet, Pod
 from lab.probes import describe
@@ -226,6 +234,10 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
         print(f"lab: {line}", file=sys.stderr, flush=True)
     cleaned: list[bool] = []
     try:
+        if config.quick:  # the shortened copy goes in --out, now that the run holds it
+            copied = quick.copy_manifests(config)
+            prepared = prepare(copied.runs)
+            prepared.config = copied.reported
         return asyncio.run(_main(prepared, signals, cleaned))
     finally:
         claim.release(clean=bool(cleaned))
@@ -305,6 +317,7 @@ async def _main(
         if not work.done():
             await stop_task(work, 10)
         await lab.cleanup()
+        lab.events.close()
         if cleaned is not None:
             cleaned.append(True)
         if handled:
@@ -369,9 +382,10 @@ async def write_report(
     """Account every request and operation; write report.json and the timeline (in
     the config's `out`). Shared by both clusters (the lab's own, lab.kube.experiment)."""
     config, deployment = p.config, p.manifests.deployment
-    requests, failed_checks = accounting.read_csv(config.out / "k6.csv")
+    requests, failed_checks = accounting.read_csv(config.out / "k6.csv", config.expect_status)
     point_ids: list[object] | None = None
-    if influx is not None:
+    unmeasured = operations_unmeasured(config)
+    if influx is not None and unmeasured is None:
         point_ids = await asyncio.to_thread(influx.field_values, p.influx_db, "operation", "id")
     result = accounting.account(requests, point_ids, stopped_ms=int(stopping_wall * 1000))
     events.phase("accounted", f"{result.requests} requests")
@@ -413,11 +427,17 @@ async def write_report(
         http_reuse=config.http_reuse if config.lb != "tcp" else None,
         pod_bounds=pod_bounds,
         supporting=supporting,
+        k6_script=describe_script(config),
+        request=describe_request(config),
+        expect_status=config.expect_status,
+        operations_unmeasured=unmeasured,
+        quick_changes=list(config.quick_changes),
     )
     the_report.write_json(config.out / "report.json")
     await asyncio.to_thread(
         plot.draw, requests, events.events, events.start_wall, config.out / "timeline.png"
     )
+    html_report.write_run(the_report, config.out)  # after the timeline it holds
     return the_report
 
 
@@ -431,7 +451,7 @@ class Experiment:
         self.config = prepared.config
         self.out = self.config.out
         self.out.mkdir(parents=True, exist_ok=True)
-        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png"):
+        for stale in ("pids.txt", "k6.csv", "report.json", "timeline.png", "report.html"):
             (self.out / stale).unlink(missing_ok=True)
         # The event log as JSON lines, as it happens: a run that dies still leaves it.
         self.event_file = (self.out / "events.jsonl").open("w")
@@ -449,7 +469,32 @@ class Experiment:
         action_s: float | None,
         interrupted: str | None = None,
     ) -> report.Report:
+        return await write_report(
+            self.p,
+            self.events,
+            self._operation_log(),
+            stopping_wall=stopping_wall,
+            steady_window=steady_window,
+            completed=completed,
+            action_s=action_s,
+            interrupted=interrupted,
+            pod_bounds=self._pod_bounds(),
+            supporting=self._supporting_pods(),
+            notes=self._cluster_notes(),
+        )
+
+    # What each cluster adds to the report.
+    def _operation_log(self) -> OperationLog | None:
         raise NotImplementedError
+
+    def _pod_bounds(self) -> tuple[int, int | None] | None:
+        raise NotImplementedError
+
+    def _supporting_pods(self) -> frozenset[str]:
+        return frozenset()
+
+    def _cluster_notes(self) -> tuple[str, ...]:
+        return ()
 
     def _check_parts(self) -> None:
         """Fail at once when a part the run needs died, instead of at the next deadline."""
@@ -471,7 +516,7 @@ class Experiment:
         )
 
     def _k6_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
+        env = load_env(self.config)  # the request, the expected status
         if self.config.lb in ("https", "h2"):
             env["INSECURE"] = "1"  # the lab's self-signed certificate
         if self.config.lb == "https":
@@ -745,34 +790,19 @@ class Lab(Experiment):
         dead = runtime.dead.table if runtime.dead is not None else None
         leftovers.record(self.out, getattr(runtime, "run_id", None), dead)
 
-    async def _report(
-        self,
-        *,
-        stopping_wall: float,
-        steady_window: tuple[float, float],
-        completed: bool,
-        action_s: float | None,
-        interrupted: str | None = None,
-    ) -> report.Report:
-        return await write_report(
-            self.p,
-            self.events,
-            self.influx,
-            stopping_wall=stopping_wall,
-            steady_window=steady_window,
-            completed=completed,
-            action_s=action_s,
-            interrupted=interrupted,
-            pod_bounds=(
-                (self.controller.peak_pods, self.controller.fewest_available)
-                if self.controller is not None
-                else None
-            ),
-            supporting=frozenset(
-                e.pod
-                for e in self.events.events
-                if e.kind == "created" and e.pod and not self._under_test(e.pod)
-            ),
+    def _operation_log(self) -> OperationLog | None:
+        return self.influx
+
+    def _pod_bounds(self) -> tuple[int, int | None] | None:
+        if self.controller is None:
+            return None
+        return (self.controller.peak_pods, self.controller.fewest_available)
+
+    def _supporting_pods(self) -> frozenset[str]:
+        return frozenset(
+            e.pod
+            for e in self.events.events
+            if e.kind == "created" and e.pod and not self._under_test(e.pod)
         )
 
     async def _start_supporting(self) -> None:

@@ -19,7 +19,8 @@ report.json and on the timeline. Pod faults act through the container runtime's 
                    the end of the grace)
 - `lb-restart`     stop HAProxy and start it again with the same config, then add the
                    servers that were in rotation back through the runtime API (the
-                   endpoints controller waits meanwhile); not a seamless reload, see README
+                   endpoints controller waits meanwhile); not a seamless reload, see
+                   src/lab/README.md
 """
 
 from __future__ import annotations

@@ -11,8 +11,14 @@ some environment. The lab has no images, so a small YAML file says, per image na
         workdir: ..                   # local working dir, relative to this file
         paths: {/app/start.sh: start.sh}   # image path -> local file, relative to this file
         env: {CALC_HOST: $(POD_IP), PATH: $(LAB_BIN):$(PATH)}
+      api: {venv: ~/src/api/.venv, workdir: ~/src/api}   # a service in its own virtualenv
 
-`env` values may use $(POD_IP), $(POD_NAME), $(POD_DIR) (a directory of the pod's own,
+`venv` is a virtualenv whose `bin` goes first on the container's PATH (and VIRTUAL_ENV
+names it), so the image's `uvicorn` or `gunicorn` is the service's own, at its own
+versions; `workdir` and `venv` may be absolute, start with `~`, or be relative to this
+file. `env` values, and `entrypoint` and `cmd` (which stand in for the image's, so they may
+bind $(POD_IP) where the image binds 0.0.0.0; they also see the entry's env), may use
+$(POD_IP), $(POD_NAME), $(POD_DIR) (a directory of the pod's own,
 like an emptyDir, for files the image writes to /tmp), $(LAB_BIN) (the directory of the
 Python running the lab, i.e. the venv's bin) and $(PATH) (the lab's own PATH).
 """
@@ -41,6 +47,15 @@ class Image:
     workdir: Path | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    venv: Path | None = None  # a virtualenv: its bin first on PATH, VIRTUAL_ENV set
+
+
+KEYS = ("entrypoint", "cmd", "workdir", "venv", "paths", "env")
+
+
+def _local_dir(base: Path, text: str) -> Path:
+    """A directory the image map names: absolute, `~`-relative, or relative to the map."""
+    return (base / Path(text).expanduser()).resolve()
 
 
 class ImageMap:
@@ -65,7 +80,7 @@ class ImageMap:
             at = f"{where}: images.{shortened(str(name))}"
             if not isinstance(entry, dict):
                 raise ManifestError(f"{at}: must be a mapping, got {quoted(entry)}")
-            unknown = set(entry) - {"entrypoint", "cmd", "workdir", "paths", "env"}
+            unknown = set(entry) - set(KEYS)
             if unknown:
                 raise ManifestError(
                     f"{at}.{shortened(str(sorted(map(str, unknown))[0]))}: unknown key"
@@ -91,26 +106,40 @@ class ImageMap:
                             f"{at}.{key}.{shortened(str(k))}: must be a string, got {quoted(v)}"
                         )
                 maps[key] = {str(k): str(v) for k, v in value.items()}
-            workdir = entry.get("workdir")
-            if workdir is not None and not isinstance(workdir, str):
-                raise ManifestError(f"{at}.workdir: must be a string, got {quoted(workdir)}")
+            dirs: dict[str, Path | None] = {}
+            for key in ("workdir", "venv"):
+                value = entry.get(key)
+                if value is not None and not isinstance(value, str):
+                    raise ManifestError(f"{at}.{key}: must be a string, got {quoted(value)}")
+                dirs[key] = _local_dir(base, value) if value is not None else None
+            venv = dirs["venv"]
+            if venv is not None and not (venv / "bin").is_dir():
+                raise ManifestError(
+                    f"{at}.venv: {quoted(str(venv))} is not a virtualenv (no bin/ in it)"
+                )
             images[str(name)] = Image(
                 name=str(name),
                 entrypoint=lists["entrypoint"],
                 cmd=lists["cmd"],
-                workdir=(base / str(workdir)).resolve() if workdir is not None else None,
+                workdir=dirs["workdir"],
                 paths={k: (base / v).resolve() for k, v in maps["paths"].items()},
                 env=maps["env"],
+                venv=venv,
             )
         return cls(images, path)
 
     def image(self, reference: str) -> Image:
         name = image_name(reference)
         if name not in self.images:
-            known = ", ".join(sorted(self.images)) or "none"
+            where = self.source.resolve() if self.source is not None else "the image map"
+            key = f"images.{name}" if name.isidentifier() else f"images.{quoted(name)}"
+            known = ", ".join(sorted(self.images)) or "none yet"
             raise ManifestError(
-                f"spec.template.spec.containers[0].image: {quoted(reference)} is not in the image map "
-                f"{self.source} (known: {known})"
+                f"spec.template.spec.containers[0].image: {quoted(reference)} is not in the "
+                f"image map {where}: add the key {key} to it (keys are image names without "
+                f"registry and tag; it has: {known}), e.g. for a service in its own "
+                f"virtualenv the line `  {shortened(name)}: {{venv: /path/to/.venv, workdir: "
+                "/path/to/code}` under `images:`; or pass --image-map with a map that has it"
             )
         return self.images[name]
 
@@ -184,20 +213,37 @@ def container_env(
             env[key] = base_env[key]
     for key, value in image.env.items():
         env[key] = expand(value, lab_vars)
+    if image.venv is not None:
+        # As `activate` does: the service's own interpreter and tools come first.
+        env["VIRTUAL_ENV"] = str(image.venv)
+        env["PATH"] = f"{image.venv / 'bin'}:{env['PATH']}"
     env.update(manifest_env(container, pod_name, pod_ip, rewrite))
     env["HOSTNAME"] = pod_name
     return env
 
 
-def container_argv(container: Container, image: Image, env: Mapping[str, str]) -> tuple[str, ...]:
+def container_argv(
+    container: Container,
+    image: Image,
+    env: Mapping[str, str],
+    image_env: Mapping[str, str] | None = None,
+) -> tuple[str, ...]:
     """`command` replaces the ENTRYPOINT and drops the CMD; `args` replaces the CMD. Their
     `$(VAR)` references expand against `env`, the container's env list from its manifest
-    (lab.container_env), not the image's; image paths map to local files."""
+    (lab.container_env), not the image's; image paths map to local files.
+
+    The image map's own `entrypoint` and `cmd` stand in for the image's, which in a
+    container would bind 0.0.0.0 and a fixed port: here pods share the machine's
+    addresses, so those (and only those) expand against `image_env`, the container's
+    whole environment ($(POD_IP), the image map's env)."""
     command, args = command_and_args(container, env)
+    own = image_env or {}
     if command is not None:
         argv: Sequence[str] = list(command) + list(args or ())
+    elif args is not None:
+        argv = [expand(a, own) for a in image.entrypoint] + list(args)
     else:
-        argv = list(image.entrypoint) + list(args if args is not None else image.cmd)
+        argv = [expand(a, own) for a in (*image.entrypoint, *image.cmd)]
     if not argv:
         raise ManifestError(
             f"spec.template.spec.containers[0]: image {image.name!r} has no entrypoint or cmd "
@@ -221,7 +267,7 @@ def resolve(
     manifest_vars = {var.name for var in container.env}
     env = {k: mounted(v, mounts) if k in manifest_vars else v for k, v in env.items()}
     declared = {k: v for k, v in env.items() if k in manifest_vars}
-    argv = tuple(mounted(a, mounts) for a in container_argv(container, image, declared))
+    argv = tuple(mounted(a, mounts) for a in container_argv(container, image, declared, env))
     cwd = image.workdir
     if container.working_dir is not None:
         mapped = image.paths.get(container.working_dir)

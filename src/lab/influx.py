@@ -244,13 +244,17 @@ class InfluxServer:
 
     def field_values(self, db: str, measurement: str, field: str) -> list[object]:
         """Every value of one field in one measurement, in time order."""
-        series = self.query(f'SELECT "{field}" FROM "{measurement}"', db=db)
-        values: list[object] = []
-        for s in series:
-            rows = s.get("values", [])
-            assert isinstance(rows, list)
-            values.extend(row[1] for row in rows)
-        return values
+        return series_values(self.query(f'SELECT "{field}" FROM "{measurement}"', db=db))
+
+
+def series_values(series: list[dict[str, object]]) -> list[object]:
+    """The first field's values of a query's series, in order (column 0 is the time)."""
+    values: list[object] = []
+    for s in series:
+        rows = s.get("values", [])
+        assert isinstance(rows, list)
+        values.extend(row[1] for row in rows)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import httpx
 
+from lab.config import LabConfig
 from lab.procs import Registry
 
 SYSTEM_TAGS = "status,error,error_code,proto,method,expected_response,scenario,check"
@@ -42,6 +44,57 @@ def describe_exit(code: int | None) -> str:
 
 class K6Error(RuntimeError):
     pass
+
+
+CALC_SUM = "POST /sum with {\"numbers\": [1, 2, 3, 4]} (calc's sum, the script's default)"
+OWN_SCRIPT_REQUEST = "as the script sends it"
+NOT_CALC_SUM = "not measured: the request is not calc's /sum"
+
+
+def load_env(config: LabConfig) -> dict[str, str]:
+    """The request and the expected status as the lab's script reads them (see
+    deploy/k6/load-test.js); a script of your own gets EXPECT_STATUS too."""
+    env = {"EXPECT_STATUS": str(config.expect_status)}
+    request = config.request
+    if request is None:
+        return env
+    env["REQUEST_METHOD"] = request.method
+    env["REQUEST_PATH"] = request.path
+    env["REQUEST_HEADERS"] = json.dumps(dict(request.headers))
+    if request.body is not None:
+        env["REQUEST_BODY"] = request.body
+    if request.body_file is not None:
+        env["REQUEST_BODY_FILE"] = str(request.body_file.resolve())
+    return env
+
+
+def describe_request(config: LabConfig) -> str:
+    """The request the load sent, in the report's words."""
+    request = config.request
+    if request is None:
+        return OWN_SCRIPT_REQUEST if config.own_k6_script else CALC_SUM
+    parts = [str(request)]
+    parts += [f"{name}: {value}" for name, value in request.headers]
+    if request.body is not None:
+        parts.append(f"body {len(request.body.encode())} bytes")
+    if request.body_file is not None:
+        size = request.body_file.stat().st_size if request.body_file.is_file() else 0
+        parts.append(f"body {size} bytes from {request.body_file}")
+    return ", ".join(parts)
+
+
+def describe_script(config: LabConfig) -> str:
+    own = "your own" if config.own_k6_script else "the lab's"
+    return f"{config.k6_script_path} ({own})"
+
+
+def operations_unmeasured(config: LabConfig) -> str | None:
+    """Why operations cannot be accounted for this load, or None. Only calc's sum writes
+    calc's operation log (a point per request, with its id): a request that is not the
+    sum leaves no point whatever the service writes, so every 200 would read as lost."""
+    if config.request is not None and not config.request.is_calc_sum:
+        return NOT_CALC_SUM
+    return None
 
 
 def find_k6() -> str:

@@ -2,26 +2,24 @@
 one table of what each dropped.
 
 The matrix runs the project's own manifests (`deploy/k8s/vN/`). `--quick` runs copies
-rewritten in a few named ways (fewer replicas, shorter probe delays) so the whole matrix
-fits in minutes; the table's header lists every change, and the rewritten manifests are
-kept in the output directory to read.
+rewritten in a few named ways (fewer replicas, and lab.quick's shorter probe delays, the
+same as `lab run --quick`) so the whole matrix fits in minutes; the table's header lists
+every change, and the rewritten manifests are kept in the output directory to read.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from lab import html_report
+from lab import quick as quick_mode
 from lab.config import CLUSTERS, LB_MODES, MAX_NODES, REPO, ConfigError, LabConfig
 from lab.lag import DEFAULT_LAG, Lag
+from lab.progress import MatrixProgress, status_line
+from lab.quick import QUICK_PROBE, QUICK_WRAPPER_GRACE, WRAPPER
 from lab.report import Report
 from lab.stopping import Interrupted, Signals
 
@@ -38,12 +36,6 @@ class Sizes:
 
 FULL = Sizes(replicas=13, scale_low=5, scale_high=13)
 QUICK = Sizes(replicas=5, scale_low=2, scale_high=5)
-QUICK_PROBE = {"initialDelaySeconds": 2, "periodSeconds": 1}
-QUICK_PHASE = 2.0  # warm-up and cool-down seconds with --quick
-# A shell wrapper that swallows SIGTERM (v1, v2) makes every deleted pod wait for SIGKILL;
-# a shorter grace period still shows that, in a third of the time.
-QUICK_WRAPPER_GRACE = 10
-WRAPPER = "/app/start.sh"
 
 
 @dataclass(frozen=True)
@@ -131,11 +123,7 @@ class MatrixConfig:
     def phases(self) -> tuple[float, float]:
         """Seconds of load before and after each action: the options, or 10 s each
         (QUICK_PHASE with --quick)."""
-        default = QUICK_PHASE if self.quick else 10.0
-        return (
-            default if self.warmup is None else self.warmup,
-            default if self.cooldown is None else self.cooldown,
-        )
+        return quick_mode.phases(self.warmup, self.cooldown, self.quick)
 
 
 @dataclass
@@ -215,42 +203,11 @@ def experiment_config(
 
 
 def rewrite_manifests(source: Path, target: Path, quick: bool, no_prestop: bool = False) -> Path:
-    """Copy a version's manifests with the --quick and --no-prestop changes; returns the
-    copy's dir."""
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.glob("*.y*ml")):
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-        changed = [_rewrite(d, quick, no_prestop) for d in documents]
-        (target / path.name).write_text(yaml.safe_dump_all(changed, sort_keys=False))
+    """Copy a version's manifests with the --quick and --no-prestop changes (lab.quick);
+    returns the copy's dir."""
+    files = sorted(p for p in source.iterdir() if p.suffix in (".yml", ".yaml"))
+    quick_mode.rewrite_files(files, target, quick, no_prestop)
     return target
-
-
-def _rewrite(document: dict[str, Any], quick: bool, no_prestop: bool) -> dict[str, Any]:
-    document = copy.deepcopy(document)
-    if document.get("kind") != "Deployment":
-        return document
-    pod_spec = document["spec"]["template"]["spec"]
-    containers = pod_spec.get("containers", [])
-    if no_prestop:
-        for container in containers:
-            lifecycle = container.get("lifecycle") or {}
-            lifecycle.pop("preStop", None)
-            if not lifecycle:
-                container.pop("lifecycle", None)
-    if not quick:
-        return document
-    if any(WRAPPER in (c.get("command") or []) for c in containers):
-        grace = pod_spec.get("terminationGracePeriodSeconds", 30)
-        pod_spec["terminationGracePeriodSeconds"] = min(grace, QUICK_WRAPPER_GRACE)
-    # Readiness only: a liveness probe every second restarts pods that a loaded 2-core
-    # machine answers slowly, which no version is about.
-    for container in containers:
-        probe = container.get("readinessProbe")
-        if probe:
-            for field_name, value in QUICK_PROBE.items():
-                if field_name in probe:
-                    probe[field_name] = min(probe[field_name], value)
-    return document
 
 
 Runner = Callable[[LabConfig], Report]
@@ -267,35 +224,34 @@ def run_matrix(config: MatrixConfig, runner: Runner, signals: Signals | None = N
     config.out.mkdir(parents=True, exist_ok=True)
     cells: list[Cell] = []
     plan = [(v, s, lb) for lb in config.lbs for v in config.versions for s in config.scenarios]
-    started = time.monotonic()
-    for index, (version, scenario, lb) in enumerate(plan, 1):
-        if signals is not None and signals.first is not None:
-            _interrupted(config, cells, Interrupted(signals.first), len(plan))
-        manifests = config.manifests_dir / version
-        if config.quick or config.no_prestop:
-            manifests = rewrite_manifests(
-                manifests, config.out / "manifests" / version, config.quick, config.no_prestop
-            )
-        out = config.out / f"{version}-{scenario}-{lb}"
-        if config.progress:
-            elapsed = time.monotonic() - started
-            print(
-                f"matrix [{index}/{len(plan)}] {version} {scenario} {lb} (elapsed {elapsed:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        lab_config = experiment_config(config, manifests, scenario, lb, out)
-        try:
-            report = runner(lab_config)
-        except ConfigError:
-            raise
-        except Interrupted as exc:
-            _interrupted(config, cells, exc, len(plan))
-        except Exception as exc:  # recorded in the table; the matrix goes on
-            cells.append(Cell(version, scenario, lb, error=f"{type(exc).__name__}: {exc}"))
-        else:
-            cells.append(Cell.from_report(version, scenario, lb, report, out))
-        write_outputs(config, cells)
+    # On a terminal: which experiment of how many, elapsed, and an estimate of the rest.
+    progress = MatrixProgress(len(plan), status_line() if config.progress else None)
+    try:
+        for index, (version, scenario, lb) in enumerate(plan, 1):
+            if signals is not None and signals.first is not None:
+                _interrupted(config, cells, Interrupted(signals.first), len(plan))
+            manifests = config.manifests_dir / version
+            if config.quick or config.no_prestop:
+                manifests = rewrite_manifests(
+                    manifests, config.out / "manifests" / version, config.quick, config.no_prestop
+                )
+            out = config.out / f"{version}-{scenario}-{lb}"
+            progress.begin(index, f"{version} {scenario} {lb}")
+            lab_config = experiment_config(config, manifests, scenario, lb, out)
+            try:
+                report = runner(lab_config)
+            except ConfigError:
+                raise
+            except Interrupted as exc:
+                _interrupted(config, cells, exc, len(plan))
+            except Exception as exc:  # recorded in the table; the matrix goes on
+                cells.append(Cell(version, scenario, lb, error=f"{type(exc).__name__}: {exc}"))
+            else:
+                cells.append(Cell.from_report(version, scenario, lb, report, out))
+            progress.end()
+            write_outputs(config, cells)
+    finally:
+        progress.close()
     if signals is not None and signals.first is not None:
         _interrupted(config, cells, Interrupted(signals.first), len(plan))
     return cells
@@ -321,6 +277,7 @@ def write_outputs(config: MatrixConfig, cells: list[Cell], interrupted: str | No
     }
     (config.out / "matrix.json").write_text(json.dumps(data, indent=2) + "\n")
     (config.out / "matrix.md").write_text(markdown(config, cells, interrupted))
+    html_report.write_matrix(config, cells, interrupted)
 
 
 def markdown(config: MatrixConfig, cells: list[Cell], interrupted: str | None = None) -> str:

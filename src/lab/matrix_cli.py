@@ -143,11 +143,11 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(
             f"lab: {exc}; every process the lab started is stopped; the experiments done "
-            f"are in {args.out}/matrix.md and matrix.json, marked interrupted",
+            f"are in {args.out}/matrix.md, matrix.json and report.html, marked interrupted",
             file=sys.stderr,
         )
         return exc.exit_code
     draw(cells, config.versions, config.scenarios, config.out / "matrix.png")
     print(markdown(config, cells))
-    print(f"results: {config.out}/matrix.md, matrix.json, matrix.png")
+    print(f"results: {config.out}/matrix.md, matrix.json, matrix.png, report.html")
     return 1 if any(c.error for c in cells) else 0

@@ -3,6 +3,7 @@ side, one row of panels per load-balancer mode."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -16,9 +17,17 @@ from lab.matrix import Cell
 def draw(
     cells: list[Cell], versions: tuple[str, ...], scenarios: tuple[str, ...], path: Path
 ) -> None:
+    picture = png(cells, versions, scenarios)
+    if picture is not None:
+        path.write_bytes(picture)
+
+
+def png(cells: list[Cell], versions: tuple[str, ...], scenarios: tuple[str, ...]) -> bytes | None:
+    """The figure as PNG bytes (matrix.png, and report.html's picture); None before any
+    experiment is done."""
     lbs = list(dict.fromkeys(c.lb for c in cells))
     if not lbs:
-        return
+        return None
     fig, axes = plt.subplots(len(lbs), 2, figsize=(13, 3.6 * len(lbs)), squeeze=False)
     width = 0.8 / max(1, len(scenarios))
     for row, lb in enumerate(lbs):
@@ -41,6 +50,10 @@ def draw(
             ax.set_ylabel("count")
             ax.grid(axis="y", alpha=0.3)
         failed_ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()

@@ -62,6 +62,14 @@ class Report:
     lost_margin: int | None = None
     events: list[dict[str, object]] = field(default_factory=list)
     median_ms: float | None = None  # the answer time ideal_rps is derived from
+    # The load: which k6 script, which request, and the status that counted as ok.
+    k6_script: str | None = None
+    request: str | None = None
+    expect_status: int = 200
+    # Why lost and orphan operations are None (no InfluxDB, or a request not calc's sum).
+    operations_unmeasured: str | None = None
+    # `lab run --quick`: each field it changed, from and to (lab.quick).
+    quick_changes: list[str] = field(default_factory=list)
 
     @property
     def steady_ratio(self) -> float | None:
@@ -77,28 +85,30 @@ class Report:
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def table(self) -> str:
+    def rows(self) -> list[tuple[str, str]]:
+        """The table's rows, (name, value): the terminal's table and report.html's."""
         rows: list[tuple[str, str]] = [
             ("manifests", self.manifests),
             ("scenario", self.scenario),
             ("load balancer", _lb(self)),
             ("endpoint lag", self.endpoint_lag),
             ("replicas / VUs", f"{self.replicas} / {self.vus}"),
+            *_load_rows(self),
             ("duration", f"{self.duration_s:.1f} s"),
             ("action", _action(self)),
             ("pods during the action", _pods(self)),
             ("requests", str(self.requests)),
-            ("ok (200)", str(self.ok)),
+            (f"ok ({self.expect_status})", str(self.ok)),
             (
                 "failed",
                 f"{self.failed_total}"
                 + (f" ({_pct(self.failed_total, self.requests)})" if self.requests else ""),
             ),
         ]
-        rows += [(f"  {kind}", str(count)) for kind, count in self.failed.items()]
+        rows += [(f"  {kind}", _failed(self, kind, count)) for kind, count in self.failed.items()]
         rows += [
-            ("lost operations", _opt(self.lost_operations)),
-            ("orphan operations", _opt(self.orphan_operations)),
+            ("lost operations", _opt(self.lost_operations, self.operations_unmeasured)),
+            ("orphan operations", _opt(self.orphan_operations, self.operations_unmeasured)),
         ]
         rows = _ops_method_rows(self, rows)
         if self.protocols:
@@ -113,7 +123,12 @@ class Report:
         rows += [
             ("pod failures" if i == 0 else "", text) for i, text in enumerate(self.explanations)
         ]
+        rows += [("--quick" if i == 0 else "", t) for i, t in enumerate(self.quick_changes)]
         rows += [("note" if i == 0 else "", text) for i, text in enumerate(self.notes)]
+        return rows
+
+    def table(self) -> str:
+        rows = self.rows()
         width = max(len(k) for k, _ in rows)
         line = "-" * (width + 2 + max(len(v) for _, v in rows))
         body = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -201,8 +216,25 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.2f} %"
 
 
-def _opt(value: int | None) -> str:
-    return "not measured (no InfluxDB in the manifests)" if value is None else str(value)
+def _opt(value: int | None, why: str | None = None) -> str:
+    if value is not None:
+        return str(value)
+    return why or "not measured (no InfluxDB in the manifests)"
+
+
+def _load_rows(report: Report) -> list[tuple[str, str]]:
+    """Which script and request made the load: a 100 % http_404 reads differently when
+    the request is on the same screen."""
+    if report.k6_script is None:
+        return []
+    return [("k6 script", report.k6_script), ("request", report.request or "?")]
+
+
+def _failed(report: Report, kind: str, count: int) -> str:
+    """A failure kind's count; an unexpected status says which one was expected."""
+    if kind.startswith("http_"):
+        return f"{count} (expected {report.expect_status})"
+    return str(count)
 
 
 def _ops_method_rows(report: Report, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -237,14 +269,14 @@ def steady_rate(
 def median_answer_ms(
     requests: list[Request], start_ms: int | None, end_ms: int | None
 ) -> float | None:
-    """The median answer time (k6's http_req_duration) of the 200s in the window: the
+    """The median answer time (k6's http_req_duration) of the oks in the window: the
     service's own pace under this load, whatever its handler does."""
     if start_ms is None or end_ms is None:
         return None
     times = [
         r.duration_ms
         for r in requests
-        if r.status == 200 and r.duration_ms is not None and start_ms <= r.t_ms < end_ms
+        if r.ok and r.duration_ms is not None and start_ms <= r.t_ms < end_ms
     ]
     return statistics.median(times) if times else None
 
@@ -278,6 +310,11 @@ def build(
     http_reuse: str | None = None,
     pod_bounds: tuple[int, int | None] | None = None,
     supporting: frozenset[str] = frozenset(),
+    k6_script: str | None = None,
+    request: str | None = None,
+    expect_status: int = 200,
+    operations_unmeasured: str | None = None,
+    quick_changes: list[str] | None = None,
 ) -> Report:
     achieved, window = steady_rate(requests, *steady_ms)
     median_ms = median_answer_ms(requests, *steady_ms) if achieved is not None else None
@@ -322,4 +359,9 @@ def build(
         ops_method=accounting.ops_method,
         lost_margin=accounting.in_flight_at_stop,
         events=[e.as_dict() for e in events],
+        k6_script=k6_script,
+        request=request,
+        expect_status=expect_status,
+        operations_unmeasured=operations_unmeasured if accounting.points is None else None,
+        quick_changes=quick_changes or [],
     )

@@ -1,4 +1,4 @@
-"""README: "defaults <- profile <- environment <- command line". Each layer over the one
+"""docs/calc.md: "defaults <- profile <- environment <- command line". Each layer over the one
 before, through the real resolver and through a real `calc serve`."""
 
 from __future__ import annotations

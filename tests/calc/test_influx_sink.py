@@ -148,7 +148,7 @@ def test_a_stalled_write_times_out_at_the_sinks_timeout(influx: FakeInflux) -> N
 
 
 def test_the_default_time_limits_are_1_s_to_connect_5_s_to_write_10_s_to_query() -> None:
-    """The limits README "Operation log" names, as the sink's client and queries use
+    """The limits docs/calc.md "Operation log" names, as the sink's client and queries use
     them (the stall tests here show each limit is applied)."""
     sink = InfluxSink("http://127.0.0.1:9", "calc")
     try:

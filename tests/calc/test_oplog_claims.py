@@ -1,4 +1,4 @@
-"""The operation log's promises in README.md: strictly increasing timestamps, a retried
+"""The operation log's promises in docs/calc.md: strictly increasing timestamps, a retried
 write stored once, and the talk's batches of 500 in v8 and v9. Real `calc serve`
 processes and a real InfluxDB."""
 

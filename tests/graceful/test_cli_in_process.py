@@ -356,7 +356,7 @@ def test_help_says_what_each_option_does_with_its_variable_and_default(
     """1. `graceful-serve --help`, 200 columns wide. 2. Each option is listed with its
     metavar, what it does, its environment variable and its default; the groups, the
     description and the epilog (what is not supported, and the later signals) say what
-    the README says."""
+    README.md's four steps and docs/graceful.md say."""
     monkeypatch.setenv("COLUMNS", "200")
     text = squashed(build_parser().format_help())
     assert text.startswith("usage: graceful-serve [-h]")

@@ -2,7 +2,7 @@
 rolled out and scaled down under k6 load, with and without the preStop sleep, drop no
 request and lose no operation.
 
-Smaller than the README's matrix to stay cheap in `make test`: 2 or 3 replicas, 10 VUs,
+Smaller than the matrix of docs/results.md to stay cheap in `make test`: 2 or 3 replicas, 10 VUs,
 readiness probes after 2 s every 1 s (the matrix's --quick rewrite), 1 s of load before
 and after the action. tests/lab/test_calc_lab.py has v3 failing in the same kind of run,
 the control that shows such a run can fail."""

@@ -176,6 +176,12 @@ def test_command_and_args_follow_kubernetes_rules() -> None:
         "4000",
         "$(PORT)",
     )
+    # The image map's own cmd stands in for the image's: it expands against the whole
+    # environment (the pod's address), a manifest's args against the manifest's env only.
+    local = Image(name="calc", cmd=("calc", "serve", "--host", "$(POD_IP)"))
+    whole = {"POD_IP": "127.0.0.9", "PORT": "4000"}
+    assert container_argv(container(None, None), local, env, whole)[-1] == "127.0.0.9"
+    assert container_argv(container(None, ["$(POD_IP)"]), local, env, whole) == ("$(POD_IP)",)
 
 
 def test_env_expansion_order_field_refs_and_rewrite() -> None:

@@ -14,13 +14,14 @@ from lab.config import ConfigError
 from lab.experiment import run_experiment
 from lab.influx import free_port
 from lab.matrix import (
-    QUICK_WRAPPER_GRACE,
     MatrixConfig,
     markdown,
     rewrite_manifests,
     run_matrix,
 )
 from lab.matrix_plot import draw
+from lab.quick import QUICK_WRAPPER_GRACE
+from tests.lab.browser import assert_rendered, chromium
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _alive, _kill_leftovers, _pids
 from tests.support import REPO, VENV_BIN, wait_until
@@ -149,6 +150,11 @@ def test_small_quick_matrix_shows_v4_cutting_requests_and_v5_dropping_none(tmp_p
         assert (Path(cell.out) / "timeline.png").stat().st_size > 0
     draw(cells, config.versions, config.scenarios, config.out / "matrix.png")
     assert (config.out / "matrix.png").stat().st_size > 0
+    # The page `make demo` leaves, as a person opens it: in a real browser, from the file.
+    with chromium() as browser:
+        found = browser.open(config.out / "report.html")
+        assert_rendered(browser, found, pictures=1)
+        assert sorted(found["links"]) == sorted(f"{Path(c.out).name}/report.html" for c in cells)
 
 
 def _start_small_matrix(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:

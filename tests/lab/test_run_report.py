@@ -121,3 +121,46 @@ def test_cluster_ip_entry_is_noted_and_k6_stop_is_not_an_error(tmp_path: Path) -
     median = the_report["median_ms"]
     assert median is not None and median >= 50  # the tiny app's default 50 ms answer
     assert the_report["ideal_rps"] == pytest.approx(2 / (median / 1000), rel=0.01)
+
+
+def test_the_table_names_the_script_the_request_and_the_expected_status() -> None:
+    """1. Requests expecting 201 that got 200 (two) and 201 (one), from the lab's script
+       with `--request 'GET /health'`, operations not measured for it.
+    2. The table's rows: the script, the request, ok (201), the http_200 failures with
+       the status expected, and why lost and orphan operations are not measured."""
+    requests = [
+        accounting.Request(t_ms=1000 + i, rid=f"r{i}", status=status, error_code="", error="",
+                           expected_status=201)
+        for i, status in enumerate((200, 200, 201))
+    ]  # fmt: skip
+    built = report.build(
+        manifests="k8s/",
+        scenario="steady",
+        lb="tcp",
+        lb_retries=0,
+        endpoint_lag=Lag.fixed(1.0),
+        vus=1,
+        replicas=1,
+        accounting=accounting.account(requests, None),
+        requests=requests,
+        events=[],
+        duration_s=1.0,
+        steady_ms=(None, None),
+        action_completed=True,
+        action_s=None,
+        notes=[],
+        k6_script="deploy/k6/load-test.js (the lab's)",
+        request="GET /health",
+        expect_status=201,
+        operations_unmeasured="not measured: the request is not calc's /sum",
+    )
+    rows = [" ".join(line.split()) for line in built.table().splitlines()]
+    for row in (
+        "k6 script deploy/k6/load-test.js (the lab's)",
+        "request GET /health",
+        "ok (201) 1",
+        "http_200 2 (expected 201)",
+        "lost operations not measured: the request is not calc's /sum",
+        "orphan operations not measured: the request is not calc's /sum",
+    ):
+        assert row in rows, built.table()

@@ -14,6 +14,7 @@ import yaml
 from lab import cli
 from lab.config import LabConfig
 from lab.experiment import _service_urls, prepare
+from lab.images import ImageMap, resolve
 from lab.influx import free_port
 from lab.manifest import ManifestError
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
@@ -318,3 +319,57 @@ def test_args_that_look_like_unmapped_image_files_are_noted(tmp_path: Path) -> N
     assert len(named) == 1, named
     assert "containers[0].args[3]: '/app/config/prod.exs'" in named[0]
     assert "map it under images.tinyapp.paths" in named[0]
+
+
+def test_unmapped_image_names_the_map_file_and_the_key_to_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1. `lab run` a manifest whose image `ghcr.io/team/api:1.2` the image map (the
+    tiny one, by a relative path) does not have.
+    2. Exit 2, one line naming the map file by its full path and the key `images.api`,
+    with the one-line entry for a service in its own virtualenv; nothing started."""
+    manifest = _set(
+        tiny_manifest(tmp_path / "m.yml", port=8123),
+        lambda c: c.update(image="ghcr.io/team/api:1.2"),
+    )
+    out = tmp_path / "out"
+    relative = TINY_IMAGES.relative_to(REPO)
+    argv = ["run", "--manifests", str(manifest), "--image-map", str(relative), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        f"'ghcr.io/team/api:1.2' is not in the image map {TINY_IMAGES}: add the key images.api"
+        in err
+    )
+    assert "`  api: {venv: /path/to/.venv, workdir: /path/to/code}` under `images:`" in err
+    assert "it has: tinyapp" in err
+    assert not out.exists()
+
+
+def test_a_service_in_its_own_virtualenv_is_one_line_of_the_image_map(tmp_path: Path) -> None:
+    """1. An image map of one line: `api: {venv: <a virtualenv>, workdir: <its code>}`.
+    2. The container runs in that directory with the virtualenv's bin first on its PATH
+       and VIRTUAL_ENV naming it, so the manifest's `uvicorn` is the service's own.
+    3. A `venv` that is no virtualenv (no bin/) is refused, naming the field."""
+    code = tmp_path / "api"
+    (code / ".venv" / "bin").mkdir(parents=True)
+    uvicorn = code / ".venv" / "bin" / "uvicorn"
+    uvicorn.write_text("#!/bin/sh\n")
+    uvicorn.chmod(0o755)
+    images_yml = tmp_path / "images.yml"
+    images_yml.write_text("images:\n  api: {venv: api/.venv, workdir: api}\n")
+    manifest = _set(
+        tiny_manifest(tmp_path / "m.yml", port=8123),
+        lambda c: c.update(image="ghcr.io/team/api:1.2", command=["uvicorn", "app:app"], args=[]),
+    )
+    prepared = prepare(LabConfig(manifests=manifest, image_map=images_yml))
+    image = prepared.images.image("ghcr.io/team/api:1.2")
+    launch = resolve(prepared.manifests.deployment.template.container, image, "p", "127.0.0.9", {"PATH": "/usr/bin"})  # fmt: skip
+    assert launch.cwd == code
+    assert launch.env["PATH"] == f"{code / '.venv' / 'bin'}:/usr/bin"
+    assert launch.env["VIRTUAL_ENV"] == str(code / ".venv")
+    assert launch.argv == ("uvicorn", "app:app")
+    images_yml.write_text("images:\n  api: {venv: api, workdir: api}\n")
+    with pytest.raises(ManifestError, match=r"images\.api\.venv: '.*/api' is not a virtualenv"):
+        ImageMap.load(images_yml)

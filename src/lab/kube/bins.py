@@ -16,9 +16,7 @@ from pathlib import Path
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 # The files whose bytes make the cache key, in build.sh's order.
 KEY_FILES = ("kube/go.mod", "kube/go.sum", "etcd/go.mod", "etcd/go.sum", "build.sh")
-BUILD_HINT = (
-    'build them with `make cluster-bins` (minutes the first time: README, "A real control plane")'
-)
+BUILD_HINT = "build them with `make cluster-bins` (minutes the first time: docs/cluster.md)"
 
 
 class BinariesError(RuntimeError):

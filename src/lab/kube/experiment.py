@@ -27,8 +27,8 @@ from lab.experiment import (
     K6_STOP_WHEN_INTERRUPTED,
     Experiment,
     LabError,
+    OperationLog,
     Prepared,
-    write_report,
 )
 from lab.influx import free_port
 from lab.k6 import K6, describe_exit
@@ -403,32 +403,17 @@ class KubeLab(Experiment):
                 "teardown-forced", f"pods still there: {', '.join(sorted(self.pods))}"
             )
 
-    async def _report(
-        self,
-        *,
-        stopping_wall: float,
-        steady_window: tuple[float, float],
-        completed: bool,
-        action_s: float | None,
-        interrupted: str | None = None,
-    ) -> report.Report:
+    def _operation_log(self) -> OperationLog | None:
         agents = self.workers.agents if self.workers is not None else None
-        return await write_report(
-            self.p,
-            self.events,
-            agents.influx if agents is not None else None,
-            stopping_wall=stopping_wall,
-            steady_window=steady_window,
-            completed=completed,
-            action_s=action_s,
-            interrupted=interrupted,
-            pod_bounds=(self.peak_pods, self.fewest_available),
-            supporting=frozenset(),
-            notes=(
-                "a real control plane (--cluster local): etcd, kube-apiserver, "
-                "kube-controller-manager and kube-scheduler; the lab's kubelet and node "
-                "proxies",
-            ),
+        return agents.influx if agents is not None else None
+
+    def _pod_bounds(self) -> tuple[int, int | None] | None:
+        return (self.peak_pods, self.fewest_available)
+
+    def _cluster_notes(self) -> tuple[str, ...]:
+        return (
+            "a real control plane (--cluster local): etcd, kube-apiserver, "
+            "kube-controller-manager and kube-scheduler; the lab's kubelet and node proxies",
         )
 
     async def stop_gracefully(self) -> None:

@@ -38,10 +38,9 @@ import httpx
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from lab import report
 from lab.config import REPO
-from lab.experiment import LabError, Prepared, write_report
-from lab.influx import INFLUX_SERVICE, InfluxError
+from lab.experiment import LabError, OperationLog, Prepared
+from lab.influx import INFLUX_SERVICE, InfluxError, series_values
 from lab.kube.api import REQUEST_TIMEOUT, Informer, WatchEvent, call, status_of
 from lab.kube.experiment import KubeLab, _ready
 from lab.kube.remote_config import resolve
@@ -94,7 +93,7 @@ class InfluxThroughApi:
         self.query(f'CREATE DATABASE "{name}"')
 
     def field_values(self, db: str, measurement: str, field: str) -> list[object]:
-        return _values(self.query(f'SELECT "{field}" FROM "{measurement}"', db=db))
+        return series_values(self.query(f'SELECT "{field}" FROM "{measurement}"', db=db))
 
 
 class InfluxAtUrl:
@@ -116,7 +115,7 @@ class InfluxAtUrl:
         self.query(f'CREATE DATABASE "{name}"')
 
     def field_values(self, db: str, measurement: str, field: str) -> list[object]:
-        return _values(self.query(f'SELECT "{field}" FROM "{measurement}"', db=db))
+        return series_values(self.query(f'SELECT "{field}" FROM "{measurement}"', db=db))
 
 
 def _series(where: str, q: str, status: int, text: str) -> list[dict[str, object]]:
@@ -127,15 +126,6 @@ def _series(where: str, q: str, status: int, text: str) -> list[dict[str, object
         raise InfluxError(f"{where}: {q!r}: {result['error']}")
     series: list[dict[str, object]] = result.get("series", [])
     return series
-
-
-def _values(series: list[dict[str, object]]) -> list[object]:
-    values: list[object] = []
-    for s in series:
-        rows = s.get("values", [])
-        assert isinstance(rows, list)
-        values.extend(row[1] for row in rows)
-    return values
 
 
 def _point_at(value: Any, host_port: str) -> Any:
@@ -388,31 +378,14 @@ class RemoteLab(KubeLab):
 
     # -- the end ---------------------------------------------------------------------------
 
-    async def _report(
-        self,
-        *,
-        stopping_wall: float,
-        steady_window: tuple[float, float],
-        completed: bool,
-        action_s: float | None,
-        interrupted: str | None = None,
-    ) -> report.Report:
-        return await write_report(
-            self.p,
-            self.events,
-            self.influx,
-            stopping_wall=stopping_wall,
-            steady_window=steady_window,
-            completed=completed,
-            action_s=action_s,
-            interrupted=interrupted,
-            pod_bounds=(self.peak_pods, self.fewest_available),
-            supporting=frozenset(),
-            notes=(
-                f"a cluster reached through its kubeconfig (--cluster {self.config.cluster}): "
-                f"{self.target.server}, namespace {self.namespace}, load to {self.entry}",
-                f"endpoint lag: the cluster's own proxies' (not set by the lab); {NOT_OBSERVED}",
-            ),
+    def _operation_log(self) -> OperationLog | None:
+        return self.influx
+
+    def _cluster_notes(self) -> tuple[str, ...]:
+        return (
+            f"a cluster reached through its kubeconfig (--cluster {self.config.cluster}): "
+            f"{self.target.server}, namespace {self.namespace}, load to {self.entry}",
+            f"endpoint lag: the cluster's own proxies' (not set by the lab); {NOT_OBSERVED}",
         )
 
     async def cleanup(self) -> None:

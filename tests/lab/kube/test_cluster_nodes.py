@@ -464,9 +464,12 @@ def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
         assert_all_gone(state)
         wait_until(lambda: not any(alive(p) for p in pids), 15, what=f"{pids} gone")
         assert table in _nft_tables()
+        # Any lab's start sweeps a dead owner's table (lab.leftovers): another run on
+        # this machine may take it first; then there is nothing left for the next up.
+        left = table in _nft_tables()
     with running(tmp_path / "state", tmp_path / "logs") as second:
         again = second.wait_ready()
-        assert f"removed leftover nftables table {table}" in second.stderr()
+        assert not left or f"removed leftover nftables table {table}" in second.stderr()
         assert table not in _nft_tables()
         c = Cluster(second, again, tmp_path / "cache")
         c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
