@@ -55,7 +55,7 @@ typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
 pytest: setup test-deps ## Run the test suite only (with the lab's calc end-to-end runs); fails on a skip not on tests/skip-allowlist.txt
 	CI_NO_SKIPS=1 LAB_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
 
-test: setup cluster-bins lint typecheck pytest ## Set up, then lint, type-check and run every test (the CI command)
+test: setup cluster-bins lint typecheck pytest test-server-oldest ## Set up, then lint, type-check and run every test (the CI command), and graceful's on the oldest supported servers
 
 local-server: $(BIN)/calc ## Run calc locally on PORT (default 4000), profile from CALC_PROFILE (default v10)
 	$(BIN)/calc serve --host 127.0.0.1 --port $(PORT)

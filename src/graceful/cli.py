@@ -46,6 +46,9 @@ class _Refused:
     env: str
     why: str
     flag_default: bool | None = None  # for a flag: uvicorn's default, which changes nothing
+    # The uvicorn release that added the option. Refused on older ones too, which ignore
+    # the variable: whoever sets it expects its effect, and does not get it there either.
+    since: tuple[int, ...] = (0,)
 
 
 WHY_WORKERS = (
@@ -63,7 +66,9 @@ WHY_MAX_REQUESTS = (
 )
 
 
-def _refused(why: str, *names: str, flag_default: bool | None = None) -> list[_Refused]:
+def _refused(
+    why: str, *names: str, flag_default: bool | None = None, since: tuple[int, ...] = (0,)
+) -> list[_Refused]:
     """`names` as uvicorn's command names them: "reload_dirs:--reload-dir" where the
     option's flag is not the name's."""
     refused = []
@@ -71,7 +76,7 @@ def _refused(why: str, *names: str, flag_default: bool | None = None) -> list[_R
         name, _, flag = name.partition(":")
         option = flag or "--" + name.replace("_", "-")
         flags = (option, "--no-" + option[2:]) if flag_default is True else (option,)
-        refused.append(_Refused(flags, "UVICORN_" + name.upper(), why, flag_default))
+        refused.append(_Refused(flags, "UVICORN_" + name.upper(), why, flag_default, since))
     return refused
 
 
@@ -113,7 +118,8 @@ UNSUPPORTED = (
         "h11_max_incomplete_event_size",
         "headers:--header",
     ),
-    *_refused(WHY_DEFAULT, "http2", "reset_contextvars", flag_default=False),
+    *_refused(WHY_DEFAULT, "reset_contextvars", flag_default=False, since=(0, 45)),
+    *_refused(WHY_DEFAULT, "http2", flag_default=False, since=(0, 53)),
     *_refused(WHY_DEFAULT, "server_header", "date_header", flag_default=True),
     *_refused(
         "graceful-serve reads its settings from the environment before uvicorn would "
@@ -130,7 +136,8 @@ UNSUPPORTED = (
     ),
     *_refused(WHY_SHUTDOWN, "timeout_graceful_shutdown"),
     *_refused(WHY_WORKERS, "timeout_worker_healthcheck"),
-    *_refused(WHY_MAX_REQUESTS, "limit_max_requests", "limit_max_requests_jitter"),
+    *_refused(WHY_MAX_REQUESTS, "limit_max_requests"),
+    *_refused(WHY_MAX_REQUESTS, "limit_max_requests_jitter", since=(0, 41)),
 )
 REFUSED_FLAGS = {flag: refused for refused in UNSUPPORTED for flag in refused.flags}
 # uvicorn.Config reads this for its worker count when --workers is not given.
@@ -343,7 +350,7 @@ def _typed(option: _Option, raw: str, where: str) -> Any:
 
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's default logging, plus graceful's own loggers on the same handler."""
-    from uvicorn.config import LOGGING_CONFIG
+    from graceful.uvicorn_compat import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["graceful"] = {
@@ -356,7 +363,7 @@ def log_config(level: str) -> dict[str, Any]:
 
 def load_app(config: ServeConfig) -> ASGIApp:
     """Import APP (after adding --app-dir to the module path) and call it if a factory."""
-    from uvicorn.importer import ImportFromStringError, import_from_string
+    from graceful.uvicorn_compat import ImportFromStringError, import_from_string
 
     sys.path.insert(0, os.path.abspath(config.app_dir))
     try:
@@ -417,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if flag in REFUSED_FLAGS:
             parser.error(f"{flag} is not supported: {REFUSED_FLAGS[flag].why}")
     args = parser.parse_args(args_list)
+    from graceful.uvicorn_compat import unsupported
+
+    if (problem := unsupported()) is not None:
+        parser.error(problem)  # before anything is imported or bound
     try:
         config = resolve(args, os.environ)
     except OptionError as exc:

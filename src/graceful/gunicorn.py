@@ -68,6 +68,7 @@ import uvicorn
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
+from graceful import gunicorn_compat, uvicorn_compat
 from graceful.config import ShutdownConfig
 from graceful.current import install
 from graceful.lifecycle import Lifecycle
@@ -189,8 +190,8 @@ class WorkerServer(GracefulServer):
         await super()._drain()
 
     def _every_connection_had_a_request(self) -> bool:
-        # uvicorn's HTTP protocols set `cycle` at a connection's first request.
-        return all(getattr(c, "cycle", True) is not None for c in self.server_state.connections)
+        connections = uvicorn_compat.server_state(self).connections
+        return all(uvicorn_compat.had_a_request(c) for c in connections)
 
     async def _report_leftovers(self) -> None:
         await self._stop_heartbeat()  # the phases are over: it is not a leftover
@@ -237,7 +238,13 @@ class Worker(BaseWorker):  # type: ignore[misc]
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         """In the master at start (`Arbiter.start`), once: what the workers' settings
-        mean next to gunicorn's. A bad GRACEFUL_* value is left to the workers' boot."""
+        mean next to gunicorn's, and whether the installed gunicorn and uvicorn have what
+        the workers rely on (one line and exit 1 if not, before any worker starts). A bad
+        GRACEFUL_* value is left to the workers' boot."""
+        for problem in (gunicorn_compat.unsupported(), uvicorn_compat.unsupported()):
+            if problem is not None:
+                log.error("graceful: %s", problem)
+                raise SystemExit(1)
         try:
             settings = resolve_shutdown(_given(cfg), os.environ)
         except OptionError:

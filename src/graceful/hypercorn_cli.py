@@ -19,6 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("hypercorn") is None:
         print(MISSING, file=sys.stderr)
         return 2
+    from graceful.hypercorn_compat import unsupported
+
+    if (problem := unsupported()) is not None:
+        print(f"graceful-hypercorn: error: {problem}", file=sys.stderr)
+        return 2
     from graceful.hypercorn import main as run
 
     return run(argv)

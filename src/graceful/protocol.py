@@ -26,7 +26,11 @@ import asyncio
 import re
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from graceful.uvicorn_compat import (
+    HttpToolsProtocol,
+    RequestResponseCycle,
+    say_close_when_not_kept_alive,
+)
 
 # The end of a head: an empty line. llhttp (httptools) refuses bare LF line ends with
 # 400, so only CRLF ends a head it serves; taking a bare-LF empty line for an end as
@@ -162,6 +166,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is previous:  # an upgrade: no request cycle of ours
             return
+        say_close_when_not_kept_alive(self.cycle)
         # Keep-alive only once the whole body is in: a response sent before that (an
         # early 413, or an app that ignores the body) says close, and the rest of the
         # body is never read. on_message_complete gives keep-alive back.

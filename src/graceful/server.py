@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 import uvicorn
 
+from graceful import uvicorn_compat
 from graceful.lifecycle import Lifecycle, Phase
 from graceful.phases import report_exit_at_once, run_delay, timed_phase
 
@@ -60,6 +61,7 @@ class GracefulServer(uvicorn.Server):
     """
 
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        uvicorn_compat.require_supported()  # a release lacking what we rely on: say so now
         super().__init__(config)
         self.lifecycle = lifecycle
         self.phase_durations: dict[str, float] = {}
@@ -101,8 +103,14 @@ class GracefulServer(uvicorn.Server):
             await asyncio.wait({starting}, timeout=POLL)
         if (exit := starting.result()) is not None:
             raise exit  # uvicorn's own exits (startup failed, address in use) go on
+        if not uvicorn_compat.EXITS_ON_FAILED_STARTUP and uvicorn_compat.startup_failed(self):
+            raise SystemExit(uvicorn_compat.STARTUP_FAILURE)  # as uvicorn 0.50 on does
         if self.started and not self.should_exit:
             self.lifecycle.phase = Phase.SERVING
+        elif self.started and not uvicorn_compat.SHUTS_DOWN_AFTER_EARLY_EXIT:
+            # A signal came while the server started: uvicorn before 0.41 returns without
+            # a shutdown, so the phases (and the app's lifespan shutdown) run here.
+            await self.shutdown(sockets)
 
     async def _start(self, sockets: list[socket.socket] | None) -> SystemExit | None:
         """uvicorn's startup; its sys.exit is handed back: raised in a task of its own,
@@ -114,11 +122,8 @@ class GracefulServer(uvicorn.Server):
         return None
 
     def _app_starting(self) -> bool:
-        """The app's lifespan startup has not answered yet. uvicorn's `LifespanOn` sets
-        `startup_event` when it does (or when the app has no lifespan); `LifespanOff`
-        has no such event and no startup."""
-        event = getattr(self.lifespan, "startup_event", None)
-        return isinstance(event, asyncio.Event) and not event.is_set()
+        """The app's lifespan startup has not answered yet."""
+        return uvicorn_compat.app_starting(self)
 
     async def _interrupt_startup(
         self, starting: asyncio.Task[Any], app_tasks: set[asyncio.Task[Any]]
@@ -135,10 +140,7 @@ class GracefulServer(uvicorn.Server):
             _signal_name(sig),
             grace,
         )
-        if hasattr(self.lifespan, "startup_failed"):
-            # uvicorn's LifespanOn then takes the cancellation as the failure it is,
-            # instead of logging that the app does not support the lifespan protocol.
-            self.lifespan.startup_failed = True
+        uvicorn_compat.mark_startup_failed(self)
         starting.cancel()
         for task in app_tasks:
             task.cancel()
@@ -187,7 +189,7 @@ class GracefulServer(uvicorn.Server):
             await self._delay()
 
         with self._phase(Phase.CLOSING):
-            for server in self.servers:
+            for server in uvicorn_compat.listening(self):
                 server.close()
             for sock in sockets or []:
                 sock.close()
@@ -211,11 +213,11 @@ class GracefulServer(uvicorn.Server):
 
     def _busy(self) -> bool:
         """A connection is open or a request handler still runs (its client may be gone)."""
-        state = self.server_state
+        state = uvicorn_compat.server_state(self)
         return bool(state.connections or state.tasks or self.lifecycle.in_flight)
 
     async def _drain(self) -> None:
-        state = self.server_state
+        state = uvicorn_compat.server_state(self)
         for connection in list(state.connections):
             connection.shutdown()  # idle ones close now, busy ones after their response
         running = max(len(state.tasks), self.lifecycle.in_flight)
@@ -230,7 +232,7 @@ class GracefulServer(uvicorn.Server):
         )
         if not drained:
             await self._abort_all(self.hurry_reason if self.hurry else "drain time is up")
-        for server in self.servers:
+        for server in uvicorn_compat.listening(self):
             # Python 3.12+ also waits here for connections; aborted ones may lag a little.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -238,8 +240,9 @@ class GracefulServer(uvicorn.Server):
     async def _abort_all(self, why: str) -> None:
         """Close every connection and cancel every request handler, then give the
         handlers a bounded moment to end, so none runs into the app's shutdown unseen."""
-        connections = list(self.server_state.connections)
-        tasks = list(self.server_state.tasks)
+        state = uvicorn_compat.server_state(self)
+        connections = list(state.connections)
+        tasks = list(state.tasks)
         for connection in connections:
             transport = getattr(connection, "transport", None)
             if transport is not None:
@@ -345,14 +348,13 @@ class GracefulServer(uvicorn.Server):
     async def _report_leftovers(self) -> None:
         """Whatever still runs now is cancelled when the event loop closes, after
         "Shutdown finished": name it here rather than let it go unseen."""
-        handlers = [t for t in self.server_state.tasks if not t.done()]
+        running = uvicorn_compat.server_state(self).tasks
+        handlers = [t for t in running if not t.done()]
         if handlers:
             logger.error("%d request handler(s) still running at exit are cancelled", len(handlers))
         current = asyncio.current_task()
         others = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not current and not t.done() and t not in self.server_state.tasks
+            t for t in asyncio.all_tasks() if t is not current and not t.done() and t not in running
         ]
         if others:
             # e.g. the lifespan task, a step away from its end once it said "complete"

@@ -109,7 +109,7 @@ def test_sigterm_flips_readiness_keeps_serving_then_drains(
             # the request's body reaches the app through graceful's wrapping
             assert client.post("/body", content=b"x" * 70_000).text == "x" * 70_000
             slow = Slow(f"{run.url}/work?seconds=1")
-            time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+            wait_until(lambda: current_lifecycle().in_flight == 1, 5, what="it to run")
             run.signal(signal.SIGTERM)
             wait_until(lambda: client.get("/ready").status_code == 503, 2, what="readiness")
             during = client.get("/echo")
@@ -159,7 +159,7 @@ def test_the_drain_timeout_becomes_hypercorns_graceful_timeout(
 
     def scenario(run: Run) -> None:
         slow = Slow(f"{run.url}/work?seconds=10")
-        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        wait_until(lambda: current_lifecycle().in_flight == 1, 5, what="it to run")
         run.signal(signal.SIGTERM)
         seen["slow"] = slow.result()
 
@@ -183,14 +183,15 @@ def test_drain_off_gives_running_requests_no_time(
     2. SIGTERM with a request running. 3. hypercorn gets 0 s for running requests."""
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
-    runner = HypercornRunner(Lifecycle(ShutdownConfig(drain=False, drain_timeout=5)), config)
+    lifecycle = Lifecycle(ShutdownConfig(drain=False, drain_timeout=5))
+    runner = HypercornRunner(lifecycle, config)
     seen: dict[str, httpx.Response | Exception] = {}
     caplog.set_level(logging.INFO, logger="graceful")
 
     def drive() -> None:
         wait_until(lambda: not refused("127.0.0.1", port), 10, what="listening")
         slow = Slow(f"http://127.0.0.1:{port}/work?seconds=10")
-        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        wait_until(lambda: lifecycle.in_flight == 1, 5, what="it to run")
         os.kill(os.getpid(), signal.SIGTERM)
         seen["slow"] = slow.result()
 
@@ -283,7 +284,7 @@ def test_a_second_sigint_during_the_drain_cuts_what_runs(
 
     def scenario(run: Run) -> None:
         slow = Slow(f"{run.url}/work?seconds=10")
-        time.sleep(0.1)  # the scenario: SIGTERM comes while it runs
+        wait_until(lambda: current_lifecycle().in_flight == 1, 5, what="it to run")
         run.signal(signal.SIGTERM)
         lifecycle = current_lifecycle()
         wait_until(lambda: lifecycle.phase is Phase.DRAINING, 5, what="the drain")

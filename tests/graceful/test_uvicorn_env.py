@@ -16,6 +16,7 @@ import pytest
 
 from graceful.cli import UNSUPPORTED, UVICORN_OPTIONS, refuse_unsupported_variables
 from graceful.options import OptionError
+from graceful.uvicorn_compat import VERSION
 from tests.support import REPO, VENV_BIN, Processes, wait_until
 
 COMMAND = str(VENV_BIN / "graceful-serve")
@@ -40,13 +41,18 @@ def uvicorn_variables() -> set[str]:
 def test_every_variable_uvicorn_reads_is_supported_or_refused() -> None:
     """1. The UVICORN_* variables the installed uvicorn reads. 2. Each is one
     graceful-serve supports or one it refuses (UVICORN_VERSION, which only prints
-    uvicorn's version, aside). Fails the day a uvicorn release adds an option."""
+    uvicorn's version, aside), and each refused one this release has (by the release
+    that added it) is read. Fails the day a uvicorn release adds an option."""
     supported = {"UVICORN_APP"} | {"UVICORN_" + o.name.upper() for o in UVICORN_OPTIONS}
     known = supported | set(REFUSED_ENV) | {"UVICORN_VERSION"}
     read = uvicorn_variables()
     assert read - known == set(), "uvicorn reads variables graceful-serve does not know"
-    assert set(REFUSED_ENV) <= read, set(REFUSED_ENV) - read
     assert not supported & set(REFUSED_ENV)
+    # Each refused option from the release that added it on (`since`), none before.
+    here = {r.env for r in UNSUPPORTED if r.since <= VERSION}
+    later = {r.env for r in UNSUPPORTED if r.since > VERSION}
+    assert here <= read, f"uvicorn {VERSION} lacks {here - read}"
+    assert not later & read, f"uvicorn {VERSION} has {later & read} already"
 
 
 @pytest.mark.parametrize("env", sorted(REFUSED_ENV))
