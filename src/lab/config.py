@@ -339,7 +339,6 @@ class LabConfig:
     def _validate_local(self) -> None:
         """What `--cluster local` does not run yet, refused before anything starts."""
         unsupported = [
-            (bool(self.faults), "--fault"),
             (self.lb != "tcp", f"--lb {self.lb}"),
             (self.lb_retries != 0, "--lb-retries"),
         ]
@@ -347,5 +346,5 @@ class LabConfig:
             if refused:
                 raise ConfigError(
                     f"{what}: not available with --cluster local yet (every scenario, "
-                    "--lb tcp, no faults)"
+                    "--lb tcp, every fault)"
                 )

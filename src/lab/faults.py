@@ -21,6 +21,11 @@ report.json and on the timeline. Pod faults act through the container runtime's 
                    servers that were in rotation back through the runtime API (the
                    endpoints controller waits meanwhile); not a seamless reload, see
                    src/lab/README.md
+
+On a real control plane (`--cluster local`, lab.kube.experiment) the pod and InfluxDB
+faults act on the nodes' kubelet and InfluxDB as here; node-failure (`fail_node`) fails
+the node through the API and leaves the rest to the real controllers, and lb-restart
+(`restart_lb`) restarts the Service's load balancer.
 """
 
 from __future__ import annotations
@@ -58,7 +63,15 @@ class Faults:
         node_monitor_grace: float = NODE_MONITOR_GRACE,
         unreachable_toleration: float = UNREACHABLE_TOLERATION,
         node_down: Callable[[int], Awaitable[str]] | None = None,
+        fail_node: Callable[[Pod], Awaitable[str]] | None = None,
+        restart_lb: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
+        # On a real control plane: stops and starts the Service's load balancer, says
+        # what it brought back.
+        self.restart_lb = restart_lb
+        # On a real control plane: fails the pod's node through the API, says what it
+        # did; the node-lifecycle controller and taint manager do the rest.
+        self.fail_node = fail_node
         # With --nodes: takes a failed node's proxy down with it, says what it did.
         self.node_down = node_down
         self.node_monitor_grace = node_monitor_grace
@@ -185,6 +198,9 @@ class Faults:
         if pod is None or pod.running is None:
             self._event(fault, "skipped", "no ready pod")
             return
+        if self.fail_node is not None:
+            self._event(fault, "start", await self.fail_node(pod), pod.name)
+            return
         runtime = self.kubelet.runtime
         if runtime.dead is None:
             self._event(fault, "skipped", "no nftables to make the node's address dead")
@@ -254,6 +270,10 @@ class Faults:
         self._event(fault, "end", f"hung container gone ({container.returncode})", pod.name)
 
     async def _lb_restart(self, fault: Fault) -> None:
+        if self.restart_lb is not None:
+            self.lb_restart = asyncio.ensure_future(self._restart_lb(fault, self.restart_lb))
+            await asyncio.shield(self.lb_restart)
+            return
         if self.haproxy is None or self.endpoints is None:
             self._event(fault, "skipped", "no load balancer")
             return
@@ -262,6 +282,10 @@ class Faults:
             self._restart_haproxy(fault, self.haproxy, self.endpoints)
         )
         await asyncio.shield(self.lb_restart)
+
+    async def _restart_lb(self, fault: Fault, restart: Callable[[], Awaitable[str]]) -> None:
+        self._event(fault, "start", "the Service's load balancer stopped")
+        self._event(fault, "end", await restart())
 
     async def _restart_haproxy(
         self, fault: Fault, haproxy: HAProxy, endpoints: EndpointsController

@@ -8,6 +8,14 @@ patches the pod template's `kubectl.kubernetes.io/restartedAt`, as kubectl does)
 scales (the scale subresource), the ReplicaSet controller picks the victims, the
 EndpointSlice controller publishes the endpoints each node's proxy follows. Load,
 accounting and the report are the lab's, as with its own cluster (lab.experiment).
+
+Faults (lab.faults) act where a real cluster's would happen: on the lab's kubelet that
+runs the pods (container-crash SIGKILLs a container, pod-hang SIGSTOPs it; the kubelet
+restarts it and reports the restart through `pods/status`), on the lab's InfluxDB
+(influx-down, influx-stall), and on a node through the API (node-failure annotates the
+victim's Node as `kubectl annotate node` does: its agent stops renewing the Lease, and the
+real node-lifecycle controller and taint manager mark it and evict its pods). lb-restart
+stops the Service's load balancer (the cloud's part) and starts it again.
 """
 
 from __future__ import annotations
@@ -30,14 +38,17 @@ from lab.experiment import (
     OperationLog,
     Prepared,
 )
+from lab.faults import Faults
 from lab.influx import free_port
 from lab.k6 import K6, describe_exit
 from lab.kube.api import REQUEST_TIMEOUT, Informer, WatchEvent, call
 from lab.kube.balancers import Balancer
 from lab.kube.controlplane import ClusterConfig, ControlPlane
 from lab.kube.leftovers import NODES_DIR
+from lab.kube.nodes import FAULT_ANNOTATION
 from lab.kube.workers import Workers
 from lab.manifest import raw_documents
+from lab.pods import Pod
 
 FIELD_MANAGER = "lab"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -47,6 +58,12 @@ POLL = 0.1
 def _ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _restarts(pod: dict[str, Any] | None) -> int:
+    """The restartCount of the pod's containers, as its status says."""
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount") or 0) for s in statuses)
 
 
 class KubeLab(Experiment):
@@ -74,6 +91,7 @@ class KubeLab(Experiment):
         self.sampling = False
         self._last_deployment: Any = None
         self._dynamic: Any = None  # the dynamic client, made on first use (discovery)
+        self.faults: Faults | None = None
 
     # -- the run -------------------------------------------------------------------------
 
@@ -104,6 +122,7 @@ class KubeLab(Experiment):
         self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s to {url}")
         await self._sleep_under_load(config.warmup)
         self.sampling = True
+        self._start_faults()
         completed, action_s = True, None
         if config.scenario == "steady":
             self.events.phase("steady", f"{config.duration:g} s")
@@ -124,6 +143,8 @@ class KubeLab(Experiment):
         self.sampling = False
         self.events.phase("cool-down", f"{config.cooldown:g} s")
         await self._sleep_under_load(config.cooldown)
+        if self.faults is not None:
+            await self.faults.stop()
         stopping = self.events.phase("stop-load")
         code = await self.k6.stop()
         self.events.phase("load-stopped", describe_exit(code))
@@ -280,6 +301,80 @@ class KubeLab(Experiment):
             done = await call(apps.read_namespaced_deployment, self.deployment, self.namespace)
         return int(done.metadata.generation)
 
+    # -- faults ----------------------------------------------------------------------------
+
+    def _start_faults(self) -> None:
+        """The run's faults, from the start of the action, on the lab's kubelet and
+        InfluxDB and, for a node, through the API."""
+        agents = self.workers.agents if self.workers is not None else None
+        if not self.config.faults or agents is None or agents.kubelet is None:
+            return
+        self.faults = Faults(
+            self.config.faults,
+            self.events,
+            self.registry,
+            agents.kubelet,
+            agents.influx,
+            self._lab_pods,
+            node_monitor_grace=self.config.node_monitor_grace,
+            unreachable_toleration=self.config.unreachable_toleration,
+            fail_node=self._fail_node,
+            restart_lb=self._restart_balancer,
+        )
+        self.faults.start()
+
+    def _lab_pods(self) -> list[Pod]:
+        """The kubelet's pods of the Deployment under test, in the order the nodes
+        admitted them (the oldest first), as the API has them now."""
+        if self.workers is None or self.workers.agents is None:
+            return []
+        return [
+            t.pod
+            for t in self.workers.agents.tracked.values()
+            if t.pod is not None and t.namespace == self.namespace and t.name in self.pods
+        ]
+
+    async def _fail_node(self, pod: Pod) -> str:
+        """`kubectl annotate node NODE lab.graceful-calc/fault=node-failure` on the
+        pod's node; returns once its agent has stopped (lab.kube.nodes.Agents.fail)."""
+        assert self.workers is not None and self.workers.agents is not None
+        agents = self.workers.agents
+        (index,) = [t.node for t in agents.tracked.values() if t.pod is pod]
+        node = agents.nodes[index]
+        body = {"metadata": {"annotations": {FAULT_ANNOTATION: "node-failure"}}}
+        await call(client.CoreV1Api(self.api).patch_node, node.name, body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT
+        while loop.time() < deadline:  # the agent acts on its watch of the Node
+            if pod.node_lost:  # its node's pods are all lost at once (Agents.fail)
+                break
+            await asyncio.sleep(POLL / 10)
+        lost = [
+            t.name
+            for t in agents.tracked.values()
+            if t.node == index and t.pod is not None and t.pod.node_lost
+        ]
+        return (
+            f"{node.name} annotated {FAULT_ANNOTATION}=node-failure: no more Lease or status, "
+            f"{len(lost)} pod{'s' if len(lost) != 1 else ''} killed, their addresses drop "
+            "packets"
+        )
+
+    async def _restart_balancer(self) -> str:
+        """The Service's load balancer (the cloud's part, lab.kube.balancers) stopped and
+        started again on the same address and port, with every node's proxy behind it
+        again: a hard restart, as lb-restart on the lab's own cluster."""
+        balancer = self._balancer()
+        if balancer is None or balancer.proxies is None or balancer.proxies.front is None:
+            raise LabError("the Service has no load balancer")
+        front = balancer.proxies.front
+        await front.stop()
+        await front.start(self.registry)
+        nodes = self.workers.node_states if self.workers is not None else []
+        for node, proxy in zip(nodes, balancer.proxies.proxies, strict=True):
+            front.add_server(node.name, proxy.host, proxy.port)
+        return f"started again on {front.host}:{front.port}, {len(nodes)} node proxies behind it"
+
     # -- what the API says ---------------------------------------------------------------
 
     def _watch_pods(self) -> None:
@@ -301,7 +396,12 @@ class KubeLab(Experiment):
         if event.kind == "DELETED":
             self.pods.pop(name, None)
         else:
+            before = _restarts(self.pods.get(name))
             self.pods[name] = event.obj
+            after = _restarts(event.obj)
+            if after > before:
+                # A container restart as the API shows it (a fault's, or liveness's).
+                self.events.add(name, "restart-count", f"{after} in the pod's status")
         if self.sampling:
             # maxSurge and maxUnavailable as the pods show them: the pods not being
             # deleted (terminating pods count toward neither, as the Deployment
@@ -395,13 +495,22 @@ class KubeLab(Experiment):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace + 30
         while loop.time() < deadline:
-            if not self.pods:
+            if not self._pods_to_wait_for():
                 break
             await asyncio.sleep(POLL)
-        if self.pods:
-            self.events.phase(
-                "teardown-forced", f"pods still there: {', '.join(sorted(self.pods))}"
-            )
+        if left := self._pods_to_wait_for():
+            self.events.phase("teardown-forced", f"pods still there: {', '.join(sorted(left))}")
+
+    def _pods_to_wait_for(self) -> list[str]:
+        """The pods still in the API but those on a failed node: no kubelet is left to
+        confirm their end (they stay Terminating, as on a real cluster)."""
+        agents = self.workers.agents if self.workers is not None else None
+        failed = {n.name for n in agents.nodes if n.failed} if agents is not None else set()
+        return [
+            name
+            for name, pod in self.pods.items()
+            if (pod.get("spec") or {}).get("nodeName") not in failed
+        ]
 
     def _operation_log(self) -> OperationLog | None:
         agents = self.workers.agents if self.workers is not None else None
@@ -418,6 +527,8 @@ class KubeLab(Experiment):
 
     async def stop_gracefully(self) -> None:
         self.events.phase("teardown", "interrupted: stopping the load, then every pod")
+        if self.faults is not None:
+            await self.faults.stop()
         if (
             self.k6 is not None
             and self.k6.process is not None
@@ -431,6 +542,9 @@ class KubeLab(Experiment):
         """The forced path, always run: nothing the run started outlives it."""
         if self.k6 is not None:
             self.k6.kill()
+        if self.faults is not None:
+            with contextlib.suppress(Exception):  # the rest of the clean-up runs anyway
+                await self.faults.stop()
         if self.informer is not None:
             await self.informer.stop()
         try:

@@ -388,9 +388,18 @@ class Agents:
         if node.lease_task is not None:
             await stop_task(node.lease_task)
         assert self.kubelet is not None
-        for tracked in self.tracked.values():
-            if tracked.node == index and tracked.pod is not None:
-                self.kubelet.lose_node(tracked.pod)
+        lost = [
+            t.pod
+            for t in self.tracked.values()
+            if t.node == index and t.pod is not None and not t.pod.gone
+        ]
+        if self.dead is not None:
+            # Packets first, so that not even the killed sockets' RSTs get out: a node
+            # that is off answers nothing (the pods' addresses stay dead, lab.blackhole).
+            for pod in lost:
+                await self.kubelet.runtime.drop_address(pod)
+        for pod in lost:
+            self.kubelet.lose_node(pod)
         if self.dead is not None:
             await self.dead.drop(node.address)
 

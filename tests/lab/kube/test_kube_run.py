@@ -90,7 +90,6 @@ def test_v10_drops_nothing_on_the_real_control_plane(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "refused"),
     [
-        (["--fault", "container-crash@1"], "--fault"),
         (["--lb", "http"], "--lb http"),
         (["--lb-retries", "2"], "--lb-retries"),
     ],
