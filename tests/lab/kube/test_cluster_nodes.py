@@ -230,10 +230,13 @@ def test_rollout_restart_by_the_real_deployment_controller(cluster: Cluster) -> 
         ended = next(
             e["wall"] for e in events if e["pod"] == name and e["kind"] == "prestop-finished"
         )
+        # The slice in effect when the preStop began (the EndpointSlice controller may
+        # mark the endpoint terminating before the node starts the hook), and every
+        # change the watch saw while it ran.
+        before = [obj for t, _, obj in slices if t < began and name in _endpoints([obj])]
+        during = [obj for t, _, obj in slices if began <= t <= ended]
         seen = [
-            _endpoints([obj]).get(name, {}).get("conditions")
-            for t, _, obj in slices
-            if began <= t <= ended
+            _endpoints([obj]).get(name, {}).get("conditions") for obj in [*before[-1:], *during]
         ]
         assert {"ready": False, "serving": True, "terminating": True} in seen, (name, seen)
 
