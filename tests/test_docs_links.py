@@ -26,10 +26,9 @@ def documentation_files(repo: Path = REPO) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def prose_lines(text: str) -> Iterable[tuple[int, str]]:
-    """(line number, line) outside fenced and indented code blocks, inline code removed."""
+def _outside_fences(text: str) -> Iterable[tuple[int, str]]:
+    """(line number, line) for every line outside fenced code blocks."""
     fence: str | None = None
-    previous_blank = True
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.lstrip()
         if fence is not None:
@@ -39,6 +38,14 @@ def prose_lines(text: str) -> Iterable[tuple[int, str]]:
         if stripped.startswith(("```", "~~~")):
             fence = stripped[:3]
             continue
+        yield number, line
+
+
+def prose_lines(text: str) -> Iterable[tuple[int, str]]:
+    """(line number, line) outside fenced and indented code blocks, inline code removed."""
+    previous_blank = True
+    for number, line in _outside_fences(text):
+        stripped = line.lstrip()
         indented_code = (
             previous_blank and line.startswith("    ") and stripped[:2] not in ("- ", "* ")
         )
@@ -73,16 +80,7 @@ def anchors(markdown: Path) -> set[str]:
 
 def _lines_with_code(text: str) -> Iterable[tuple[int, str]]:
     """Lines outside fenced code, inline code kept (headings keep their code's text)."""
-    fence: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.lstrip()
-        if fence is not None:
-            if stripped.startswith(fence):
-                fence = None
-            continue
-        if stripped.startswith(("```", "~~~")):
-            fence = stripped[:3]
-            continue
+    for number, line in _outside_fences(text):
         yield number, line.replace("`", "")
 
 

@@ -17,7 +17,6 @@ import gunicorn
 from graceful import server_compat
 
 OLDEST = (23, 0, 0)
-VERSION = server_compat.release(gunicorn.__version__)
 
 METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "gunicorn.workers.base:Worker": {
@@ -67,12 +66,4 @@ def missing() -> list[str]:
 
 def unsupported() -> str | None:
     """One line saying why the installed gunicorn cannot run graceful's worker, or None."""
-    if VERSION < OLDEST:
-        oldest = ".".join(map(str, OLDEST))
-        return (
-            f"gunicorn {gunicorn.__version__} is older than {oldest}, the oldest graceful supports"
-        )
-    gaps = missing()
-    if gaps:
-        return f"gunicorn {gunicorn.__version__} lacks what graceful relies on: {'; '.join(gaps)}"
-    return None
+    return server_compat.verdict("gunicorn", gunicorn.__version__, OLDEST, missing)

@@ -19,7 +19,6 @@ from graceful import server_compat
 
 OLDEST = (0, 17, 3)
 RELEASE = version("hypercorn")
-VERSION = server_compat.release(RELEASE)
 
 METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "hypercorn.protocol.h2:H2Protocol": {
@@ -73,10 +72,4 @@ def missing() -> list[str]:
 
 def unsupported() -> str | None:
     """One line saying why the installed hypercorn cannot run graceful, or None."""
-    if VERSION < OLDEST:
-        oldest = ".".join(map(str, OLDEST))
-        return f"hypercorn {RELEASE} is older than {oldest}, the oldest graceful supports"
-    gaps = missing()
-    if gaps:
-        return f"hypercorn {RELEASE} lacks what graceful relies on: {'; '.join(gaps)}"
-    return None
+    return server_compat.verdict("hypercorn", RELEASE, OLDEST, missing)

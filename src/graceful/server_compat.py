@@ -169,3 +169,17 @@ def gaps(
                 break
             position = made.index(name, position) + 1
     return found
+
+
+def verdict(
+    server: str, installed: str, oldest: tuple[int, ...], gaps: Callable[[], list[str]]
+) -> str | None:
+    """One line saying why the installed release of `server` cannot run graceful (older
+    than `oldest`, or lacking what `gaps` finds), or None."""
+    if release(installed) < oldest:
+        first = ".".join(map(str, oldest))
+        return f"{server} {installed} is older than {first}, the oldest graceful supports"
+    missing = gaps()
+    if missing:
+        return f"{server} {installed} lacks what graceful relies on: {'; '.join(missing)}"
+    return None

@@ -146,13 +146,7 @@ def missing() -> list[str]:
 
 def unsupported() -> str | None:
     """One line saying why the installed uvicorn cannot run graceful, or None."""
-    if VERSION < OLDEST:
-        oldest = ".".join(map(str, OLDEST))
-        return f"uvicorn {uvicorn.__version__} is older than {oldest}, the oldest graceful supports"
-    gaps = missing()
-    if gaps:
-        return f"uvicorn {uvicorn.__version__} lacks what graceful relies on: {'; '.join(gaps)}"
-    return None
+    return server_compat.verdict("uvicorn", uvicorn.__version__, OLDEST, missing)
 
 
 class UnsupportedUvicorn(RuntimeError):
