@@ -230,6 +230,10 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
         swept = claim.take()
     except leftovers.Held as exc:
         raise ConfigError(f"--out: {exc}") from None
+    except OSError as exc:  # a full or read-only disk: nothing has started yet
+        raise ConfigError(
+            f"--out {config.out}: cannot write there: {exc.strerror or exc}"
+        ) from None
     for line in swept:
         print(f"lab: {line}", file=sys.stderr, flush=True)
     cleaned: list[bool] = []

@@ -3,6 +3,7 @@ naming the file or option, exit 2, nothing started, in bounded time and memory."
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from lab.influx import free_port
 from lab.manifest import ManifestError, load, quoted, read_yaml
-from tests.lab.labkit import TINY_IMAGES, tiny_manifest
+from tests.lab.labkit import READY_PROBE, TINY_IMAGES, tiny_manifest
 from tests.lab.test_lab_run import _kill_leftovers
 from tests.support import REPO, VENV_BIN
 
@@ -269,3 +271,23 @@ def test_matrix_refuses_a_version_that_is_not_utf8(tmp_path: Path) -> None:
     )  # fmt: skip
     _refused(result, str(bad), "not UTF-8")
     assert not out.exists()
+
+
+def test_an_out_on_a_full_disk_is_refused(tmp_path: Path) -> None:
+    """1. --out on a 64 KiB tmpfs filled to the last block. 2. One `lab: error:` line
+    naming --out and the full disk, exit 2, no traceback, nothing started."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "out"
+        out.mkdir()
+        with contextlib.suppress(OSError), (disk / "fill").open("wb") as fill:
+            while True:
+                fill.write(b"\0" * 4096)
+                fill.flush()
+        manifest = tiny_manifest(tmp_path / "m.yml", port=free_port(), readiness=READY_PROBE)
+        line = _refused(_run(manifest, out), "--out", "No space left on device")
+        assert str(out) in line
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
