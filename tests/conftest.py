@@ -19,6 +19,39 @@ from tests.support import Processes
 
 _db_counter = itertools.count()
 
+# Modules whose tests bound how long a shutdown phase, a flush or a signal's effect takes,
+# with margins of a second or less. `make pytest` runs the rest side by side (pytest-xdist,
+# `-m "not timing"`) and then these alone (`-m timing`), on a machine that is not also
+# running a dozen lab experiments: their margins measure the code, not the neighbours.
+TIMING_MODULES = frozenset(
+    {
+        "tests/calc/test_app_in_process.py",
+        "tests/calc/test_service_in_process.py",
+        "tests/calc/test_shutdown.py",
+        "tests/calc/test_shutdown_limits.py",
+        "tests/graceful/test_bare_asgi.py",
+        "tests/graceful/test_batcher_edges.py",
+        "tests/graceful/test_cli_in_process.py",
+        "tests/graceful/test_gunicorn.py",
+        "tests/graceful/test_hypercorn.py",
+        "tests/graceful/test_hypercorn_http2.py",
+        "tests/graceful/test_hypercorn_in_process.py",
+        "tests/graceful/test_registry_and_loss_log.py",
+        "tests/graceful/test_serve_cli.py",
+        "tests/graceful/test_server_in_process.py",
+        "tests/graceful/test_signals.py",
+        "tests/graceful/test_startup_signals.py",
+        "tests/graceful/test_tasks_and_batcher.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for item in items:
+        if item.path.relative_to(root).as_posix() in TIMING_MODULES:
+            item.add_marker(pytest.mark.timing)
+
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:

@@ -62,6 +62,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI_NO_SKIPS") != "1":
         return
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller gets every worker's reports and decides
     allowlist = Path(os.environ.get("CI_SKIP_ALLOWLIST") or DEFAULT_ALLOWLIST)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = dict(_SKIPPED)

@@ -31,7 +31,11 @@ def test_expected_failure():
 
 
 def _pytest(
-    tmp_path: Path, allowlist: str | None, tests: str = TESTS, no_skips: str = "1"
+    tmp_path: Path,
+    allowlist: str | None,
+    tests: str = TESTS,
+    no_skips: str = "1",
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_sample.py").write_text(tests)
     env = {**os.environ, "PYTHONPATH": str(REPO), "CI_NO_SKIPS": no_skips}
@@ -40,7 +44,7 @@ def _pytest(
         (tmp_path / "allow.txt").write_text(allowlist)
     argv = [sys.executable, "-m", "pytest", "-p", "tests.skipcheck", "-p", "no:cacheprovider"]
     return subprocess.run(
-        [*argv, "-q", "test_sample.py"],
+        [*argv, *extra, "-q", "test_sample.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -60,6 +64,22 @@ def test_a_skip_not_on_the_list_fails_the_run_and_is_named(tmp_path: Path) -> No
     assert "test_sample.py::test_skipped_here: Skipped: no frobnicator" in result.stdout
     assert "test_sample.py::test_marked:" not in result.stdout
     assert "test_expected_failure:" not in result.stdout
+
+
+def test_skips_on_workers_are_counted_once_by_the_controller(tmp_path: Path) -> None:
+    """`make pytest` runs the suite on several workers (pytest-xdist).
+    1. The same file on two workers: one skip on the list, one off it, a module skip.
+    2. The run fails, the controller names the test off the list exactly once."""
+    result = _pytest(tmp_path, "test_sample.py::test_marked\n", extra=("-n", "2"))
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.count("test_sample.py::test_skipped_here: Skipped: no frobnicator") == 1
+    assert "1 test(s) skipped, not on" in result.stdout
+    module_skip = "import pytest\npytest.skip('no engine', allow_module_level=True)\n"
+    result = _pytest(tmp_path, "", tests=module_skip, extra=("-n", "2"))
+    assert result.returncode != 0, result.stdout
+    assert result.stdout.count("test_sample.py: Skipped: no engine") == 1, result.stdout
+    passing = _pytest(tmp_path, "*::test_*\n", extra=("-n", "2"))
+    assert passing.returncode == 0, passing.stdout
 
 
 @pytest.mark.parametrize(

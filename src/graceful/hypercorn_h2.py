@@ -11,8 +11,11 @@ open on it (at once if idle, else when its last response has been sent in full):
 
 - GOAWAY, NO_ERROR, last-stream-id = the highest stream the connection has accepted.
   Every stream up to it is served to its end; a stream the client opened after that is
-  refused (RST_STREAM REFUSED_STREAM) unprocessed, which RFC 9113 §8.7 lets any client
-  retry on a new connection.
+  ignored unprocessed (RFC 9113 §6.8), which the GOAWAY's last-stream-id already tells the
+  client to retry on a new connection (§8.7). No RST_STREAM for it: the h2 library (httpx's
+  client) that reads the GOAWAY and such a reset in one read raises a protocol error on the
+  reset (the connection is CLOSED for it by then) and fails the request instead of retrying
+  it, which a client under load, reading late, does.
 - The connection is closed a second later (what `Connection: close` does after the
   answer), by when the client has read the GOAWAY.
 
@@ -169,14 +172,14 @@ class GoingAwayH2Protocol(H2Protocol):
         await super()._handle_events(events)
 
     def _refused(self, event: h2.events.Event, told: int) -> bool:
-        """A stream above the GOAWAY's last stream is refused unprocessed: reset once
-        at its request, its further frames dropped."""
+        """A stream above the GOAWAY's last stream is refused unprocessed: its frames
+        dropped, no reset sent (the module doc says why), its data's flow-control
+        window given back."""
         stream_id = getattr(event, "stream_id", None)
         if stream_id is None or stream_id <= told:
             return False
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
             if isinstance(event, h2.events.RequestReceived):
-                self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 self.owner.refused += 1
             elif isinstance(event, h2.events.DataReceived):
                 self.connection.acknowledge_received_data(event.flow_controlled_length, stream_id)

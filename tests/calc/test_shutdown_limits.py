@@ -84,7 +84,8 @@ def test_quiet_max_ends_the_quiet_period_under_endless_traffic(start_calc: Start
         stop.set()
         sender.join(10)
     closed_after = refused[0] - sigterm
-    assert 1.9 <= closed_after < 3.0, closed_after
+    # Well short of the 30 s budget; the margin above 2 s is for a loaded machine's clients.
+    assert 1.9 <= closed_after < 6.0, closed_after
     # Answers came up to the close: the traffic never paused for the quiet period.
     assert max(answered) - sigterm > 1.8
     assert code == 0

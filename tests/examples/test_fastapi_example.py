@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ def test_sigterm_right_after_the_answers_loses_no_operation(
     processes: Processes, port: int, influx_server: InfluxServer, influx_db: str
 ) -> None:
     """1. The example under graceful-serve, logging to a real InfluxDB, each operation
-    2 s after its answer. 2. 20 sums answered 200. 3. SIGTERM at once. 4. The server
+    4 s after its answer. 2. 20 sums answered 200. 3. SIGTERM at once. 4. The server
     keeps serving through the 1 s quiet period, then the lifespan's shutdown awaits the
     20 background tasks and flushes the writer. 5. Exit 0 and all 20 points are in
     InfluxDB, by request id."""
@@ -37,7 +38,9 @@ def test_sigterm_right_after_the_answers_loses_no_operation(
         "INFLUXDB_DB": influx_db,
         "UVICORN_PORT": str(port),
         "HOSTNAME": "test-pod",
-        "LOG_DELAY": "2",  # longer than the quiet period: the tasks outlive the drain
+        # Longer than the quiet period and the answers' time on a loaded machine: the tasks
+        # outlive the drain.
+        "LOG_DELAY": "4",
     }
     process = processes.start(
         [str(VENV_BIN / "graceful-serve"), "app:app"], env=env, cwd=EXAMPLE, name="example"
@@ -62,7 +65,11 @@ def test_sigterm_right_after_the_answers_loses_no_operation(
     logged = influx_server.field_values(influx_db, "operation", "id")
     assert sorted(map(str, logged)) == sorted(ids), processes.output(process)
     log = processes.output(process)
-    assert "Waiting for 20 log-operation task(s)" in log and "All log-operation tasks done" in log
+    # All 20 when the answers came at once; on a loaded machine the first ones may be done
+    # before the lifespan's shutdown: then fewer, never none.
+    waited = re.search(r"Waiting for (\d+) log-operation task\(s\)", log)
+    assert waited is not None and 1 <= int(waited.group(1)) <= 20, log
+    assert "All log-operation tasks done" in log
 
 
 def test_under_plain_uvicorn_the_example_refuses_to_start(processes: Processes, port: int) -> None:

@@ -209,3 +209,64 @@ def test_a_busy_http2_connection_goes_away_when_its_last_stream_ends(
     log = processes.output(server_a)
     assert "GOAWAY sent to 0 idle connection(s); 1 busy one(s)" in log, log
     assert "Traceback" not in log, log
+
+
+def _h2_headers(port: int) -> list[tuple[str, str]]:
+    return [
+        (":method", "GET"),
+        (":path", "/"),
+        (":scheme", "http"),
+        (":authority", f"127.0.0.1:{port}"),
+    ]
+
+
+def test_a_stream_opened_while_the_goaway_is_on_its_way_is_left_for_the_client_to_retry(
+    processes: Processes,
+) -> None:
+    """The race a loaded client meets: it opens a stream while the GOAWAY is on its way,
+    then reads the GOAWAY and the server's answer to that stream in one read.
+    1. A client on the h2 library (httpx's) gets one answer on stream 1. 2. SIGTERM: the
+    server sends GOAWAY (it says so in its log); the client, not reading, opens stream 3.
+    3. The client reads everything until the server closes the connection (a second
+    later) and hands it to h2 at once. 4. h2 takes it without a protocol error: a
+    GOAWAY, NO_ERROR, naming stream 1 as the last, so stream 3 is safe to retry on a
+    new connection (RFC 9113 §8.7), which httpx does; and no reset of stream 3 (h2 raises
+    on a RST_STREAM read after the GOAWAY, and httpx fails the request with it)."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    port = free_port()
+    env = {"GRACEFUL_QUIET_PERIOD": "0", "GRACEFUL_PRE_CLOSE_DELAY": "5"}
+    server = start_server(processes, port, env)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, _h2_headers(port), end_stream=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        answered = False
+        while not answered:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before answering stream 1"
+            events = conn.receive_data(data)
+            answered = any(
+                isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events
+            )
+        sock.sendall(conn.data_to_send())
+        os.kill(server.pid, signal.SIGTERM)
+        wait_until(lambda: "GOAWAY sent" in processes.output(server), 5, what="the GOAWAY")
+        conn.send_headers(3, _h2_headers(port), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        chunks = []
+        while data := sock.recv(65536):  # until the server closes it, a second later
+            chunks.append(data)
+    events = conn.receive_data(b"".join(chunks))
+    terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert [(e.error_code, e.last_stream_id) for e in terminated] == [
+        (h2.errors.ErrorCodes.NO_ERROR, 1)
+    ], events
+    assert not [e for e in events if isinstance(e, h2.events.StreamReset)], events
+    assert not [e for e in events if getattr(e, "stream_id", None) == 3], events
+    assert server.wait(15) == 0, processes.output(server)  # at the end of its delay
+    assert "1 stream(s) opened after it refused unprocessed" in processes.output(server)

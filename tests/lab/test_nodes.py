@@ -297,8 +297,11 @@ def test_node_failure_table_removed_when_the_run_is_interrupted(
         for _ in range(signals):
             lab.send_signal(signal.SIGINT)
             time.sleep(0.3)
-        lab.communicate(timeout=60)
-        assert time.monotonic() - signalled < 20
+        try:
+            _, err = lab.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"lab ran on after SIGINT: {exc.stderr!r}") from None
+        assert time.monotonic() - signalled < 20, err
     finally:
         if lab.poll() is None:
             lab.kill()
