@@ -222,6 +222,15 @@ def _parser() -> argparse.ArgumentParser:
         help="pods as process groups on loopback (default), or as Docker containers of the "
         "locally built image (make image) on a Docker network of the run's own",
     )
+    run.add_argument(
+        "--pod-network",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="the process runtime's pod addresses: 127.x.y.z on loopback (default; the "
+        "pod's command must bind its $(POD_IP)), or `netns`: each pod in a network "
+        "namespace of its own on a bridge of the run (a private 10.x.y.0/24), so a "
+        "command binding 0.0.0.0 runs unchanged (root, ip and nsenter)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -275,6 +284,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         faults=tuple(parse_fault(text) for text in args.fault),
         deployment=args.deployment,
         runtime=args.runtime,
+        pod_network=args.pod_network,
         nodes=args.nodes,
         cluster=args.cluster,
         kubeconfig=args.kubeconfig,

@@ -192,6 +192,8 @@ class LabConfig:
     faults: tuple[Fault, ...] = ()  # `--fault KIND@WHEN[:SECONDS]`, see faults.py
     deployment: str | None = None  # the Deployment under test, when there are several
     runtime: str = "process"  # the kubelet's container runtime: process or docker
+    # The process runtime's pod addresses: on loopback, or a network namespace per pod.
+    pod_network: str = "loopback"
     # node-failure: when the node controller marks the node's pods not ready, and when
     # the taint manager evicts them (after that, on top).
     node_monitor_grace: float = NODE_MONITOR_GRACE
@@ -215,6 +217,23 @@ class LabConfig:
     # options (the warm-up and cool-down it shortened).
     quick: bool = False
     quick_changes: tuple[str, ...] = ()
+
+    def _validate_pod_network(self) -> None:
+        from lab import pod_netns
+
+        if self.pod_network not in pod_netns.POD_NETWORKS:
+            raise ConfigError(
+                f"--pod-network: must be one of {', '.join(pod_netns.POD_NETWORKS)}, "
+                f"got {self.pod_network!r}"
+            )
+        if self.pod_network == "netns":
+            if self.runtime != "process" or self.cluster != "lab":
+                raise ConfigError(
+                    "--pod-network netns: only for the process runtime with the lab's own "
+                    "controllers (a Docker pod has its namespace already)"
+                )
+            if (why := pod_netns.unavailable()) is not None:
+                raise ConfigError(f"--pod-network netns: {why}")
 
     @property
     def image_map_path(self) -> Path:
@@ -270,6 +289,7 @@ class LabConfig:
             raise ConfigError(
                 f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
             )
+        self._validate_pod_network()
         hangs = [f for f in self.faults if f.kind == "pod-hang"]
         if self.runtime == "docker" and hangs and os.geteuid() != 0:
             # The engine's pause (the cgroup freezer) is no hang: the engine thaws a

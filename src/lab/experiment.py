@@ -596,6 +596,19 @@ class Lab(Experiment):
                 self.events.phase(
                     "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"
                 )
+        if config.pod_network == "netns":
+            from lab.pod_netns import netns_runtime
+
+            # The pods' network first: InfluxDB listens on its gateway, which pods reach.
+            self.runtime = await netns_runtime(
+                self.registry, self.out / "pods", base_env, made=self._record
+            )
+            influx_host = self.runtime.gateway
+            self.events.phase(
+                "pod-network",
+                f"{self.runtime.network.link} {self.runtime.network.subnet}, "
+                "a network namespace per pod",
+            )
         if self.p.uses_influx:
             # Started from a worker thread, which lives as long as the event loop's
             # executor: the kernel kills influxd when the lab dies, not before.

@@ -11,14 +11,16 @@ up` share to clean up after a SIGKILL, where none of their own clean-up code run
   the owner dies, however it dies.
 - The record. What a run makes beside processes (the Docker runtime's containers,
   network and parent cgroup, by run id; the nftables table of dead addresses) is written
-  to `<dir>/resources.json`, with the owner, before it is made.
+  to `<dir>/resources.json`, with the owner, before it is made. The pods' network of
+  `--pod-network netns` names its owner itself, in its host link's alias (lab.pod_netns).
 - The watchdog (`python -m lab.leftovers watch`). A process of its own session, started
   before anything else, that reads a pipe the owner holds. A clean end writes `done`; an
   end of file without it means the owner died: the watchdog kills the owner's processes
   and removes what the record names, and says so in `<dir>/watchdog.log`.
 - The sweep at the next start: what the record of a dead owner names, and anything of a
   dead owner anywhere (marked processes, `lab_dead_<pid>_*` tables, containers and
-  networks labelled with their owner, and their cgroups).
+  networks labelled with their owner, and their cgroups, `labgw-*` links and their
+  `lab-*` network namespaces).
 """
 
 from __future__ import annotations
@@ -282,6 +284,10 @@ def sweep(directory: Path, only_owner: str | None = None) -> list[str]:
         done += drop_table(str(data["nft_table"]))
     if data.get("docker_run"):
         done += drop_docker([str(data["docker_run"])])
+    if isinstance(who, str):
+        from lab import pod_netns  # its host link's alias names the owner: no record needed
+
+        done += pod_netns.sweep(who)
     if only_owner is None:
         forget(directory)
     return done
@@ -362,7 +368,10 @@ def drop_docker(run_ids: Iterable[str], engine: Any = None) -> list[str]:
 def sweep_stale() -> list[str]:
     """Anything of a dead owner anywhere on this machine: its marked processes, its
     `lab_dead_<pid>_*` tables, and the Docker runs labelled with it."""
+    from lab import pod_netns
+
     done = kill_marked()
+    done += pod_netns.sweep()
     listing = _nft("list", "tables") if os.geteuid() == 0 else None
     for line in (listing or "").splitlines():
         match = _DEAD_TABLE.match(line.strip())

@@ -1,5 +1,6 @@
 """Pods, and the kubelet that runs them on a container runtime (lab.runtime): process
-groups on loopback addresses by default, or Docker containers.
+groups on loopback addresses by default (or each in a network namespace of its own,
+lab.pod_netns), or Docker containers.
 
 Per pod: its own address (the pod IP), the container command from the manifest
 and the image map, probes with the Kubernetes defaults, a restart with back-off when the

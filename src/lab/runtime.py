@@ -7,7 +7,8 @@ remove the sandbox when the pod is gone. The fault injector (lab.faults) acts th
 same interface: kill a container, freeze and thaw it, make a pod's address dead.
 
 - ProcessRuntime (here): a pod is a process group on a loopback address; the image map
-  says what to run for an image (lab.images).
+  says what to run for an image (lab.images). With `--pod-network netns`
+  (lab.pod_netns.NetnsRuntime) each pod has a network namespace of its own.
 - DockerRuntime (lab.docker_runtime): a pod is a sandbox container holding the network
   namespace and IP on a Docker network of the run, plus the app container joining it.
 """
@@ -204,13 +205,22 @@ class ProcessRuntime(Runtime):
             pod_dir,
         )
 
+    async def make_sandbox(self, pod: Pod) -> None:
+        """Make the pod's sandbox before its first container, once (the namespaces of
+        lab.pod_netns); loopback needs none. Raises StartError when it cannot."""
+
+    def in_sandbox(self, pod: Pod, argv: Sequence[str]) -> Sequence[str]:
+        """`argv` as run inside the pod's sandbox: on loopback, as it is."""
+        return argv
+
     async def start(self, pod: Pod) -> RuntimeContainer:
         launch = pod.launch
         if self.dead is not None:  # an address handed out again answers again
             await self.dead.revive(pod.ip)
+        await self.make_sandbox(pod)
         try:
             process = await self.registry.start(
-                launch.argv,
+                self.in_sandbox(pod, launch.argv),
                 f"pod {pod.name}",
                 env=launch.env,
                 cwd=launch.cwd,
@@ -241,7 +251,11 @@ class ProcessRuntime(Runtime):
         output (up to READ_LIMIT bytes kept) also goes to the pod's log."""
         argv = map_command(command, pod.image, pod.launch.mounts)
         process = await self.registry.start(
-            argv, f"exec {pod.name}", env=pod.launch.env, cwd=pod.launch.cwd, stdout_pipe=True
+            self.in_sandbox(pod, argv),
+            f"exec {pod.name}",
+            env=pod.launch.env,
+            cwd=pod.launch.cwd,
+            stdout_pipe=True,
         )
         chunks: list[bytes] = []
 
