@@ -52,19 +52,20 @@ typecheck: $(BIN)/calc ## mypy (strict on graceful, calc, lab)
 	$(BIN)/mypy
 
 # CI_NO_SKIPS=1: a skip not on tests/skip-allowlist.txt fails the run (tests/skipcheck.py).
-# Two passes: every test but the `timing` ones side by side on PYTEST_WORKERS workers
+# Two passes: every test but the `alone` ones side by side on PYTEST_WORKERS workers
 # (pytest-xdist; a file's tests stay on one worker, so a module's cluster is started once),
-# then the `timing` ones (sub-second bounds, tests/conftest.py) alone. Both passes run, and
+# then the `alone` ones (sub-second bounds, machine-wide state: tests/conftest.py) by
+# themselves. Both passes run, and
 # the first failure's status is the target's; a pass with nothing to run (PYTEST_ARGS
 # naming only tests of the other kind) is no failure, unless neither had anything.
 PYTEST_WORKERS ?= 4
-pytest: setup test-deps ## Run the test suite only (with the lab's calc end-to-end runs), side by side on PYTEST_WORKERS (4), then the timing tests alone; fails on a skip not on tests/skip-allowlist.txt
+pytest: setup test-deps ## Run the test suite only (with the lab's calc end-to-end runs), side by side on PYTEST_WORKERS (4), then the `alone` tests by themselves; fails on a skip not on tests/skip-allowlist.txt
 	@status=0; empty=0; \
 	run() { echo "pytest $$*"; CI_NO_SKIPS=1 LAB_SLOW=1 $(BIN)/pytest "$$@" $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code = 5 ]; then empty=$$((empty + 1)); \
 	  elif [ $$code != 0 ] && [ $$status = 0 ]; then status=$$code; fi; }; \
-	run -n $(PYTEST_WORKERS) --dist loadfile -m "not timing"; \
-	run -m timing; \
+	run -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"; \
+	run -m alone; \
 	if [ $$empty = 2 ]; then echo "pytest: no test to run in either pass" >&2; status=5; fi; \
 	exit $$status
 

@@ -19,11 +19,13 @@ from tests.support import Processes
 
 _db_counter = itertools.count()
 
-# Modules whose tests bound how long a shutdown phase, a flush or a signal's effect takes,
-# with margins of a second or less. `make pytest` runs the rest side by side (pytest-xdist,
-# `-m "not timing"`) and then these alone (`-m timing`), on a machine that is not also
-# running a dozen lab experiments: their margins measure the code, not the neighbours.
-TIMING_MODULES = frozenset(
+# Tests that must have the machine to themselves: whole modules whose tests bound how long
+# a shutdown phase, a flush or a signal's effect takes with margins of a second or less
+# (listed here), and single tests marked `alone` that watch machine-wide state another
+# test's lab would change (every lab's start sweeps a dead lab's leftovers). `make pytest`
+# runs the rest side by side (pytest-xdist, `-m "not alone"`) and then these by themselves
+# (`-m alone`): their margins measure the code, not a dozen lab experiments beside them.
+ALONE_MODULES = frozenset(
     {
         "tests/calc/test_app_in_process.py",
         "tests/calc/test_service_in_process.py",
@@ -33,6 +35,7 @@ TIMING_MODULES = frozenset(
         "tests/graceful/test_batcher_edges.py",
         "tests/graceful/test_cli_in_process.py",
         "tests/graceful/test_gunicorn.py",
+        "tests/graceful/test_gunicorn_in_process.py",
         "tests/graceful/test_hypercorn.py",
         "tests/graceful/test_hypercorn_http2.py",
         "tests/graceful/test_hypercorn_in_process.py",
@@ -49,8 +52,8 @@ TIMING_MODULES = frozenset(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = Path(__file__).resolve().parent.parent
     for item in items:
-        if item.path.relative_to(root).as_posix() in TIMING_MODULES:
-            item.add_marker(pytest.mark.timing)
+        if item.path.relative_to(root).as_posix() in ALONE_MODULES:
+            item.add_marker(pytest.mark.alone)
 
 
 @pytest.fixture

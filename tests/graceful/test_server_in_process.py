@@ -465,7 +465,9 @@ def test_the_budget_cuts_the_delay_short(port: int) -> None:
         s.signal(signal.SIGTERM)
 
     took = served.run(scenario)
-    assert 0.55 <= served.server.phase_durations["delay"] < 0.9
+    # The budget counts from SIGTERM, the phase from when the loop noticed it (its 0.05 s
+    # poll, later on a loaded machine): the phase is 0.6 s less that notice.
+    assert 0.4 <= served.server.phase_durations["delay"] < 0.9
     assert took < 1.2
     assert served.exits == []
 

@@ -240,13 +240,14 @@ def _report(out: Path) -> dict[str, Any]:
 
 
 def test_a_second_run_on_a_held_out_is_refused(tmp_path: Path) -> None:
-    """1. `lab run --scenario steady` for 6 s.
+    """1. `lab run --scenario steady` for 20 s (so that it still holds its --out when a
+       second `lab` has started, also on a loaded machine).
     2. Once its load runs, a second `lab run` on the same --out exits 2 at once, naming
        the first one's PID, and changes nothing there.
     3. The first completes with its own numbers: every request and operation its own."""
     manifest = _tiny(tmp_path)
     out = tmp_path / "out"
-    options = ["--scenario", "steady", "--duration", "4", "--vus", "2", "--warmup", "0.5"]
+    options = ["--scenario", "steady", "--duration", "20", "--vus", "2", "--warmup", "0.5"]
     log = tmp_path / "first.log"
     with log.open("wb") as sink:
         first = subprocess.Popen(
@@ -256,7 +257,7 @@ def test_a_second_run_on_a_held_out_is_refused(tmp_path: Path) -> None:
         wait_until(lambda: "steady" in _phases(out), 60, interval=0.1, what="the first run's load")
         csv_before = (out / "k6.csv").stat().st_ino
         second = subprocess.run(
-            _lab(out, manifest, *options), capture_output=True, text=True, cwd=REPO, timeout=30
+            _lab(out, manifest, *options), capture_output=True, text=True, cwd=REPO, timeout=90
         )
         assert second.returncode == 2, second.stderr
         assert f"held by a running lab (PID {first.pid})" in second.stderr

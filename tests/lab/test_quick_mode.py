@@ -43,9 +43,9 @@ def test_quick_run_of_a_manifest_with_a_60_s_startup_delay(tmp_path: Path) -> No
     original = manifest.read_text()
     out = tmp_path / "out"
     started = time.monotonic()
-    report = _run(out, manifest, "--quick", "--vus", "2", "--endpoint-lag", "0", timeout=60)
+    report = _run(out, manifest, "--quick", "--vus", "2", "--endpoint-lag", "0", timeout=90)
     took = time.monotonic() - started
-    assert took < 30, took
+    assert took < 50, took  # without --quick the startup delay alone is 60 s
     assert report["action_completed"]
     assert report["quick_changes"] == [
         "warm-up 10 -> 2 s (--warmup)",

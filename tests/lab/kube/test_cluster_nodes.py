@@ -488,6 +488,9 @@ def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
         assert not accepts(80, ip)
 
 
+# Alone: it expects its own `up` to sweep what the killed one left, which any other lab
+# starting meanwhile would sweep first (tests/conftest.py).
+@pytest.mark.alone
 @pytest.mark.timeout(300)
 def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
     """1. `lab cluster up --runtime docker`; apply calc v10 (one replica, the image
@@ -511,13 +514,15 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
         c.kubectl("apply", "-f", "-", stdin=v10_manifest(1))
         c.kubectl("rollout", "status", "deployment/calc", "--timeout=120s")
         (pod,) = c.get("pods")["items"]
-        ours = engine.containers.list(filters={"label": LABEL})
-        addresses = {
-            n["IPAddress"]
-            for container in ours
+        # This cluster's containers only: other labs' may run beside it (make pytest runs
+        # tests side by side), each labelled with its own run.
+        (run,) = {
+            container.labels[LABEL]
+            for container in engine.containers.list(filters={"label": LABEL})
             for n in container.attrs["NetworkSettings"]["Networks"].values()
+            if n["IPAddress"] == pod["status"]["podIP"]
         }
-        assert pod["status"]["podIP"] in addresses
+        mine = {"label": f"{LABEL}={run}"}
         wait_until(
             lambda: (
                 [e["addresses"] for e in _endpoints(c.get("endpointslices")["items"]).values()]
@@ -536,7 +541,7 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
         up.process.send_signal(signal.SIGKILL)
         up.wait_exit()
         assert_all_gone(state)
-        left = engine.containers.list(all=True, filters={"label": LABEL})
+        left = engine.containers.list(all=True, filters=mine)
         assert left
     with running(tmp_path / "state", tmp_path / "logs", "--runtime", "docker") as again:
         state = again.wait_ready()
@@ -544,12 +549,12 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
         for container in left:
             assert f"removed leftover container {container.name}" in swept
         assert "removed leftover network lab-" in swept
-        assert not engine.containers.list(all=True, filters={"label": LABEL})
+        assert not engine.containers.list(all=True, filters=mine)
         down = lab_cluster("down", "--state-dir", str(tmp_path / "state"))
         assert down.returncode == 0, down.stdout + down.stderr
         assert_all_gone(state)
-        assert not engine.containers.list(all=True, filters={"label": LABEL})
-        assert not [n for n in engine.networks.list(filters={"label": LABEL})]
+        assert not engine.containers.list(all=True, filters=mine)
+        assert not [n for n in engine.networks.list(filters=mine)]
 
 
 @pytest.mark.timeout(300)
