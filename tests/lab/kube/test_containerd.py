@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from lab import leftovers
 from lab.kube import node_bins
@@ -64,14 +69,25 @@ def _run(containerd: Containerd) -> dict[str, object]:
     return asyncio.run(scenario())
 
 
-def test_start_import_pause_image_stop_leaves_nothing(tmp_path: Path) -> None:
-    """1. Start containerd in tmp_path; wait for its socket.
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory whose path leaves room for containerd's sockets (a unix socket's path
+    has at most 104 bytes here, and pytest-xdist's tmp_path is longer)."""
+    path = Path(tempfile.mkdtemp(prefix="lab-ctrd-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_start_import_pause_image_stop_leaves_nothing(short_dir: Path) -> None:
+    """1. Start containerd in a directory of its own; wait for its socket.
     2. Its CRI plugin is loaded; import the pause tarball; `ctr -n k8s.io images ls`
        lists the pause image, pinned; /run in its namespace is its own tmpfs.
     3. Stop it: no process is left in its mount namespace, no mount under its directory,
        its root, state and socket are gone, and nothing had to be forced."""
     found = node_bins.find()
-    containerd = Containerd(tmp_path / "containerd", found)
+    containerd = Containerd(short_dir / "containerd", found)
     seen = _run(containerd)
     plugins = str(seen["plugins"])
     assert any(
@@ -89,7 +105,7 @@ def test_start_import_pause_image_stop_leaves_nothing(tmp_path: Path) -> None:
     assert seen["forced"] == []
     assert containerd.process is not None and containerd.process.returncode is not None
     assert processes_in_mount_namespace(str(seen["namespace"])) == []
-    assert mounts_under(tmp_path) == []
+    assert mounts_under(short_dir) == []
     layout = containerd.layout
     assert not layout.root.exists() and not layout.state.exists() and not layout.socket.exists()
 
@@ -114,7 +130,7 @@ OWNER = textwrap.dedent(
 )
 
 
-def test_sigkill_of_the_owner_leaves_no_process_or_mount(tmp_path: Path) -> None:
+def test_sigkill_of_the_owner_leaves_no_process_or_mount(tmp_path: Path, short_dir: Path) -> None:
     """1. A process starts containerd and imports the pause image, then is SIGKILLed.
     2. The kernel kills containerd (parent-death signal); its mount namespace, with every
        mount it made, goes with it: no process left in it, no mount under its root."""
@@ -122,7 +138,7 @@ def test_sigkill_of_the_owner_leaves_no_process_or_mount(tmp_path: Path) -> None
     err = tmp_path / "owner.err"
     with err.open("wb") as err_file:
         owner = subprocess.Popen(
-            [sys.executable, "-c", OWNER, str(tmp_path / "containerd")],
+            [sys.executable, "-c", OWNER, str(short_dir / "containerd")],
             stdout=subprocess.PIPE,
             stderr=err_file,
             text=True,
@@ -146,7 +162,7 @@ def test_sigkill_of_the_owner_leaves_no_process_or_mount(tmp_path: Path) -> None
             15.0,
             what="containerd's mount namespace to empty",
         )
-        assert mounts_under(tmp_path) == []
+        assert mounts_under(short_dir) == []
     finally:
         if owner.poll() is None:
             os.killpg(owner.pid, signal.SIGKILL)
