@@ -522,7 +522,7 @@ def test_pods_as_containers_on_the_cluster_nodes(tmp_path: Path) -> None:
             for n in container.attrs["NetworkSettings"]["Networks"].values()
             if n["IPAddress"] == pod["status"]["podIP"]
         }
-        mine = {"label": f"{LABEL}={run}"}
+        mine: dict[str, str | list[str] | bool] = {"label": f"{LABEL}={run}"}
         wait_until(
             lambda: (
                 [e["addresses"] for e in _endpoints(c.get("endpointslices")["items"]).values()]
