@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -48,10 +48,7 @@ from lab.container_env import command_and_args, manifest_env
 from lab.images import Launch, image_name
 from lab.manifest import Container, ManifestError, Manifests
 from lab.probes import READ_LIMIT
-from lab.runtime import Runtime, RuntimeContainer, StartError
-
-if TYPE_CHECKING:
-    from lab.pods import Pod
+from lab.runtime import Pod, Runtime, RuntimeContainer, StartError
 
 T = TypeVar("T")
 LABEL = "lab.run"
@@ -201,11 +198,31 @@ class DockerRuntime(Runtime):
         self.events_thread: threading.Thread | None = None
         self.events_stream: Any = None
         self.network: Any = None
-        self.gateway = ""
+        self.network_gateway = ""  # the host's address on the run's network
         self.subnet: ipaddress.IPv4Network | None = None
         # The run's own parent cgroup (lab.run_cgroup), or why the engine's default is used.
         self.cgroup: run_cgroup.RunCgroup | None = None
         self.cgroup_note = ""
+
+    @property
+    def gateway(self) -> str:
+        return self.network_gateway
+
+    def phases(self) -> list[tuple[str, str]]:
+        cgroup = self.cgroup
+        return [
+            ("docker", f"network {self.network_name} {self.subnet}"),
+            (
+                "cgroup",
+                f"{cgroup.parent}, one process's CPU weight per pod"
+                if cgroup is not None
+                else f"the engine's default parent: {self.cgroup_note}",
+            ),
+            *super().phases(),
+        ]
+
+    def sweep_record(self) -> tuple[str | None, str | None]:
+        return self.run_id, super().sweep_record()[1]
 
     # -- run ---------------------------------------------------------------------------
 
@@ -270,7 +287,8 @@ class DockerRuntime(Runtime):
                 taken.append(subnet)
                 continue
             break
-        self.subnet, self.addresses, self.gateway = subnet, addresses, addresses.gateway
+        self.subnet, self.addresses = subnet, addresses
+        self.network_gateway = addresses.gateway
 
     def local_image(self, reference: str) -> str:
         """The manifest's image reference as a tag the engine holds: `calc:latest`."""
@@ -433,7 +451,7 @@ class DockerRuntime(Runtime):
         )
         host_config = api.create_host_config(
             network_mode=self.network_name,
-            extra_hosts={"influxdb": self.gateway},
+            extra_hosts={"influxdb": self.network_gateway},
             read_only=True,
             cgroup_parent=self.cgroup.parent if self.cgroup is not None else None,
         )

@@ -13,8 +13,9 @@ serving and terminating ones (kube-proxy's fallback).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -222,3 +223,20 @@ class EndpointsController:
         self.running = False  # ends the loop even if a cancellation were lost
         await stop_task(self.task)
         self.task = None
+
+    @contextlib.asynccontextmanager
+    async def proxy_restarting(self) -> AsyncIterator[dict[str, str]]:
+        """While its HAProxy is stopped and started again (lb-restart): the controller
+        pauses, keeping its state and pending changes; yields the servers in rotation
+        (name -> IP). Once HAProxy is back they are added to it again, and the drained
+        servers are forgotten (their connections went with the old process). The
+        controller runs again either way."""
+        await self.stop()
+        try:
+            servers = {name: self.known[name].ip for name in self.in_lb}
+            yield servers
+            for name, ip in sorted(servers.items()):
+                self.haproxy.add_server(name, ip, self.port)
+            self.to_delete.clear()
+        finally:
+            self.start()

@@ -3,7 +3,8 @@
 `run_experiment(config)` is the whole program without the CLI. Every check that can
 fail on bad input runs before any process starts. Every process goes through one
 registry and is gone when this returns, also after Ctrl-C (SIGINT/SIGTERM only record;
-the main coroutine acts) or an error: each phase has a deadline and a forced path.
+the main coroutine acts) or an error: a run is a list of steps, each with its own undo
+(lab.steps), and every way out undoes them in reverse, each under a deadline.
 
 The first SIGINT or SIGTERM stops the experiment and tears it down gracefully (the load
 stops, every pod is deleted with its preStop and grace period); a second one skips that
@@ -51,6 +52,7 @@ from lab.pods import AddressPool, Kubelet, Pod
 from lab.probes import describe
 from lab.procs import Registry
 from lab.runtime import ProcessRuntime, Runtime
+from lab.steps import Steps
 from lab.stopping import Interrupted as Interrupted  # re-exported for the CLIs
 from lab.stopping import Signals
 from lab.waits import stop_task
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
     from lab.kube.experiment import KubeLab
 
 K6_STOP_WHEN_INTERRUPTED = 3.0  # seconds for k6 to stop after a signal, then SIGKILL
+FORCED_TEARDOWN = 15.0  # seconds for the forced walk after a second signal, then cut
+CLOSE = 60.0  # seconds to remove what the run made (a runtime, InfluxDB), on every way out
 FRONT_CHECKS = HealthChecks()  # the --nodes balancer's checks of each node (cloud defaults)
 
 INFLUX_DB = "calc"
@@ -250,8 +254,10 @@ def run_experiment(config: LabConfig, signals: Signals | None = None) -> report.
 async def _stop_and_report(lab: Lab | KubeLab, signal_name: str) -> report.Report | None:
     """The graceful teardown, then the report of the run so far: every pod was deleted
     gracefully, so what its operation log held is stored and the accounting is exact
-    up to the interruption."""
-    await lab.stop_gracefully()
+    up to the interruption. None when a second signal forced the teardown."""
+    await lab.teardown()
+    if lab.steps.forced:
+        return None
     return await lab.partial_report(f"{signal_name} at {lab.events.now():.1f} s")
 
 
@@ -308,6 +314,9 @@ async def _main(
         if not graceful.done():
             name = signal.Signals(signals.received[-1]).name
             lab.events.phase("teardown-forced", f"{name}: killing every process the lab started")
+            # The same steps, walked on with their forced deadlines.
+            lab.steps.force()
+            await asyncio.wait({graceful}, timeout=FORCED_TEARDOWN)
             await stop_task(graceful, 5)
         elif graceful.exception() is not None:
             lab.events.phase("teardown-failed", repr(graceful.exception()))
@@ -320,7 +329,7 @@ async def _main(
         await asyncio.gather(stopper, forced, return_exceptions=True)
         if not work.done():
             await stop_task(work, 10)
-        await lab.cleanup()
+        await lab.close()
         lab.events.close()
         if cleaned is not None:
             cleaned.append(True)
@@ -448,7 +457,8 @@ async def write_report(
 class Experiment:
     """What both clusters' experiments share (lab.experiment.Lab, the lab's own; and
     lab.kube.experiment.KubeLab, a real control plane): the load's settings, waiting
-    under load, and the report of a run cut short."""
+    under load, the report of a run cut short, and the way out: `steps` (lab.steps),
+    walked by `teardown()` after a first signal and by `close()` on every way out."""
 
     def __init__(self, prepared: Prepared, die_with_parent: bool = False) -> None:
         self.p = prepared
@@ -461,8 +471,13 @@ class Experiment:
         self.event_file = (self.out / "events.jsonl").open("w")
         self.events = EventLog(sys.stderr if self.config.progress else None, self.event_file)
         self.registry = Registry(self.out / "pids.txt", die_with_parent=die_with_parent)
+        self.base_env = dict(os.environ)
         self.k6: K6 | None = None
         self.load_start: float | None = None  # when k6 started: a partial report needs it
+        self.faults: Faults | None = None
+        # The run's steps and their undos: every way out walks them (lab.steps).
+        self.steps = Steps(lambda step, what: self.events.phase("undo", f"{step}: {what}"))
+        self.for_report = 0  # the steps the report needs (the operation log's)
 
     async def _report(
         self,
@@ -531,6 +546,40 @@ class Experiment:
             env["TIMEOUT"] = self.config.request_timeout
         return env
 
+    async def _stop_load_at_once(self) -> None:
+        """The load step's undo when the run is cut short: requests in flight need not
+        finish (one hung on a failed node's address would hold the stop for k6's 60 s
+        request timeout); the partial report counts what k6 recorded."""
+        if self.k6 is not None:
+            await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
+
+    def _kill_load(self) -> None:
+        if self.k6 is not None:
+            self.k6.kill()
+
+    async def _stop_faults(self) -> None:
+        """Every fault cancelled and undone: nothing stays stopped or down."""
+        if self.faults is not None:
+            await self.faults.stop()
+
+    async def teardown(self) -> None:
+        """After an interruption: the steps after those the report needs, undone
+        gracefully (the load stops, every pod is deleted with its preStop and grace
+        period), or with their forced deadlines after force()."""
+        self.events.phase("teardown", "interrupted: stopping the load, then every pod")
+        await self.steps.undo(down_to=self.for_report)
+
+    async def close(self) -> None:
+        """The end of every way out: every step undone (forced: the graceful walks are
+        done by now), every process the run started killed, the event file closed."""
+        self.steps.force()
+        try:
+            await self.steps.undo()
+        finally:
+            await self.registry.kill_all()
+            self.events.sink = None
+            self.event_file.close()
+
     async def _sleep_under_load(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -560,95 +609,185 @@ class Lab(Experiment):
         # Pod addresses, and with --nodes each node's own address for its proxy: a failed
         # node's address then drops packets like its pods' do.
         self.addresses = AddressPool()
-        self.faults: Faults | None = None
         self.support: list[DeploymentController] = []
         # Service name -> (port -> pod address), for the supporting pods' Services.
         self.service_addresses: dict[str, dict[int, str]] = {}
+        self.influx_address: str | None = None  # host:port of the lab's InfluxDB
 
     async def run(self) -> report.Report:
-        config, manifests = self.config, self.p.manifests
-        deployment = manifests.deployment
-        base_env = dict(os.environ)
+        """The run as steps, each undone on the way out (lab.steps): the pods' network,
+        InfluxDB, the proxies, the kubelet, the controllers, the pods, the load and the
+        faults; the action under load; then the load stops and the steps after InfluxDB
+        are undone (every pod deleted gracefully) before the report."""
+        config, steps = self.config, self.steps
         self.events.phase("start", f"{config.manifests} scenario {config.scenario}")
         for note in self.p.notes:  # on the progress lines before anything starts, too
             self.events.add("", "note", note)
-        influx_address: str | None = None
-        influx_host = "127.0.0.1"
-        if config.runtime == "docker":
+        if config.runtime == "docker" or config.pod_network == "netns":
+            # The pods' network first: InfluxDB listens on its gateway, which pods reach.
+            await steps.do(
+                "pod network",
+                self._open_pod_network,
+                self._close_runtime,
+                deadline=CLOSE,
+            )
+        if self.p.uses_influx:
+            await steps.do("influxdb", self._start_influx, self._stop_influx, deadline=CLOSE)
+        self.for_report = steps.mark()  # the report reads the operation log
+        load_url = await steps.do("proxies", self._start_proxies, self._stop_proxies)
+        if self.runtime is None:
+            await steps.do("runtime", self._process_runtime, self._close_runtime, deadline=CLOSE)
+        await steps.do("kubelet", self._start_kubelet, self._stop_kubelet)
+        await steps.do("controllers", self._make_controllers, self._stop_controllers)
+        # Deleting every pod gracefully is skipped when forced: the kubelet's undo kills.
+        grace = self._teardown_time()
+        await steps.do("pods", self._deploy, self._teardown_pods, deadline=grace, forced=0)
+        under_load = steps.mark()
+        await steps.do(
+            "load",
+            lambda: self._start_load(load_url),
+            self._stop_load_at_once,
+            deadline=K6_STOP_WHEN_INTERRUPTED + 15,
+            forced=0,
+            kill=self._kill_load,
+        )
+        assert self.controller is not None and self.k6 is not None
+        load_start = self.load_start
+        assert load_start is not None
+        self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s")
+        await self._sleep_under_load(config.warmup)
+        action_start = time.time()
+        self.controller.start_sampling()
+        if config.faults:
+            await steps.do("faults", self._start_faults, self._stop_faults, deadline=60, forced=15)
+        completed, action_s, steady_end = await self._act(action_start)
+        self.controller.sampling = False
+        self.events.phase("cool-down", f"{config.cooldown:g} s")
+        await self._sleep_under_load(config.cooldown)
+        await steps.undo(down_to=under_load + 1)  # the faults end (undone) under load
+        stopping = self.events.phase("stop-load")
+        code = await self.k6.stop()  # in-flight requests finish: the stop is measured
+        self.events.phase("load-stopped", describe_exit(code))
+        if self.front is not None:
+            self._log_node_connections()
+        await steps.undo(down_to=self.for_report)
+        return await self._report(
+            stopping_wall=stopping.wall,
+            steady_window=(load_start + 1, steady_end),  # k6 ramps up in the first second
+            completed=completed,
+            action_s=action_s,
+        )
+
+    async def _act(self, action_start: float) -> tuple[bool, float | None, float]:
+        """The scenario under load: whether the action completed, its seconds, and the
+        end of the steady window."""
+        config, controller = self.config, self.controller
+        assert controller is not None
+        if config.scenario == "steady":
+            self.events.phase("steady", f"{config.duration:g} s")
+            await self._sleep_under_load(config.duration)
+            return True, None, time.time()
+        mono = time.monotonic()
+        if config.scenario == "rollout-restart":
+            controller.rollout_restart()
+        elif config.scenario == "update":
+            assert self.p.update is not None
+            controller.update_template(self.p.update.deployment.template)
+        else:
+            assert config.to is not None
+            controller.scale(config.to)
+        self.events.phase("action", config.scenario)
+        completed = await self._until(self._action_done, config.action_timeout)
+        action_s = time.monotonic() - mono
+        self.events.phase("action-complete" if completed else "action-timeout", f"{action_s:.1f} s")
+        return completed, action_s, action_start
+
+    # -- the steps and their undos -------------------------------------------------------
+
+    async def _open_pod_network(self) -> None:
+        """The Docker runtime, or the process runtime's network namespaces."""
+        if self.config.runtime == "docker":
             from lab.docker_runtime import docker_runtime
 
-            # The run's Docker network first: InfluxDB listens on its gateway address.
             self.runtime = await docker_runtime(
                 self.p.manifests, self.p.update, self.out / "pods", made=self._record
             )
-            influx_host = self.runtime.gateway
-            self.events.phase(
-                "docker", f"network {self.runtime.network_name} {self.runtime.subnet}"
-            )
-            cgroup = self.runtime.cgroup
-            self.events.phase(
-                "cgroup",
-                f"{cgroup.parent}, one process's CPU weight per pod"
-                if cgroup is not None
-                else f"the engine's default parent: {self.runtime.cgroup_note}",
-            )
-            if self.runtime.dead is not None:
-                self.events.phase(
-                    "dead-addresses", f"nftables table {self.runtime.dead.table}, on demand"
-                )
-        if config.pod_network == "netns":
+        else:
             from lab.pod_netns import netns_runtime
 
-            # The pods' network first: InfluxDB listens on its gateway, which pods reach.
             self.runtime = await netns_runtime(
-                self.registry, self.out / "pods", base_env, made=self._record
+                self.registry, self.out / "pods", self.base_env, made=self._record
             )
-            influx_host = self.runtime.gateway
-            self.events.phase(
-                "pod-network",
-                f"{self.runtime.network.link} {self.runtime.network.subnet}, "
-                "a network namespace per pod",
-            )
-        if self.p.uses_influx:
-            # Started from a worker thread, which lives as long as the event loop's
-            # executor: the kernel kills influxd when the lab dies, not before.
-            self.influx = InfluxServer(
-                data_dir=self.out / "influxdb",
-                log_path=self.out / "influxd.log",
-                host=influx_host,
-                die_with_parent=True,
-                marks=self.registry.marks,
-            )
-            shutil.rmtree(self.influx.data_dir, ignore_errors=True)
-            # A thread cannot be cancelled: keep the start's future, so that clean-up
-            # after Ctrl-C waits for it and then stops the influxd it started.
-            self.influx_start = asyncio.ensure_future(asyncio.to_thread(self.influx.start))
-            await asyncio.shield(self.influx_start)
-            assert self.influx.pid is not None
-            self.registry.record(self.influx.pid, "influxd")
-            await asyncio.to_thread(self.influx.create_database, self.p.influx_db)
-            influx_address = f"{self.influx.host}:{self.influx.port}"
-            names = ", ".join(
-                dict.fromkeys(
-                    [
-                        "influxdb:8086",
-                        *(
-                            f"{svc.name}:{port}"
-                            for svc in self.p.influx_services
-                            for port, _ in svc.ports
-                        ),
-                    ]
-                )
-            )
-            self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
-            for svc in self.p.influx_services:
-                self.service_addresses[svc.name] = {port: influx_address for port, _ in svc.ports}
+        self._log_runtime(self.runtime)
 
-        def rewrite(value: str) -> str:
-            if influx_address is not None:
-                value = INFLUX_SERVICE.sub(influx_address, value)
-            return _service_urls(value, self.service_addresses)
+    async def _process_runtime(self) -> None:
+        """Pods as process groups on loopback addresses, a gone one's address dead."""
+        dead = Blackhole() if blackhole.available() is None else None
+        self.runtime = ProcessRuntime(
+            self.registry, self.out / "pods", self.base_env, self._rewrite, self.addresses, dead
+        )
+        if any(self.runtime.sweep_record()):
+            self._record(self.runtime)
+        self._log_runtime(self.runtime)
 
+    def _record(self, runtime: Runtime) -> None:
+        """Before the runtime makes anything: what it will make, for the sweep after a
+        SIGKILL (lab.leftovers)."""
+        leftovers.record(self.out, *runtime.sweep_record())
+
+    def _log_runtime(self, runtime: Runtime) -> None:
+        for name, detail in runtime.phases():
+            self.events.phase(name, detail)
+
+    async def _close_runtime(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.close()
+
+    async def _start_influx(self) -> None:
+        # Where the pods reach the host: loopback, or the pods' network's gateway.
+        host = self.runtime.gateway if self.runtime is not None else "127.0.0.1"
+        # Started from a worker thread, which lives as long as the event loop's
+        # executor: the kernel kills influxd when the lab dies, not before.
+        self.influx = InfluxServer(
+            data_dir=self.out / "influxdb",
+            log_path=self.out / "influxd.log",
+            host=host,
+            die_with_parent=True,
+            marks=self.registry.marks,
+        )
+        shutil.rmtree(self.influx.data_dir, ignore_errors=True)
+        # A thread cannot be cancelled: keep the start's future, so that the undo
+        # after Ctrl-C waits for it and then stops the influxd it started.
+        self.influx_start = asyncio.ensure_future(asyncio.to_thread(self.influx.start))
+        await asyncio.shield(self.influx_start)
+        assert self.influx.pid is not None
+        self.registry.record(self.influx.pid, "influxd")
+        await asyncio.to_thread(self.influx.create_database, self.p.influx_db)
+        self.influx_address = address = f"{self.influx.host}:{self.influx.port}"
+        services = [f"{svc.name}:{port}" for svc in self.p.influx_services for port, _ in svc.ports]
+        names = ", ".join(dict.fromkeys(["influxdb:8086", *services]))
+        self.events.phase("influxdb", f"{self.influx.url} stands in for {names}")
+        for svc in self.p.influx_services:
+            self.service_addresses[svc.name] = {port: address for port, _ in svc.ports}
+
+    async def _stop_influx(self) -> None:
+        if self.influx_start is not None and not self.influx_start.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.influx_start), 30)
+        if self.influx is not None:
+            await asyncio.to_thread(self.influx.stop)
+
+    def _rewrite(self, value: str) -> str:
+        """An env value as the pods need it: the in-cluster InfluxDB and the supporting
+        Deployments' Services pointed at their addresses here."""
+        if self.influx_address is not None:
+            value = INFLUX_SERVICE.sub(self.influx_address, value)
+        return _service_urls(value, self.service_addresses)
+
+    async def _start_proxies(self) -> str:
+        """The first node's proxy, and with --nodes the others and the balancer in front
+        of them; returns where the load goes."""
+        config = self.config
         self.haproxy = HAProxy(
             self.out / "haproxy",
             free_port(),
@@ -660,34 +799,49 @@ class Lab(Experiment):
         self.node_proxies.append(self.haproxy)
         await self.haproxy.start(self.registry)
         self.events.phase("haproxy", f"{self.haproxy.url} mode {config.lb}")
-        load_url = self.haproxy.url
         if config.nodes > 1:
-            load_url = await self._start_node_proxies(config)
-        if self.runtime is not None:
-            self.runtime.rewrite = rewrite
-        else:
-            dead = Blackhole() if blackhole.available() is None else None
-            if dead is not None:
-                leftovers.record(self.out, None, dead.table)
-                self.events.phase("dead-addresses", f"nftables table {dead.table}, on demand")
-            self.runtime = ProcessRuntime(
-                self.registry, self.out / "pods", base_env, rewrite, self.addresses, dead
-            )
+            return await self._start_node_proxies(config)
+        return self.haproxy.url
+
+    async def _start_kubelet(self) -> None:
+        assert self.runtime is not None
+        self.runtime.rewrite = self._rewrite
         self.kubelet = Kubelet(
             self.events,
             self.registry,
             self.out / "pods",
-            base_env,
-            rewrite,
+            self.base_env,
+            self._rewrite,
             self.rng,
             runtime=self.runtime,
-            nodes=config.nodes,
+            nodes=self.config.nodes,
         )
-        controller = DeploymentController(
-            deployment, self.kubelet, self.p.images, self.events, config.replicas
+
+    async def _stop_kubelet(self) -> None:
+        """Kills what is left of every pod (nothing, after a graceful teardown)."""
+        if self.kubelet is not None:
+            await self.kubelet.shutdown()
+
+    async def _make_controllers(self) -> None:
+        """The Deployment controller, and each node's endpoints controller (its
+        kube-proxy's view), not started yet."""
+        config, manifests = self.config, self.p.manifests
+        deployment = manifests.deployment
+        kubelet = self.kubelet
+        assert kubelet is not None
+        self.controller = DeploymentController(
+            deployment, kubelet, self.p.images, self.events, config.replicas
         )
-        self.controller = controller
         selector = deployment.selector
+
+        def service_pods() -> list[Pod]:
+            # The Service's pods: the Deployment under test's, not the supporting ones.
+            return [
+                p
+                for p in kubelet.pods
+                if all(p.template.labels.get(k) == v for k, v in selector.items())
+            ]
+
         for index, proxy in enumerate(self.node_proxies):
             # Each node's kube-proxy watches the EndpointSlices and syncs on its own
             # (pkg/proxy/config/config.go, the iptables proxier's syncPeriod and
@@ -696,12 +850,7 @@ class Lab(Experiment):
             self.node_endpoints.append(
                 EndpointsController(
                     proxy,
-                    # The Service's pods: the Deployment under test's, not the supporting ones.
-                    lambda: [
-                        p
-                        for p in (self.kubelet.pods if self.kubelet else [])
-                        if all(p.template.labels.get(k) == v for k, v in selector.items())
-                    ],
+                    service_pods,
                     manifests.target_port,
                     self.events,
                     config.endpoint_lag,
@@ -710,18 +859,37 @@ class Lab(Experiment):
                 )
             )
         self.endpoints = self.node_endpoints[0]
-        self.kubelet.on_change = self._changed
+        kubelet.on_change = self._changed
+
+    async def _deploy(self) -> None:
+        """The supporting Deployments, then the one under test: every replica ready and
+        in every node's proxy."""
+        controller = self.controller
+        assert controller is not None
         await self._start_supporting()
         controller.start()
         for endpoints in self.node_endpoints:
             endpoints.start()
         self.events.phase("deploy", f"{controller.replicas} replicas")
-        if not await self._until(self._deployed, config.ready_timeout):
-            raise LabError(self._not_ready(deployment.name, controller, config.ready_timeout))
+        timeout = self.config.ready_timeout
+        if not await self._until(self._deployed, timeout):
+            raise LabError(self._not_ready(controller.deployment.name, controller, timeout))
 
+    def _teardown_time(self) -> float:
+        """The graceful teardown's deadline: each group's longest grace period and its
+        margin (lab.experiment.Lab._teardown_pods), and the kubelet's last look."""
+        templates = [self.p.manifests.deployment.template]
+        if self.p.update is not None:
+            templates.append(self.p.update.deployment.template)
+        templates += [s.deployment.template for s in self.p.supporting]
+        grace = max(t.termination_grace for t in templates)
+        return 2 * (grace + 15) + 15
+
+    async def _start_load(self, url: str) -> None:
+        config = self.config
         self.k6 = K6(
             config.k6_script_path,
-            load_url,
+            url,
             config.vus,
             run_id=f"lab{int(time.time())}",
             csv_path=self.out / "k6.csv",
@@ -735,77 +903,26 @@ class Lab(Experiment):
             extra_env=self._k6_env(),
             binary=self.p.k6_binary,
         )
-        await self.k6.start(self.registry, base_env)
-        load_start = self.load_start = time.time()
-        self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s")
-        await self._sleep_under_load(config.warmup)
+        await self.k6.start(self.registry, self.base_env)
+        self.load_start = time.time()
 
-        action_start = time.time()
-        controller.start_sampling()
-        if config.faults:
-            self.faults = Faults(
-                config.faults,
-                self.events,
-                self.registry,
-                self.kubelet,
-                self.influx,
-                lambda: list(controller.pods),
-                self.haproxy,
-                self.endpoints,
-                node_monitor_grace=config.node_monitor_grace,
-                unreachable_toleration=config.unreachable_toleration,
-                node_down=self._node_down if config.nodes > 1 else None,
-            )
-            self.faults.start()
-        completed = True
-        action_s: float | None = None
-        mono = time.monotonic()
-        if config.scenario == "steady":
-            self.events.phase("steady", f"{config.duration:g} s")
-            await self._sleep_under_load(config.duration)
-            steady_end = time.time()
-        else:
-            steady_end = action_start
-            if config.scenario == "rollout-restart":
-                controller.rollout_restart()
-            elif config.scenario == "update":
-                assert self.p.update is not None
-                controller.update_template(self.p.update.deployment.template)
-            else:
-                assert config.to is not None
-                controller.scale(config.to)
-            self.events.phase("action", config.scenario)
-            completed = await self._until(self._action_done, config.action_timeout)
-            action_s = time.monotonic() - mono
-            self.events.phase(
-                "action-complete" if completed else "action-timeout", f"{action_s:.1f} s"
-            )
-        controller.sampling = False
-        self.events.phase("cool-down", f"{config.cooldown:g} s")
-        await self._sleep_under_load(config.cooldown)
-
-        if self.faults is not None:
-            await self.faults.stop()
-        stopping = self.events.phase("stop-load")
-        code = await self.k6.stop()
-        self.events.phase("load-stopped", describe_exit(code))
-        if self.front is not None:
-            self._log_node_connections()
-        await self._teardown_pods()
-        await self._stop_controllers()
-        await self._stop_proxies()
-        return await self._report(
-            stopping_wall=stopping.wall,
-            steady_window=(load_start + 1, steady_end),  # k6 ramps up in the first second
-            completed=completed,
-            action_s=action_s,
+    async def _start_faults(self) -> None:
+        config, controller = self.config, self.controller
+        assert self.kubelet is not None and controller is not None
+        self.faults = Faults(
+            config.faults,
+            self.events,
+            self.registry,
+            self.kubelet,
+            self.influx,
+            lambda: list(controller.pods),
+            self.haproxy,
+            self.endpoints,
+            node_monitor_grace=config.node_monitor_grace,
+            unreachable_toleration=config.unreachable_toleration,
+            node_down=self._node_down if config.nodes > 1 else None,
         )
-
-    def _record(self, runtime: Runtime) -> None:
-        """Before the Docker runtime makes anything: what it will make, for the sweep
-        after a SIGKILL (lab.leftovers)."""
-        dead = runtime.dead.table if runtime.dead is not None else None
-        leftovers.record(self.out, getattr(runtime, "run_id", None), dead)
+        self.faults.start()
 
     def _operation_log(self) -> OperationLog | None:
         return self.influx
@@ -950,24 +1067,6 @@ class Lab(Experiment):
             self.events.phase("teardown-forced", "pods still there after their grace period")
             await self.kubelet.shutdown()
 
-    async def stop_gracefully(self) -> None:
-        """After a first SIGINT/SIGTERM: stop the load, delete every pod with its preStop
-        and grace period, stop the parts. Each step has its own deadline; `cleanup`
-        remains the forced path."""
-        self.events.phase("teardown", "interrupted: stopping the load, then every pod")
-        if self.faults is not None:
-            await self.faults.stop()
-        k6 = self.k6.process if self.k6 is not None else None
-        if self.k6 is not None and k6 is not None and k6.returncode is None:
-            # The partial report counts what k6 recorded; requests in flight need not
-            # finish: one hung on a failed node's address would hold the stop for k6's
-            # 60 s request timeout.
-            await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
-        if self.kubelet is not None:
-            await self._teardown_pods()
-        await self._stop_controllers()
-        await self._stop_proxies()
-
     async def _start_node_proxies(self, config: LabConfig) -> str:
         """The other nodes' proxies, and the L4 balancer in front of every node (a cloud
         load balancer to the Service's NodePort: each connection to one node, round
@@ -999,10 +1098,10 @@ class Lab(Experiment):
     async def _node_down(self, node: int) -> str:
         """A failed node's proxy goes with it: its address drops packets, and the
         balancer keeps sending it connections until its health checks fail."""
-        # node-failure calls this only once it knows the run has a dead-address table.
-        assert self.runtime is not None and self.runtime.dead is not None
+        # node-failure calls this only once it knows the runtime drops addresses.
+        assert self.runtime is not None
         proxy = self.node_proxies[node]
-        await self.runtime.dead.drop(proxy.host)
+        await self.runtime.drop_ip(proxy.host)
         return (
             f"node{node}'s proxy {proxy.host} drops packets, out of the balancer after "
             f"{FRONT_CHECKS.fall} failed checks every {FRONT_CHECKS.interval:g} s"
@@ -1042,24 +1141,3 @@ class Lab(Experiment):
             await self.controller.stop()
         for endpoints in self.node_endpoints:
             await endpoints.stop()
-
-    async def cleanup(self) -> None:
-        """The forced path, always run: nothing the lab started outlives it."""
-        if self.k6 is not None:
-            self.k6.kill()
-        if self.faults is not None:
-            await self.faults.stop()
-        await self._stop_controllers()
-        if self.kubelet is not None:
-            await self.kubelet.shutdown()
-        if self.runtime is not None:
-            await self.runtime.close()
-        await self._stop_proxies()
-        if self.influx_start is not None and not self.influx_start.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.influx_start), 30)
-        if self.influx is not None:
-            await asyncio.to_thread(self.influx.stop)
-        await self.registry.kill_all()
-        self.events.sink = None
-        self.event_file.close()

@@ -202,7 +202,7 @@ class Faults:
             self._event(fault, "start", await self.fail_node(pod), pod.name)
             return
         runtime = self.kubelet.runtime
-        if runtime.dead is None:
+        if not runtime.drops_addresses:
             self._event(fault, "skipped", "no nftables to make the node's address dead")
             return
         # With --nodes every pod bound to the victim's node goes with it (supporting
@@ -290,21 +290,13 @@ class Faults:
     async def _restart_haproxy(
         self, fault: Fault, haproxy: HAProxy, endpoints: EndpointsController
     ) -> None:
-        # The endpoints controller talks to HAProxy's socket: it pauses (keeping its
-        # state and pending changes) while HAProxy is away.
-        await endpoints.stop()
-        try:
-            servers = {name: endpoints.known[name].ip for name in endpoints.in_lb}
+        # The endpoints controller talks to HAProxy's socket: it pauses while HAProxy
+        # is away, and puts the servers in rotation back once it is there again.
+        async with endpoints.proxy_restarting() as servers:
             self._event(fault, "start", f"HAProxy stopped with {len(servers)} servers")
             await haproxy.stop()
             await haproxy.start(self.registry)
-            for name, ip in sorted(servers.items()):
-                haproxy.add_server(name, ip, endpoints.port)
-            # Drained servers were waiting for their connections to close: those are gone.
-            endpoints.to_delete.clear()
-            self._event(fault, "end", f"HAProxy started again, {len(servers)} servers re-added")
-        finally:
-            endpoints.start()
+        self._event(fault, "end", f"HAProxy started again, {len(servers)} servers re-added")
 
     async def stop(self) -> None:
         """Cancel every fault and undo what it left: nothing stays stopped or down (a

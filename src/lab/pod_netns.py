@@ -43,15 +43,12 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab import blackhole, leftovers
 from lab.blackhole import Blackhole
 from lab.procs import Registry
-from lab.runtime import ProcessRuntime, StartError
-
-if TYPE_CHECKING:
-    from lab.pods import Pod
+from lab.runtime import Pod, ProcessRuntime, StartError
 
 POD_NETWORKS = ("loopback", "netns")
 GATEWAY_PREFIX = "labgw-"
@@ -330,6 +327,10 @@ class NetnsRuntime(ProcessRuntime):
     @property
     def gateway(self) -> str:
         return self.network.gateway
+
+    def phases(self) -> list[tuple[str, str]]:
+        detail = f"{self.network.link} {self.network.subnet}, a network namespace per pod"
+        return [("pod-network", detail)]
 
     async def make_sandbox(self, pod: Pod) -> None:
         try:

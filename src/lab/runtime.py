@@ -22,19 +22,41 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from lab.blackhole import Blackhole, BlackholeError
-from lab.images import Launch, map_command, resolve
+from lab.images import Image, Launch, map_command, resolve
+from lab.manifest import PodTemplate
 from lab.probes import READ_LIMIT
 from lab.procs import Registry
-
-if TYPE_CHECKING:
-    from lab.pods import Pod
 
 
 class StartError(Exception):
     """The container could not be started (the kubelet's StartError): it is retried."""
+
+
+class Pod(Protocol):
+    """What a pod is to a runtime (lab.pods.Pod is one): its name and address, its
+    template and image, and what its container runs (the kubelet keeps prepare()'s
+    answer as `launch`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ip(self) -> str: ...
+
+    @property
+    def template(self) -> PodTemplate: ...
+
+    @property
+    def image(self) -> Image: ...
+
+    @property
+    def launch(self) -> Launch: ...
+
+    # The process runtime's main process, for tests that look at it.
+    process: asyncio.subprocess.Process | None
 
 
 class Addresses(Protocol):
@@ -122,15 +144,41 @@ class Runtime(abc.ABC):
     async def pod_gone(self, pod: Pod) -> None:  # noqa: B027 (optional hook)
         """The pod's containers are stopped: remove its sandbox (and with it its IP)."""
 
+    @property
+    def gateway(self) -> str:
+        """Where the pods reach this machine: the lab's InfluxDB listens there."""
+        return "127.0.0.1"
+
+    def phases(self) -> list[tuple[str, str]]:
+        """What the run logs about the runtime once it is open: (phase, detail)."""
+        if self.dead is None:
+            return []
+        return [("dead-addresses", f"nftables table {self.dead.table}, on demand")]
+
+    def sweep_record(self) -> tuple[str | None, str | None]:
+        """What it makes beside processes, for the sweep after a SIGKILL
+        (lab.leftovers.record): its Docker run id, its table of dead addresses."""
+        return None, self.dead.table if self.dead is not None else None
+
+    @property
+    def drops_addresses(self) -> bool:
+        """Whether it can make an address drop every packet (drop_address)."""
+        return self.dead is not None
+
     async def drop_address(self, pod: Pod) -> None:
         """From now on packets to and from the pod's IP vanish, its sandbox still there:
         the pod's node is off. Raises BlackholeError where that cannot be done."""
+        await self.drop_ip(pod.ip)
+
+    async def drop_ip(self, ip: str) -> None:
+        """From now on packets to and from `ip` (a pod's, or a failed node's proxy's)
+        vanish. Raises BlackholeError where that cannot be done."""
         if self.dead is None:
             raise BlackholeError(f"no nftables table for dead addresses on the {self.name} runtime")
-        await self.dead.drop(pod.ip)
+        await self.dead.drop(ip)
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
-        """The forced path at the end of a run: remove whatever the runtime made."""
+        """The end of a run (its step's undo, lab.steps): remove whatever the runtime made."""
 
 
 # -- processes ---------------------------------------------------------------------------

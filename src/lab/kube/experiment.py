@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +50,7 @@ from lab.manifest import raw_documents
 from lab.pods import Pod
 
 FIELD_MANAGER = "lab"
+CLUSTER_DOWN = 180.0  # seconds for the nodes and the control plane to stop
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 POLL = 0.1
 
@@ -67,8 +67,8 @@ def _restarts(pod: dict[str, Any] | None) -> int:
 
 
 class KubeLab(Experiment):
-    """One experiment on a control plane of its own; the same steps and teardown
-    interface as lab.experiment.Lab, for lab.experiment's signal handling."""
+    """One experiment on a control plane of its own: steps with their undos (lab.steps),
+    walked by lab.experiment's way out as lab.experiment.Lab's are."""
 
     def __init__(self, prepared: Prepared) -> None:
         # Kinds the lab's own controllers ignore go to the API server here, as they are.
@@ -91,38 +91,38 @@ class KubeLab(Experiment):
         self.sampling = False
         self._last_deployment: Any = None
         self._dynamic: Any = None  # the dynamic client, made on first use (discovery)
-        self.faults: Faults | None = None
 
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> report.Report:
-        config = self.config
+        """The run as steps, each undone on the way out (lab.steps): the cluster, the
+        Deployment applied and rolled out, the load, the faults; the action under load;
+        then the load stops and every pod is deleted gracefully before the report."""
+        config, steps = self.config, self.steps
         self.events.phase("start", f"{config.manifests} scenario {config.scenario} {self._where()}")
         for note in self.p.notes:
             self.events.add("", "note", note)
-        await self._up()
-        self._watch_pods()
-        await self._apply()
-        self.events.phase("deploy", f"{self._replicas()} replicas")
-        url = await self._wait_deployed()
-        self.k6 = K6(
-            config.k6_script_path,
-            url,
-            config.vus,
-            run_id=f"lab{int(time.time())}",
-            csv_path=self.out / "k6.csv",
-            api_port=free_port(),
-            max_duration=config.warmup + config.action_timeout + config.cooldown + 120,
-            log_path=self.out / "k6.log",
-            extra_env=self._k6_env(),
-            binary=self.p.k6_binary,
+        await steps.do("cluster", self._up, self.cleanup, deadline=CLUSTER_DOWN)
+        self.for_report = steps.mark()  # the report reads the cluster's InfluxDB
+        # Scaling to 0 is skipped when forced: the nodes' undo kills every pod.
+        grace = self.p.manifests.deployment.template.termination_grace + 30 + REQUEST_TIMEOUT
+        url = await steps.do(
+            "deployment", self._deploy, self._teardown_pods, deadline=grace, forced=0
         )
-        await self.k6.start(self.registry, dict(os.environ))
-        self.load_start = time.time()
+        under_load = steps.mark()
+        await steps.do(
+            "load",
+            lambda: self._start_load(url),
+            self._stop_load_at_once,
+            deadline=K6_STOP_WHEN_INTERRUPTED + 15,
+            forced=0,
+            kill=self._kill_load,
+        )
+        assert self.k6 is not None and self.load_start is not None
         self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s to {url}")
         await self._sleep_under_load(config.warmup)
         self.sampling = True
-        self._start_faults()
+        await steps.do("faults", self._start_faults, self._stop_faults, deadline=60, forced=15)
         completed, action_s = True, None
         if config.scenario == "steady":
             self.events.phase("steady", f"{config.duration:g} s")
@@ -143,18 +143,41 @@ class KubeLab(Experiment):
         self.sampling = False
         self.events.phase("cool-down", f"{config.cooldown:g} s")
         await self._sleep_under_load(config.cooldown)
-        if self.faults is not None:
-            await self.faults.stop()
+        await steps.undo(down_to=under_load + 1)  # the faults end (undone) under load
         stopping = self.events.phase("stop-load")
-        code = await self.k6.stop()
+        code = await self.k6.stop()  # in-flight requests finish: the stop is measured
         self.events.phase("load-stopped", describe_exit(code))
-        await self._teardown_pods()
+        await steps.undo(down_to=self.for_report)
         return await self._report(
             stopping_wall=stopping.wall,
             steady_window=(self.load_start + 1, action_wall),
             completed=completed,
             action_s=action_s,
         )
+
+    async def _deploy(self) -> str:
+        """The manifests applied, rolled out and in the load balancer; the load's URL."""
+        self._watch_pods()
+        await self._apply()
+        self.events.phase("deploy", f"{self._replicas()} replicas")
+        return await self._wait_deployed()
+
+    async def _start_load(self, url: str) -> None:
+        config = self.config
+        self.k6 = K6(
+            config.k6_script_path,
+            url,
+            config.vus,
+            run_id=f"lab{int(time.time())}",
+            csv_path=self.out / "k6.csv",
+            api_port=free_port(),
+            max_duration=config.warmup + config.action_timeout + config.cooldown + 120,
+            log_path=self.out / "k6.log",
+            extra_env=self._k6_env(),
+            binary=self.p.k6_binary,
+        )
+        await self.k6.start(self.registry, self.base_env)
+        self.load_start = time.time()
 
     def _where(self) -> str:
         return "on a real control plane"
@@ -303,7 +326,7 @@ class KubeLab(Experiment):
 
     # -- faults ----------------------------------------------------------------------------
 
-    def _start_faults(self) -> None:
+    async def _start_faults(self) -> None:
         """The run's faults, from the start of the action, on the lab's kubelet and
         InfluxDB and, for a node, through the API."""
         agents = self.workers.agents if self.workers is not None else None
@@ -525,26 +548,9 @@ class KubeLab(Experiment):
             "kube-controller-manager and kube-scheduler; the lab's kubelet and node proxies",
         )
 
-    async def stop_gracefully(self) -> None:
-        self.events.phase("teardown", "interrupted: stopping the load, then every pod")
-        if self.faults is not None:
-            await self.faults.stop()
-        if (
-            self.k6 is not None
-            and self.k6.process is not None
-            and self.k6.process.returncode is None
-        ):
-            await self.k6.stop(timeout=K6_STOP_WHEN_INTERRUPTED)
-        if self.api is not None and self.informer is not None:
-            await self._teardown_pods()
-
     async def cleanup(self) -> None:
-        """The forced path, always run: nothing the run started outlives it."""
-        if self.k6 is not None:
-            self.k6.kill()
-        if self.faults is not None:
-            with contextlib.suppress(Exception):  # the rest of the clean-up runs anyway
-                await self.faults.stop()
+        """The cluster step's undo: the watch, the nodes (and every pod on them) and the
+        control plane stop. (lab.kube.remote.RemoteLab's deletes its namespace instead.)"""
         if self.informer is not None:
             await self.informer.stop()
         try:
@@ -556,6 +562,3 @@ class KubeLab(Experiment):
             if self.api is not None:
                 with contextlib.suppress(Exception):
                     self.api.close()
-            await self.registry.kill_all()
-            self.events.sink = None
-            self.event_file.close()
