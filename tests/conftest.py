@@ -21,7 +21,7 @@ _db_counter = itertools.count()
 
 # Tests that must have the machine to themselves: whole modules whose tests bound how long
 # a shutdown phase, a flush or a signal's effect takes with margins of a second or less
-# (listed here), and single tests marked `alone` that watch machine-wide state another
+# (listed here), and tests or modules marked `alone` that watch machine-wide state another
 # test's lab would change (every lab's start sweeps a dead lab's leftovers). `make pytest`
 # runs the rest side by side (pytest-xdist, `-m "not alone"`) and then these by themselves
 # (`-m alone`): their margins measure the code, not a dozen lab experiments beside them.

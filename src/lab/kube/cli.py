@@ -15,9 +15,11 @@ from typing import Any
 
 from lab.config import default_image_map
 from lab.images import ImageMap
+from lab.kube import node_bins
 from lab.kube import state as st
 from lab.kube.bins import BinariesError
 from lab.kube.controlplane import (
+    KUBELETS,
     RUNTIMES,
     ClusterConfig,
     ClusterConfigError,
@@ -25,6 +27,7 @@ from lab.kube.controlplane import (
     ControlPlane,
 )
 from lab.kube.leftovers import NODES_DIR
+from lab.kube.real_nodes import RealNodes, RealNodesError, hold_machine
 from lab.kube.status import cluster_status, render
 from lab.kube.workers import Workers
 from lab.lag import Lag, LagError, parse_lag
@@ -91,6 +94,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "of the image `make image` built",
     )
     up.add_argument(
+        "--kubelet",
+        choices=KUBELETS,
+        default="lab",
+        help="the nodes' kubelet: the lab's own (default), or the real kubelet with its "
+        "containerd (lab-real-0 ..; `make cluster-bins` builds them)",
+    )
+    up.add_argument(
         "--node-monitor-grace-period",
         type=float,
         metavar="S",
@@ -155,6 +165,7 @@ def config_from(args: argparse.Namespace) -> ClusterConfig:
         bins_dir=args.bins,
         nodes=args.nodes,
         runtime=args.runtime,
+        kubelet=args.kubelet,
         node_monitor_grace=args.node_monitor_grace_period,
         not_ready_toleration=args.not_ready_toleration,
         unreachable_toleration=args.unreachable_toleration,
@@ -218,15 +229,44 @@ async def serve(config: ClusterConfig, signals: Signals) -> int:
         return 2
     try:
         plane.preflight()
-    except (BinariesError, ClusterConfigError) as exc:
+        # Real nodes: their binaries, and the machine to themselves, before anything starts.
+        machine = hold_machine() if config.kubelet == "real" and node_bins.find() else None
+    except (BinariesError, ClusterConfigError, RealNodesError) as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return await _serve(config, signals, plane, images, stop, forced)
+    finally:
+        if machine is not None:
+            os.close(machine)
+
+
+async def _serve(
+    config: ClusterConfig,
+    signals: Signals,
+    plane: ControlPlane,
+    images: ImageMap,
+    stop: asyncio.Event,
+    forced: asyncio.Event,
+) -> int:
     code = 0
     stopped = asyncio.create_task(stop.wait())
     workers: list[Workers] = []
+    real: list[RealNodes] = []
 
     async def bring_up() -> None:
         await plane.start()
+        if config.kubelet == "real":
+            nodes_dir = plane.state_dir / NODES_DIR
+            pki_dir = plane.state_dir / "pki"
+            nodes = RealNodes(
+                plane.client(), plane.api_url, pki_dir, nodes_dir, config.nodes, _progress
+            )
+            real.append(nodes)
+            await nodes.start()
+            names = ", ".join(nodes.names)
+            _progress(f"{config.nodes} real node(s) Ready in {nodes.ready_after:.1f} s: {names}")
+            return
         # The nodes, on the healthy control plane and before "cluster ready".
         workers.append(_workers(plane, images))
         await workers[0].start()
@@ -259,6 +299,12 @@ async def serve(config: ClusterConfig, signals: Signals) -> int:
         code = 1
     finally:
         await stop_task(stopped)
+        for nodes in real:  # before the control plane, as the lab's nodes
+            try:
+                for line in await nodes.stop():
+                    _progress(line)
+            finally:
+                nodes.api.close()
         for worker in workers:  # before the control plane: the pods' last reports
             try:
                 await worker.stop()

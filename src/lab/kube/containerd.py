@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,11 @@ class ContainerdError(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Every path of one containerd under `directory`."""
+    """Every path of one containerd under `directory`; its sockets in `socket_dir` when
+    the directory's path is too long for a unix socket's (108 bytes)."""
 
     directory: Path
+    socket_dir: Path | None = None
 
     @property
     def config(self) -> Path:
@@ -81,7 +84,7 @@ class Layout:
 
     @property
     def socket(self) -> Path:
-        return self.directory / "containerd.sock"
+        return (self.socket_dir or self.directory) / "containerd.sock"
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -168,17 +171,20 @@ state = {_toml(layout.state)}
 """
 
 
-def cni_conflist(layout: Layout, subnet: str) -> dict[str, object]:
+def cni_conflist(
+    layout: Layout, subnet: str, bridge: str = BRIDGE, network: str = NETWORK
+) -> dict[str, object]:
     """The node's pod network: a bridge with host-local addresses from `subnet` and
     portmap for hostPorts. containerd sets up each pod's loopback itself, with the
-    `loopback` plugin from the same bin directory."""
+    `loopback` plugin from the same bin directory. Each node of a cluster has a bridge
+    and a network name of its own."""
     return {
         "cniVersion": "1.1.0",
-        "name": NETWORK,
+        "name": network,
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": BRIDGE,
+                "bridge": bridge,
                 "isGateway": True,
                 "ipMasq": True,
                 "ipMasqBackend": "nftables",
@@ -195,7 +201,13 @@ def cni_conflist(layout: Layout, subnet: str) -> dict[str, object]:
     }
 
 
-def write_files(layout: Layout, binaries: NodeBinaries, subnet: str | None = POD_SUBNET) -> None:
+def write_files(
+    layout: Layout,
+    binaries: NodeBinaries,
+    subnet: str | None = POD_SUBNET,
+    bridge: str = BRIDGE,
+    network: str = NETWORK,
+) -> None:
     """The config and the CNI network, in a directory made fresh for them. With no
     `subnet`, the network is a template the CRI plugin fills with the node's podCIDR
     when the kubelet reports it (as on a cluster whose node IPAM assigns them): until
@@ -205,11 +217,12 @@ def write_files(layout: Layout, binaries: NodeBinaries, subnet: str | None = POD
     layout.config.write_text(config_toml(layout, binaries, templated=subnet is None))
     for old in layout.cni_conf_dir.iterdir():
         old.unlink()
-    network = json.dumps(cni_conflist(layout, subnet or "{{.PodCIDR}}"), indent=2) + "\n"
+    conflist = cni_conflist(layout, subnet or "{{.PodCIDR}}", bridge, network)
+    text = json.dumps(conflist, indent=2) + "\n"
     if subnet is None:
-        layout.cni_template.write_text(network)
+        layout.cni_template.write_text(text)
     else:
-        (layout.cni_conf_dir / f"10-{NETWORK}.conflist").write_text(network)
+        (layout.cni_conf_dir / f"10-{network}.conflist").write_text(text)
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -255,10 +268,15 @@ class Containerd:
         binaries: NodeBinaries,
         subnet: str | None = POD_SUBNET,
         owner_dir: Path | None = None,
+        bridge: str = BRIDGE,
+        network: str = NETWORK,
+        socket_dir: Path | None = None,
     ) -> None:
-        self.layout = Layout(directory.resolve())
+        self.layout = Layout(directory.resolve(), socket_dir)
         self.binaries = binaries
         self.subnet = subnet
+        self.bridge = bridge
+        self.network = network
         self.marks = leftovers.marks(owner_dir)
         self.process: asyncio.subprocess.Process | None = None
         self.started = 0  # the process's start time (lab.leftovers), 0 before start
@@ -270,7 +288,7 @@ class Containerd:
 
     async def start(self, timeout: float = START_TIMEOUT) -> None:
         """Write the files, start containerd, wait for its socket to answer."""
-        write_files(self.layout, self.binaries, self.subnet)
+        write_files(self.layout, self.binaries, self.subnet, self.bridge, self.network)
         # The shim and runc come from the node's own build, found first on the PATH.
         path = f"{self.binaries.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         env = {**os.environ, "PATH": path, **self.marks}
@@ -407,20 +425,7 @@ class Containerd:
         teardown: the bridge, and the bridge plugin's masquerade table once no pod of
         any user of the plugin has a rule in it (the table is the machine's: each pod's
         teardown removes only its own rules). One line each."""
-        done = []
-        bridge = os.path.exists(f"/sys/class/net/{BRIDGE}")  # noqa: ASYNC240 (sysfs)
-        if bridge and await _run("ip", "link", "delete", BRIDGE) is not None:
-            done.append(f"removed the bridge {BRIDGE}")
-        checks = await _run("nft", "list", "chain", "inet", MASQUERADE_TABLE, "masq_checks")
-        if checks is not None:
-            rules = [
-                line
-                for line in checks.splitlines()
-                if line.strip() and line.split()[0] not in ("table", "chain", "comment", "}")
-            ]
-            if not rules and await _run("nft", "delete", "table", "inet", MASQUERADE_TABLE):
-                done.append(f"removed the nftables table inet {MASQUERADE_TABLE}")
-        return done
+        return await asyncio.to_thread(remove_network, self.bridge, self.network)
 
     def _remove_directories(self) -> None:
         """What containerd wrote; the config and its log stay, for a look afterwards."""
@@ -436,18 +441,46 @@ class Containerd:
             return "(no log)"
 
 
-async def _run(*argv: str, timeout: float = CTR_TIMEOUT) -> str | None:
-    """A command's output, or None when it failed or is not here."""
+def _nft(*args: str) -> str | None:
+    """nft's output, or None when it failed or is not here."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        result = subprocess.run(
+            ["nft", *args], capture_output=True, text=True, timeout=CTR_TIMEOUT, check=False
         )
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return None
-    return out.decode(errors="replace") if process.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
+
+
+def remove_network(bridge: str = BRIDGE, network: str = NETWORK) -> list[str]:
+    """What the CNI plugins made on the machine for the node's network: the bridge; the
+    masquerade rules of the network's pods that no teardown removed (a pod's containerd
+    killed with its owner), found by the network's name in each rule's comment
+    (`net: NAME,`); and the bridge plugin's masquerade table once no rule of any
+    network is left in it (the table is the machine's). One line each."""
+    done = []
+    if os.path.exists(f"/sys/class/net/{bridge}"):
+        result = subprocess.run(
+            ["ip", "link", "delete", bridge], capture_output=True, timeout=30, check=False
+        )
+        if result.returncode == 0:
+            done.append(f"removed the bridge {bridge}")
+    checks = _nft("-a", "list", "chain", "inet", MASQUERADE_TABLE, "masq_checks")
+    if checks is None:
+        return done
+    rules = [
+        line.strip()
+        for line in checks.splitlines()
+        if line.strip() and line.split()[0] not in ("table", "chain", "comment", "}")
+    ]
+    left = 0
+    for rule in rules:
+        handle = rule.rsplit("# handle ", 1)[-1].strip()
+        ours = f"net: {network}," in rule
+        if ours and _nft("delete", "rule", "inet", MASQUERADE_TABLE, "masq_checks", "handle", handle) is not None:  # fmt: skip
+            done.append(f"removed a masquerade rule of {network} (handle {handle})")
+        else:
+            left += 1
+    if not left and _nft("delete", "table", "inet", MASQUERADE_TABLE) is not None:
+        done.append(f"removed the nftables table inet {MASQUERADE_TABLE}")
+    return done

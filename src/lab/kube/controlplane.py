@@ -33,6 +33,7 @@ from lab.kube.pki import Pki, PkiError, make_pki
 from lab.lag import DEFAULT_LAG, Lag
 
 RUNTIMES = ("process", "docker")
+KUBELETS = ("lab", "real")  # the lab's own kubelet, or the real one (lab.kube.real_nodes)
 
 
 class ClusterConfigError(ValueError):
@@ -65,6 +66,7 @@ class ClusterConfig:
     endpointslice_batch: float | None = None
     api_port: int | None = None  # None: a free loopback port
     runtime: str = "process"
+    kubelet: str = "lab"
     # The nodes' side (lab.kube.workers): the image map their pods' images go through,
     # each node proxy's propagation lag, and the seed of its draws.
     image_map: Path | None = None  # None: deploy/lab-images.yml
@@ -78,6 +80,8 @@ class ClusterConfig:
             raise ClusterConfigError(f"--nodes must be at least 1, not {self.nodes}")
         if self.runtime not in RUNTIMES:
             raise ClusterConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}")
+        if self.kubelet not in KUBELETS:
+            raise ClusterConfigError(f"--kubelet must be one of {', '.join(KUBELETS)}")
         for flag, value in (
             ("--node-monitor-grace-period", self.node_monitor_grace),
             ("--endpointslice-batch", self.endpointslice_batch),
@@ -273,6 +277,14 @@ class ControlPlane:
         await self._wait_healthy(etcd, lambda: health.etcd_health(etcd_url), etcd_url)
 
         api_args = flags.apiserver_args(pki, self.config, etcd_url, api_port)
+        if self.config.kubelet == "real":  # its logs and exec reach the real kubelets'
+            # API with the front-proxy client certificate, which their client CAs take.
+            api_args += [
+                f"--kubelet-client-certificate={pki.front_proxy_client_cert}",
+                f"--kubelet-client-key={pki.front_proxy_client_key}",
+                # The nodes' names resolve nowhere: their InternalIP (lab.kube.real_nodes).
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         api = await self._spawn("kube-apiserver", api_args, {"secure": api_port})
         client = health.api_client(self.kubeconfig)
         try:

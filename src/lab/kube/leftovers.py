@@ -26,5 +26,9 @@ def forget(nodes_dir: Path) -> None:
 
 
 def sweep(nodes_dir: Path) -> list[str]:
-    """Remove what a killed run's nodes left; one line per thing removed."""
-    return leftovers.sweep(nodes_dir)
+    """Remove what a killed run's nodes left; one line per thing removed. The real
+    nodes' (lab.kube.real_nodes) after the owner's marked processes are gone."""
+    from lab.kube import real_nodes
+
+    done = leftovers.sweep(nodes_dir)
+    return done + real_nodes.sweep(nodes_dir)
