@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Mapping
@@ -245,6 +246,19 @@ def parse_value(switch: Switch, raw: str, source: str) -> Any:
         raise ConfigError(f"{where}={raw!r}: {exc}") from None
 
 
+# Kubernetes gives every pod, for each Service of its namespace, Docker-link style
+# variables unless the pod sets `enableServiceLinks: false`: for a Service named calc,
+# CALC_SERVICE_HOST, CALC_SERVICE_PORT, and CALC_PORT=tcp://<cluster IP>:<port> (the
+# kubelet's service environment variables, "Discovering services" in the Kubernetes
+# docs). CALC_PORT is also calc's own switch: a value of that form is the Service's, not
+# a port to listen on, and is passed over (the talk's manifests name their Service calc).
+SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://[^\s/]+:\d+")
+
+
+def _service_link(switch: Switch, raw: str) -> bool:
+    return switch.name == "port" and SERVICE_LINK.fullmatch(raw.strip()) is not None
+
+
 def resolve(
     profile: str | None,
     environ: Mapping[str, str],
@@ -258,7 +272,7 @@ def resolve(
     values: dict[str, Any] = {"profile": name, **PROFILES[name]}
     for switch in SWITCHES:
         raw = environ.get(switch.env)
-        if raw is not None and raw != "":
+        if raw is not None and raw != "" and not _service_link(switch, raw):
             values[switch.name] = parse_value(switch, raw, "environment variable")
     for key, value in cli.items():
         if key != "profile" and value is not None:

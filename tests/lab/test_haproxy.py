@@ -6,6 +6,7 @@ import asyncio
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -69,7 +70,12 @@ def test_runtime_api_adds_drains_and_deletes_servers(tmp_path: Path) -> None:
             haproxy.drain_server("pod-a")
             assert haproxy.servers() == {"pod-a": "MAINT"}
             assert haproxy.active_servers() == set()
-            assert haproxy.delete_server("pod-a")
+            # The client has closed its connection; HAProxy lets go of it a moment later
+            # (later on a loaded machine), and refuses the delete until then.
+            deadline = time.monotonic() + 10
+            while not haproxy.delete_server("pod-a"):
+                assert time.monotonic() < deadline, "pod-a kept a connection for 10 s"
+                await asyncio.sleep(0.05)
             assert haproxy.servers() == {}
             assert haproxy.process is not None and haproxy.process.pid == pid
         finally:
