@@ -180,6 +180,14 @@ def _parser() -> argparse.ArgumentParser:
         "observed, and faults that need node access are refused",
     )
     run.add_argument(
+        "--kubelet",
+        choices=("lab", "real"),
+        default="lab",
+        help="--cluster local: the nodes' kubelet, the lab's own (default) or the real one "
+        "with its containerd and kube-proxy (lab.kube.real_run; `make cluster-bins`, "
+        "`make image`); no faults yet",
+    )
+    run.add_argument(
         "--kubeconfig",
         type=Path,
         help="--cluster kubeconfig: the file (default: the first of $KUBECONFIG, else "
@@ -287,6 +295,7 @@ def config_from(args: argparse.Namespace) -> LabConfig:
         pod_network=args.pod_network,
         nodes=args.nodes,
         cluster=args.cluster,
+        kubelet=args.kubelet,
         kubeconfig=args.kubeconfig,
         entry=args.entry,
         influx_url=args.influx_url,

@@ -205,6 +205,8 @@ class LabConfig:
     # plane the run starts (`--cluster local`, lab.kube.experiment), or any cluster a
     # kubeconfig names (`--cluster kubeconfig[:CONTEXT]`, lab.kube.remote).
     cluster: str = "lab"
+    # --cluster local: the nodes' kubelet, the lab's own or the real one (lab.kube.real_run).
+    kubelet: str = "lab"
     kubeconfig: Path | None = None  # --cluster kubeconfig: the file (default as kubectl's)
     entry: str | None = None  # --cluster kubeconfig: the URL the load goes to
     influx_url: str | None = None  # --cluster kubeconfig: an InfluxDB the pods and the lab reach
@@ -310,6 +312,10 @@ class LabConfig:
             )
         if self.cluster == "local":
             self._validate_local()
+        if self.kubelet not in ("lab", "real"):
+            raise ConfigError(f"--kubelet: must be lab or real, got {self.kubelet!r}")
+        if self.kubelet == "real" and (self.cluster != "local" or self.faults):
+            raise ConfigError("--kubelet real: only with --cluster local, and no --fault yet")
         if remote_config.is_kubeconfig(self.cluster):
             remote_config.validate(self)
         elif (self.kubeconfig, self.entry, self.influx_url) != (None, None, None):

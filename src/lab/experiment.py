@@ -287,6 +287,10 @@ async def _main(
         from lab.kube.remote import RemoteLab
 
         lab = RemoteLab(prepared)
+    elif prepared.config.cluster == "local" and prepared.config.kubelet == "real":
+        from lab.kube.real_run import RealKubeLab
+
+        lab = RealKubeLab(prepared)
     elif prepared.config.cluster == "local":
         from lab.kube.experiment import KubeLab
 

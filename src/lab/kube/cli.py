@@ -15,7 +15,7 @@ from typing import Any
 
 from lab.config import default_image_map
 from lab.images import ImageMap
-from lab.kube import node_bins
+from lab.kube import node_bins, node_images
 from lab.kube import state as st
 from lab.kube.bins import BinariesError
 from lab.kube.controlplane import (
@@ -260,8 +260,9 @@ async def _serve(
             nodes_dir = plane.state_dir / NODES_DIR
             pki_dir = plane.state_dir / "pki"
             nodes = RealNodes(
-                plane.client(), plane.api_url, pki_dir, nodes_dir, config.nodes, _progress
-            )
+                plane.client(), plane.api_url, pki_dir, nodes_dir, config.nodes, _progress,
+                images=tuple(node_images.references(images.images)),
+            )  # fmt: skip
             real.append(nodes)
             await nodes.start()
             names = ", ".join(nodes.names)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import leftovers
-from lab.kube import kube_proxy, node_bins
+from lab.kube import kube_proxy, node_bins, node_images
 from lab.kube.containerd import Containerd, remove_network
 from lab.kube.controlplane import free_ports
 from lab.kube.flags import CLUSTER_CIDR
@@ -132,8 +132,13 @@ class RealNodes:
         out: Path,
         count: int,
         progress: Callable[[str], None] = lambda _: None,
+        images: tuple[str, ...] = (),
     ) -> None:
+        """`images`: references in the Docker engine (calc:latest) imported into every
+        node's containerd (lab.kube.node_images)."""
         self.api = api
+        self.images = images
+        self.imported: list[node_images.SavedImage] = []
         self.api_url = api_url
         self.pki_dir = pki_dir
         self.out = out.resolve()
@@ -176,6 +181,9 @@ class RealNodes:
         client_ca.write_text(
             (self.pki_dir / "ca.crt").read_text() + (self.pki_dir / "front-proxy-ca.crt").read_text()
         )  # fmt: skip
+        saved = await asyncio.to_thread(
+            node_images.save_from_engine, self.images, self.out / REAL_DIR / "images", self.progress
+        )
         used: set[int] = set()
         for plan in self.plans:
             containerd = Containerd(
@@ -203,6 +211,8 @@ class RealNodes:
             self.nodes.append((containerd, kubelet))
             await containerd.start()
             await containerd.import_image(binaries.pause_tarball, binaries.pause_image)
+            for image in saved:
+                await containerd.import_image(image.tarball, image.containerd_name)
             await kubelet.start()
             self.progress(f"{plan.name}: containerd and the kubelet started at {plan.address}")
         # One kube-proxy for every node: they share the machine's network namespace.
@@ -220,6 +230,17 @@ class RealNodes:
             proxy_ports,
         )
         await self.proxy.start()
+        for image in saved:
+            image.tarball.unlink(missing_ok=True)  # in containerd now; 200+ MB each
+            self.progress(f"{image.reference} imported from the Docker engine into every node's containerd (saved in {image.seconds:.1f} s)")  # fmt: skip
+        if saved:
+            await asyncio.to_thread(node_images.apply_pull_policy, self.api, saved, READY_TIMEOUT)
+            names = ", ".join(i.reference for i in saved)
+            self.progress(
+                f"MutatingAdmissionPolicy {node_images.POLICY}: imagePullPolicy IfNotPresent "
+                f"on pods' containers naming {names} (imported, never pulled)"
+            )
+        self.imported = saved
         await asyncio.to_thread(self._wait_ready, READY_TIMEOUT)
         self.ready_after = time.monotonic() - began
 
