@@ -35,6 +35,27 @@ _PID1 = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
+async def terminate(
+    process: asyncio.subprocess.Process | None, started: int, name: str, timeout: float
+) -> list[str]:
+    """SIGTERM `process` (only if it is still the one started at `started`, by its start
+    time: lab.leftovers.same_process), SIGKILL it after `timeout`. What was forced, one
+    line (empty when it stopped in time or was not running)."""
+    if process is None or process.returncode is not None:
+        return []
+    if leftovers.same_process(process.pid, started):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return [f"{name} (pid {process.pid}) killed after {timeout:g} s"]
+    return []
+
+
 class Registry:
     """Starts children in new sessions, logs their PIDs, and kills leftovers' groups.
     With `die_with_parent`, each child is also killed by the kernel when the lab dies

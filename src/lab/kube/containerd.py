@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lab import leftovers
 from lab.kube.node_bins import NodeBinaries
-from lab.procs import DIE_WITH_PARENT
+from lab.procs import DIE_WITH_PARENT, terminate
 
 NAMESPACE = "k8s.io"  # the CRI plugin's containerd namespace: the kubelet's images
 # The label the CRI plugin puts on each image in its store; the sandbox image also gets
@@ -391,19 +391,7 @@ class Containerd:
         """SIGTERM containerd, SIGKILL it after `timeout`, kill whatever else is left in
         its mount namespace (its shims), unmount anything under its directories that
         this namespace sees, and remove them. What had to be forced, one line each."""
-        forced: list[str] = []
-        process = self.process
-        if process is not None and process.returncode is None:
-            if leftovers.same_process(process.pid, self.started):
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                forced.append(f"containerd (pid {process.pid}) killed after {timeout:g} s")
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        forced = await terminate(self.process, self.started, "containerd", timeout)
         if self.mount_namespace is not None:
             left = processes_in_mount_namespace(self.mount_namespace)
             for pid, started in left:

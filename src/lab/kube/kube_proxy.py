@@ -14,17 +14,15 @@ machine's conntrack tunables (pkg/proxy/conntrack/sysctls.go sets only those > 0
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from lab import leftovers
 from lab.kube.node_bins import NodeBinaries
 from lab.kube.real_kubelet import client_certificate, kubeconfig
-from lab.procs import DIE_WITH_PARENT
+from lab.procs import DIE_WITH_PARENT, terminate
 
 TABLES = (("ip", "kube-proxy"), ("ip6", "kube-proxy"))
 USER = "system:kube-proxy"
@@ -141,18 +139,6 @@ class KubeProxy:
     async def stop(self, timeout: float = STOP_TIMEOUT) -> list[str]:
         """SIGTERM, SIGKILL after `timeout`, then its tables. What was forced, one line
         each."""
-        said: list[str] = []
-        process = self.process
-        if process is not None and process.returncode is None:
-            if leftovers.same_process(process.pid, self.started):
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                said.append(f"kube-proxy (pid {process.pid}) killed after {timeout:g} s")
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        said = await terminate(self.process, self.started, "kube-proxy", timeout)
         await asyncio.to_thread(remove_tables)
         return said

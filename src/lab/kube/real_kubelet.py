@@ -37,7 +37,7 @@ from lab import leftovers
 from lab.kube import host_changes
 from lab.kube.containerd import NETWORK, mounts_under
 from lab.kube.node_bins import NodeBinaries
-from lab.procs import DIE_WITH_PARENT
+from lab.procs import DIE_WITH_PARENT, terminate
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
 STOP_TIMEOUT = 15.0
@@ -298,19 +298,7 @@ class RealKubelet:
         """SIGTERM, SIGKILL after `timeout`; then unmount what it mounted under its root
         directory and remove its cgroup root. What was forced or left, one line each.
         (Its pods' containers are containerd's: stop containerd after the kubelet.)"""
-        said: list[str] = []
-        process = self.process
-        if process is not None and process.returncode is None:
-            if leftovers.same_process(process.pid, self.started):
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                said.append(f"kubelet (pid {process.pid}) killed after {timeout:g} s")
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        said = await terminate(self.process, self.started, "kubelet", timeout)
         for point in mounts_under(self.root_dir):
             rc = await (await asyncio.create_subprocess_exec("umount", "--lazy", point)).wait()
             if rc != 0:
