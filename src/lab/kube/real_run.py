@@ -148,7 +148,9 @@ class RealKubeLab(KubeLab):
             for plan in self.real.plans:
                 self.front.add_server(plan.name, plan.address, int(node_port))
             self.front_ready = True
-            self.events.add("", "load-balancer", f"{self.front.url} -> NodePort {node_port} on {len(self.real.plans)} node(s)")  # fmt: skip
+            nodes = len(self.real.plans)
+            where = f"{self.front.url} -> NodePort {node_port} on {nodes} node(s)"
+            self.events.add("", "load-balancer", where)
         try:
             with urllib.request.urlopen(f"{self.front.url}/health", timeout=HEALTH_TIMEOUT):
                 return True
@@ -176,8 +178,10 @@ class RealKubeLab(KubeLab):
             if self.front is not None:
                 await self.front.stop()
             if self.influx is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.to_thread(self.influx.stop)
+                except Exception as exc:  # said; the nodes and the control plane go anyway
+                    self._cluster_progress(f"stopping InfluxDB failed: {exc!r}")
             if self.real is not None:
                 for line in await self.real.stop():
                     self._cluster_progress(line)
