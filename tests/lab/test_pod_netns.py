@@ -265,6 +265,9 @@ def test_sigkill_of_lab_run_leaves_no_network(tmp_path: Path) -> None:
         _kill_leftovers(out)
 
 
+# Alone: every lab's start sweeps dead labs' networks; another starting meanwhile would
+# take this test's dead one first (tests/conftest.py).
+@pytest.mark.alone
 @needs_netns
 def test_next_lab_sweeps_a_dead_labs_network_and_spares_a_live_ones(tmp_path: Path) -> None:
     """What a lab killed together with its watchdog leaves: its host link, whose alias

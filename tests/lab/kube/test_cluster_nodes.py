@@ -441,6 +441,9 @@ def _pod_pids(state_dir: Path) -> list[int]:
     return [int(pid) for pid, name in names if name.split()[0] in ("pod", "haproxy", "influxd")]
 
 
+# Alone: it expects its own `up` to sweep the killed one's table, which any other lab
+# starting meanwhile would sweep first (tests/conftest.py).
+@pytest.mark.alone
 @pytest.mark.timeout(300)  # cluster and v10 start-ups (20 s probe delay)
 def test_down_and_sigkill_leave_no_pod_behind(tmp_path: Path) -> None:
     """1. `lab cluster up`; apply v10 with one replica; delete its pod (a gone pod's
