@@ -550,6 +550,40 @@ class Experiment:
             env["TIMEOUT"] = self.config.request_timeout
         return env
 
+    async def _load(self, url: str) -> None:
+        """The load, a step: a graceful undo stops it at once (K6_STOP_WHEN_INTERRUPTED),
+        a forced one kills it. A run's normal end stops it itself, its stop measured."""
+        await self.steps.do(
+            "load",
+            lambda: self._start_load(url),
+            self._stop_load_at_once,
+            deadline=K6_STOP_WHEN_INTERRUPTED + 15,
+            forced=0,
+            kill=self._kill_load,
+        )
+
+    async def _start_load(self, url: str) -> None:
+        config = self.config
+        self.k6 = K6(
+            config.k6_script_path,
+            url,
+            config.vus,
+            run_id=f"lab{int(time.time())}",
+            csv_path=self.out / "k6.csv",
+            api_port=free_port(),
+            # A cap well past the run's own end: the run stops the load itself.
+            max_duration=config.warmup
+            + config.duration
+            + config.action_timeout
+            + config.cooldown
+            + 120,
+            log_path=self.out / "k6.log",
+            extra_env=self._k6_env(),
+            binary=self.p.k6_binary,
+        )
+        await self.k6.start(self.registry, self.base_env)
+        self.load_start = time.time()
+
     async def _stop_load_at_once(self) -> None:
         """The load step's undo when the run is cut short: requests in flight need not
         finish (one hung on a failed node's address would hold the stop for k6's 60 s
@@ -647,14 +681,7 @@ class Lab(Experiment):
         grace = self._teardown_time()
         await steps.do("pods", self._deploy, self._teardown_pods, deadline=grace, forced=0)
         under_load = steps.mark()
-        await steps.do(
-            "load",
-            lambda: self._start_load(load_url),
-            self._stop_load_at_once,
-            deadline=K6_STOP_WHEN_INTERRUPTED + 15,
-            forced=0,
-            kill=self._kill_load,
-        )
+        await self._load(load_url)
         assert self.controller is not None and self.k6 is not None
         load_start = self.load_start
         assert load_start is not None
@@ -888,27 +915,6 @@ class Lab(Experiment):
         templates += [s.deployment.template for s in self.p.supporting]
         grace = max(t.termination_grace for t in templates)
         return 2 * (grace + 15) + 15
-
-    async def _start_load(self, url: str) -> None:
-        config = self.config
-        self.k6 = K6(
-            config.k6_script_path,
-            url,
-            config.vus,
-            run_id=f"lab{int(time.time())}",
-            csv_path=self.out / "k6.csv",
-            api_port=free_port(),
-            max_duration=config.warmup
-            + config.duration
-            + config.action_timeout
-            + config.cooldown
-            + 120,
-            log_path=self.out / "k6.log",
-            extra_env=self._k6_env(),
-            binary=self.p.k6_binary,
-        )
-        await self.k6.start(self.registry, self.base_env)
-        self.load_start = time.time()
 
     async def _start_faults(self) -> None:
         config, controller = self.config, self.controller

@@ -259,9 +259,11 @@ def forget(directory: Path) -> None:
     (directory / RECORD).unlink(missing_ok=True)
 
 
-def recorded(directory: Path) -> dict[str, Any] | None:
+def recorded(directory: Path, name: str = RECORD) -> dict[str, Any] | None:
+    """The JSON object `name` in `directory` holds, or None (missing, unreadable, not
+    an object)."""
     try:
-        data = json.loads((directory / RECORD).read_text())
+        data = json.loads((directory / name).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

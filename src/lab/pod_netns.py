@@ -41,6 +41,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ OWNER_ALIAS = f"{leftovers.OWNER_LABEL}="
 # Serialises picking a subnet and making its host link across every lab on this machine.
 SUBNET_LOCK = Path("/run/lab-pod-network.lock")
 IP_TIMEOUT = 10.0
+# Longer than a lab holds the lock: two `ip` batches, or a sweep's few bounded calls.
+LOCK_TIMEOUT = 60.0
 SUBNET_TRIES = 200
 _RUN = re.compile(r"[0-9a-f]{6}")
 
@@ -132,9 +135,21 @@ def pick_subnet(used: Sequence[ipaddress.IPv4Network], rng: random.Random) -> ip
 
 @contextlib.contextmanager
 def _subnet_lock() -> Iterator[None]:
+    """The machine's pod-network lock; IPError when another lab holds it past
+    LOCK_TIMEOUT (one stopped with SIGSTOP, say): its holders only run a few bounded `ip`
+    calls."""
+    timeout = LOCK_TIMEOUT
     fd = os.open(SUBNET_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise IPError(f"{SUBNET_LOCK} held by another lab for {timeout:g} s") from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)  # drops the flock
@@ -383,8 +398,11 @@ def sweep(owner: str | None = None) -> list[str]:
         return []
     # Under the lock a live run holds while it makes its hub and then its host link, so a
     # hub made a moment before its link is never taken for an orphan.
-    with _subnet_lock():
-        return _sweep(owner)
+    try:
+        with _subnet_lock():
+            return _sweep(owner)
+    except IPError as exc:  # said; the lab's start goes on, the next sweep tries again
+        return [f"pod networks not swept: {exc}"]
 
 
 def _sweep(owner: str | None) -> list[str]:

@@ -35,6 +35,25 @@ _PID1 = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
+async def spawn_logged(
+    argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None, append: bool = True
+) -> tuple[asyncio.subprocess.Process, int]:
+    """A daemon in a session of its own, stdin closed, stdout and stderr to `log` (appended
+    to, or a new file), with its start time (lab.leftovers: 0 if it is gone already)."""
+    with log.open("ab" if append else "wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=dict(env) if env is not None else None,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # Our child is not reaped before we wait for it, so /proc has it (a zombie at worst,
+    # which has no start time: it is dead already, and 0 matches nothing).
+    return process, leftovers.start_time(process.pid) or 0
+
+
 async def terminate(
     process: asyncio.subprocess.Process | None, started: int, name: str, timeout: float
 ) -> list[str]:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,18 +138,23 @@ async def cluster(
     manifest: Path,
     lag: float = 0.0,
     dead: Blackhole | None = None,
+    make_runtime: Callable[[Registry, Path], Awaitable[ProcessRuntime]] | None = None,
 ) -> AsyncIterator[Cluster]:
     """HAProxy (tcp, retries 0) + kubelet + Deployment and endpoints controllers; every
     process is gone when the block exits, also on failure. With `dead`, a gone pod's
-    address drops packets (its table is deleted at the end)."""
+    address drops packets (its table is deleted at the end). `make_runtime(registry,
+    pods_dir)`: another process runtime (the pods' network namespaces, lab.pod_netns)."""
     manifests = load(manifest)
     images = ImageMap.load(TINY_IMAGES)
     events = EventLog(progress=None)
     registry = Registry(tmp_path / "pids.txt")
     haproxy = HAProxy(tmp_path / "haproxy", free_port())
-    runtime = ProcessRuntime(
-        registry, tmp_path / "pods", dict(os.environ), None, AddressPool(), dead
-    )
+    if make_runtime is not None:
+        runtime = await make_runtime(registry, tmp_path / "pods")
+    else:
+        runtime = ProcessRuntime(
+            registry, tmp_path / "pods", dict(os.environ), None, AddressPool(), dead
+        )
     kubelet = Kubelet(
         events, registry, tmp_path / "pods", dict(os.environ), rng=random.Random(7), runtime=runtime
     )

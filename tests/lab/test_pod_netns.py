@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,16 +22,10 @@ import httpx
 import pytest
 
 from lab import leftovers, pod_netns
-from lab.controller import DeploymentController
-from lab.endpoints import EndpointsController
-from lab.events import EventLog
-from lab.haproxy import HAProxy
-from lab.images import ImageMap
 from lab.influx import free_port
-from lab.lag import Lag
-from lab.manifest import load
-from lab.pods import Kubelet, Pod
+from lab.pods import Pod
 from lab.procs import Registry
+from tests.lab import labkit
 from tests.lab.labkit import READY_PROBE, TINY_IMAGES, Cluster, run, tiny_manifest
 from tests.lab.test_lab_run import _kill_leftovers, _run
 from tests.support import REPO, VENV_BIN, wait_until
@@ -97,44 +91,18 @@ def _zero_host_manifest(
 async def netns_cluster(tmp_path: Path, manifest: Path) -> AsyncIterator[Cluster]:
     """labkit.cluster on the namespaced process runtime: every process, namespace and the
     run's network are gone when the block exits, also on failure."""
-    manifests = load(manifest)
-    events = EventLog(progress=None)
-    registry = Registry(tmp_path / "pids.txt")
-    haproxy = HAProxy(tmp_path / "haproxy", free_port())
-    runtime = await pod_netns.netns_runtime(registry, tmp_path / "pods", dict(os.environ))
-    kubelet = Kubelet(
-        events, registry, tmp_path / "pods", dict(os.environ), rng=random.Random(7), runtime=runtime
-    )
-    controller = DeploymentController(
-        manifests.deployment, kubelet, ImageMap.load(TINY_IMAGES), events
-    )
-    endpoints = EndpointsController(
-        haproxy, lambda: kubelet.pods, manifests.target_port, events, Lag.fixed(0), random.Random(7)
-    )
+    made: list[pod_netns.NetnsRuntime] = []
 
-    def changed() -> None:
-        controller.wake.set()
-        endpoints.wake.set()
+    async def namespaced(registry: Registry, pods: Path) -> pod_netns.NetnsRuntime:
+        made.append(await pod_netns.netns_runtime(registry, pods, dict(os.environ)))
+        return made[0]
 
-    kubelet.on_change = changed
     try:
-        await haproxy.start(registry)
-        controller.start()
-        endpoints.start()
-        yield Cluster(manifests, events, registry, haproxy, kubelet, controller, endpoints)
+        async with labkit.cluster(tmp_path, manifest, make_runtime=namespaced) as c:
+            yield c
     finally:
-        await controller.stop()
-        await endpoints.stop()
-        await kubelet.shutdown()
-        await haproxy.stop()
-        await runtime.close()
-        await registry.kill_all()
-        for _ in range(100):  # up to 5 s: killed orphans are reaped by init a moment later
-            if not registry.alive():
-                break
-            await asyncio.sleep(0.05)
-        assert not registry.alive(), "processes outlived the cluster"
-        assert _network_left(runtime.network.run) == []
+        if made:
+            assert _network_left(made[0].network.run) == []
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -399,3 +367,25 @@ def test_pod_namespaces_reach_the_host_and_each_other(tmp_path: Path) -> None:
     finally:
         asyncio.run(network.close())
     wait_until(lambda: not _network_left(network.run), 5, what="the hub and link gone")
+
+
+@needs_netns
+def test_a_lab_holding_the_network_lock_stalls_no_other_past_its_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """1. Another lab holds the machine's pod-network lock and does not let go (stopped,
+    say). 2. A run that needs it fails with the lock's name after LOCK_TIMEOUT, and a
+    start's sweep says it did not sweep, rather than either waiting for ever."""
+    monkeypatch.setattr(pod_netns, "LOCK_TIMEOUT", 0.3)
+    holder = os.open(pod_netns.SUBNET_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        network = pod_netns.PodNetwork()
+        with pytest.raises(pod_netns.IPError, match=r"held by another lab for 0\.3 s"):
+            run(network.open(), 10)
+        assert not network.opened  # nothing made
+        assert pod_netns.sweep() == [
+            f"pod networks not swept: {pod_netns.SUBNET_LOCK} held by another lab for 0.3 s"
+        ]
+    finally:
+        os.close(holder)

@@ -28,16 +28,19 @@ def repo_cluster_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "cluster"
 
 
-def cache_root() -> Path:
-    if os.environ.get("LAB_CLUSTER_BINS"):
-        return Path(os.environ["LAB_CLUSTER_BINS"])
+def cache_root(name: str = "cluster-bins", env: str = "LAB_CLUSTER_BINS") -> Path:
+    """Where a build's keyed directories go: $`env`, else the user's cache (as the build
+    scripts compute it)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "graceful-calc" / "cluster-bins"
+    return Path(base) / "graceful-calc" / name
 
 
-def cache_key(cluster_dir: Path) -> str:
+def cache_key(cluster_dir: Path, key_files: tuple[str, ...] = KEY_FILES) -> str:
+    """The hash of `key_files` (under cluster/) a build script names its directory by."""
     digest = hashlib.sha256()
-    for name in KEY_FILES:
+    for name in key_files:
         path = cluster_dir / name
         try:
             digest.update(path.read_bytes())

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lab import leftovers
 from lab.kube.node_bins import NodeBinaries
-from lab.procs import DIE_WITH_PARENT, terminate
+from lab.procs import DIE_WITH_PARENT, spawn_logged, terminate
 
 NAMESPACE = "k8s.io"  # the CRI plugin's containerd namespace: the kubelet's images
 # The label the CRI plugin puts on each image in its store; the sandbox image also gets
@@ -299,16 +299,7 @@ class Containerd:
             "--config",
             str(self.layout.config),
         ]
-        with self.layout.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started = leftovers.start_time(self.process.pid) or 0
+        self.process, self.started = await spawn_logged(argv, self.layout.log, env)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.returncode is not None:

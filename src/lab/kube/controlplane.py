@@ -31,6 +31,7 @@ from lab.kube.bins import Binaries, find
 from lab.kube.flags import LOOPBACK
 from lab.kube.pki import Pki, PkiError, make_pki
 from lab.lag import DEFAULT_LAG, Lag
+from lab.procs import spawn_logged
 
 RUNTIMES = ("process", "docker")
 KUBELETS = ("lab", "real")  # the lab's own kubelet, or the real one (lab.kube.real_nodes)
@@ -318,17 +319,8 @@ class ControlPlane:
         log = self.state_dir / "logs" / f"{name}.log"
         argv = ["setpriv", "--pdeathsig", "KILL", "--", str(self.binaries.path(name)), *args]
         self.progress(f"starting {name}")
-        with log.open("wb") as out:  # a new cluster, a new log
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # Our child is not reaped before we wait for it, so /proc has it (a zombie at
-        # worst, which has no start time: it is dead already, and 0 matches nothing).
-        component = Component(name, process, st.start_time(process.pid) or 0, ports, log)
+        process, started = await spawn_logged(argv, log, append=False)  # a new log
+        component = Component(name, process, started, ports, log)
         self.components[name] = component
         self._save()
         return component

@@ -31,15 +31,13 @@ from kubernetes import client, dynamic
 
 from lab import report
 from lab.experiment import (
-    K6_STOP_WHEN_INTERRUPTED,
     Experiment,
     LabError,
     OperationLog,
     Prepared,
 )
 from lab.faults import Faults
-from lab.influx import free_port
-from lab.k6 import K6, describe_exit
+from lab.k6 import describe_exit
 from lab.kube.api import REQUEST_TIMEOUT, Informer, WatchEvent, call
 from lab.kube.balancers import Balancer
 from lab.kube.controlplane import ClusterConfig, ControlPlane
@@ -110,14 +108,7 @@ class KubeLab(Experiment):
             "deployment", self._deploy, self._teardown_pods, deadline=grace, forced=0
         )
         under_load = steps.mark()
-        await steps.do(
-            "load",
-            lambda: self._start_load(url),
-            self._stop_load_at_once,
-            deadline=K6_STOP_WHEN_INTERRUPTED + 15,
-            forced=0,
-            kill=self._kill_load,
-        )
+        await self._load(url)
         assert self.k6 is not None and self.load_start is not None
         self.events.phase("warm-up", f"{config.vus} VUs for {config.warmup:g} s to {url}")
         await self._sleep_under_load(config.warmup)
@@ -161,23 +152,6 @@ class KubeLab(Experiment):
         await self._apply()
         self.events.phase("deploy", f"{self._replicas()} replicas")
         return await self._wait_deployed()
-
-    async def _start_load(self, url: str) -> None:
-        config = self.config
-        self.k6 = K6(
-            config.k6_script_path,
-            url,
-            config.vus,
-            run_id=f"lab{int(time.time())}",
-            csv_path=self.out / "k6.csv",
-            api_port=free_port(),
-            max_duration=config.warmup + config.action_timeout + config.cooldown + 120,
-            log_path=self.out / "k6.log",
-            extra_env=self._k6_env(),
-            binary=self.p.k6_binary,
-        )
-        await self.k6.start(self.registry, self.base_env)
-        self.load_start = time.time()
 
     def _where(self) -> str:
         return "on a real control plane"

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab import leftovers
+
 RECORD = "host-changes.json"
 SYSCTLS = (
     "vm.overcommit_memory",
@@ -141,11 +143,7 @@ def record(directory: Path, pod_logs: Path, network: str) -> Path:
 
 
 def recorded(directory: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((directory / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return leftovers.recorded(directory, RECORD)
 
 
 def restore(directory: Path) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from lab import leftovers
 from lab.kube.node_bins import NodeBinaries
 from lab.kube.real_kubelet import client_certificate, kubeconfig
-from lab.procs import DIE_WITH_PARENT, terminate
+from lab.procs import DIE_WITH_PARENT, spawn_logged, terminate
 
 TABLES = (("ip", "kube-proxy"), ("ip6", "kube-proxy"))
 USER = "system:kube-proxy"
@@ -125,16 +125,8 @@ class KubeProxy:
 
     async def start(self) -> None:
         argv = [*DIE_WITH_PARENT, str(self.binaries.path("kube-proxy")), *self.write_files()]
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                env={**os.environ, **self.marks},
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started = leftovers.start_time(self.process.pid) or 0
+        env = {**os.environ, **self.marks}
+        self.process, self.started = await spawn_logged(argv, self.log, env)
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> list[str]:
         """SIGTERM, SIGKILL after `timeout`, then its tables. What was forced, one line

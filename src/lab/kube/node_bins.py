@@ -9,12 +9,11 @@ exactly the node of its own pins.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.kube.bins import BinariesError, repo_cluster_dir
+from lab.kube.bins import BinariesError, cache_key, cache_root, repo_cluster_dir
 
 BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -28,24 +27,6 @@ KEY_FILES = (
 )
 PAUSE_TARBALL = "pause.tar"
 BUILD_HINT = "build them with `make cluster-bins` (minutes the first time: docs/cluster.md)"
-
-
-def cache_root() -> Path:
-    if os.environ.get("LAB_NODE_BINS"):
-        return Path(os.environ["LAB_NODE_BINS"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "graceful-calc" / "node-bins"
-
-
-def cache_key(cluster_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for name in KEY_FILES:
-        path = cluster_dir / name
-        try:
-            digest.update(path.read_bytes())
-        except OSError as exc:
-            raise BinariesError(f"cannot read {path}: {exc.strerror}") from exc
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -93,7 +74,9 @@ def find(directory: Path | None = None) -> NodeBinaries:
     """The node's binaries in `directory`, or in the cache directory of this checkout's
     pins. Raises BinariesError naming what is missing and how to build it."""
     if directory is None:
-        directory = cache_root() / cache_key(repo_cluster_dir())
+        directory = cache_root("node-bins", "LAB_NODE_BINS") / cache_key(
+            repo_cluster_dir(), KEY_FILES
+        )
     wanted = [f"bin/{b}" for b in BINARIES] + [f"cni/{p}" for p in CNI_PLUGINS]
     missing = [name for name in wanted if not os.access(directory / name, os.X_OK)]
     if not (directory / PAUSE_TARBALL).is_file():

@@ -37,7 +37,7 @@ from lab import leftovers
 from lab.kube import host_changes
 from lab.kube.containerd import NETWORK, mounts_under
 from lab.kube.node_bins import NodeBinaries
-from lab.procs import DIE_WITH_PARENT, terminate
+from lab.procs import DIE_WITH_PARENT, spawn_logged, terminate
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
 STOP_TIMEOUT = 15.0
@@ -283,16 +283,8 @@ class RealKubelet:
         host_changes.record(self.directory, self.directory / "pod-logs", NETWORK)
         make_cgroup_root(self.node)
         argv = [*DIE_WITH_PARENT, str(self.binaries.path("kubelet")), *args]
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                env={**os.environ, **self.marks},
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started = leftovers.start_time(self.process.pid) or 0
+        env = {**os.environ, **self.marks}
+        self.process, self.started = await spawn_logged(argv, self.log, env)
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> list[str]:
         """SIGTERM, SIGKILL after `timeout`; then unmount what it mounted under its root
