@@ -49,6 +49,20 @@ def cache_key(cluster_dir: Path, key_files: tuple[str, ...] = KEY_FILES) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_versions(directory: Path) -> dict[str, str]:
+    """A build's VERSIONS file ("NAME VERSION" lines) as a dict; empty if it is missing."""
+    out: dict[str, str] = {}
+    try:
+        lines = (directory / "VERSIONS").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, _, version = line.partition(" ")
+        if version:
+            out[name] = version
+    return out
+
+
 @dataclass(frozen=True)
 class Binaries:
     directory: Path
@@ -59,16 +73,7 @@ class Binaries:
     @property
     def versions(self) -> dict[str, str]:
         """{"kubernetes": "v1.37.2", "etcd": "v3.7.3"} from the build's VERSIONS file."""
-        out: dict[str, str] = {}
-        try:
-            lines = (self.directory / "VERSIONS").read_text().splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            name, _, version = line.partition(" ")
-            if version:
-                out[name] = version
-        return out
+        return read_versions(self.directory)
 
 
 def find(directory: Path | None = None) -> Binaries:

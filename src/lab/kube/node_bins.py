@@ -13,7 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.kube.bins import BinariesError, cache_key, cache_root, repo_cluster_dir
+from lab.kube.bins import (
+    BinariesError,
+    cache_key,
+    cache_root,
+    read_versions,
+    repo_cluster_dir,
+)
 
 BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -53,16 +59,7 @@ class NodeBinaries:
     @property
     def versions(self) -> dict[str, str]:
         """{"kubernetes": "v1.37.2", "containerd": "v2.4.2", ..., "pause-image": NAME}."""
-        out: dict[str, str] = {}
-        try:
-            lines = (self.directory / "VERSIONS").read_text().splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            name, _, version = line.partition(" ")
-            if version:
-                out[name] = version
-        return out
+        return read_versions(self.directory)
 
     @property
     def pause_image(self) -> str:
