@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,14 @@ def test_lab_run_rollout_with_pod_network_netns_fails_nothing(tmp_path: Path) ->
 
 @needs_netns
 @pytest.mark.timeout(120)
-def test_sigkill_of_lab_run_leaves_no_network(tmp_path: Path) -> None:
-    """`lab run --pod-network netns --scenario steady` for a long time, killed with SIGKILL
-    once both pods are ready: within 30 s (its watchdog) no namespace or link of
-    the run is left, and no process of it."""
+@pytest.mark.parametrize(
+    "signals", [[signal.SIGKILL], [signal.SIGINT], [signal.SIGINT, signal.SIGINT]]
+)
+def test_a_stopped_lab_run_leaves_no_network(tmp_path: Path, signals: list[int]) -> None:
+    """`lab run --pod-network netns --scenario steady` for a long time, stopped once both
+    pods are ready: by SIGKILL, within 30 s (its watchdog) no namespace or link of the
+    run is left; by SIGINT (graceful) or SIGINT twice (forced), none is left when it has
+    exited, 130."""
     manifest = _zero_host_manifest(tmp_path / "m.yml", free_port())
     out = tmp_path / "out"
     argv = [
@@ -223,9 +228,15 @@ def test_sigkill_of_lab_run_leaves_no_network(tmp_path: Path) -> None:
         ]
         assert len(runs) == 1, f"no network of the lab {lab.pid}: {_gateways()}"
         assert len(_namespaces(runs[0])) == 3  # the hub's and both pods'
-        lab.send_signal(signal.SIGKILL)
-        lab.wait(10)
-        wait_until(lambda: not _network_left(runs[0]), GONE_WITHIN, what="the network gone")
+        for sig in signals:
+            lab.send_signal(sig)
+            time.sleep(0.2)
+        if signals == [signal.SIGKILL]:
+            lab.wait(10)
+            wait_until(lambda: not _network_left(runs[0]), GONE_WITHIN, what="the network gone")
+        else:
+            assert lab.wait(90) == 130
+            assert _network_left(runs[0]) == []
     finally:
         if lab.poll() is None:
             lab.kill()
